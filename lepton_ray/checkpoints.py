@@ -1,0 +1,44 @@
+"""Safe checkpoint I/O: atomic writes, `weights_only` loads, one clear error for bad files."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lepton_ray.errors import CheckpointError
+
+
+def save_atomic(obj: Any, path: Path) -> None:
+    """Write to a temp file in the same folder, then rename, so a crash never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp_name)
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+
+
+def load_safe(path: Path, field: str = "checkpoint") -> dict[str, Any]:
+    """Load tensors and plain containers only; pickled code is refused, never run."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{field}: file {str(path)!r} not found; pass a checkpoint saved by lepton-ray")
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        reason = str(err).strip().splitlines()[0][:160]
+        raise CheckpointError(f"{field}: {path} holds objects that are not plain weights ({reason}); refusing to load it") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as err:
+        raise CheckpointError(f"{field}: {path} is truncated or not a torch checkpoint ({str(err)[:160]}); re-create it") from None
+    if not isinstance(loaded, dict):
+        raise CheckpointError(f"{field}: {path} does not hold a checkpoint mapping; re-create it with lepton-ray")
+    return loaded

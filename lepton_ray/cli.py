@@ -1,0 +1,109 @@
+"""`lepton-ray` command line: thin commands over the package. Errors in input exit 2 with one line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from lepton_ray.errors import LeptonError
+
+EXIT_BAD_INPUT = 2
+
+
+def parse_set(items: list[str]) -> dict[str, Any]:
+    """`--set training.epochs=3` -> {"training.epochs": 3}; values are parsed as YAML scalars."""
+    overrides = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise LeptonError(f"--set: expected KEY=VALUE, got {item!r}")
+        overrides[key] = yaml.safe_load(value)
+    return overrides
+
+
+def load_checked(args: argparse.Namespace, cluster: tuple[float, float] | None = None):
+    from lepton_ray.checks import check_workflow
+    from lepton_ray.config import load_workflow
+
+    wf = load_workflow(Path(args.workflow), parse_set(args.set))
+    space = check_workflow(wf, cluster)
+    return wf, space
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    wf, space = load_checked(args)
+    resolved = {"workflow": wf.to_dict(), "search_space": space.model_dump(mode="json") if space else None}
+    print(yaml.safe_dump(resolved, sort_keys=False))
+    print(f"ok: {args.workflow} is valid")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from lepton_ray.sweep import run_sweep
+
+    wf, _ = load_checked(args, _local_cluster(args))
+    run_sweep(wf, space=None, resume=False, address=args.address)
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from lepton_ray.sweep import run_sweep
+
+    wf, space = load_checked(args, _local_cluster(args))
+    run_sweep(wf, space=space, resume=args.resume, address=args.address, select_and_export=not args.no_export)
+    return 0
+
+
+def _local_cluster(args: argparse.Namespace) -> tuple[float, float] | None:
+    """Size of the cluster this machine will start; None when joining one (Ray checks it then)."""
+    from lepton_ray.checks import local_cluster_size
+    from lepton_ray.ray_runtime import cluster_address
+
+    return None if cluster_address(getattr(args, "address", None)) else local_cluster_size()
+
+
+def _workflow_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("workflow", help="workflow YAML file, e.g. workflows/digits_quickstart.yaml")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a workflow field, e.g. training.epochs=3")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lepton-ray", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    validate = commands.add_parser("validate", help="check a workflow and its search space; run nothing")
+    _workflow_args(validate)
+    validate.set_defaults(handler=cmd_validate)
+
+    train = commands.add_parser("train", help="run the workflow once as one DDP distillation trial")
+    _workflow_args(train)
+    train.add_argument("--address", default=None, help="Ray cluster address (default: $RAY_ADDRESS or a local cluster)")
+    train.set_defaults(handler=cmd_train)
+
+    sweep = commands.add_parser("sweep", help="search the workflow's space with Ray Tune + Optuna, then select and export")
+    _workflow_args(sweep)
+    sweep.add_argument("--address", default=None, help="Ray cluster address (default: $RAY_ADDRESS or a local cluster)")
+    sweep.add_argument("--resume", action="store_true", help="continue an interrupted sweep from its storage path")
+    sweep.add_argument("--no-export", action="store_true", help="stop after the sweep; skip selection and int8 export")
+    sweep.set_defaults(handler=cmd_sweep)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    try:
+        return handler(args)
+    except LeptonError as err:
+        print(f"lepton-ray: error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,310 @@
+"""Typed workflow and search-space configs: YAML in, frozen validated models out.
+
+This is the only place defaults live. YAML is parsed with the safe loader (no tags that
+run code); every error becomes a `ConfigError` naming the field and the allowed values.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from lepton_ray import metrics
+from lepton_ray.errors import ConfigError
+
+Scalar = Union[bool, int, float, str, None]
+Options = dict[str, Union[Scalar, list[Scalar]]]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(_Strict):
+    name: str = "digits"
+    root: Path | None = None
+    download: bool = False
+    seed: int = 0
+    val_fraction: float = Field(0.15, gt=0, lt=0.5)
+    test_fraction: float = Field(0.2, gt=0, lt=0.5)
+    label_fraction: float = Field(1.0, gt=0, le=1, description="fraction of training labels kept")
+    options: Options = Field(default_factory=dict)
+
+
+class ModelSpec(_Strict):
+    name: str
+    options: Options = Field(default_factory=dict)
+
+
+class TeacherTrainConfig(_Strict):
+    epochs: int = Field(20, ge=1)
+    lr: float = Field(2e-3, gt=0)
+    batch_size: int = Field(64, ge=1)
+
+
+class TeacherConfig(ModelSpec):
+    checkpoint: Path | None = None
+    train: TeacherTrainConfig | None = None
+
+    @model_validator(mode="after")
+    def _needs_a_source(self) -> "TeacherConfig":
+        if self.checkpoint is None and self.train is None:
+            raise ValueError("set 'checkpoint' to a saved teacher or add a 'train' block to train one")
+        return self
+
+
+class LossSpec(_Strict):
+    name: str
+    weight: float = Field(1.0, ge=0)
+    options: Options = Field(default_factory=dict)
+
+
+class DistillationConfig(_Strict):
+    temperature: float = Field(4.0, gt=0, le=100)
+    alpha: float = Field(0.5, ge=0, le=1, description="weight of distillation terms vs hard-label CE")
+    losses: list[LossSpec] = Field(default_factory=lambda: [LossSpec(name="kd")], min_length=1)
+
+
+class TrainingConfig(_Strict):
+    epochs: int = Field(10, ge=1, le=10_000)
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(2e-3, gt=0, le=10)
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    weight_decay: float = Field(0.0, ge=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    seed: int = 0
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+
+
+class ResourcesConfig(_Strict):
+    num_workers: int = Field(2, ge=1, le=1024)
+    cpus_per_worker: float = Field(0.49, gt=0)
+    use_gpu: bool = False
+    gpus_per_worker: float = Field(1.0, gt=0, le=8)
+    max_concurrent_trials: int = Field(2, ge=1)
+    max_failures: int = Field(1, ge=0, description="worker-group restarts per trial")
+
+
+class PruningConfig(_Strict):
+    """Global unstructured magnitude pruning on a cubic schedule (Zhu & Gupta, 2017)."""
+
+    sparsity: float = Field(0.0, ge=0, le=0.95)
+    start_epoch: int = Field(0, ge=0)
+    end_epoch: int | None = Field(None, ge=0, description="default: two thirds of the epochs")
+
+
+class ChannelPruningConfig(_Strict):
+    """Structured channel removal applied before distillation."""
+
+    sparsity: float = Field(0.0, ge=0, le=0.9)
+
+
+class QuantizationConfig(_Strict):
+    """b-bit weight / 8-bit activation fake-quant training (QAT)."""
+
+    bits: Literal[4, 5, 6, 7, 8] | None = None
+    activation_bits: Literal[8] = 8
+    start_epoch: int | None = Field(None, ge=0, description="default: last third of the epochs")
+
+
+class LowRankConfig(_Strict):
+    rank_ratio: float | None = Field(None, gt=0, le=1)
+
+
+class CompressionConfig(_Strict):
+    pruning: PruningConfig = PruningConfig()
+    channel_pruning: ChannelPruningConfig = ChannelPruningConfig()
+    quantization: QuantizationConfig = QuantizationConfig()
+    low_rank: LowRankConfig = LowRankConfig()
+
+
+class TrackingConfig(_Strict):
+    uri: str = "sqlite:///mlflow.db"
+    experiment: str = Field("lepton-ray", min_length=1)
+    model_name: str = Field("lepton-student", min_length=1)
+
+
+class SweepConfig(_Strict):
+    space: Path | None = None
+    num_samples: int = Field(12, ge=1)
+    cost_metric: Literal[metrics.SIZE_BYTES, metrics.MACS, metrics.BOPS, metrics.LATENCY_MS, metrics.PARAMS] = metrics.SIZE_BYTES
+    searcher: Literal["optuna", "random"] = "optuna"
+    scheduler: Literal["none", "pareto_asha"] = "none"
+    seed: int = 0
+    constraints: dict[str, float] = Field(default_factory=dict, description="metric -> max value")
+
+
+class SelectionConfig(_Strict):
+    policy: str = "knee"
+    options: Options = Field(default_factory=dict)
+
+
+class ExportConfig(_Strict):
+    tolerance: float = Field(1.0, ge=0, le=100, description="max int8 accuracy drop, in points")
+    calibration_samples: int = Field(512, ge=1)
+    latency_batch_size: int = Field(64, ge=1)
+
+
+class WorkflowConfig(_Strict):
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    output_dir: Path = Path("runs")
+    data: DataConfig = DataConfig()
+    teacher: TeacherConfig
+    extra_teachers: list[TeacherConfig] = Field(default_factory=list)
+    student: ModelSpec
+    distillation: DistillationConfig = DistillationConfig()
+    compression: CompressionConfig = CompressionConfig()
+    training: TrainingConfig = TrainingConfig()
+    resources: ResourcesConfig = ResourcesConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    sweep: SweepConfig = SweepConfig()
+    selection: SelectionConfig = SelectionConfig()
+    export: ExportConfig = ExportConfig()
+
+    @model_validator(mode="after")
+    def _epochs_in_range(self) -> "WorkflowConfig":
+        epochs = self.training.epochs
+        pruning = self.compression.pruning
+        if pruning.end_epoch is not None and not pruning.start_epoch <= pruning.end_epoch < epochs:
+            raise ValueError(
+                f"compression.pruning.end_epoch must be in [start_epoch={pruning.start_epoch}, "
+                f"training.epochs-1={epochs - 1}], got {pruning.end_epoch}"
+            )
+        qat_start = self.compression.quantization.start_epoch
+        if qat_start is not None and qat_start >= epochs:
+            raise ValueError(
+                f"compression.quantization.start_epoch must be < training.epochs={epochs}, got {qat_start}"
+            )
+        return self
+
+    @property
+    def run_dir(self) -> Path:
+        return self.output_dir / self.name
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+class FloatParam(_Strict):
+    type: Literal["float"]
+    low: float
+    high: float
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "FloatParam":
+        if not self.low < self.high:
+            raise ValueError(f"low ({self.low}) must be < high ({self.high})")
+        if self.log and self.low <= 0:
+            raise ValueError("log=true needs low > 0")
+        return self
+
+
+class IntParam(_Strict):
+    type: Literal["int"]
+    low: int
+    high: int
+    step: int = Field(1, ge=1)
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "IntParam":
+        if not self.low < self.high:
+            raise ValueError(f"low ({self.low}) must be < high ({self.high})")
+        return self
+
+
+class CategoricalParam(_Strict):
+    type: Literal["categorical"]
+    choices: list[Scalar] = Field(min_length=1)
+
+
+ParamSpec = Annotated[Union[FloatParam, IntParam, CategoricalParam], Field(discriminator="type")]
+
+
+class SearchSpace(_Strict):
+    """Knobs keyed by their dotted path in the workflow, e.g. `distillation.temperature`."""
+
+    params: dict[str, ParamSpec] = Field(min_length=1)
+
+
+def read_yaml(path: Path, what: str) -> dict[str, Any]:
+    """Load a YAML mapping with the safe loader; tags that would run code are refused."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{what}: file {str(path)!r} not found; pass the path of an existing YAML file")
+    try:
+        loaded = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        first_line = str(err).strip().splitlines()[0]
+        raise ConfigError(f"{what}: {path} is not valid plain YAML ({first_line}); remove tags and fix the syntax") from None
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{what}: {path} must hold a mapping of keys at the top level")
+    return loaded
+
+
+def _format_validation_error(err: ValidationError, prefix: str = "") -> str:
+    first = err.errors()[0]
+    loc = ".".join(str(part) for part in first["loc"] if not str(part).startswith(("function-", "tagged-union")))
+    field = f"{prefix}{loc}" if loc else prefix.rstrip(".") or "workflow"
+    if first["type"] == "extra_forbidden":
+        return f"{field}: unknown key; remove it or check its spelling"
+    if first["type"] == "missing":
+        return f"{field}: required key is missing"
+    message = first["msg"].removeprefix("Value error, ")
+    return f"{field}: {message} (got {first.get('input')!r})"
+
+
+def parse_workflow(raw: dict[str, Any]) -> WorkflowConfig:
+    try:
+        return WorkflowConfig.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(err)) from None
+
+
+def parse_search_space(raw: dict[str, Any]) -> SearchSpace:
+    try:
+        return SearchSpace.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(err, "search_space.")) from None
+
+
+def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Return a copy of `raw` with dotted paths (`a.b.0.c`) set; list indices are integers."""
+    updated = copy.deepcopy(raw)
+    for dotted, value in overrides.items():
+        node: Any = updated
+        parts = dotted.split(".")
+        for part in parts[:-1]:
+            if isinstance(node, list):
+                node = node[_index(node, part, dotted)]
+            else:
+                node = node.setdefault(part, {})
+                if node is None:
+                    raise ConfigError(f"{dotted}: cannot set a key below an empty value")
+        last = parts[-1]
+        if isinstance(node, list):
+            node[_index(node, last, dotted)] = value
+        elif isinstance(node, dict):
+            node[last] = value
+        else:
+            raise ConfigError(f"{dotted}: {'.'.join(parts[:-1])} is not a mapping")
+    return updated
+
+
+def _index(node: list, part: str, dotted: str) -> int:
+    if not part.isdigit() or int(part) >= len(node):
+        raise ConfigError(f"{dotted}: {part!r} is not an index of a list of {len(node)} items")
+    return int(part)
+
+
+def load_workflow(path: Path, overrides: dict[str, Any] | None = None) -> WorkflowConfig:
+    return parse_workflow(apply_overrides(read_yaml(path, "workflow"), overrides or {}))
+
+
+def load_search_space(path: Path) -> SearchSpace:
+    return parse_search_space(read_yaml(path, "sweep.space"))

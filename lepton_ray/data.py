@@ -1,0 +1,162 @@
+"""Data set registry: each entry turns a `DataConfig` into seeded train/val/test splits.
+
+Small sets (digits, synthetic, CIFAR) are held in memory as tensors; nothing is downloaded
+unless a workflow sets `download: true`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Subset, TensorDataset
+
+from lepton_ray.config import DataConfig
+from lepton_ray.errors import ConfigError, DataError
+from lepton_ray.registry import Registry
+
+
+@dataclass(frozen=True)
+class DataSplits:
+    train: Dataset
+    val: Dataset
+    test: Dataset
+    num_classes: int
+    input_shape: tuple[int, int, int]
+    """(channels, height, width) of one sample."""
+
+
+DataFactory = Callable[[DataConfig], DataSplits]
+DATASETS: Registry[DataFactory] = Registry("data set", "data.name")
+
+
+def build_data(cfg: DataConfig) -> DataSplits:
+    return DATASETS.get(cfg.name)(cfg)
+
+
+def _options(cfg: DataConfig, allowed: dict[str, object]) -> dict[str, object]:
+    unknown = set(cfg.options) - set(allowed)
+    if unknown:
+        raise ConfigError(f"data.options.{sorted(unknown)[0]}: unknown option for {cfg.name!r}; allowed: {sorted(allowed)}")
+    return {**allowed, **cfg.options}
+
+
+def _split_indices(labels: np.ndarray, cfg: DataConfig, with_test: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Seeded stratified split into train/val(/test); train keeps `label_fraction` of its samples."""
+    from sklearn.model_selection import train_test_split
+
+    indices = np.arange(len(labels))
+    test = np.array([], dtype=int)
+    if with_test:
+        indices, test = train_test_split(indices, test_size=cfg.test_fraction, stratify=labels, random_state=cfg.seed)
+    val_share = cfg.val_fraction / (1 - cfg.test_fraction) if with_test else cfg.val_fraction
+    train, val = train_test_split(indices, test_size=val_share, stratify=labels[indices], random_state=cfg.seed)
+    if cfg.label_fraction < 1:
+        keep = max(int(round(len(train) * cfg.label_fraction)), len(np.unique(labels)))
+        train, _ = train_test_split(train, train_size=keep, stratify=labels[train], random_state=cfg.seed)
+    return np.sort(train), np.sort(val), np.sort(test)
+
+
+def _tensor_splits(images: torch.Tensor, labels: torch.Tensor, cfg: DataConfig, num_classes: int) -> DataSplits:
+    train, val, test = _split_indices(labels.numpy(), cfg, with_test=True)
+    pick = lambda idx: TensorDataset(images[idx], labels[idx])  # noqa: E731
+    return DataSplits(pick(train), pick(val), pick(test), num_classes, tuple(images.shape[1:]))
+
+
+@DATASETS.register("digits")
+def digits(cfg: DataConfig) -> DataSplits:
+    """scikit-learn's bundled 8x8 digits (1,797 images, 10 classes), scaled to zero mean, unit std."""
+    from sklearn.datasets import load_digits
+
+    _options(cfg, {})
+    bunch = load_digits()
+    images = torch.tensor(bunch.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    images = (images - images.mean()) / images.std()
+    return _tensor_splits(images, torch.tensor(bunch.target, dtype=torch.long), cfg, 10)
+
+
+@DATASETS.register("synthetic")
+def synthetic(cfg: DataConfig) -> DataSplits:
+    """Generated class prototypes plus Gaussian noise: learnable, reproducible, instant."""
+    opts = _options(cfg, {"num_samples": 600, "num_classes": 10, "channels": 1, "image_size": 8, "noise": 1.0})
+    generator = torch.Generator().manual_seed(cfg.seed)
+    num_classes, size = int(opts["num_classes"]), int(opts["image_size"])
+    shape = (int(opts["channels"]), size, size)
+    prototypes = torch.randn((num_classes, *shape), generator=generator)
+    labels = torch.arange(int(opts["num_samples"])) % num_classes
+    noise = torch.randn((len(labels), *shape), generator=generator) * float(opts["noise"])
+    return _tensor_splits(prototypes[labels] + noise, labels, cfg, num_classes)
+
+
+def _cifar(cfg: DataConfig, dataset_cls_name: str, num_classes: int) -> DataSplits:
+    import torchvision
+
+    _options(cfg, {})
+    if cfg.root is None:
+        raise ConfigError(f"data.root: required for {cfg.name!r}; point it at the folder holding the extracted data set")
+    dataset_cls = getattr(torchvision.datasets, dataset_cls_name)
+    try:
+        train_set = dataset_cls(str(cfg.root), train=True, download=cfg.download)
+        test_set = dataset_cls(str(cfg.root), train=False, download=cfg.download)
+    except RuntimeError as err:
+        raise DataError(
+            f"data.root: {dataset_cls_name} files not found or corrupt under {str(cfg.root)!r} ({err}); "
+            "prepare them once (see README 'Data') or set data.download: true on a machine with internet"
+        ) from None
+    mean = torch.tensor(train_set.data, dtype=torch.float32).mean(dim=(0, 1, 2)) / 255
+    std = torch.tensor(train_set.data, dtype=torch.float32).std(dim=(0, 1, 2)) / 255
+
+    def to_tensors(ds) -> tuple[torch.Tensor, torch.Tensor]:
+        images = torch.tensor(ds.data, dtype=torch.float32).permute(0, 3, 1, 2) / 255
+        return (images - mean[:, None, None]) / std[:, None, None], torch.tensor(ds.targets, dtype=torch.long)
+
+    train_images, train_labels = to_tensors(train_set)
+    test_images, test_labels = to_tensors(test_set)
+    train_idx, val_idx, _ = _split_indices(train_labels.numpy(), cfg, with_test=False)
+    return DataSplits(
+        TensorDataset(train_images[train_idx], train_labels[train_idx]),
+        TensorDataset(train_images[val_idx], train_labels[val_idx]),
+        TensorDataset(test_images, test_labels),
+        num_classes,
+        tuple(train_images.shape[1:]),
+    )
+
+
+@DATASETS.register("cifar10")
+def cifar10(cfg: DataConfig) -> DataSplits:
+    """CIFAR-10 from torchvision's on-disk format under `data.root`; the official test set is the test split."""
+    return _cifar(cfg, "CIFAR10", 10)
+
+
+@DATASETS.register("cifar100")
+def cifar100(cfg: DataConfig) -> DataSplits:
+    """CIFAR-100 from torchvision's on-disk format under `data.root`."""
+    return _cifar(cfg, "CIFAR100", 100)
+
+
+@DATASETS.register("imagefolder")
+def imagefolder(cfg: DataConfig) -> DataSplits:
+    """A local `root/<class>/<image>` tree, resized to `image_size` and split with the data seed."""
+    import torchvision
+    from torchvision import transforms
+
+    opts = _options(cfg, {"image_size": 32, "channels": 3})
+    if cfg.root is None or not Path(cfg.root).is_dir():
+        raise DataError(f"data.root: folder {str(cfg.root)!r} not found; point it at a root/<class>/<image> tree")
+    size, channels = int(opts["image_size"]), int(opts["channels"])
+    steps = [transforms.Resize((size, size))]
+    if channels == 1:
+        steps.append(transforms.Grayscale())
+    steps += [transforms.ToTensor(), transforms.Normalize([0.5] * channels, [0.5] * channels)]
+    try:
+        folder = torchvision.datasets.ImageFolder(str(cfg.root), transform=transforms.Compose(steps))
+    except (FileNotFoundError, RuntimeError) as err:
+        raise DataError(f"data.root: no images under {str(cfg.root)!r} ({err}); expected root/<class>/<image>") from None
+    train, val, test = _split_indices(np.array(folder.targets), cfg, with_test=True)
+    return DataSplits(
+        Subset(folder, train.tolist()), Subset(folder, val.tolist()), Subset(folder, test.tolist()),
+        len(folder.classes), (channels, size, size),
+    )

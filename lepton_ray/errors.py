@@ -1,0 +1,29 @@
+"""Exception types the CLI turns into one line and exit code 2."""
+
+
+class LeptonError(Exception):
+    """Base for errors caused by user input; the message names the field and the fix."""
+
+
+class ConfigError(LeptonError):
+    """A workflow or search-space file is invalid."""
+
+
+class DataError(LeptonError):
+    """A data set cannot be built from what is on disk."""
+
+
+class CheckpointError(LeptonError):
+    """A checkpoint file is missing, corrupt or unsafe to load."""
+
+
+class TrackingError(LeptonError):
+    """The MLflow tracking server cannot be reached or refused a request."""
+
+
+class SelectionError(LeptonError):
+    """No trial satisfies the selection policy."""
+
+
+class ExportError(LeptonError):
+    """The exported model failed a check and was not published."""

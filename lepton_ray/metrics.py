@@ -1,0 +1,27 @@
+"""Metric names shared by the trial, the search, the Pareto step and the reports.
+
+These strings are stable: MLflow leaderboards and saved sweeps depend on them.
+"""
+
+EPOCH = "epoch"
+TRAIN_LOSS = "train_loss"
+VAL_ACCURACY = "val_accuracy"
+VAL_LOSS = "val_loss"
+TEST_ACCURACY = "test_accuracy"
+TEACHER_TEST_ACCURACY = "teacher_test_accuracy"
+
+PARAMS = "params"
+NONZERO_PARAMS = "nonzero_params"
+SPARSITY = "sparsity"
+BITS = "bits"
+SIZE_BYTES = "size_bytes"
+MACS = "macs"
+BOPS = "bops"
+LATENCY_MS = "latency_ms"
+LATENCY_BATCH_MS = "latency_batch_ms"
+
+COST_METRICS = (SIZE_BYTES, MACS, BOPS, LATENCY_MS, PARAMS)
+"""Figures a workflow may name as the cost to minimise."""
+
+ACCURACY_METRIC = TEST_ACCURACY
+"""The accuracy the Pareto front and the selector rank by."""

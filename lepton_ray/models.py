@@ -1,0 +1,127 @@
+"""Model registry: small CNNs/MLPs for digits-sized data and torchvision classifiers by name.
+
+Every factory takes (input_shape, num_classes, **options) and returns an untrained module;
+nothing is downloaded (torchvision models are built with `weights=None`).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+from lepton_ray.config import ModelSpec
+from lepton_ray.errors import ConfigError
+from lepton_ray.registry import Registry
+
+InputShape = tuple[int, int, int]
+ModelFactory = Callable[..., nn.Module]
+MODELS: Registry[ModelFactory] = Registry("model", "model name")
+
+
+def build_model(spec: ModelSpec, input_shape: InputShape, num_classes: int, field: str = "student") -> nn.Module:
+    factory = MODELS.get(spec.name, f"{field}.name")
+    try:
+        return factory(tuple(input_shape), num_classes, **spec.options)
+    except TypeError as err:
+        raise ConfigError(f"{field}.options: {err}; check the option names for model {spec.name!r}") from None
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+@MODELS.register("mlp")
+def mlp(input_shape: InputShape, num_classes: int, hidden: list[int] | None = None, dropout: float = 0.0) -> nn.Module:
+    """Fully connected net on flattened pixels."""
+    widths = [int(torch.tensor(input_shape).prod()), *(hidden or [64])]
+    layers: list[nn.Module] = [nn.Flatten()]
+    for fan_in, fan_out in zip(widths, widths[1:]):
+        layers += [nn.Linear(fan_in, fan_out), nn.ReLU(), nn.Dropout(dropout)]
+    layers.append(nn.Linear(widths[-1], num_classes))
+    return nn.Sequential(*layers)
+
+
+class ConvNet(nn.Module):
+    """Conv-BN-ReLU stages (stride 2 after the first) then global pooling and a linear head.
+
+    Stages are named `features.<i>` so hint/attention losses can pick layers by module name.
+    """
+
+    def __init__(self, input_shape: InputShape, num_classes: int, channels: list[int], hidden: int = 0) -> None:
+        super().__init__()
+        stages: list[nn.Module] = []
+        fan_in = input_shape[0]
+        for index, width in enumerate(channels):
+            stages.append(
+                nn.Sequential(
+                    nn.Conv2d(fan_in, width, 3, stride=1 if index == 0 else 2, padding=1, bias=False),
+                    nn.BatchNorm2d(width),
+                    nn.ReLU(inplace=True),
+                )
+            )
+            fan_in = width
+        self.features = nn.Sequential(*stages)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        head: list[nn.Module] = [nn.Flatten()]
+        if hidden:
+            head += [nn.Linear(fan_in, hidden), nn.ReLU(inplace=True)]
+            fan_in = hidden
+        head.append(nn.Linear(fan_in, num_classes))
+        self.classifier = nn.Sequential(*head)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.pool(self.features(images)))
+
+
+@MODELS.register("cnn_small")
+def cnn_small(input_shape: InputShape, num_classes: int, channels: list[int] | None = None, hidden: int = 0) -> nn.Module:
+    """A student-sized CNN (about 6k parameters by default)."""
+    return ConvNet(input_shape, num_classes, channels or [16, 32], hidden)
+
+
+@MODELS.register("cnn_large")
+def cnn_large(input_shape: InputShape, num_classes: int, channels: list[int] | None = None, hidden: int = 256) -> nn.Module:
+    """A teacher-sized CNN (about 0.5M parameters by default)."""
+    return ConvNet(input_shape, num_classes, channels or [64, 128, 256], hidden)
+
+
+def _adapt_stem(model: nn.Module, input_shape: InputShape) -> nn.Module:
+    """Match torchvision's ImageNet stem to the data: channel count, and no early downsampling below 64 px."""
+    channels, height, _ = input_shape
+    small = height < 64
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Conv2d):
+            stride = (1, 1) if small else module.stride
+            kernel = (3, 3) if small and module.kernel_size == (7, 7) else module.kernel_size
+            padding = (1, 1) if kernel == (3, 3) else module.padding
+            stem = nn.Conv2d(channels, module.out_channels, kernel, stride, padding, bias=module.bias is not None)
+            parent_name, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent_name) if parent_name else model, child, stem)
+            break
+    if small and hasattr(model, "maxpool"):
+        model.maxpool = nn.Identity()
+    return model
+
+
+def _torchvision(builder_name: str) -> ModelFactory:
+    def factory(input_shape: InputShape, num_classes: int, **options) -> nn.Module:
+        import torchvision
+
+        builder = getattr(torchvision.models, builder_name)
+        return _adapt_stem(builder(weights=None, num_classes=num_classes, **options), input_shape)
+
+    factory.__doc__ = f"torchvision.models.{builder_name}(weights=None), stem adapted to the data."
+    return factory
+
+
+for _name, _builder in {
+    "resnet18": "resnet18",
+    "resnet34": "resnet34",
+    "resnet50": "resnet50",
+    "mobilenet_v2": "mobilenet_v2",
+    "mobilenet_v3_small": "mobilenet_v3_small",
+    "shufflenet_v2": "shufflenet_v2_x1_0",
+}.items():
+    MODELS.register(_name)(_torchvision(_builder))
