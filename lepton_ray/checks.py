@@ -37,8 +37,17 @@ def check_files(wf: WorkflowConfig) -> None:
         field = "teacher" if index == 0 else f"extra_teachers.{index - 1}"
         if teacher.train is None and teacher.checkpoint is not None and not Path(teacher.checkpoint).is_file():
             raise ConfigError(f"{field}.checkpoint: file {str(teacher.checkpoint)!r} not found; fix the path or add a 'train' block")
-    if wf.data.name in {"cifar10", "cifar100", "imagefolder"} and (wf.data.root is None or not Path(wf.data.root).is_dir()):
-        raise ConfigError(f"data.root: folder {str(wf.data.root)!r} not found; point it at the data set on disk")
+
+
+def check_data_and_models(wf: WorkflowConfig) -> None:
+    """Build the data splits (files present, options known) and each model once (options known)."""
+    from lepton_ray.data import build_data
+    from lepton_ray.models import build_model
+
+    data = build_data(wf.data)
+    build_model(wf.student, data.input_shape, data.num_classes, field="student")
+    for index, teacher in enumerate([wf.teacher, *wf.extra_teachers]):
+        build_model(teacher, data.input_shape, data.num_classes, field="teacher" if index == 0 else f"extra_teachers.{index - 1}")
 
 
 def check_resources(wf: WorkflowConfig, cluster_cpus: float | None, cluster_gpus: float | None) -> None:
@@ -83,6 +92,7 @@ def check_workflow(wf: WorkflowConfig, cluster: tuple[float, float] | None = Non
     """Run every check; returns the parsed search space (None when the workflow names none)."""
     check_names(wf)
     check_files(wf)
+    check_data_and_models(wf)
     check_resources(wf, *(cluster or (None, None)))
     space = search_space_for(wf)
     if space is not None:

@@ -36,7 +36,7 @@ def load_checked(args: argparse.Namespace, cluster: tuple[float, float] | None =
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    wf, space = load_checked(args)
+    wf, space = load_checked(args, _local_cluster(args))
     resolved = {"workflow": wf.to_dict(), "search_space": space.model_dump(mode="json") if space else None}
     print(yaml.safe_dump(resolved, sort_keys=False))
     print(f"ok: {args.workflow} is valid")

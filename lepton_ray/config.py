@@ -133,7 +133,7 @@ class SweepConfig(_Strict):
     num_samples: int = Field(12, ge=1)
     cost_metric: Literal[metrics.SIZE_BYTES, metrics.MACS, metrics.BOPS, metrics.LATENCY_MS, metrics.PARAMS] = metrics.SIZE_BYTES
     searcher: Literal["optuna", "random"] = "optuna"
-    scheduler: Literal["none", "pareto_asha"] = "none"
+    scheduler: Literal["none", "asha"] = "none"
     seed: int = 0
     constraints: dict[str, float] = Field(default_factory=dict, description="metric -> max value")
 

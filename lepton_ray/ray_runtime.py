@@ -14,6 +14,8 @@ def init_ray(address: str | None = None) -> None:
     """Join a running cluster, or start a local one bound to 127.0.0.1 with the dashboard on.
 
     The dashboard stays on: without it Tune-stopped trials leak placement groups (STACK.md).
+    Worker logs stay in Ray's session folder unless LEPTON_RAY_WORKER_LOGS=1; failures still
+    reach the driver as exceptions and land in MLflow.
     """
     import ray
 
@@ -22,8 +24,9 @@ def init_ray(address: str | None = None) -> None:
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
     target = cluster_address(address)
+    worker_logs = os.environ.get("LEPTON_RAY_WORKER_LOGS", "0") == "1"
     if target:
-        ray.init(address=target, logging_level="WARNING", log_to_driver=True)
+        ray.init(address=target, logging_level="WARNING", log_to_driver=worker_logs)
         return
     ray.init(
         num_cpus=os.cpu_count(),
@@ -31,7 +34,7 @@ def init_ray(address: str | None = None) -> None:
         dashboard_host="127.0.0.1",
         _node_ip_address="127.0.0.1",
         logging_level="WARNING",
-        log_to_driver=True,
+        log_to_driver=worker_logs,
     )
 
 

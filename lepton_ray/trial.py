@@ -284,7 +284,7 @@ def _finish(wf: WorkflowConfig, student: nn.Module, compression: Compression, be
     final = compression.finalize(copy.deepcopy(module).cpu())
     bits = wf.compression.quantization.bits or 32
     cost = static_cost(final, data.input_shape, weight_bits=bits, activation_bits=wf.compression.quantization.activation_bits if bits < 32 else 32)
-    final_metrics = {metrics.TEST_ACCURACY: test_accuracy, "best_epoch": best["epoch"], **cost}
+    final_metrics = {metrics.TEST_ACCURACY: test_accuracy, metrics.BEST_VAL_ACCURACY: best["val_accuracy"], metrics.BEST_EPOCH: best["epoch"], **cost}
     payload = model_payload(final, wf.student.name, wf.student.options, data, metrics={k: float(v) for k, v in final_metrics.items()})
     return final_metrics, payload
 

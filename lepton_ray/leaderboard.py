@@ -1,0 +1,55 @@
+"""The leaderboard: a sweep's trials read back from MLflow as one pandas table."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from lepton_ray import metrics
+from lepton_ray.pareto import pareto_front
+from lepton_ray.tracking import ERROR_TAG, PARENT_TAG, STATUS_TAG, Tracker
+
+FRONT_TAG = "lepton.pareto_front"
+METRIC_COLUMNS = [
+    metrics.TEST_ACCURACY, metrics.BEST_VAL_ACCURACY, metrics.SIZE_BYTES, metrics.MACS, metrics.BOPS, metrics.LATENCY_MS,
+    metrics.PARAMS, metrics.SPARSITY, metrics.BITS, metrics.EPOCH,
+]
+
+
+def latest_sweep_run_id(tracker: Tracker) -> str | None:
+    runs = tracker.client.search_runs([tracker.experiment_id], filter_string="tags.`lepton.kind` = 'sweep'", order_by=["attributes.start_time DESC"], max_results=1)
+    return runs[0].info.run_id if runs else None
+
+
+def trials_frame(tracker: Tracker, parent_run_id: str, cost_metric: str = metrics.SIZE_BYTES) -> pd.DataFrame:
+    """One row per trial run of the sweep: trial number, status, knobs, metrics, error, on_front."""
+    import mlflow
+
+    runs = mlflow.search_runs(experiment_ids=[tracker.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}'", max_results=10_000)
+    if runs.empty:
+        return pd.DataFrame(columns=["trial", "status", "run_id", *METRIC_COLUMNS, "error", "on_front"])
+    table = pd.DataFrame({"trial": runs["tags.optuna_trial"].astype(int), "run_id": runs["run_id"]})
+    table["status"] = runs.get(f"tags.{STATUS_TAG}", pd.Series("running", index=runs.index)).fillna("running")
+    for column in sorted(c for c in runs.columns if c.startswith("tags.knob.")):
+        table[column.removeprefix("tags.knob.")] = runs[column]
+    for name in METRIC_COLUMNS:
+        table[name] = runs.get(f"metrics.{name}", pd.Series(float("nan"), index=runs.index))
+    table["error"] = runs.get(f"tags.{ERROR_TAG}", pd.Series("", index=runs.index)).fillna("")
+    finished = table["status"] == "finished"
+    table["on_front"] = False
+    if finished.any():
+        table.loc[finished, "on_front"] = pareto_front(table.loc[finished, metrics.TEST_ACCURACY].to_numpy(), table.loc[finished, cost_metric].to_numpy())
+    return table.sort_values("trial").reset_index(drop=True)
+
+
+def format_table(table: pd.DataFrame, cost_metric: str, sort: str | None = None, pareto_only: bool = False) -> str:
+    if table.empty:
+        return "(no trials)"
+    view = table[table["on_front"]] if pareto_only else table
+    if sort:
+        if sort not in view.columns:
+            from lepton_ray.errors import ConfigError
+
+            raise ConfigError(f"--sort: unknown column {sort!r}; choose one of {', '.join(view.columns)}")
+        view = view.sort_values(sort, ascending=sort in (cost_metric, *metrics.COST_METRICS))
+    columns = [c for c in view.columns if c not in ("run_id",)]
+    return view[columns].to_string(index=False, float_format=lambda v: f"{v:.4g}")

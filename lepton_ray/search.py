@@ -1,0 +1,123 @@
+"""The search: an Optuna study, persisted in SQLite, driving Ray Tune as a `Searcher`.
+
+Why not Tune's stock `OptunaSearch`: in Ray 2.60 its state lives in Tune's periodic experiment
+snapshot, so after a driver crash it re-suggests configs and counts trials twice, and trials
+stopped early reach Optuna as COMPLETE. Here the study file is the source of truth:
+every trial is an Optuna trial number (also the Train run name and the MLflow run key);
+a resumed sweep re-issues interrupted numbers before asking for new ones; trials stopped
+early by the scheduler are told PRUNED and never enter the front.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import optuna
+from ray.tune.search import Searcher
+
+from lepton_ray import metrics
+from lepton_ray.config import CategoricalParam, FloatParam, SearchSpace, SweepConfig
+
+NUMBER_KEY = "optuna_number"
+"""Key of the Optuna trial number in every Tune trial config."""
+TUNE_ID_ATTR = "tune_trial_id"
+
+
+def distribution(param) -> optuna.distributions.BaseDistribution:
+    if isinstance(param, FloatParam):
+        return optuna.distributions.FloatDistribution(param.low, param.high, log=param.log)
+    if isinstance(param, CategoricalParam):
+        return optuna.distributions.CategoricalDistribution(param.choices)
+    return optuna.distributions.IntDistribution(param.low, param.high, log=param.log, step=param.step)
+
+
+def constraint_values(trial: optuna.trial.FrozenTrial) -> list[float]:
+    """Optuna's contract: each value <= 0 means feasible."""
+    return trial.user_attrs.get("constraints", [1.0])
+
+
+def make_sampler(cfg: SweepConfig) -> optuna.samplers.BaseSampler:
+    if cfg.searcher == "random":
+        return optuna.samplers.RandomSampler(seed=cfg.seed)
+    startup = min(10, max(3, cfg.num_samples // 3))
+    constraints = constraint_values if cfg.constraints else None
+    return optuna.samplers.TPESampler(seed=cfg.seed, n_startup_trials=startup, multivariate=True, constraints_func=constraints)
+
+
+def open_study(storage_dir: Path, cfg: SweepConfig) -> optuna.Study:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage_dir.mkdir(parents=True, exist_ok=True)
+    return optuna.create_study(
+        study_name="sweep",
+        storage=f"sqlite:///{(storage_dir / 'study.db').resolve()}",
+        directions=["maximize", "minimize"],
+        sampler=make_sampler(cfg),
+        load_if_exists=True,
+    )
+
+
+def finished_count(study: optuna.Study) -> int:
+    done = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL, optuna.trial.TrialState.PRUNED)
+    return len(study.get_trials(deepcopy=False, states=done))
+
+
+class StudySearcher(Searcher):
+    """Tune `Searcher` over a persistent multi-objective study (accuracy up, cost down)."""
+
+    def __init__(self, study: optuna.Study, space: SearchSpace | None, cfg: SweepConfig) -> None:
+        super().__init__(metric=metrics.BEST_VAL_ACCURACY, mode="max")
+        self.study = study
+        self.cost_metric = cfg.cost_metric
+        self.constraints = dict(cfg.constraints)
+        self.distributions = {path: distribution(p) for path, p in (space.params.items() if space else [])}
+        running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+        self.interrupted = sorted(running, key=lambda t: t.number)
+        self.live: dict[str, int] = {}
+
+    def set_search_properties(self, metric, mode, config, **spec) -> bool:
+        return True
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        """Interrupted trials first (same number, same params), then a fresh ask."""
+        if self.interrupted:
+            frozen = self.interrupted.pop(0)
+            number, params = frozen.number, dict(frozen.params)
+        else:
+            trial = self.study.ask(fixed_distributions=self.distributions)
+            number, params = trial.number, dict(trial.params)
+        self._set_attr(number, TUNE_ID_ATTR, trial_id)
+        self.live[trial_id] = number
+        return {**params, NUMBER_KEY: number}
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        number = self.live.pop(trial_id, None)
+        if number is None:
+            return
+        state, values = self.outcome(result, error)
+        self._set_attr(number, "constraints", self.constraint_list(result if values else None))
+        self.study.tell(number, values, state=state, skip_if_finished=True)
+
+    def outcome(self, result: dict | None, error: bool) -> tuple[optuna.trial.TrialState, list[float] | None]:
+        """COMPLETE only with the final metrics of a finished trial; early-stopped -> PRUNED."""
+        if error or not result:
+            return optuna.trial.TrialState.FAIL, None
+        if metrics.TEST_ACCURACY not in result or result.get("diverged"):
+            return optuna.trial.TrialState.PRUNED, None
+        return optuna.trial.TrialState.COMPLETE, [float(result[metrics.BEST_VAL_ACCURACY]), float(result[self.cost_metric])]
+
+    def constraint_list(self, result: dict | None) -> list[float]:
+        if not result:
+            return [1.0] * max(len(self.constraints), 1)
+        return [float(result[name]) - limit for name, limit in self.constraints.items()] or [0.0]
+
+    def _set_attr(self, number: int, key: str, value: Any) -> None:
+        """User attrs on a trial known by number (Optuna's public API needs the live Trial object)."""
+        storage = self.study._storage
+        storage.set_trial_user_attr(storage.get_trial_id_from_study_id_trial_number(self.study._study_id, number), key, value)
+
+    def save(self, checkpoint_path: str) -> None:
+        """Nothing to save: the study's SQLite file is already the persistent state."""
+
+    def restore(self, checkpoint_path: str) -> None:
+        """Nothing to restore: state is re-read from the study file."""

@@ -1,0 +1,173 @@
+"""`lepton-ray sweep`/`train`: Ray Tune runs the trials, the Optuna study decides what to try.
+
+Layout under the workflow's `run_dir`:
+  sweep/study.db       Optuna study: the source of truth for which trials exist and how they ended
+  sweep/trials/trial-NNNN/  Ray Train runs named by Optuna number (checkpoints; resumable)
+  sweep/tune/          Ray Tune's bookkeeping for the current attempt (replaced on --resume)
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from lepton_ray import metrics
+from lepton_ray.checkpoints import load_safe
+from lepton_ray.config import SearchSpace, WorkflowConfig, apply_overrides, parse_workflow
+from lepton_ray.errors import ConfigError
+from lepton_ray.search import NUMBER_KEY, StudySearcher, finished_count, open_study
+from lepton_ray.trial import STUDENT_FILE
+
+TRIAL_DRIVER_CPU = 0.01
+"""Tune's per-trial driver only waits on its TorchTrainer; 0 is rejected by Ray, 1 deadlocks 2-CPU nodes."""
+
+
+@dataclass(frozen=True)
+class SweepPaths:
+    root: Path
+
+    @property
+    def trials(self) -> Path:
+        return self.root / "trials"
+
+    @property
+    def tune(self) -> Path:
+        return self.root / "tune"
+
+    @property
+    def study(self) -> Path:
+        return self.root / "study.db"
+
+
+def trial_run_name(number: int) -> str:
+    return f"trial-{number:04d}"
+
+
+def finished_trial_metrics(run_folder: Path) -> dict[str, Any] | None:
+    """Final metrics of a Train run that already completed (its last checkpoint holds the student)."""
+    for student_file in sorted(run_folder.glob(f"*/{STUDENT_FILE}"), reverse=True):
+        payload = load_safe(student_file, "student checkpoint")
+        return {**payload.get("metrics", {}), "checkpoint_path": str(student_file.parent)}
+    return None
+
+
+def trial_driver(config: dict[str, Any], base_workflow: dict[str, Any], teacher_refs: list[Any], trials_root: str) -> None:
+    """Tune function trainable: one Optuna trial = one `TorchTrainer` run named by its number."""
+    from ray import tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from lepton_ray.train import build_trainer, raise_if_diverged
+
+    overrides = {key: value for key, value in config.items() if key != NUMBER_KEY}
+    wf = parse_workflow(apply_overrides(base_workflow, overrides))
+    name = trial_run_name(config[NUMBER_KEY])
+    already = finished_trial_metrics(Path(trials_root) / name)
+    if already is not None:
+        tune.report(already)
+        return
+    result = build_trainer(wf, teacher_refs, Path(trials_root), name, callbacks=[TuneReportCallback()]).fit()
+    raise_if_diverged(result.metrics or {})
+
+
+@dataclass
+class SweepOutcome:
+    parent_run_id: str
+    paths: SweepPaths
+    trials: Any
+    """pandas DataFrame: one row per trial, as in the leaderboard."""
+    teacher_accuracy: float
+    selection: Any = None
+
+
+def sweep_paths(wf: WorkflowConfig, single: bool) -> SweepPaths:
+    return SweepPaths(wf.run_dir / (f"train-{time.strftime('%Y%m%d-%H%M%S')}" if single else "sweep"))
+
+
+def check_storage(paths: SweepPaths, resume: bool) -> None:
+    if resume and not paths.study.is_file():
+        raise ConfigError(f"--resume: no sweep to resume under {paths.root}; run without --resume to start one")
+    if not resume and paths.study.is_file():
+        raise ConfigError(f"sweep: {paths.root} already holds a sweep; pass --resume to continue it, or delete the folder to start over")
+
+
+def run_sweep(
+    wf: WorkflowConfig,
+    space: SearchSpace | None,
+    resume: bool = False,
+    address: str | None = None,
+    select_and_export: bool = False,
+    log: Callable[[str], None] = print,
+) -> SweepOutcome:
+    """Run (or resume) the workflow's sweep; with no search space, one trial of the workflow as written."""
+    from lepton_ray.data import build_data
+    from lepton_ray.leaderboard import format_table, trials_frame
+    from lepton_ray.teacher import prepare_teachers
+    from lepton_ray.tracking import Tracker, check_reachable, redact, tracking_uri
+    from lepton_ray.train import lineage_tags
+
+    paths = sweep_paths(wf, single=space is None)
+    check_storage(paths, resume)
+    uri = tracking_uri(wf.tracking.uri)
+    check_reachable(uri)
+    data = build_data(wf.data)
+    teachers = prepare_teachers(wf, data, log)
+    num_samples = wf.sweep.num_samples if space is not None else 1
+    tracker = Tracker(uri, wf.tracking.experiment)
+    sweep_key = f"sweep:{paths.root.resolve()}"
+    tags = lineage_tags(wf, teachers)
+    parent_run_id = tracker.start_run(sweep_key, f"{wf.name}-{paths.root.name}", wf.to_dict(), {**tags, "lepton.kind": "sweep"})
+    tracker.log_metrics(parent_run_id, {metrics.TEACHER_TEST_ACCURACY: teachers[0].test_accuracy})
+    study = open_study(paths.root, wf.sweep)
+    remaining = num_samples - finished_count(study)
+    log(f"sweep {paths.root}: {num_samples - remaining}/{num_samples} trials already finished; MLflow {redact(uri)}, experiment {wf.tracking.experiment!r}")
+    if remaining > 0:
+        _run_tuner(wf, space, paths, study, remaining, teachers, tracker, parent_run_id, sweep_key, tags, address, log)
+    trials = trials_frame(tracker, parent_run_id)
+    log(format_table(trials, wf.sweep.cost_metric))
+    outcome = SweepOutcome(parent_run_id, paths, trials, teachers[0].test_accuracy)
+    if select_and_export:
+        from lepton_ray.publish import select_export_publish
+
+        outcome.selection = select_export_publish(wf, outcome, data, tracker, log)
+    tracker.finish(parent_run_id, "FINISHED")
+    log(f"MLflow: {tracker.run_url(parent_run_id)}  (browse: mlflow ui --backend-store-uri {redact(uri)})")
+    return outcome
+
+
+def _run_tuner(wf, space, paths, study, remaining, teachers, tracker, parent_run_id, sweep_key, tags, address, log) -> None:
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    from lepton_ray.ray_runtime import init_ray
+    from lepton_ray.train import put_teachers
+    from lepton_ray.tune_callbacks import MlflowTrialLogger, SweepProgress
+
+    init_ray(address)
+    if paths.tune.exists():
+        shutil.rmtree(paths.tune)  # bookkeeping of an interrupted attempt; the study and trial runs are kept
+    trainable = tune.with_parameters(
+        trial_driver, base_workflow=wf.to_dict(), teacher_refs=put_teachers(teachers), trials_root=str(paths.trials.resolve())
+    )
+    scheduler = (
+        ASHAScheduler(time_attr=metrics.EPOCH, metric=metrics.VAL_ACCURACY, mode="max", max_t=wf.training.epochs, grace_period=max(1, wf.training.epochs // 3))
+        if wf.sweep.scheduler == "asha"
+        else FIFOScheduler()
+    )
+    callbacks = [
+        MlflowTrialLogger(tracker, parent_run_id, sweep_key, wf.to_dict(), tags),
+        SweepProgress(wf.sweep.num_samples if space is not None else 1, (wf.sweep.num_samples if space else 1) - remaining, wf.sweep.cost_metric, log=log),
+    ]
+    tuner = tune.Tuner(
+        tune.with_resources(trainable, {"cpu": TRIAL_DRIVER_CPU}),
+        tune_config=tune.TuneConfig(
+            search_alg=StudySearcher(study, space, wf.sweep),
+            scheduler=scheduler,
+            num_samples=remaining,
+            max_concurrent_trials=wf.resources.max_concurrent_trials,
+        ),
+        run_config=tune.RunConfig(name=paths.tune.name, storage_path=str(paths.root.resolve()), callbacks=callbacks, verbose=0),
+    )
+    tuner.fit()

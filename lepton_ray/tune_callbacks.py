@@ -1,0 +1,135 @@
+"""Tune callbacks run in the sweep driver: MLflow logging (the single writer) and live progress."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from ray.tune import Callback
+
+from lepton_ray import metrics
+from lepton_ray.config import apply_overrides
+from lepton_ray.pareto import pareto_front
+from lepton_ray.search import NUMBER_KEY
+from lepton_ray.tracking import Tracker, flatten
+from lepton_ray.trial import DIVERGED, STUDENT_FILE
+
+LOGGED_METRICS = {
+    metrics.EPOCH, metrics.TRAIN_LOSS, metrics.VAL_ACCURACY, metrics.VAL_LOSS, metrics.TEST_ACCURACY,
+    metrics.PARAMS, metrics.NONZERO_PARAMS, metrics.SPARSITY, metrics.BITS, metrics.SIZE_BYTES,
+    metrics.MACS, metrics.BOPS, metrics.LATENCY_MS, metrics.LATENCY_BATCH_MS, metrics.BEST_VAL_ACCURACY, metrics.BEST_EPOCH, DIVERGED,
+}
+CHECKPOINT_PATH_KEY = "checkpoint_path"
+
+
+def trial_key(sweep_key: str, number: int) -> str:
+    return f"{sweep_key}/trial-{number:04d}"
+
+
+def trial_overrides(config: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in config.items() if key != NUMBER_KEY}
+
+
+class MlflowTrialLogger(Callback):
+    """One MLflow child run per Optuna trial number, re-opened (not duplicated) after a resume."""
+
+    def __init__(self, tracker: Tracker, parent_run_id: str, sweep_key: str, base_workflow: dict[str, Any], tags: dict[str, str]) -> None:
+        self.tracker = tracker
+        self.parent_run_id = parent_run_id
+        self.sweep_key = sweep_key
+        self.base_workflow = base_workflow
+        self.tags = tags
+        self.run_ids: dict[str, str] = {}
+
+    def on_trial_start(self, iteration, trials, trial, **info) -> None:
+        number = trial.config[NUMBER_KEY]
+        params = apply_overrides(self.base_workflow, trial_overrides(trial.config))
+        tags = {**self.tags, "optuna_trial": str(number), "tune_trial_id": trial.trial_id, **{f"knob.{k}": str(v) for k, v in trial_overrides(trial.config).items()}}
+        self.run_ids[trial.trial_id] = self.tracker.start_run(
+            trial_key(self.sweep_key, number), f"trial-{number:04d}", params, tags, parent_run_id=self.parent_run_id
+        )
+
+    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        run_id = self.run_ids.get(trial.trial_id)
+        if run_id:
+            values = {k: v for k, v in result.items() if k in LOGGED_METRICS}
+            self.tracker.log_metrics(run_id, values, step=int(result.get(metrics.EPOCH, 0)))
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        run_id = self.run_ids.pop(trial.trial_id, None)
+        if run_id is None:
+            return
+        result = trial.last_result or {}
+        if metrics.TEST_ACCURACY not in result:
+            self.tracker.finish(run_id, "KILLED", error="stopped early by the scheduler (pruned); not eligible for the front")
+            return
+        student_dir = result.get(CHECKPOINT_PATH_KEY)
+        if student_dir and (Path(student_dir) / STUDENT_FILE).is_file():
+            self.tracker.log_artifacts(run_id, [Path(student_dir) / STUDENT_FILE], "student")
+            self.tracker.set_tags(run_id, {"student_checkpoint": str(Path(student_dir) / STUDENT_FILE)})
+        self.tracker.finish(run_id, "FINISHED")
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        run_id = self.run_ids.pop(trial.trial_id, None)
+        if run_id is not None:
+            self.tracker.finish(run_id, "FAILED", error=last_error_line(trial))
+
+
+def last_error_line(trial) -> str:
+    """The exception line of a failed trial's traceback (what a user needs in the leaderboard)."""
+    text = trial.get_error() or ""
+    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
+    exception_lines = [line for line in lines if "Error:" in line or "Exception:" in line]
+    return (exception_lines or lines or ["unknown error"])[-1][:2000]
+
+
+class SweepProgress(Callback):
+    """Prints one status line at most every `interval_s`: done/running/failed, best accuracy, front size, ETA."""
+
+    def __init__(self, total: int, already_done: int, cost_metric: str, interval_s: float = 10.0, log: Callable[[str], None] = print) -> None:
+        self.total = total
+        self.already_done = already_done
+        self.cost_metric = cost_metric
+        self.interval_s = interval_s
+        self.log = log
+        self.started = time.monotonic()
+        self.last_print = 0.0
+        self.points: list[tuple[float, float]] = []
+        self.failed = 0
+        self.pruned = 0
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        result = trial.last_result or {}
+        if metrics.TEST_ACCURACY in result:
+            self.points.append((float(result[metrics.TEST_ACCURACY]), float(result[self.cost_metric])))
+        else:
+            self.pruned += 1
+        self._print(trials, force=True)
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        self.failed += 1
+        self._print(trials, force=True)
+
+    def on_step_end(self, iteration, trials, **info) -> None:
+        self._print(trials)
+
+    def on_experiment_end(self, trials, **info) -> None:
+        self._print(trials, force=True)
+
+    def _print(self, trials, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self.last_print < self.interval_s:
+            return
+        self.last_print = now
+        running = sum(1 for t in trials if t.status == "RUNNING")
+        finished_now = len(self.points) + self.failed + self.pruned
+        done = self.already_done + finished_now
+        elapsed = now - self.started
+        eta = f"~{(elapsed / finished_now) * (self.total - done):.0f}s left" if finished_now else "eta unknown"
+        best = max((acc for acc, _ in self.points), default=float("nan"))
+        front = int(pareto_front([a for a, _ in self.points], [c for _, c in self.points]).sum()) if self.points else 0
+        self.log(
+            f"[sweep] {done}/{self.total} done ({self.failed} failed, {self.pruned} pruned), {running} running | "
+            f"best test_accuracy {best:.4f} | front size {front} | {elapsed:.0f}s elapsed, {eta}"
+        )
