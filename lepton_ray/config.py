@@ -31,7 +31,7 @@ class DataConfig(_Strict):
     seed: int = 0
     val_fraction: float = Field(0.15, gt=0, lt=0.5)
     test_fraction: float = Field(0.2, gt=0, lt=0.5)
-    label_fraction: float = Field(1.0, gt=0, le=1, description="fraction of training labels kept")
+    label_fraction: float = Field(1.0, gt=0, le=1, description="fraction of training samples that keep their label; the rest are an unlabeled transfer set for distillation")
     options: Options = Field(default_factory=dict)
 
 

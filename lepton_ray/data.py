@@ -29,6 +29,10 @@ class DataSplits:
     """(channels, height, width) of one sample."""
 
 
+UNLABELED = -1
+"""Label of training samples kept as a transfer set without labels (`data.label_fraction` < 1):
+distillation losses see them, the hard-label loss skips them."""
+
 DataFactory = Callable[[DataConfig], DataSplits]
 DATASETS: Registry[DataFactory] = Registry("data set", "data.name")
 
@@ -44,8 +48,8 @@ def _options(cfg: DataConfig, allowed: dict[str, object]) -> dict[str, object]:
     return {**allowed, **cfg.options}
 
 
-def _split_indices(labels: np.ndarray, cfg: DataConfig, with_test: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Seeded stratified split into train/val(/test); train keeps `label_fraction` of its samples."""
+def _split_indices(labels: np.ndarray, cfg: DataConfig, with_test: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Seeded stratified split into train/val(/test), plus the train indices whose labels are hidden."""
     from sklearn.model_selection import train_test_split
 
     indices = np.arange(len(labels))
@@ -54,16 +58,43 @@ def _split_indices(labels: np.ndarray, cfg: DataConfig, with_test: bool) -> tupl
         indices, test = train_test_split(indices, test_size=cfg.test_fraction, stratify=labels, random_state=cfg.seed)
     val_share = cfg.val_fraction / (1 - cfg.test_fraction) if with_test else cfg.val_fraction
     train, val = train_test_split(indices, test_size=val_share, stratify=labels[indices], random_state=cfg.seed)
+    hidden = np.array([], dtype=int)
     if cfg.label_fraction < 1:
         keep = max(int(round(len(train) * cfg.label_fraction)), len(np.unique(labels)))
-        train, _ = train_test_split(train, train_size=keep, stratify=labels[train], random_state=cfg.seed)
-    return np.sort(train), np.sort(val), np.sort(test)
+        _, hidden = train_test_split(train, train_size=keep, stratify=labels[train], random_state=cfg.seed)
+    return np.sort(train), np.sort(val), np.sort(test), hidden
+
+
+def _hide_labels(labels: torch.Tensor, hidden: np.ndarray) -> torch.Tensor:
+    masked = labels.clone()
+    masked[torch.as_tensor(hidden, dtype=torch.long)] = UNLABELED
+    return masked
+
+
+class _HiddenLabels(Dataset):
+    """Wraps a file-backed data set so that hidden training samples report label -1."""
+
+    def __init__(self, dataset: Dataset, hidden: set[int]) -> None:
+        self.dataset, self.hidden = dataset, hidden
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        image, label = self.dataset[index]
+        return image, UNLABELED if index in self.hidden else label
 
 
 def _tensor_splits(images: torch.Tensor, labels: torch.Tensor, cfg: DataConfig, num_classes: int) -> DataSplits:
-    train, val, test = _split_indices(labels.numpy(), cfg, with_test=True)
-    pick = lambda idx: TensorDataset(images[idx], labels[idx])  # noqa: E731
-    return DataSplits(pick(train), pick(val), pick(test), num_classes, tuple(images.shape[1:]))
+    train, val, test, hidden = _split_indices(labels.numpy(), cfg, with_test=True)
+    train_labels = _hide_labels(labels, hidden)
+    return DataSplits(
+        TensorDataset(images[train], train_labels[train]),
+        TensorDataset(images[val], labels[val]),
+        TensorDataset(images[test], labels[test]),
+        num_classes,
+        tuple(images.shape[1:]),
+    )
 
 
 @DATASETS.register("digits")
@@ -115,9 +146,9 @@ def _cifar(cfg: DataConfig, dataset_cls_name: str, num_classes: int) -> DataSpli
 
     train_images, train_labels = to_tensors(train_set)
     test_images, test_labels = to_tensors(test_set)
-    train_idx, val_idx, _ = _split_indices(train_labels.numpy(), cfg, with_test=False)
+    train_idx, val_idx, _, hidden = _split_indices(train_labels.numpy(), cfg, with_test=False)
     return DataSplits(
-        TensorDataset(train_images[train_idx], train_labels[train_idx]),
+        TensorDataset(train_images[train_idx], _hide_labels(train_labels, hidden)[train_idx]),
         TensorDataset(train_images[val_idx], train_labels[val_idx]),
         TensorDataset(test_images, test_labels),
         num_classes,
@@ -155,8 +186,9 @@ def imagefolder(cfg: DataConfig) -> DataSplits:
         folder = torchvision.datasets.ImageFolder(str(cfg.root), transform=transforms.Compose(steps))
     except (FileNotFoundError, RuntimeError) as err:
         raise DataError(f"data.root: no images under {str(cfg.root)!r} ({err}); expected root/<class>/<image>") from None
-    train, val, test = _split_indices(np.array(folder.targets), cfg, with_test=True)
+    train, val, test, hidden = _split_indices(np.array(folder.targets), cfg, with_test=True)
     return DataSplits(
-        Subset(folder, train.tolist()), Subset(folder, val.tolist()), Subset(folder, test.tolist()),
+        Subset(_HiddenLabels(folder, set(hidden.tolist())), train.tolist()),
+        Subset(folder, val.tolist()), Subset(folder, test.tolist()),
         len(folder.classes), (channels, size, size),
     )

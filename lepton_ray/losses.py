@@ -80,6 +80,13 @@ class LogitMSE(DistillationLoss):
         return F.mse_loss(inputs.student_logits, inputs.teacher_logits[0])
 
 
+def labeled_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """CE averaged over labeled samples only (label -1 = unlabeled); 0 for a batch with none."""
+    per_sample = F.cross_entropy(logits, labels.clamp(min=0), reduction="none")
+    labeled = (labels >= 0).to(per_sample.dtype)
+    return (per_sample * labeled).sum() / labeled.sum().clamp(min=1)
+
+
 def build_loss(spec: LossSpec, index: int) -> DistillationLoss:
     loss_cls = LOSSES.get(spec.name)
     try:
@@ -111,7 +118,7 @@ class DistillationObjective(nn.Module):
         return tuple(dict.fromkeys(name for loss in self.losses for name in loss.teacher_layers))
 
     def forward(self, inputs: DistillInputs) -> torch.Tensor:
-        hard = F.cross_entropy(inputs.student_logits, inputs.labels)
+        hard = labeled_cross_entropy(inputs.student_logits, inputs.labels)
         if self.alpha == 0.0:
             return hard
         distill = sum(weight * loss(inputs) for weight, loss in zip(self.weights, self.losses))
