@@ -59,6 +59,23 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_leaderboard(args: argparse.Namespace) -> int:
+    from lepton_ray.leaderboard import format_table, latest_sweep_run_id, trials_frame
+    from lepton_ray.tracking import Tracker, tracking_uri
+
+    tracker = Tracker(tracking_uri(args.tracking_uri), args.experiment, create=False)
+    parent = args.sweep_run or latest_sweep_run_id(tracker)
+    if parent is None:
+        raise LeptonError(f"--experiment: no sweep found in experiment {args.experiment!r}; run `lepton-ray sweep` first or pick another experiment")
+    table = trials_frame(tracker, parent, args.cost)
+    print(format_table(table, args.cost, sort=args.sort, pareto_only=args.pareto_only))
+    for path in filter(None, [args.csv, args.json]):
+        shown = table[table["on_front"]] if args.pareto_only else table
+        shown.to_csv(path, index=False) if path == args.csv else shown.to_json(path, orient="records", indent=2)
+        print(f"wrote {path}")
+    return 0
+
+
 def _local_cluster(args: argparse.Namespace) -> tuple[float, float] | None:
     """Size of the cluster this machine will start; None when joining one (Ray checks it then)."""
     from lepton_ray.checks import local_cluster_size
@@ -91,6 +108,17 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--resume", action="store_true", help="continue an interrupted sweep from its storage path")
     sweep.add_argument("--no-export", action="store_true", help="stop after the sweep; skip selection and int8 export")
     sweep.set_defaults(handler=cmd_sweep)
+
+    board = commands.add_parser("leaderboard", help="print a sweep's trials from MLflow")
+    board.add_argument("--experiment", default="digits-quickstart", help="MLflow experiment name")
+    board.add_argument("--tracking-uri", default="sqlite:///mlflow.db", help="MLflow URI ($MLFLOW_TRACKING_URI wins)")
+    board.add_argument("--sweep-run", default=None, help="parent run id of the sweep (default: the latest sweep)")
+    board.add_argument("--cost", default="size_bytes", choices=["size_bytes", "macs", "bops", "latency_ms", "params"], help="cost axis of the front")
+    board.add_argument("--sort", default=None, help="column to sort by (accuracy descending, costs ascending)")
+    board.add_argument("--pareto-only", action="store_true", help="show only trials on the accuracy/cost front")
+    board.add_argument("--csv", default=None, help="also write the table to this CSV file")
+    board.add_argument("--json", default=None, help="also write the table to this JSON file")
+    board.set_defaults(handler=cmd_leaderboard)
     return parser
 
 

@@ -136,6 +136,9 @@ class SweepConfig(_Strict):
     scheduler: Literal["none", "asha"] = "none"
     seed: int = 0
     constraints: dict[str, float] = Field(default_factory=dict, description="metric -> max value")
+    baseline_trials: list[dict[str, Scalar]] = Field(
+        default_factory=list, description="knob values to try first (e.g. today's production settings)"
+    )
 
 
 class SelectionConfig(_Strict):
@@ -256,7 +259,8 @@ def _format_validation_error(err: ValidationError, prefix: str = "") -> str:
     if first["type"] == "missing":
         return f"{field}: required key is missing"
     message = first["msg"].removeprefix("Value error, ")
-    return f"{field}: {message} (got {first.get('input')!r})"
+    shown = repr(first.get("input"))
+    return f"{field}: {message}" + (f" (got {shown})" if len(shown) <= 80 else "")
 
 
 def parse_workflow(raw: dict[str, Any]) -> WorkflowConfig:

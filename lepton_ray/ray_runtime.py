@@ -22,6 +22,7 @@ def init_ray(address: str | None = None) -> None:
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # our own progress line replaces Tune's tables
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
     target = cluster_address(address)
     worker_logs = os.environ.get("LEPTON_RAY_WORKER_LOGS", "0") == "1"

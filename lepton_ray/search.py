@@ -46,15 +46,21 @@ def make_sampler(cfg: SweepConfig) -> optuna.samplers.BaseSampler:
 
 
 def open_study(storage_dir: Path, cfg: SweepConfig) -> optuna.Study:
+    """Create the study (queueing `baseline_trials` first) or load the existing one."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage_dir.mkdir(parents=True, exist_ok=True)
-    return optuna.create_study(
+    is_new = not (storage_dir / "study.db").exists()
+    study = optuna.create_study(
         study_name="sweep",
         storage=f"sqlite:///{(storage_dir / 'study.db').resolve()}",
         directions=["maximize", "minimize"],
         sampler=make_sampler(cfg),
         load_if_exists=True,
     )
+    if is_new:
+        for params in cfg.baseline_trials:
+            study.enqueue_trial(params, skip_if_exists=True)
+    return study
 
 
 def finished_count(study: optuna.Study) -> int:
@@ -66,7 +72,7 @@ class StudySearcher(Searcher):
     """Tune `Searcher` over a persistent multi-objective study (accuracy up, cost down)."""
 
     def __init__(self, study: optuna.Study, space: SearchSpace | None, cfg: SweepConfig) -> None:
-        super().__init__(metric=metrics.BEST_VAL_ACCURACY, mode="max")
+        super().__init__()  # no metric: Tune would demand it in every per-epoch report
         self.study = study
         self.cost_metric = cfg.cost_metric
         self.constraints = dict(cfg.constraints)

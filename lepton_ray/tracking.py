@@ -74,7 +74,7 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, str]:
 class Tracker:
     """Thin wrapper over `MlflowClient` for one experiment."""
 
-    def __init__(self, uri: str, experiment: str) -> None:
+    def __init__(self, uri: str, experiment: str, create: bool = True) -> None:
         import mlflow
         from mlflow.tracking import MlflowClient
 
@@ -82,6 +82,8 @@ class Tracker:
         mlflow.set_tracking_uri(uri)
         self.client = MlflowClient(tracking_uri=uri)
         existing = self.client.get_experiment_by_name(experiment)
+        if existing is None and not create:
+            raise TrackingError(f"--experiment: no MLflow experiment {experiment!r} at {redact(uri)}; check the name and tracking URI")
         self.experiment_id = existing.experiment_id if existing else self.client.create_experiment(experiment)
         self.experiment = experiment
 

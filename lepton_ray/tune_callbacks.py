@@ -78,7 +78,10 @@ class MlflowTrialLogger(Callback):
 
 def last_error_line(trial) -> str:
     """The exception line of a failed trial's traceback (what a user needs in the leaderboard)."""
-    text = trial.get_error() or ""
+    text = ""
+    if trial.error_file and Path(trial.error_file).is_file():
+        text = Path(trial.error_file).read_text()
+    text = text or trial.get_error() or ""
     lines = [line.strip() for line in str(text).splitlines() if line.strip()]
     exception_lines = [line for line in lines if "Error:" in line or "Exception:" in line]
     return (exception_lines or lines or ["unknown error"])[-1][:2000]
