@@ -25,7 +25,7 @@ from lepton_ray import metrics
 from lepton_ray.checkpoints import load_safe, save_atomic
 from lepton_ray.compress import Compression
 from lepton_ray.config import TrainingConfig, WorkflowConfig, parse_workflow
-from lepton_ray.cost import static_cost
+from lepton_ray.cost import trial_cost
 from lepton_ray.data import DataSplits, build_data
 from lepton_ray.features import capture_features, unwrap
 from lepton_ray.losses import DistillationObjective, DistillInputs
@@ -283,7 +283,8 @@ def _finish(wf: WorkflowConfig, student: nn.Module, compression: Compression, be
     test_accuracy, _ = evaluate(module, data.test, wf.training.batch_size, device)
     final = compression.finalize(copy.deepcopy(module).cpu())
     bits = wf.compression.quantization.bits or 32
-    cost = static_cost(final, data.input_shape, weight_bits=bits, activation_bits=wf.compression.quantization.activation_bits if bits < 32 else 32)
+    latency_batch_size = wf.export.latency_batch_size if world()[0] == 0 else None  # one rank times ORT, uncontended
+    cost = trial_cost(final, data.input_shape, bits, wf.compression.quantization.activation_bits if bits < 32 else 32, latency_batch_size)
     final_metrics = {metrics.TEST_ACCURACY: test_accuracy, metrics.BEST_VAL_ACCURACY: best["val_accuracy"], metrics.BEST_EPOCH: best["epoch"], **cost}
     payload = model_payload(final, wf.student.name, wf.student.options, data, metrics={k: float(v) for k, v in final_metrics.items()})
     return final_metrics, payload

@@ -80,3 +80,7 @@ class Compression:
         for compressor in self.compressors:
             model = compressor.rebuild(model, state_dict)
         return model
+
+
+# Importing the compressor modules registers their factories (they import this module first).
+from lepton_ray.compress import channels, lowrank, pruning, quantize  # noqa: E402,F401

@@ -1,0 +1,45 @@
+"""The layers compression acts on, the default epoch at which compression is in force, and weight baking."""
+
+from __future__ import annotations
+
+from torch import nn
+from torch.nn.utils import parametrize
+
+WEIGHT_LAYER_TYPES = (nn.Conv2d, nn.Linear)
+"""Layers whose weights are pruned, quantized and counted by the cost model."""
+
+
+def weight_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    return [(name, module) for name, module in model.named_modules() if isinstance(module, WEIGHT_LAYER_TYPES)]
+
+
+def full_compression_epoch(epochs: int) -> int:
+    """Default epoch from which pruning is at its target and QAT is on: two thirds of the run.
+
+    The last third (rounded up) then fine-tunes the student exactly as it will ship.
+    """
+    return (2 * epochs) // 3
+
+
+def bake_weights(model: nn.Module) -> None:
+    """Replace each parametrized weight by its current value (mask and b-bit grid applied).
+
+    `remove_parametrizations` removes the whole chain of a tensor at once, so whichever
+    compressor finalizes first bakes all of them; calling it again is a no-op.
+    """
+    for _, layer in weight_layers(model):
+        if parametrize.is_parametrized(layer, "weight"):
+            _own_class(layer)
+            parametrize.remove_parametrizations(layer, "weight", leave_parametrized=True)
+
+
+def _own_class(layer: nn.Module) -> None:
+    """Give a parametrized layer a private copy of its generated class.
+
+    `copy.deepcopy` of a parametrized module shares that class with the original, and
+    `remove_parametrizations` deletes the weight property from the class: without this,
+    baking a deep copy (as the trial does) breaks the live student.
+    """
+    cls = type(layer)
+    namespace = {key: value for key, value in vars(cls).items() if key not in ("__dict__", "__weakref__")}
+    layer.__class__ = type(cls.__name__, cls.__bases__, namespace)

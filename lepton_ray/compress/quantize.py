@@ -1,0 +1,142 @@
+"""Quantization-aware training: b-bit per-channel weights, 8-bit per-tensor activations, in eager torch.
+
+Why eager fake-quant and not torchao/PT2E (measured in STACK.md): it works on every registry
+model (PT2E's X86InductorQuantizer fails on resnet18, torchao's QATConfig is Linear-only,
+`torch.ao.quantization` is deprecated), it runs unchanged under DDP (a parametrization and a
+forward pre-hook, no graph capture), and weights on the symmetric b-bit grid are exactly
+representable in int8, so the int8 ONNX export reproduces the b-bit accuracy.
+
+Everything is installed (disabled) at `prepare`, before DDP wraps the student, so DDP sees the
+observer buffers and broadcasts rank 0's ranges; `on_epoch_start` only switches it on.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from lepton_ray.compress import Compressor, register_compressor
+from lepton_ray.compress.layers import bake_weights, full_compression_epoch, weight_layers
+from lepton_ray.config import QuantizationConfig
+from lepton_ray.errors import ConfigError
+
+_MIN_SCALE = 1e-12
+"""Keeps an all-zero channel (fully pruned) from dividing by zero; its codes stay 0."""
+
+OBSERVER_MOMENTUM = 0.01
+"""EMA constant of the activation range, as torch.ao's MovingAverageMinMaxObserver uses for QAT."""
+
+INPUT_QUANT = "input_quant"
+"""Name of the activation fake-quant submodule added to each conv/linear layer."""
+
+
+class WeightFQ(nn.Module):
+    """Parametrization: symmetric per-output-channel b-bit fake-quant, straight-through gradient.
+
+    scale_c = max|w_c| / (2^(b-1) - 1); codes in [-(2^(b-1) - 1), 2^(b-1) - 1], so 0 is on the grid.
+    """
+
+    def __init__(self, bits: int) -> None:
+        super().__init__()
+        self.bits = bits
+        self.enabled = False
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        if not self.enabled:
+            return weight
+        qmax = 2 ** (self.bits - 1) - 1
+        scale = (weight.detach().abs().flatten(1).amax(dim=1).float() / qmax).clamp_min(_MIN_SCALE)
+        zero_point = torch.zeros_like(scale, dtype=torch.int32)
+        return torch.fake_quantize_per_channel_affine(weight, scale, zero_point, 0, -qmax, qmax)
+
+
+class ActivationFQ(nn.Module):
+    """Per-tensor affine fake-quant (uint8 codes) of a layer's input, as ONNX Runtime's QDQ model runs it.
+
+    The range is an EMA of batch min/max while training and frozen in eval mode; it always
+    includes 0 so zero padding and ReLU zeros are exact.
+    """
+
+    def __init__(self, bits: int) -> None:
+        super().__init__()
+        self.qmax = 2**bits - 1
+        self.enabled = False
+        self.register_buffer("min_val", torch.tensor(float("inf")))
+        self.register_buffer("max_val", torch.tensor(float("-inf")))
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        if not self.enabled:
+            return inputs
+        if self.training:
+            self._observe(inputs.detach())
+        elif not torch.isfinite(self.max_val):
+            return inputs
+        low, high = self.min_val.clamp(max=0.0), self.max_val.clamp(min=0.0)
+        scale = ((high - low) / self.qmax).clamp_min(_MIN_SCALE)
+        zero_point = (-low / scale).round().clamp(0, self.qmax).to(torch.int32)
+        return torch.fake_quantize_per_tensor_affine(inputs.float(), scale, zero_point, 0, self.qmax).to(inputs.dtype)
+
+    def _observe(self, inputs: torch.Tensor) -> None:
+        batch_min, batch_max = inputs.min().float(), inputs.max().float()
+        seen = torch.isfinite(self.max_val)
+        self.min_val.copy_(torch.where(seen, torch.lerp(self.min_val, batch_min, OBSERVER_MOMENTUM), batch_min))
+        self.max_val.copy_(torch.where(seen, torch.lerp(self.max_val, batch_max, OBSERVER_MOMENTUM), batch_max))
+
+
+def _quantize_input(layer: nn.Module, args: tuple) -> tuple:
+    """Forward pre-hook; a module-level function (not a closure) so deep copies keep working."""
+    return (getattr(layer, INPUT_QUANT)(args[0]), *args[1:])
+
+
+def install_fake_quant(model: nn.Module, weight_bits: int, activation_bits: int) -> None:
+    """Add (disabled) weight and input fake-quant to every conv/linear layer."""
+    for _, layer in weight_layers(model):
+        parametrize.register_parametrization(layer, "weight", WeightFQ(weight_bits))
+        layer.add_module(INPUT_QUANT, ActivationFQ(activation_bits))
+        layer.register_forward_pre_hook(_quantize_input)
+
+
+def set_fake_quant(model: nn.Module, enabled: bool) -> None:
+    for module in model.modules():
+        if isinstance(module, (WeightFQ, ActivationFQ)):
+            module.enabled = enabled
+
+
+def remove_input_quant(model: nn.Module) -> None:
+    """Drop the activation fake-quant; the hook is found by identity because a deep copy has no handle to it."""
+    for _, layer in weight_layers(model):
+        if hasattr(layer, INPUT_QUANT):
+            for key in [key for key, hook in layer._forward_pre_hooks.items() if hook is _quantize_input]:
+                del layer._forward_pre_hooks[key]
+            delattr(layer, INPUT_QUANT)
+
+
+class QuantizationAwareTraining(Compressor):
+    """Fake-quant on from `start_epoch` (default: the last third of the run) to the end."""
+
+    def __init__(self, cfg: QuantizationConfig, epochs: int) -> None:
+        super().__init__(cfg, epochs)
+        if cfg.start_epoch is not None and cfg.start_epoch >= epochs:
+            raise ConfigError(f"compression.quantization.start_epoch must be < training.epochs={epochs}, got {cfg.start_epoch}")
+        self.start_epoch = cfg.start_epoch if cfg.start_epoch is not None else full_compression_epoch(epochs)
+
+    def prepare(self, model: nn.Module, example_input: torch.Tensor) -> nn.Module:
+        install_fake_quant(model, self.cfg.bits, self.cfg.activation_bits)
+        return model
+
+    def on_epoch_start(self, model: nn.Module, epoch: int) -> None:
+        set_fake_quant(model, epoch >= self.start_epoch)
+
+    def is_final(self, epoch: int) -> bool:
+        return epoch >= self.start_epoch
+
+    def finalize(self, model: nn.Module) -> nn.Module:
+        bake_weights(model)
+        remove_input_quant(model)
+        return model
+
+
+@register_compressor(QuantizationConfig)
+def quantization_aware_training(cfg: QuantizationConfig, epochs: int) -> QuantizationAwareTraining | None:
+    return QuantizationAwareTraining(cfg, epochs) if cfg.bits is not None else None
