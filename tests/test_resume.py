@@ -1,0 +1,105 @@
+"""A sweep whose driver is SIGKILLed mid-run resumes to exactly num_samples trials, nothing twice."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import optuna
+import pytest
+
+from lepton_ray.config import load_workflow
+from lepton_ray.tracking import PARENT_TAG, Tracker
+
+from test_sweep import TINY
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _pids() -> set[int]:
+    return {int(name) for name in os.listdir("/proc") if name.isdigit()}
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _kill_new_ray_processes(before: set[int]) -> None:
+    """Ray daemons the killed driver started (they can outlive it): killed by PID, nothing else."""
+    for pid in _pids() - before:
+        if "ray" in _cmdline(pid) and pid != os.getpid():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def _sweep_command(workflow: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "lepton_ray.cli", "sweep", str(workflow), "--no-export", *extra]
+
+
+def _states(study_db: Path) -> list[str]:
+    if not study_db.exists():
+        return []
+    try:
+        study = optuna.load_study(study_name="sweep", storage=f"sqlite:///{study_db}")
+    except KeyError:
+        return []
+    return [t.state.name for t in study.trials]
+
+
+@pytest.mark.ray
+def test_killed_driver_resumes_to_exactly_num_samples_with_one_run_per_trial(write_workflow, tmp_path):
+    num_samples = 4
+    workflow = write_workflow({**TINY, "sweep.num_samples": num_samples, "training.epochs": 3})
+    wf = load_workflow(workflow)
+    study_db = wf.run_dir / "sweep" / "study.db"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+
+    before = _pids()
+    driver = subprocess.Popen(_sweep_command(workflow), cwd=tmp_path, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            states = _states(study_db)
+            if states.count("COMPLETE") >= 1 and "RUNNING" in states:
+                break
+            assert driver.poll() is None, "the sweep ended before it could be interrupted"
+            time.sleep(1)
+        else:
+            pytest.fail(f"no trial completed in time: {_states(study_db)}")
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait()
+        time.sleep(2)
+        _kill_new_ray_processes(before)
+    interrupted = _states(study_db)
+    assert "RUNNING" in interrupted and len(interrupted) < num_samples + 1
+
+    before = _pids()
+    try:
+        resumed = subprocess.run(_sweep_command(workflow, "--resume"), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=420)
+    finally:
+        _kill_new_ray_processes(before)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+
+    assert _states(study_db) == ["COMPLETE"] * num_samples
+    trial_dirs = sorted(p.name for p in (wf.run_dir / "sweep" / "trials").iterdir() if p.is_dir())
+    assert trial_dirs == [f"trial-{n:04d}" for n in range(num_samples)]
+
+    tracker = Tracker(wf.tracking.uri, wf.tracking.experiment)
+    sweeps = mlflow.search_runs(experiment_ids=[tracker.experiment_id], filter_string="tags.`lepton.kind` = 'sweep'")
+    assert len(sweeps) == 1
+    children = mlflow.search_runs(experiment_ids=[tracker.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{sweeps.run_id[0]}'")
+    assert len(children) == num_samples
+    assert sorted(children["tags.optuna_trial"].astype(int)) == list(range(num_samples))
+    assert set(children["status"]) == {"FINISHED"}
+    assert set(sweeps["status"]) == {"FINISHED"}
