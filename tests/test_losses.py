@@ -1,0 +1,360 @@
+"""Distillation losses against hand computations, their gradients, hooks, adapters and shipped workflows."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from lepton_ray.config import DistillationConfig, LossSpec, load_workflow
+from lepton_ray.data import build_data
+from lepton_ray.errors import ConfigError, DataError
+from lepton_ray.features import capture_features
+from lepton_ray.losses import LOSSES, DistillationObjective, DistillInputs, build_loss
+from lepton_ray.models import build_model
+from lepton_ray.trial import Precision, build_objective, build_optimizer, iterate_batches, train_epoch, train_indices
+
+from conftest import REPO
+
+CPU = torch.device("cpu")
+METHODS = ["kd", "hard", "logit_mse", "hint", "attention", "multi_teacher"]
+
+STUDENT_LOGITS = [[1.0, 2.0, 0.5], [0.0, -1.0, 3.0]]
+TEACHER_LOGITS = [[2.0, 1.0, 0.0], [1.0, 0.5, 2.5]]
+SECOND_TEACHER = [[0.0, 3.0, 1.0], [4.0, 0.0, 0.0]]
+
+
+def softmax_rows(rows: list[list[float]], temperature: float = 1.0) -> list[list[float]]:
+    out = []
+    for row in rows:
+        exps = [math.exp(v / temperature) for v in row]
+        out.append([e / sum(exps) for e in exps])
+    return out
+
+
+def hand_kl(target: list[list[float]], student: list[list[float]], temperature: float) -> float:
+    """T^2 * (1/B) * sum_b sum_c p_bc * log(p_bc / q_bc), q = softmax(student/T)."""
+    q = softmax_rows(student, temperature)
+    total = sum(p * math.log(p / qc) for prow, qrow in zip(target, q) for p, qc in zip(prow, qrow))
+    return temperature**2 * total / len(target)
+
+
+def inputs(temperature: float = 1.0, teachers=(TEACHER_LOGITS,), labels=(1, 2), **features) -> DistillInputs:
+    return DistillInputs(
+        torch.tensor(STUDENT_LOGITS), torch.tensor(labels), [torch.tensor(t) for t in teachers], temperature, **features
+    )
+
+
+def make(name: str, **options) -> nn.Module:
+    return build_loss(LossSpec(name=name, options=options), 0)
+
+
+# ---- logit losses ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("temperature", [1.0, 4.0])
+def test_kd_is_t_squared_kl_of_softened_distributions_with_batchmean(temperature):
+    expected = hand_kl(softmax_rows(TEACHER_LOGITS, temperature), STUDENT_LOGITS, temperature)
+    assert make("kd")(inputs(temperature)).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_kd_t_squared_factor_keeps_the_gradient_scale_of_soft_targets():
+    """Hinton: d/ds of T^2*KL is T*(q - p); without T^2 it would shrink as 1/T."""
+    student = torch.tensor(STUDENT_LOGITS, requires_grad=True)
+    temperature = 4.0
+    make("kd")(DistillInputs(student, torch.tensor([1, 2]), [torch.tensor(TEACHER_LOGITS)], temperature)).backward()
+    q = torch.tensor(softmax_rows(STUDENT_LOGITS, temperature))
+    p = torch.tensor(softmax_rows(TEACHER_LOGITS, temperature))
+    torch.testing.assert_close(student.grad, temperature * (q - p) / 2)
+
+
+def test_hard_is_cross_entropy_against_teacher_argmax():
+    q = softmax_rows(STUDENT_LOGITS)
+    teacher_labels = [0, 2]  # argmax of TEACHER_LOGITS rows
+    expected = -sum(math.log(q[b][c]) for b, c in enumerate(teacher_labels)) / 2
+    assert make("hard")(inputs()).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_logit_mse_is_mean_over_all_elements():
+    diffs = [(s - t) ** 2 for srow, trow in zip(STUDENT_LOGITS, TEACHER_LOGITS) for s, t in zip(srow, trow)]
+    assert make("logit_mse")(inputs()).item() == pytest.approx(sum(diffs) / 6, rel=1e-6)
+
+
+def test_multi_teacher_with_fixed_weights_is_kd_against_the_weighted_mean_of_soft_targets():
+    temperature = 2.0
+    first, second = softmax_rows(TEACHER_LOGITS, temperature), softmax_rows(SECOND_TEACHER, temperature)
+    target = [[0.75 * a + 0.25 * b for a, b in zip(ra, rb)] for ra, rb in zip(first, second)]
+    loss = make("multi_teacher", weights=[3.0, 1.0])(inputs(temperature, teachers=(TEACHER_LOGITS, SECOND_TEACHER)))
+    assert loss.item() == pytest.approx(hand_kl(target, STUDENT_LOGITS, temperature), rel=1e-5)
+
+
+def test_multi_teacher_with_one_teacher_equals_kd():
+    batch = inputs(3.0)
+    assert make("multi_teacher")(batch).item() == pytest.approx(make("kd")(batch).item(), rel=1e-6)
+
+
+def test_multi_teacher_confidence_weights_each_sample_by_each_teachers_max_probability():
+    temperature = 2.0
+    conf_a = [max(r) for r in softmax_rows(TEACHER_LOGITS)]
+    conf_b = [max(r) for r in softmax_rows(SECOND_TEACHER)]
+    first, second = softmax_rows(TEACHER_LOGITS, temperature), softmax_rows(SECOND_TEACHER, temperature)
+    target = [
+        [(ca * a + cb * b) / (ca + cb) for a, b in zip(ra, rb)]
+        for ra, rb, ca, cb in zip(first, second, conf_a, conf_b)
+    ]
+    loss = make("multi_teacher", weighting="confidence")(inputs(temperature, teachers=(TEACHER_LOGITS, SECOND_TEACHER)))
+    assert loss.item() == pytest.approx(hand_kl(target, STUDENT_LOGITS, temperature), rel=1e-5)
+
+
+def test_multi_teacher_weights_of_the_wrong_length_name_the_field():
+    cfg = DistillationConfig(losses=[LossSpec(name="kd"), LossSpec(name="multi_teacher", options={"weights": [1.0, 1.0, 1.0]})])
+    objective = DistillationObjective(cfg)
+    with pytest.raises(ConfigError, match=r"distillation\.losses\.1\.options\.weights: 3 weights for 2 teachers"):
+        objective(inputs(teachers=(TEACHER_LOGITS, SECOND_TEACHER)))
+
+
+@pytest.mark.parametrize(
+    ("name", "options", "expected"),
+    [
+        ("multi_teacher", {"weights": [1.0], "weighting": "confidence"}, r"options\.weights: not used"),
+        ("multi_teacher", {"weights": [-1.0, 2.0]}, r"options\.weights: need one non-negative"),
+        ("multi_teacher", {"weighting": "vote"}, r"options\.weighting: must be"),
+        ("attention", {"pairs": ["features.0"]}, r"options\.pairs: expected"),
+        ("attention", {"student_layers": ["a", "b"], "teacher_layers": ["a"]}, r"options\.student_layers"),
+        ("hint", {"student_layer": "a"}, r"options: .*teacher_layer"),
+    ],
+)
+def test_bad_loss_options_raise_config_error_naming_the_option(name, options, expected):
+    with pytest.raises(ConfigError, match=r"distillation\.losses\.0\." + expected):
+        make(name, **options)
+
+
+# ---- the objective ------------------------------------------------------------------------------
+
+def test_objective_blends_hard_ce_and_weighted_losses_and_honours_the_alpha_limits():
+    batch = inputs(4.0)
+    q = softmax_rows(STUDENT_LOGITS)
+    ce = -(math.log(q[0][1]) + math.log(q[1][2])) / 2
+    kd = hand_kl(softmax_rows(TEACHER_LOGITS, 4.0), STUDENT_LOGITS, 4.0)
+    mse = sum((s - t) ** 2 for sr, tr in zip(STUDENT_LOGITS, TEACHER_LOGITS) for s, t in zip(sr, tr)) / 6
+    losses = [LossSpec(name="kd", weight=2.0), LossSpec(name="logit_mse", weight=0.5)]
+
+    def total(alpha: float) -> float:
+        return DistillationObjective(DistillationConfig(alpha=alpha, temperature=4.0, losses=losses))(batch).item()
+
+    assert total(0.0) == pytest.approx(ce, rel=1e-6)
+    assert total(1.0) == pytest.approx(2.0 * kd + 0.5 * mse, rel=1e-5)
+    assert total(0.3) == pytest.approx(0.7 * ce + 0.3 * (2.0 * kd + 0.5 * mse), rel=1e-5)
+
+
+def test_objective_hard_label_term_skips_unlabeled_samples():
+    batch = inputs(labels=(1, -1))
+    q = softmax_rows(STUDENT_LOGITS)
+    assert DistillationObjective(DistillationConfig(alpha=0.0))(batch).item() == pytest.approx(-math.log(q[0][1]), rel=1e-6)
+    assert DistillationObjective(DistillationConfig(alpha=0.0))(inputs(labels=(-1, -1))).item() == 0.0
+
+
+# ---- feature losses --------------------------------------------------------------------------------
+
+def features(seed: int, *shape: int) -> torch.Tensor:
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+def hint_inputs(student: torch.Tensor, teacher: torch.Tensor) -> DistillInputs:
+    return inputs(student_features={"s": student}, teacher_features={"t": teacher})
+
+
+def test_hint_with_equal_shapes_is_plain_mse_and_has_no_adapter():
+    student, teacher = features(0, 2, 3, 4, 4), features(1, 2, 3, 4, 4)
+    loss = make("hint", student_layer="s", teacher_layer="t")
+    loss.setup({"s": student.shape}, {"t": teacher.shape})
+    assert not list(loss.parameters())
+    assert loss(hint_inputs(student, teacher)).item() == pytest.approx(((student - teacher) ** 2).mean().item(), rel=1e-6)
+
+
+def test_hint_adapts_channels_with_a_1x1_conv_and_pools_the_larger_map_to_the_smaller():
+    student, teacher = features(0, 2, 3, 2, 2), features(1, 2, 5, 4, 4)
+    loss = make("hint", student_layer="s", teacher_layer="t")
+    loss.setup({"s": student.shape}, {"t": teacher.shape})
+    weight = dict(loss.named_parameters())["adapter.weight"]
+    assert weight.shape == (5, 3, 1, 1)
+    adapted = torch.einsum("oc,bchw->bohw", weight.detach()[:, :, 0, 0], student)
+    pooled = teacher.reshape(2, 5, 2, 2, 2, 2).mean(dim=(3, 5))  # 2x2 average blocks of the 4x4 map
+    assert loss(hint_inputs(student, teacher)).item() == pytest.approx(((adapted - pooled) ** 2).mean().item(), rel=1e-5)
+
+
+def test_hint_pools_the_student_map_when_it_is_the_larger_one():
+    student, teacher = features(0, 2, 4, 4, 4), features(1, 2, 4, 2, 2)
+    loss = make("hint", student_layer="s", teacher_layer="t")
+    loss.setup({"s": student.shape}, {"t": teacher.shape})
+    pooled = student.reshape(2, 4, 2, 2, 2, 2).mean(dim=(3, 5))
+    assert loss(hint_inputs(student, teacher)).item() == pytest.approx(((pooled - teacher) ** 2).mean().item(), rel=1e-5)
+
+
+def test_hint_adapts_vectors_with_a_linear_layer():
+    student, teacher = features(0, 2, 3), features(1, 2, 6)
+    loss = make("hint", student_layer="s", teacher_layer="t")
+    loss.setup({"s": student.shape}, {"t": teacher.shape})
+    adapter = loss.adapter
+    assert isinstance(adapter, nn.Linear) and adapter.weight.shape == (6, 3)
+    expected = ((student @ adapter.weight.detach().T + adapter.bias.detach() - teacher) ** 2).mean()
+    assert loss(hint_inputs(student, teacher)).item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_hint_between_a_map_and_a_vector_is_a_config_error():
+    loss = build_loss(LossSpec(name="hint", options={"student_layer": "s", "teacher_layer": "t"}), 2)
+    with pytest.raises(ConfigError, match=r"distillation\.losses\.2\.options: hint needs"):
+        loss.setup({"s": torch.Size([2, 3, 4, 4])}, {"t": torch.Size([2, 3])})
+
+
+def brute_force_attention(student: torch.Tensor, teacher: torch.Tensor) -> float:
+    """Per sample: Q = sum_c A_c^2 flattened, divided by its norm; distance is the L2 norm; mean over batch."""
+    total = 0.0
+    for s, t in zip(student, teacher):
+        qs, qt = (s**2).sum(dim=0).flatten(), (t**2).sum(dim=0).flatten()
+        qs, qt = qs / math.sqrt(float((qs**2).sum())), qt / math.sqrt(float((qt**2).sum()))
+        total += math.sqrt(float(((qs - qt) ** 2).sum()))
+    return total / len(student)
+
+
+def test_attention_is_mean_over_pairs_of_l2_distance_between_normalised_attention_maps():
+    s0, t0 = features(0, 3, 4, 4, 4), features(1, 3, 16, 4, 4)
+    s1, t1 = features(2, 3, 8, 2, 2), features(3, 3, 32, 2, 2)
+    batch = inputs(student_features={"a": s0, "b": s1}, teacher_features={"x": t0, "y": t1})
+    expected = (brute_force_attention(s0, t0) + brute_force_attention(s1, t1)) / 2
+    by_pairs = make("attention", pairs=["a:x", "b:y"])
+    by_lists = make("attention", student_layers=["a", "b"], teacher_layers=["x", "y"])
+    assert by_pairs.student_layers == ("a", "b") and by_pairs.teacher_layers == ("x", "y")
+    assert by_pairs(batch).item() == pytest.approx(expected, rel=1e-5)
+    assert by_lists(batch).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_attention_pools_the_larger_attention_map_to_the_smaller():
+    student, teacher = features(0, 2, 4, 2, 2), features(1, 2, 6, 4, 4)
+    teacher_energy = (teacher**2).mean(dim=1).reshape(2, 2, 2, 2, 2).mean(dim=(2, 4))  # 4x4 -> 2x2 blocks
+    qs = torch.nn.functional.normalize((student**2).mean(dim=1).flatten(1), dim=1)
+    qt = torch.nn.functional.normalize(teacher_energy.flatten(1), dim=1)
+    expected = (qs - qt).norm(dim=1).mean().item()
+    loss = make("attention", pairs=["s:t"])
+    assert loss(inputs(student_features={"s": student}, teacher_features={"t": teacher})).item() == pytest.approx(expected, rel=1e-5)
+
+
+# ---- gradients -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", METHODS)
+def test_gradient_reaches_student_tensors_and_adapters_but_never_teacher_tensors(name):
+    options = {"hint": {"student_layer": "s", "teacher_layer": "t"}, "attention": {"pairs": ["s:t"]}}.get(name, {})
+    loss = make(name, **options)
+    student_logits = torch.tensor(STUDENT_LOGITS, requires_grad=True)
+    student_map = features(0, 2, 3, 4, 4).requires_grad_()
+    teacher_logits = [torch.tensor(TEACHER_LOGITS, requires_grad=True), torch.tensor(SECOND_TEACHER, requires_grad=True)]
+    teacher_map = features(1, 2, 5, 4, 4).requires_grad_()
+    loss.setup({"s": student_map.shape}, {"t": teacher_map.shape})
+    batch = DistillInputs(student_logits, torch.tensor([1, 2]), teacher_logits, 2.0, {"s": student_map}, {"t": teacher_map})
+    loss(batch).backward()
+    assert all(t.grad is None for t in [*teacher_logits, teacher_map])
+    student_grads = [g for g in (student_logits.grad, student_map.grad) if g is not None]
+    assert student_grads and all(g.abs().sum() > 0 for g in student_grads)
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in loss.parameters())
+    assert (name == "hint") == bool(list(loss.parameters()))
+
+
+# ---- hooks and adapters in the loop ----------------------------------------------------------------
+
+def no_hooks_left(model: nn.Module) -> bool:
+    return all(not module._forward_hooks for module in model.modules())
+
+
+def test_capture_features_removes_its_hooks_after_the_block_and_after_an_exception():
+    model = build_model(load_workflow(REPO / "workflows" / "digits_hint.yaml").student, (1, 8, 8), 10)
+    with capture_features(model, ("features.0", "features.1")) as captured:
+        model(torch.zeros(2, 1, 8, 8))
+    assert set(captured) == {"features.0", "features.1"} and no_hooks_left(model)
+    with pytest.raises(RuntimeError, match="boom"):
+        with capture_features(model, ("features.0", "features.1")):
+            raise RuntimeError("boom")
+    assert no_hooks_left(model)
+    with pytest.raises(ConfigError, match="no module named 'features.9'"):
+        with capture_features(model, ("features.0", "features.9"), "student layer"):
+            pass
+    assert no_hooks_left(model)
+
+
+def student_and_objective(wf, data, teachers: list[nn.Module]) -> tuple[nn.Module, DistillationObjective]:
+    """The trial's own construction, in-process: seeded student, then objective (adapters from a dry forward)."""
+    torch.manual_seed(0)
+    student = build_model(wf.student, data.input_shape, data.num_classes)
+    return student, build_objective(wf, student, teachers, data.train.tensors[0][:2])
+
+
+def run_epoch(wf, data, teachers, student, objective, batch_size: int, samples: int) -> float:
+    """`train_epoch` over the first `samples` of the epoch's shuffled shard (a few batches keep tests fast)."""
+    optimizer = build_optimizer(wf.training, [*student.parameters(), *objective.parameters()])
+    batches = iterate_batches(data.train, train_indices(len(data.train), 0, 0)[:samples], batch_size, CPU)
+    return train_epoch(student, teachers, objective, batches, optimizer, Precision("fp32", CPU))
+
+
+def frozen(model: nn.Module) -> nn.Module:
+    for param in model.parameters():
+        param.requires_grad_(False)
+    return model.eval()
+
+
+def workflow_teachers(wf, data) -> list[nn.Module]:
+    torch.manual_seed(1)
+    return [frozen(build_model(t, data.input_shape, data.num_classes, "teacher")) for t in [wf.teacher, *wf.extra_teachers]]
+
+
+def test_a_student_trained_with_a_hint_loss_exports_no_adapter_parameters():
+    wf = load_workflow(REPO / "workflows" / "digits_hint.yaml", {"data.label_fraction": 0.1})
+    data = build_data(wf.data)
+    teachers = workflow_teachers(wf, data)
+    student, objective = student_and_objective(wf, data, teachers)
+    adapters_before = [p.detach().clone() for p in objective.parameters()]
+    run_epoch(wf, data, teachers, student, objective, 32, 128)
+    fresh = build_model(wf.student, data.input_shape, data.num_classes)
+    assert set(student.state_dict()) == set(fresh.state_dict())
+    assert adapters_before and all(not torch.equal(a, b) for a, b in zip(adapters_before, objective.parameters())), "adapter did not train"
+    assert no_hooks_left(student) and all(no_hooks_left(t) for t in teachers)
+
+
+# ---- shipped workflows -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("method", METHODS)
+def test_each_method_workflow_names_its_loss_and_trains_an_epoch_in_the_trial_loop(method):
+    wf = load_workflow(REPO / "workflows" / f"digits_{method}.yaml", {"data.label_fraction": 0.2})
+    assert wf.name == f"digits_{method}"
+    assert method in [spec.name for spec in wf.distillation.losses]
+    assert (method == "multi_teacher") == bool(wf.extra_teachers)
+    data = build_data(wf.data)
+    teachers = workflow_teachers(wf, data)
+    loss = run_epoch(wf, data, teachers, *student_and_objective(wf, data, teachers), wf.training.batch_size, 96)
+    assert math.isfinite(loss) and loss > 0
+
+
+CIFAR = REPO / "workflows" / "cifar10_resnet50_to_mobilenetv2.yaml"
+
+
+def test_cifar_workflow_trains_on_generated_32px_images_with_kd_and_hint():
+    generated = {"name": "synthetic", "root": None, "options": {"num_samples": 40, "channels": 3, "image_size": 32, "num_classes": 4}}
+    wf = load_workflow(CIFAR, {"data": generated})
+    assert {spec.name for spec in wf.distillation.losses} == {"kd", "hint"}
+    data = build_data(wf.data)
+    teachers = workflow_teachers(wf, data)
+    student, objective = student_and_objective(wf, data, teachers)
+    assert [p.shape for p in objective.parameters()] == [(1024, 32, 1, 1)]  # features.6 (32 ch) -> layer3 (1024 ch)
+    assert math.isfinite(run_epoch(wf, data, teachers, student, objective, 4, 8))
+    assert set(student.state_dict()) == set(build_model(wf.student, data.input_shape, data.num_classes).state_dict())
+
+
+def test_cifar_workflow_without_the_files_on_disk_fails_with_a_data_error_naming_data_root(tmp_path: Path):
+    wf = load_workflow(CIFAR, {"data.root": str(tmp_path)})
+    with pytest.raises(DataError, match=r"^data\.root: CIFAR10 files not found"):
+        build_data(wf.data)
+
+
+def test_every_registered_loss_has_a_shipped_digits_workflow():
+    assert sorted(LOSSES.names()) == sorted(METHODS)
+    assert all((REPO / "workflows" / f"digits_{m}.yaml").is_file() for m in LOSSES.names())
