@@ -1,0 +1,399 @@
+"""Int8 ONNX export of a finalized student, verified in ONNX Runtime, then published to MLflow.
+
+The route measured to work on this stack (see STACK.md): fp32 ONNX from `torch.onnx.export`
+(dynamo, dynamic batch), ORT's `quant_pre_process`, then `quantize_static` in QDQ format with
+per-channel int8 weights and uint8 activations calibrated on training images. Per-channel scale
+overrides put the weights on the student's own b-bit grid, so a 4- or 6-bit student's weights
+survive exactly. A model is published only after every check passed.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+from onnx import numpy_helper
+from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quant_pre_process, quantize_static
+from torch import nn
+from torch.utils.data import Dataset
+
+from lepton_ray import metrics
+from lepton_ray.config import ExportConfig, WorkflowConfig
+from lepton_ray.errors import ExportError
+from lepton_ray.leaderboard import FRONT_TAG
+from lepton_ray.onnx_utils import INPUT_NAME, OUTPUT_NAME, export_fp32_onnx
+from lepton_ray.pareto import ACCURACY, Selection, completed, pareto_front, select
+from lepton_ray.report import plot_pareto, write_report
+from lepton_ray.trial import iterate_batches
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from lepton_ray.data import DataSplits
+    from lepton_ray.tracking import Tracker
+
+FP32_FILE = "student.fp32.onnx"
+INT8_FILE = "student.int8.onnx"
+CHAMPION_ALIAS = "champion"
+MAX_WEIGHT_BITS = 8
+GRID_TOLERANCE = 1e-3
+"""Largest |dequantized - fp32| weight error, in units of the channel's scale, for weights on a grid."""
+FLOAT_COMPUTE_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul", "FusedConv", "FusedGemm", "FusedMatMul"})
+"""Ops that, left in the ORT-optimized int8 graph, mean a Q/DQ pair was not fused (slower than fp32)."""
+LATENCY_SECONDS = 2.0
+"""Time spent timing one batch size; rounds stop early when it is used up."""
+
+
+# ---- fp32 and int8 files ---------------------------------------------------------------------
+
+def _strip_metadata(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Drop the exporter's per-node stack traces and doc strings: they are most of a small model's file."""
+    del model.metadata_props[:]
+    model.doc_string = model.graph.doc_string = ""
+    for node in model.graph.node:
+        del node.metadata_props[:]
+        node.doc_string = ""
+    return model
+
+
+def _output_channel_axis(node: onnx.NodeProto) -> int:
+    """Axis of the weight (input 1) that indexes output channels."""
+    if node.op_type == "Gemm":
+        trans_b = next((attr.i for attr in node.attribute if attr.name == "transB"), 0)
+        return 0 if trans_b else 1
+    return 1 if node.op_type == "MatMul" else 0
+
+
+def grid_overrides(model: onnx.ModelProto, weight_bits: int) -> dict[str, list[dict[str, Any]]]:
+    """`TensorQuantOverrides` putting each Conv/Gemm/MatMul weight on the symmetric b-bit grid.
+
+    scale_c = max|w_c| / (2^(b-1) - 1), zero point 0, per output channel. An all-zero (pruned)
+    channel borrows the tensor's largest scale: its codes are 0 anyway, and a tiny scale would
+    overflow the int32 bias (bias scale = input scale * weight scale).
+    """
+    qmax = 2 ** (min(weight_bits, MAX_WEIGHT_BITS) - 1) - 1
+    initializers = {init.name: init for init in model.graph.initializer}
+    overrides: dict[str, list[dict[str, Any]]] = {}
+    for node in model.graph.node:
+        if node.op_type not in ("Conv", "Gemm", "MatMul") or len(node.input) < 2 or node.input[1] not in initializers:
+            continue
+        weight = numpy_helper.to_array(initializers[node.input[1]])
+        axis = _output_channel_axis(node)
+        scales = np.abs(np.moveaxis(weight, axis, 0).reshape(weight.shape[axis], -1)).max(axis=1) / qmax
+        scales[scales == 0] = scales.max() if scales.max() > 0 else 1.0
+        overrides[node.input[1]] = [{"axis": axis, "scale": np.float32(s), "zero_point": np.int8(0)} for s in scales]
+    return overrides
+
+
+class CalibrationImages(CalibrationDataReader):
+    """Feeds calibration images to ORT's calibrator in batches (the ONNX batch dimension is dynamic)."""
+
+    def __init__(self, images: torch.Tensor, batch_size: int = 64) -> None:
+        self._batches = iter(images[i : i + batch_size].numpy() for i in range(0, len(images), batch_size))
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        batch = next(self._batches, None)
+        return None if batch is None else {INPUT_NAME: batch}
+
+
+@dataclass(frozen=True)
+class Int8Files:
+    """Exported fp32 and int8 ONNX files and what the int8 weights look like."""
+
+    fp32: Path
+    int8: Path
+    weight_bits: int
+    max_weight_code: int
+    """Largest |int8 weight code|: at most 2^(b-1)-1 for a b-bit grid."""
+
+
+def export_int8(student: nn.Module, input_shape: tuple[int, ...], calibration_images: torch.Tensor, weight_bits: int, out_dir: Path) -> Int8Files:
+    """fp32 ONNX -> pre-process -> static QDQ int8 (b-bit weight grid kept), checked; raises ExportError.
+
+    `weight_bits` <= 8 declares the student's weights already on that symmetric per-channel grid
+    (baked by QAT) and the export fails if they are not; above 8 (a float student) the weights
+    are rounded to 8 bits.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fp32_path, int8_path = out_dir / FP32_FILE, out_dir / INT8_FILE
+    with tempfile.TemporaryDirectory(prefix="lepton-export-") as scratch:
+        raw = export_fp32_onnx(student.cpu(), input_shape, Path(scratch) / "raw.onnx")
+        onnx.save(_strip_metadata(onnx.load(str(raw))), str(raw))
+        quant_pre_process(str(raw), str(fp32_path))
+    reader = CalibrationImages(calibration_images.float().cpu())
+    quantize_static(
+        str(fp32_path), str(int8_path), reader, quant_format=QuantFormat.QDQ, per_channel=True,
+        weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8,
+        extra_options={"TensorQuantOverrides": grid_overrides(onnx.load(str(fp32_path)), weight_bits), "QDQDisableWeightAdjustForInt32Bias": True},
+    )
+    try:
+        onnx.checker.check_model(str(int8_path), full_check=True)
+    except onnx.checker.ValidationError as err:
+        raise ExportError(f"int8 model {int8_path} fails onnx.checker: {str(err).splitlines()[0]}") from None
+    check_int8_graph(int8_path)
+    max_code = check_weight_grid(fp32_path, int8_path, weight_bits)
+    return Int8Files(fp32_path, int8_path, weight_bits, max_code)
+
+
+def check_int8_graph(int8_path: Path) -> None:
+    """Every Conv/Gemm/MatMul must run as an integer kernel (QLinearConv, QGemm, ...) once ORT has fused the graph.
+
+    Q/DQ pairs left around a float op run slower than fp32 (STACK.md: the PT2E route did this).
+    """
+    with tempfile.TemporaryDirectory(prefix="lepton-ortopt-") as scratch:
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+        options.optimized_model_filepath = str(Path(scratch) / "optimized.onnx")
+        ort.InferenceSession(str(int8_path), options, providers=["CPUExecutionProvider"])
+        optimized = onnx.load(options.optimized_model_filepath)
+    left_float = [f"{node.op_type} {node.name!r}" for node in optimized.graph.node if node.op_type in FLOAT_COMPUTE_OPS]
+    if left_float:
+        raise ExportError(
+            f"int8 model {int8_path}: {len(left_float)} op(s) still run in float after ORT's fusion "
+            f"({', '.join(left_float[:5])}); their Q/DQ pairs were not fused, so the model would not run as int8"
+        )
+
+
+def int8_weights(int8_path: Path) -> dict[str, tuple[np.ndarray, np.ndarray, int]]:
+    """fp32 weight name -> (int8 codes, per-channel scales, axis), read from the QDQ graph's weight DequantizeLinear nodes."""
+    model = onnx.load(str(int8_path))
+    initializers = {init.name: init for init in model.graph.initializer}
+    weights = {}
+    for node in model.graph.node:
+        codes = initializers.get(node.input[0]) if node.op_type == "DequantizeLinear" else None
+        if codes is None or codes.data_type != onnx.TensorProto.INT8:
+            continue
+        axis = next((attr.i for attr in node.attribute if attr.name == "axis"), 1)
+        scales = numpy_helper.to_array(initializers[node.input[1]])
+        weights[node.input[0].removesuffix("_quantized")] = (numpy_helper.to_array(codes), scales, axis)
+    return weights
+
+
+def check_weight_grid(fp32_path: Path, int8_path: Path, weight_bits: int) -> int:
+    """Largest |weight code|; for a declared b-bit grid (b <= 8), fail unless codes fit it and dequantize to the fp32 weights."""
+    fp32_weights = {init.name: numpy_helper.to_array(init) for init in onnx.load(str(fp32_path)).graph.initializer}
+    qmax = 2 ** (min(weight_bits, MAX_WEIGHT_BITS) - 1) - 1
+    max_code = 0
+    for name, (codes, scales, axis) in int8_weights(int8_path).items():
+        max_code = max(max_code, int(np.abs(codes.astype(np.int32)).max(initial=0)))
+        if weight_bits > MAX_WEIGHT_BITS:
+            continue
+        shape = [1] * codes.ndim
+        shape[axis] = -1
+        scale = scales.reshape(shape) if scales.ndim else scales
+        error = float(np.abs(codes * scale - fp32_weights[name]).max(initial=0) / np.max(scales))
+        if np.abs(codes.astype(np.int32)).max(initial=0) > qmax or error > GRID_TOLERANCE:
+            raise ExportError(
+                f"weight {name!r} is not on the declared {weight_bits}-bit grid (error {error:.3g} of a step); "
+                "export the student as finalized by its QAT run, or declare its real bit width"
+            )
+    return max_code
+
+
+# ---- checks in ONNX Runtime ---------------------------------------------------------------------
+
+def ort_session(path: Path) -> ort.InferenceSession:
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def dataset_images(dataset: Dataset, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(images, labels) of the given samples, stacked."""
+    batches = list(iterate_batches(dataset, indices, 256, torch.device("cpu")))
+    return torch.cat([batch.images for batch in batches]), torch.cat([batch.labels for batch in batches])
+
+
+def calibration_images(dataset: Dataset, count: int, seed: int) -> torch.Tensor:
+    """A seeded random sample of `count` training images (all of them when the set is smaller)."""
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:count]
+    return dataset_images(dataset, sorted(order.tolist()))[0]
+
+
+def onnx_accuracy(path: Path, dataset: Dataset, batch_size: int = 256) -> float:
+    """Top-1 accuracy (fraction) of an ONNX classifier in ONNX Runtime over the whole split."""
+    session = ort_session(path)
+    images, labels = dataset_images(dataset, list(range(len(dataset))))
+    correct = 0
+    for start in range(0, len(images), batch_size):
+        logits = session.run([OUTPUT_NAME], {INPUT_NAME: images[start : start + batch_size].numpy()})[0]
+        correct += int((logits.argmax(axis=1) == labels[start : start + batch_size].numpy()).sum())
+    return correct / max(len(labels), 1)
+
+
+def measure_latency(models: dict[str, Path], input_shape: tuple[int, ...], batch_size: int, max_rounds: int = 200, seconds: float = LATENCY_SECONDS) -> dict[str, float]:
+    """Median ms per forward of each model, timed in interleaved rounds after warm-up.
+
+    Interleaving (A, B, A, B, ...) exposes every model to the same machine load; timings taken
+    one model after the other varied up to 2.3x here (STACK.md).
+    """
+    sessions = {name: ort_session(path) for name, path in models.items()}
+    feed = {INPUT_NAME: np.random.default_rng(0).standard_normal((batch_size, *input_shape), dtype=np.float32)}
+    for session in sessions.values():
+        for _ in range(3):
+            session.run(None, feed)
+    timings: dict[str, list[float]] = {name: [] for name in sessions}
+    deadline = time.perf_counter() + seconds
+    for round_index in range(max_rounds):
+        for name, session in sessions.items():
+            start = time.perf_counter()
+            session.run(None, feed)
+            timings[name].append((time.perf_counter() - start) * 1000)
+        if round_index >= 4 and time.perf_counter() > deadline:
+            break
+    return {name: float(np.median(values)) for name, values in timings.items()}
+
+
+@dataclass(frozen=True)
+class Int8Checks:
+    """What verification measured: accuracies (fractions), file sizes, latency per batch size."""
+
+    trial_accuracy: float
+    fp32_accuracy: float
+    int8_accuracy: float
+    tolerance_points: float
+    fp32_bytes: int
+    int8_bytes: int
+    latency_ms: dict[int, dict[str, float]] = field(default_factory=dict)
+    """batch size -> {"fp32": ms, "int8": ms}."""
+
+    @property
+    def drop_points(self) -> float:
+        return (self.trial_accuracy - self.int8_accuracy) * 100
+
+    @property
+    def passed(self) -> bool:
+        return self.drop_points <= self.tolerance_points + 1e-9
+
+    @property
+    def size_ratio(self) -> float:
+        return self.int8_bytes / self.fp32_bytes
+
+    def speedup(self, batch_size: int) -> float:
+        """fp32 latency / int8 latency: above 1 means int8 is faster."""
+        return self.latency_ms[batch_size]["fp32"] / self.latency_ms[batch_size]["int8"]
+
+    def as_metrics(self) -> dict[str, float]:
+        values = {
+            "int8_test_accuracy": self.int8_accuracy, "fp32_onnx_test_accuracy": self.fp32_accuracy,
+            "int8_accuracy_drop_points": self.drop_points, "int8_bytes": self.int8_bytes, "fp32_onnx_bytes": self.fp32_bytes,
+        }
+        for batch_size, latency in self.latency_ms.items():
+            values |= {f"int8_latency_ms_b{batch_size}": latency["int8"], f"fp32_onnx_latency_ms_b{batch_size}": latency["fp32"]}
+        return values
+
+
+def measure_int8(files: Int8Files, test_set: Dataset, input_shape: tuple[int, ...], trial_accuracy: float, cfg: ExportConfig) -> Int8Checks:
+    """Accuracy of both ONNX files on the test split, their sizes, and interleaved latency at batch 1 and `cfg.latency_batch_size`."""
+    models = {"fp32": files.fp32, "int8": files.int8}
+    latency = {batch: measure_latency(models, input_shape, batch) for batch in sorted({1, cfg.latency_batch_size})}
+    return Int8Checks(
+        trial_accuracy=float(trial_accuracy), fp32_accuracy=onnx_accuracy(files.fp32, test_set), int8_accuracy=onnx_accuracy(files.int8, test_set),
+        tolerance_points=cfg.tolerance, fp32_bytes=files.fp32.stat().st_size, int8_bytes=files.int8.stat().st_size, latency_ms=latency,
+    )
+
+
+def verify_int8(checks: Int8Checks) -> None:
+    """Raise ExportError when the int8 model is more than the tolerance below the trial's fake-quant accuracy."""
+    if not checks.passed:
+        raise ExportError(
+            f"int8 model accuracy {checks.int8_accuracy:.4f} in ONNX Runtime is {checks.drop_points:.2f} pt below the trial's "
+            f"{checks.trial_accuracy:.4f} (export.tolerance {checks.tolerance_points} pt); nothing was published"
+        )
+
+
+# ---- publishing -----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Published:
+    model_name: str
+    version: str
+    model_uri: str
+
+
+def publish(files: Int8Files, example_images: torch.Tensor, tracker: "Tracker", run_id: str, model_name: str, tags: dict[str, str]) -> Published:
+    """Log the int8 model (signature + input example) to `run_id`, register it, alias the new version `champion`.
+
+    Call only after `verify_int8` passed.
+    """
+    import mlflow
+    import mlflow.onnx
+    from mlflow.models import infer_signature
+
+    # log_model files the logged model under the *active* experiment (Default if none), not the run's.
+    mlflow.set_experiment(experiment_id=tracker.experiment_id)
+    example = example_images[:1].float().numpy()
+    output = ort_session(files.int8).run([OUTPUT_NAME], {INPUT_NAME: example})[0]
+    info = mlflow.onnx.log_model(
+        onnx.load(str(files.int8)), name="int8_model", signature=infer_signature(example, output), input_example=example,
+        registered_model_name=model_name, run_id=run_id, save_as_external_data=False, onnx_execution_providers=["CPUExecutionProvider"],
+        pip_requirements=[f"onnx=={onnx.__version__}", f"onnxruntime=={ort.__version__}"],  # inferring them spawns a 10 s subprocess
+    )
+    version = str(info.registered_model_version)
+    for key, value in tags.items():
+        tracker.client.set_model_version_tag(model_name, version, key, value)
+    tracker.client.set_registered_model_alias(model_name, CHAMPION_ALIAS, version)
+    return Published(model_name, version, f"models:/{model_name}/{version}")
+
+
+# ---- the end-to-end step the sweep calls ----------------------------------------------------------
+
+StudentLoader = Callable[[dict[str, Any]], tuple[nn.Module, dict[str, Any]]]
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    selection: Selection
+    files: Int8Files
+    checks: Int8Checks
+    published: Published
+    plot: Path
+    report: Path
+
+
+def select_and_export(
+    wf: WorkflowConfig, trials: "pd.DataFrame", teacher_accuracy: float, load_student: StudentLoader,
+    data: "DataSplits", tracker: "Tracker", parent_run_id: str, out_dir: Path,
+) -> ExportResult:
+    """Select a trial by the workflow's policy, export it to int8, verify it, publish it; report either way.
+
+    Raises SelectionError (no trial qualifies) or ExportError (a check failed: nothing published,
+    the report still says why). See the module docstring for the export route.
+    """
+    cost_column = wf.sweep.cost_metric
+    selection = select(trials, cost_column, teacher_accuracy, wf.selection)
+    candidates = completed(trials, cost_column)
+    on_front = pareto_front(candidates[ACCURACY].to_numpy(), candidates[cost_column].to_numpy())
+    _tag_trials(tracker, parent_run_id, candidates, on_front, selection)
+    out_dir = Path(out_dir)
+    plot = plot_pareto(candidates, cost_column, on_front, selection, teacher_accuracy, out_dir / "pareto.png")
+    tracker.log_artifacts(parent_run_id, [plot], "selection")
+
+    student, student_metrics = load_student(selection.row)
+    weight_bits = int(student_metrics.get(metrics.BITS, 32))
+    files = export_int8(student, data.input_shape, calibration_images(data.train, wf.export.calibration_samples, wf.data.seed), weight_bits, out_dir)
+    checks = measure_int8(files, data.test, data.input_shape, selection.row[ACCURACY], wf.export)
+    tracker.log_metrics(parent_run_id, checks.as_metrics())
+    published = None
+    try:
+        verify_int8(checks)
+        tags = {"lepton.trial": str(selection.trial), "lepton.selection": selection.explanation, "lepton.sweep_run_id": parent_run_id}
+        published = publish(files, dataset_images(data.test, [0])[0], tracker, parent_run_id, wf.tracking.model_name, tags)
+    finally:
+        report = write_report(out_dir / "report.md", candidates, cost_column, on_front, selection, teacher_accuracy, files, checks, published)
+        tracker.log_artifacts(parent_run_id, [report], "selection")
+    return ExportResult(selection, files, checks, published, plot, report)
+
+
+def _tag_trials(tracker: "Tracker", parent_run_id: str, candidates: "pd.DataFrame", on_front: np.ndarray, selection: Selection) -> None:
+    """Mark front runs (when the table has `run_id`) and record the choice on the sweep run."""
+    if "run_id" in candidates.columns:
+        for run_id, front in zip(candidates["run_id"], on_front):
+            tracker.set_tags(str(run_id), {FRONT_TAG: str(bool(front)).lower()})
+    tracker.set_tags(parent_run_id, {"lepton.selected_trial": str(selection.trial), "lepton.selection": selection.explanation})

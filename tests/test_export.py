@@ -1,0 +1,236 @@
+"""Int8 export in ONNX Runtime: integer kernels, the b-bit grid kept exactly, accuracy guard, MLflow publishing.
+
+A digits `cnn_small` is trained in-process for a few epochs and its weights are rounded onto a
+4-bit per-channel grid here, as a QAT trial would bake them.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections import Counter
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pandas as pd
+import pytest
+import torch
+from onnx import numpy_helper
+from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from lepton_ray.config import DataConfig, ExportConfig, ModelSpec, SelectionConfig, TeacherConfig, TeacherTrainConfig, TrackingConfig, WorkflowConfig
+from lepton_ray.data import DataSplits, build_data
+from lepton_ray.errors import ExportError
+from lepton_ray.export import (
+    Int8Checks, CalibrationImages, calibration_images, check_int8_graph, check_weight_grid, export_int8, int8_weights,
+    measure_int8, select_and_export, verify_int8,
+)
+from lepton_ray.leaderboard import FRONT_TAG
+from lepton_ray.models import build_model
+from lepton_ray.onnx_utils import INPUT_NAME
+from lepton_ray.tracking import Tracker
+from lepton_ray.trial import evaluate
+
+BITS = 4
+QMAX = 2 ** (BITS - 1) - 1
+CPU = torch.device("cpu")
+
+
+def bake_grid(model: nn.Module, bits: int) -> nn.Module:
+    """Round conv/linear weights onto the symmetric per-output-channel b-bit grid, as QAT's finalize does."""
+    qmax = 2 ** (bits - 1) - 1
+    with torch.no_grad():
+        for layer in model.modules():
+            if isinstance(layer, (nn.Conv2d, nn.Linear)):
+                scale = (layer.weight.abs().flatten(1).amax(dim=1) / qmax).view(-1, *[1] * (layer.weight.dim() - 1))
+                layer.weight.copy_((layer.weight / scale).round().clamp(-qmax, qmax) * scale)
+    return model
+
+
+@pytest.fixture(scope="module")
+def digits() -> DataSplits:
+    return build_data(DataConfig())
+
+
+@pytest.fixture(scope="module")
+def float_student(digits: DataSplits) -> nn.Module:
+    torch.manual_seed(0)
+    model = build_model(ModelSpec(name="cnn_small"), digits.input_shape, digits.num_classes)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    images, labels = digits.train.tensors
+    for _ in range(4):
+        model.train()
+        for batch in torch.randperm(len(images)).split(32):
+            optimizer.zero_grad()
+            nn.functional.cross_entropy(model(images[batch]), labels[batch]).backward()
+            optimizer.step()
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def student(float_student: nn.Module, digits: DataSplits) -> tuple[nn.Module, float]:
+    """The 4-bit baked student and its torch test accuracy (what the trial reports)."""
+    baked = bake_grid(copy.deepcopy(float_student), BITS).eval()
+    accuracy, _ = evaluate(baked, digits.test, 256, CPU)
+    assert accuracy > 0.8, "the digits student did not train"
+    return baked, accuracy
+
+
+@pytest.fixture(scope="module")
+def exported(student, digits: DataSplits, tmp_path_factory):
+    model, _ = student
+    return export_int8(model, digits.input_shape, calibration_images(digits.train, 512, 0), BITS, tmp_path_factory.mktemp("int8"))
+
+
+def optimized_op_counts(path, tmp_path) -> Counter:
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return Counter(node.op_type for node in onnx.load(options.optimized_model_filepath).graph.node)
+
+
+def test_int8_model_passes_checker_and_every_conv_and_gemm_runs_as_an_integer_kernel(exported, tmp_path):
+    onnx.checker.check_model(str(exported.int8), full_check=True)
+    fp32_ops = Counter(node.op_type for node in onnx.load(str(exported.fp32)).graph.node)
+    int8_ops = optimized_op_counts(exported.int8, tmp_path)
+    assert fp32_ops["Conv"] == 2 and fp32_ops["Gemm"] == 1
+    assert int8_ops["QLinearConv"] == fp32_ops["Conv"]
+    assert int8_ops["QGemm"] == fp32_ops["Gemm"]
+    assert int8_ops["Conv"] == int8_ops["Gemm"] == int8_ops["MatMul"] == 0
+
+
+def test_4bit_weight_grid_survives_exactly_in_the_int8_model(exported, student):
+    model, _ = student
+    fp32_weights = {init.name: numpy_helper.to_array(init) for init in onnx.load(str(exported.fp32)).graph.initializer}
+    torch_weights = {name: value.numpy() for name, value in model.state_dict().items()}
+    weights = int8_weights(exported.int8)
+    assert set(weights) == {"features.0.0.weight", "features.1.0.weight", "classifier.1.weight"}
+    for name, (codes, scales, axis) in weights.items():
+        assert codes.dtype == np.int8 and axis == 0
+        assert np.abs(codes).max() == QMAX  # the grid's top code is used: scale = max|w_c| / 7
+        per_channel = scales.reshape(-1, *[1] * (codes.ndim - 1))
+        np.testing.assert_allclose(codes * per_channel, fp32_weights[name], rtol=0, atol=1e-6 * scales.max())
+        # Folding BatchNorm scales each channel, so the torch codes reappear up to each channel's sign.
+        torch_scale = np.abs(torch_weights[name]).reshape(len(codes), -1).max(axis=1).reshape(per_channel.shape) / QMAX
+        assert np.array_equal(np.abs(codes), np.abs(np.rint(torch_weights[name] / torch_scale)).astype(np.int8))
+    assert exported.max_weight_code == QMAX
+
+
+def test_fp32_onnx_matches_torch_and_int8_accuracy_is_within_tolerance(exported, student, digits):
+    model, trial_accuracy = student
+    images = digits.test.tensors[0][:64]
+    onnx_logits = ort.InferenceSession(str(exported.fp32)).run(None, {INPUT_NAME: images.numpy()})[0]
+    np.testing.assert_allclose(onnx_logits, model(images).detach().numpy(), atol=1e-4, rtol=1e-4)
+    checks = measure_int8(exported, digits.test, digits.input_shape, trial_accuracy, ExportConfig(latency_batch_size=32))
+    assert checks.fp32_accuracy == pytest.approx(trial_accuracy, abs=1.5 / len(digits.test))
+    assert abs(checks.int8_accuracy - trial_accuracy) * 100 <= 1.0
+    assert set(checks.latency_ms) == {1, 32}
+    assert all(ms > 0 for latency in checks.latency_ms.values() for ms in latency.values())
+    assert checks.int8_bytes == exported.int8.stat().st_size < checks.fp32_bytes
+    verify_int8(checks)
+
+
+def test_float_student_gets_8bit_weights_and_is_refused_as_a_4bit_grid(float_student, digits, tmp_path):
+    files = export_int8(float_student, digits.input_shape, calibration_images(digits.train, 128, 0), 32, tmp_path)
+    assert files.max_weight_code == 127
+    check_weight_grid(files.fp32, files.int8, 32)
+    with pytest.raises(ExportError, match="not on the declared 4-bit grid"):
+        check_weight_grid(files.fp32, files.int8, BITS)
+
+
+def test_graph_check_rejects_a_conv_left_in_float(exported, digits, tmp_path):
+    first_conv = next(node.name for node in onnx.load(str(exported.fp32)).graph.node if node.op_type == "Conv")
+    partial = tmp_path / "partial.int8.onnx"
+    quantize_static(
+        str(exported.fp32), str(partial), CalibrationImages(calibration_images(digits.train, 64, 0)), quant_format=QuantFormat.QDQ,
+        per_channel=True, weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8, nodes_to_exclude=[first_conv],
+    )
+    with pytest.raises(ExportError, match=r"1 op\(s\) still run in float .*Conv"):
+        check_int8_graph(partial)
+
+
+def test_verify_fails_showing_both_accuracies_when_the_drop_exceeds_tolerance():
+    checks = Int8Checks(trial_accuracy=0.95, fp32_accuracy=0.95, int8_accuracy=0.93, tolerance_points=1.0, fp32_bytes=100, int8_bytes=30)
+    assert checks.drop_points == pytest.approx(2.0)
+    with pytest.raises(ExportError, match=r"accuracy 0.9300 .* 2.00 pt below the trial's 0.9500 \(export.tolerance 1.0 pt\); nothing was published"):
+        verify_int8(checks)
+    verify_int8(Int8Checks(0.95, 0.95, 0.94, 1.0, 100, 30))  # exactly 1 pt: allowed
+
+
+# ---- select, export, publish through MLflow ------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def mlflow_uri(tmp_path_factory) -> str:
+    """One SQLite store for the module (creating one takes seconds); tests use their own experiment and model name."""
+    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+
+
+def workflow(tmp_path, uri: str, model_name: str, policy: SelectionConfig) -> WorkflowConfig:
+    return WorkflowConfig(
+        name="digits-export", output_dir=tmp_path / "runs",
+        teacher=TeacherConfig(name="cnn_large", train=TeacherTrainConfig()), student=ModelSpec(name="cnn_small"),
+        tracking=TrackingConfig(uri=uri, experiment=f"export-{model_name}", model_name=model_name),
+        selection=policy, export=ExportConfig(calibration_samples=256, latency_batch_size=16),
+    )
+
+
+def sweep_runs(wf: WorkflowConfig, student_accuracy: float):
+    """A tracker, a parent run and three trial runs; trial 2 is the picked point (knee of the front)."""
+    tracker = Tracker(wf.tracking.uri, wf.tracking.experiment)
+    parent = tracker.start_run("sweep", "sweep", {}, {})
+    rows = [(1, student_accuracy - 0.30, 1_000.0), (2, student_accuracy, 3_000.0), (3, student_accuracy + 0.005, 9_000.0), (4, student_accuracy - 0.1, 9_500.0)]
+    trials = pd.DataFrame(rows, columns=["trial", "test_accuracy", "size_bytes"])
+    trials["run_id"] = [tracker.start_run(f"t{t}", f"trial-{t}", {}, {}, parent_run_id=parent) for t, _, _ in rows]
+    return tracker, parent, trials
+
+
+def loader_for(model: nn.Module, trial: int):
+    def load_student(row: dict) -> tuple[nn.Module, dict]:
+        assert row["trial"] == trial, "only the picked trial is loaded"
+        return copy.deepcopy(model), {"bits": BITS, "test_accuracy": row["test_accuracy"]}
+
+    return load_student
+
+
+def test_select_and_export_publishes_the_picked_trial_as_champion(student, digits, mlflow_uri, tmp_path):
+    import mlflow.pyfunc
+
+    model, accuracy = student
+    wf = workflow(tmp_path, mlflow_uri, "digits-student", SelectionConfig(policy="knee"))
+    tracker, parent, trials = sweep_runs(wf, accuracy)
+    result = select_and_export(wf, trials, 0.99, loader_for(model, 2), digits, tracker, parent, tmp_path / "export")
+
+    assert result.selection.trial == 2
+    champion = tracker.client.get_model_version_by_alias("digits-student", "champion")
+    assert str(champion.version) == result.published.version == "1"
+    assert champion.tags["lepton.trial"] == "2"
+    assert [m.source_run_id for m in tracker.client.search_logged_models([tracker.experiment_id])] == [parent]
+    loaded = mlflow.pyfunc.load_model("models:/digits-student@champion")
+    images = digits.test.tensors[0][:8].numpy()
+    expected = ort.InferenceSession(str(result.files.int8)).run(None, {INPUT_NAME: images})[0]
+    np.testing.assert_allclose(np.asarray(loaded.predict(images)["logits"]), expected, rtol=1e-5, atol=1e-5)
+    front_tags = {int(t): tracker.client.get_run(run_id).data.tags[FRONT_TAG] for t, run_id in zip(trials["trial"], trials["run_id"])}
+    assert front_tags == {1: "true", 2: "true", 3: "true", 4: "false"}
+    artifacts = {item.path for item in tracker.client.list_artifacts(parent, "selection")}
+    assert artifacts == {"selection/pareto.png", "selection/report.md"}
+    report = result.report.read_text()
+    assert "**passed**" in report and "version 1 (alias `champion`)" in report and result.selection.explanation in report
+    assert result.plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_int8_model_that_loses_accuracy_is_never_registered(student, digits, mlflow_uri, tmp_path):
+    model, accuracy = student
+    wf = workflow(tmp_path, mlflow_uri, "digits-student-broken", SelectionConfig(policy="max_accuracy_under_cost", options={"budget": 5_000}))
+    tracker, parent, trials = sweep_runs(wf, accuracy)
+    # Calibrating on images 100x too small clips every real activation: a broken int8 model.
+    train_images, train_labels = digits.train.tensors
+    corrupt = DataSplits(TensorDataset(train_images * 0.01, train_labels), digits.val, digits.test, digits.num_classes, digits.input_shape)
+    with pytest.raises(ExportError, match=r"int8 model accuracy 0\.\d{4} .* pt below the trial's 0\.\d{4}"):
+        select_and_export(wf, trials, 0.99, loader_for(model, 2), corrupt, tracker, parent, tmp_path / "export")
+    assert tracker.client.search_model_versions("name = 'digits-student-broken'") == []
+    assert list(tracker.client.search_logged_models([tracker.experiment_id])) == []
+    assert "**FAILED**" in (tmp_path / "export" / "report.md").read_text()
+    assert "published: **no**" in (tmp_path / "export" / "report.md").read_text()
