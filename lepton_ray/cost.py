@@ -65,7 +65,7 @@ def static_cost(model: nn.Module, input_shape: tuple[int, ...], weight_bits: int
     """Params, non-zeros, sparsity, size in bytes, MACs and BOPs of `model` as it would be stored and run.
 
     Size: conv/linear weights as `stored_weight_bits`; every other parameter (biases, norms) at
-    32 bits. Sparsity is over conv/linear weights. BOPs = MACs * weight_bits * activation_bits * density.
+    32 bits; buffers (BatchNorm running statistics) are not counted, they fold into the conv at export. Sparsity is over conv/linear weights. BOPs = MACs * weight_bits * activation_bits * density.
     """
     weights = weight_tensors(model)
     other = _other_parameters(model)
