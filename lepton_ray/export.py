@@ -186,10 +186,12 @@ def check_weight_grid(fp32_path: Path, int8_path: Path, weight_bits: int) -> int
         max_code = max(max_code, int(np.abs(codes.astype(np.int32)).max(initial=0)))
         if weight_bits > MAX_WEIGHT_BITS:
             continue
+        if name not in fp32_weights:
+            raise ExportError(f"int8 weight {name!r} has no fp32 counterpart in {fp32_path}; the quantizer renamed it")
         shape = [1] * codes.ndim
         shape[axis] = -1
         scale = scales.reshape(shape) if scales.ndim else scales
-        error = float(np.abs(codes * scale - fp32_weights[name]).max(initial=0) / np.max(scales))
+        error = float((np.abs(codes * scale - fp32_weights[name]) / scale).max(initial=0))
         if np.abs(codes.astype(np.int32)).max(initial=0) > qmax or error > GRID_TOLERANCE:
             raise ExportError(
                 f"weight {name!r} is not on the declared {weight_bits}-bit grid (error {error:.3g} of a step); "
