@@ -76,6 +76,41 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_submit(args: argparse.Namespace) -> int:
+    from lepton_ray import jobs
+    from lepton_ray.config import load_workflow
+
+    wf = load_workflow(Path(args.workflow), parse_set(args.set))
+    space = jobs.check_for_cluster(wf)
+    flags = ["--no-export"] * args.no_export + ["--resume"] * args.resume
+    job_id = jobs.submit(wf, space, args.address, flags)
+    print(f"submitted {job_id}  (lepton-ray status {job_id} --address {args.address})", flush=True)
+    if not args.follow:
+        return 0
+    try:
+        status = jobs.follow(args.address, job_id)
+    except KeyboardInterrupt:
+        print(f"stopped following; the job keeps running (lepton-ray stop {job_id} --address {args.address})")
+        return 130
+    print(f"job {job_id}: {status}")
+    return 0 if status == jobs.SUCCEEDED else 1
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from lepton_ray.jobs import job_details
+
+    details = job_details(args.address, args.job)
+    print(f"{args.job}: {details.status.value}  {details.message or ''}".rstrip())
+    return 0
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    from lepton_ray.jobs import stop
+
+    print(f"{args.job}: {'stop requested' if stop(args.address, args.job) else 'already ended'}")
+    return 0
+
+
 def _local_cluster(args: argparse.Namespace) -> tuple[float, float] | None:
     """Size of the cluster this machine will start; None when joining one (Ray checks it then)."""
     from lepton_ray.checks import local_cluster_size
@@ -119,6 +154,20 @@ def build_parser() -> argparse.ArgumentParser:
     board.add_argument("--csv", default=None, help="also write the table to this CSV file")
     board.add_argument("--json", default=None, help="also write the table to this JSON file")
     board.set_defaults(handler=cmd_leaderboard)
+
+    address_help = "Ray dashboard of the cluster, e.g. http://127.0.0.1:8265 (via `ray dashboard cluster.yaml`)"
+    submit = commands.add_parser("submit", help="run the sweep on a Ray cluster as a Ray Job")
+    _workflow_args(submit)
+    submit.add_argument("--address", required=True, help=address_help)
+    submit.add_argument("--follow", action="store_true", help="print the job's logs until it ends; exit 1 unless it succeeded")
+    submit.add_argument("--resume", action="store_true", help="continue the interrupted sweep under the workflow's output_dir")
+    submit.add_argument("--no-export", action="store_true", help="stop after the sweep; skip selection and int8 export")
+    submit.set_defaults(handler=cmd_submit)
+    for name, handler, text in [("status", cmd_status, "print a submitted job's status"), ("stop", cmd_stop, "stop a submitted job")]:
+        job = commands.add_parser(name, help=text)
+        job.add_argument("job", help="job id printed by `lepton-ray submit`")
+        job.add_argument("--address", required=True, help=address_help)
+        job.set_defaults(handler=handler)
     return parser
 
 
