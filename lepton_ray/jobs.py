@@ -121,7 +121,7 @@ def _call(address: str, job_id: str | None, request: Callable[[], Any]) -> Any:
     except RuntimeError as err:
         if job_id is not None and "404" in str(err):
             raise ClusterError(f"JOB: no job {job_id!r} on the cluster at {address}; check the id (`ray job list --address {address}`)") from None
-        raise ClusterError(f"--address: the cluster at {address} refused the request ({str(err).splitlines()[0]})") from None
+        raise ClusterError(f"--address: the cluster at {address} refused the request ({(str(err).splitlines() or [type(err).__name__])[0]})") from None
 
 
 def submit(wf: WorkflowConfig, space: SearchSpace | None, address: str, sweep_flags: list[str]) -> str:
