@@ -1,0 +1,140 @@
+"""int8 vs fp32 ONNX Runtime latency on this CPU, for lepton-ray's int8 export.
+
+Models: the digits `cnn_small` student (trained here for a few epochs, weights baked on a 4-bit
+grid, exported with `lepton_ray.export.export_int8`), and torchvision mobilenet_v2 / resnet18
+students with random weights (latency does not depend on the values) at 32 px (batch 1 and 64)
+and 224 px (batch 1). Each configuration times fp32, our int8 export and ORT's plain
+`quantize_static` of the same fp32 file (no scale overrides) in interleaved rounds after warm-up,
+and reports medians: speed-up = fp32 / int8, and ours / plain latency.
+
+Run: .venv/bin/python benchmarks/int8_speedup.py   (about 2-4 minutes on 2 cores)
+Writes benchmarks/results/int8_speedup.json and prints a table.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import onnx
+import onnxruntime as ort
+import torch
+from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+from torch import nn
+
+from lepton_ray.config import DataConfig, ModelSpec
+from lepton_ray.data import build_data
+from lepton_ray.export import INT8_FILE, CalibrationImages, calibration_images, export_int8, measure_latency, onnx_accuracy
+from lepton_ray.models import build_model
+from lepton_ray.trial import evaluate
+
+RESULTS = Path(__file__).parent / "results" / "int8_speedup.json"
+DIGITS_BITS = 4
+CALIBRATION_IMAGES = 64
+SECONDS_PER_CONFIG = 4.0
+TORCHVISION_CASES = [
+    # (label, registry name, image size, batch sizes)
+    ("mobilenet_v2@32", "mobilenet_v2", 32, (1, 64)),
+    ("resnet18@32", "resnet18", 32, (1, 64)),
+    ("mobilenet_v2@224", "mobilenet_v2", 224, (1,)),
+    ("resnet18@224", "resnet18", 224, (1,)),
+]
+
+
+def digits_student() -> tuple[nn.Module, float, object]:
+    """cnn_small trained 4 epochs on digits, weights rounded onto the 4-bit per-channel grid as QAT bakes them."""
+    torch.manual_seed(0)
+    data = build_data(DataConfig())
+    model = build_model(ModelSpec(name="cnn_small"), data.input_shape, data.num_classes)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    images, labels = data.train.tensors
+    for _ in range(4):
+        model.train()
+        for batch in torch.randperm(len(images)).split(32):
+            optimizer.zero_grad()
+            nn.functional.cross_entropy(model(images[batch]), labels[batch]).backward()
+            optimizer.step()
+    qmax = 2 ** (DIGITS_BITS - 1) - 1
+    with torch.no_grad():
+        for layer in model.modules():
+            if isinstance(layer, (nn.Conv2d, nn.Linear)):
+                scale = (layer.weight.abs().flatten(1).amax(dim=1) / qmax).view(-1, *[1] * (layer.weight.dim() - 1))
+                layer.weight.copy_((layer.weight / scale).round().clamp(-qmax, qmax) * scale)
+    model.eval()
+    return model, evaluate(model, data.test, 256, torch.device("cpu"))[0], data
+
+
+def plain_int8(fp32_path: Path, images: torch.Tensor, path: Path) -> Path:
+    """ORT's quantize_static with the same format and calibration, but no scale overrides."""
+    quantize_static(
+        str(fp32_path), str(path), CalibrationImages(images), quant_format=QuantFormat.QDQ, per_channel=True,
+        weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8,
+    )
+    return path
+
+
+def bench(label: str, model: nn.Module, input_shape: tuple[int, ...], images: torch.Tensor, weight_bits: int, batches: tuple[int, ...], folder: Path) -> tuple[list[dict], dict]:
+    start = time.perf_counter()
+    files = export_int8(model, input_shape, images, weight_bits, folder / label)
+    plain = plain_int8(files.fp32, images, folder / label / "student.int8_plain.onnx")
+    export_seconds = time.perf_counter() - start
+    models = {"fp32": files.fp32, "int8": files.int8, "int8_plain": plain}
+    rows = []
+    for batch in batches:
+        ms = measure_latency(models, input_shape, batch, max_rounds=500, seconds=SECONDS_PER_CONFIG)
+        rows.append({
+            "model": label, "batch": batch, "fp32_ms": ms["fp32"], "int8_ms": ms["int8"], "int8_plain_ms": ms["int8_plain"],
+            "int8_speedup": ms["fp32"] / ms["int8"], "ours_over_plain_latency": ms["int8"] / ms["int8_plain"],
+        })
+    sizes = {"model": label, "fp32_bytes": files.fp32.stat().st_size, "int8_bytes": files.int8.stat().st_size,
+             "int8_plain_bytes": plain.stat().st_size, "export_seconds": round(export_seconds, 1)}
+    return rows, sizes
+
+
+def machine() -> dict:
+    cpu_model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")), platform.processor())
+    flags = next((line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")), "")
+    return {
+        "cpu_model": cpu_model, "logical_cores": os.cpu_count(), "avx512_vnni": "avx512_vnni" in flags, "load_average_at_start": os.getloadavg(),
+        "python": sys.version.split()[0], "torch": torch.__version__, "onnxruntime": ort.__version__, "onnx": onnx.__version__,
+        "ort_threads": "ORT default (intra-op = physical cores)", "timing": f"median of interleaved rounds, {SECONDS_PER_CONFIG} s per configuration after 3 warm-up runs",
+    }
+
+
+def main() -> None:
+    torch.set_num_threads(1)  # training and export only; ORT sessions use their own thread pool
+    report = {"machine": machine(), "latency": [], "files": []}
+    with tempfile.TemporaryDirectory(prefix="int8-bench-") as scratch:
+        folder = Path(scratch)
+        student, torch_accuracy, data = digits_student()
+        label = "digits_cnn_small_4bit"
+        rows, sizes = bench(label, student, data.input_shape, calibration_images(data.train, 512, 0), DIGITS_BITS, (1, 64), folder)
+        sizes |= {"torch_test_accuracy": torch_accuracy, "int8_test_accuracy": onnx_accuracy(folder / label / INT8_FILE, data.test)}
+        report["latency"] += rows
+        report["files"].append(sizes)
+        for label, name, size, batches in TORCHVISION_CASES:
+            input_shape = (3, size, size)
+            model = build_model(ModelSpec(name=name), input_shape, 10).eval()
+            images = torch.randn((CALIBRATION_IMAGES, *input_shape), generator=torch.Generator().manual_seed(0))
+            rows, sizes = bench(label, model, input_shape, images, 32, batches, folder)
+            report["latency"] += rows
+            report["files"].append(sizes)
+            print(f"  {label}: done", flush=True)
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"{'model':<26} {'batch':>5} {'fp32 ms':>9} {'int8 ms':>9} {'plain ms':>9} {'speed-up':>9} {'ours/plain':>11}")
+    for row in report["latency"]:
+        print(f"{row['model']:<26} {row['batch']:>5} {row['fp32_ms']:>9.3f} {row['int8_ms']:>9.3f} {row['int8_plain_ms']:>9.3f} "
+              f"{row['int8_speedup']:>8.2f}x {row['ours_over_plain_latency']:>10.2f}x")
+    for sizes in report["files"]:
+        print(f"{sizes['model']:<26} fp32 {sizes['fp32_bytes']:,} B, int8 {sizes['int8_bytes']:,} B ({sizes['int8_bytes'] / sizes['fp32_bytes']:.2f}x)")
+    print(f"wrote {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()
