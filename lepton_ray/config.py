@@ -78,6 +78,7 @@ class TrainingConfig(_Strict):
     momentum: float = Field(0.9, ge=0, lt=1)
     seed: int = 0
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    divergence_loss: float = Field(1e4, gt=0, description="epoch train loss above which (or NaN/inf) a trial is stopped as diverged")
 
 
 class ResourcesConfig(_Strict):
@@ -136,6 +137,7 @@ class SweepConfig(_Strict):
     scheduler: Literal["none", "asha"] = "none"
     seed: int = 0
     constraints: dict[str, float] = Field(default_factory=dict, description="metric -> max value")
+    teacher_cache: bool = Field(True, description="compute teacher outputs once per sweep and share them with all trials")
     baseline_trials: list[dict[str, Scalar]] = Field(
         default_factory=list, description="knob values to try first (e.g. today's production settings)"
     )

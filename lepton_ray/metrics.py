@@ -11,6 +11,8 @@ TEST_ACCURACY = "test_accuracy"
 BEST_VAL_ACCURACY = "best_val_accuracy"
 """Validation accuracy of the student a trial ships: what the search maximises (test is for reporting)."""
 BEST_EPOCH = "best_epoch"
+RESTARTS = "restarts"
+"""Times the trial resumed from its own checkpoint (worker failure, driver --resume)."""
 TEACHER_TEST_ACCURACY = "teacher_test_accuracy"
 
 PARAMS = "params"

@@ -54,7 +54,16 @@ def finished_trial_metrics(run_folder: Path) -> dict[str, Any] | None:
     return None
 
 
-def trial_driver(config: dict[str, Any], base_workflow: dict[str, Any], teacher_refs: list[Any], trials_root: str) -> None:
+@dataclass(frozen=True)
+class SharedObjects:
+    """Object-store refs every trial reads. Wrapped so `tune.with_parameters` passes them as refs
+    (it resolves top-level ObjectRefs, which would copy the cache into every trial's config)."""
+
+    teacher_refs: list[Any]
+    teacher_cache_ref: Any = None
+
+
+def trial_driver(config: dict[str, Any], base_workflow: dict[str, Any], shared: SharedObjects, trials_root: str) -> None:
     """Tune function trainable: one Optuna trial = one `TorchTrainer` run named by its number."""
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
@@ -68,7 +77,7 @@ def trial_driver(config: dict[str, Any], base_workflow: dict[str, Any], teacher_
     if already is not None:
         tune.report(already)
         return
-    result = build_trainer(wf, teacher_refs, Path(trials_root), name, callbacks=[TuneReportCallback()]).fit()
+    result = build_trainer(wf, shared.teacher_refs, Path(trials_root), name, [TuneReportCallback()], shared.teacher_cache_ref).fit()
     raise_if_diverged(result.metrics or {})
 
 
@@ -124,7 +133,7 @@ def run_sweep(
     remaining = num_samples - finished_count(study)
     log(f"sweep {paths.root}: {num_samples - remaining}/{num_samples} trials already finished; MLflow {redact(uri)}, experiment {wf.tracking.experiment!r}")
     if remaining > 0:
-        _run_tuner(wf, space, paths, study, remaining, teachers, tracker, parent_run_id, sweep_key, tags, address, log)
+        _run_tuner(wf, space, paths, study, remaining, teachers, data, tracker, parent_run_id, sweep_key, tags, address, log)
     trials = trials_frame(tracker, parent_run_id)
     log(format_table(trials, wf.sweep.cost_metric))
     outcome = SweepOutcome(parent_run_id, paths, trials, teachers[0].test_accuracy)
@@ -137,7 +146,25 @@ def run_sweep(
     return outcome
 
 
-def _run_tuner(wf, space, paths, study, remaining, teachers, tracker, parent_run_id, sweep_key, tags, address, log) -> None:
+def shared_teacher_cache(wf: WorkflowConfig, teachers, data, paths: SweepPaths, log: Callable[[str], None]):
+    """Teacher outputs for the whole training split, computed once, put in the object store (or None)."""
+    if not wf.sweep.teacher_cache:
+        return None
+    import ray
+
+    from lepton_ray.losses import DistillationObjective
+    from lepton_ray.teacher_cache import cache_key, load_or_build_cache
+    from lepton_ray.trial import load_teacher_module
+
+    layers = DistillationObjective(wf.distillation).teacher_layers
+    key = cache_key([t.sha256 for t in teachers], wf.data.model_dump(mode="json"), layers)
+    modules = [load_teacher_module(t.payload) for t in teachers]
+    cache = load_or_build_cache(paths.root / f"teacher_cache-{key}.pt", modules, data.train, layers, key)
+    log(f"teacher cache {key}: {len(teachers)} teacher(s), {len(layers)} feature layer(s), {cache.size_bytes / 1e6:.1f} MB, shared by all trials")
+    return ray.put(cache)
+
+
+def _run_tuner(wf, space, paths, study, remaining, teachers, data, tracker, parent_run_id, sweep_key, tags, address, log) -> None:
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
@@ -149,7 +176,10 @@ def _run_tuner(wf, space, paths, study, remaining, teachers, tracker, parent_run
     if paths.tune.exists():
         shutil.rmtree(paths.tune)  # bookkeeping of an interrupted attempt; the study and trial runs are kept
     trainable = tune.with_parameters(
-        trial_driver, base_workflow=wf.to_dict(), teacher_refs=put_teachers(teachers), trials_root=str(paths.trials.resolve())
+        trial_driver,
+        base_workflow=wf.to_dict(),
+        shared=SharedObjects(put_teachers(teachers), shared_teacher_cache(wf, teachers, data, paths, log)),
+        trials_root=str(paths.trials.resolve()),
     )
     scheduler = (
         ASHAScheduler(time_attr=metrics.EPOCH, metric=metrics.VAL_ACCURACY, mode="max", max_t=wf.training.epochs, grace_period=max(1, wf.training.epochs // 3))

@@ -17,7 +17,7 @@ class TrialDivergedError(RuntimeError):
     """The trial's loss became NaN/inf; it is failed, never selected or exported."""
 
 
-def build_trainer(wf: WorkflowConfig, teacher_refs: list[Any], storage_path: Path, name: str, callbacks: Sequence[Any] = ()):
+def build_trainer(wf: WorkflowConfig, teacher_refs: list[Any], storage_path: Path, name: str, callbacks: Sequence[Any] = (), teacher_cache_ref: Any = None):
     """A `TorchTrainer` running `train_loop_per_worker` as DDP (gloo on CPU, nccl on GPU)."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -26,7 +26,7 @@ def build_trainer(wf: WorkflowConfig, teacher_refs: list[Any], storage_path: Pat
     per_worker = {"CPU": res.cpus_per_worker, **({"GPU": res.gpus_per_worker} if res.use_gpu else {})}
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"workflow": wf.to_dict(), "teachers": teacher_refs},
+        train_loop_config={"workflow": wf.to_dict(), "teachers": teacher_refs, "teacher_cache": teacher_cache_ref},
         torch_config=TorchConfig(backend="nccl" if res.use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=res.num_workers, use_gpu=res.use_gpu, resources_per_worker=per_worker),
         run_config=RunConfig(
@@ -56,8 +56,8 @@ def student_from_result(result) -> dict[str, Any]:
 def raise_if_diverged(final_metrics: dict[str, Any]) -> None:
     if final_metrics.get(DIVERGED):
         raise TrialDivergedError(
-            f"training diverged at epoch {final_metrics.get(metrics.EPOCH)} (train_loss={final_metrics.get(metrics.TRAIN_LOSS)}); "
-            "lower training.lr or check the data"
+            f"training diverged at epoch {final_metrics.get(metrics.EPOCH)} (train_loss={final_metrics.get(metrics.TRAIN_LOSS):.4g}, "
+            "NaN/inf or above training.divergence_loss); lower training.lr or check the data"
         )
 
 

@@ -19,6 +19,7 @@ LOGGED_METRICS = {
     metrics.EPOCH, metrics.TRAIN_LOSS, metrics.VAL_ACCURACY, metrics.VAL_LOSS, metrics.TEST_ACCURACY,
     metrics.PARAMS, metrics.NONZERO_PARAMS, metrics.SPARSITY, metrics.BITS, metrics.SIZE_BYTES,
     metrics.MACS, metrics.BOPS, metrics.LATENCY_MS, metrics.LATENCY_BATCH_MS, metrics.BEST_VAL_ACCURACY, metrics.BEST_EPOCH, DIVERGED,
+    metrics.RESTARTS,
 }
 CHECKPOINT_PATH_KEY = "checkpoint_path"
 

@@ -27,25 +27,31 @@ TINY = {
 
 
 @pytest.mark.ray
-def test_small_sweep_logs_children_matches_leaderboard_and_records_a_failing_trial(ray_session, write_workflow, tmp_path):
-    bad_combination = {"compression.pruning.sparsity": 0.5, "compression.pruning.start_epoch": 1, "compression.pruning.end_epoch": 0}
+def test_small_sweep_logs_children_matches_leaderboard_and_records_failing_trials(ray_session, write_workflow, tmp_path):
+    """Four trials: an invalid knob combination and a diverging lr fail with their reason; two finish."""
+    good = {"compression.pruning.start_epoch": 0, "compression.pruning.end_epoch": 1, "training.lr": 0.05}
+    bad_combination = {**good, "compression.pruning.sparsity": 0.5, "compression.pruning.start_epoch": 1, "compression.pruning.end_epoch": 0}
+    diverging = {**good, "compression.pruning.sparsity": 0.0, "training.lr": 10.0}
     space = tmp_path / "space.yaml"
     space.write_text(
         "params:\n"
         "  compression.pruning.sparsity: {type: float, low: 0.0, high: 0.5}\n"
         "  compression.pruning.start_epoch: {type: int, low: 0, high: 1}\n"
         "  compression.pruning.end_epoch: {type: int, low: 0, high: 1}\n"
+        "  training.lr: {type: categorical, choices: [0.05, 10.0]}\n"
     )
-    path = write_workflow({**TINY, "sweep.space": str(space), "sweep.baseline_trials": [bad_combination]})
+    mlp_student = {"student.name": "mlp", "student.options": {"hidden": [32]}, "training.optimizer": "sgd"}
+    path = write_workflow({**TINY, **mlp_student, "sweep.num_samples": 4, "sweep.space": str(space), "sweep.baseline_trials": [bad_combination, diverging]})
     wf = load_workflow(path)
     outcome = run_sweep(wf, check_workflow(wf), log=lambda _: None)
 
     tracker = Tracker(wf.tracking.uri, wf.tracking.experiment)
     runs = mlflow.search_runs(experiment_ids=[tracker.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{outcome.parent_run_id}'")
-    assert len(runs) == 3
-    assert sorted(runs["status"]) == ["FAILED", "FINISHED", "FINISHED"]
-    failed = runs[runs["status"] == "FAILED"].iloc[0]
-    assert "compression.pruning.end_epoch" in failed[f"tags.{ERROR_TAG}"]
+    assert len(runs) == 4
+    by_trial = runs.set_index(runs["tags.optuna_trial"].astype(int))
+    assert by_trial.loc[0, "status"] == "FAILED" and "compression.pruning.end_epoch" in by_trial.loc[0, f"tags.{ERROR_TAG}"]
+    assert by_trial.loc[1, "status"] == "FAILED" and "diverged" in by_trial.loc[1, f"tags.{ERROR_TAG}"]
+    assert list(by_trial.loc[[2, 3], "status"]) == ["FINISHED", "FINISHED"]
     finished = runs[runs["status"] == "FINISHED"]
     for name in (metrics.TEST_ACCURACY, metrics.SIZE_BYTES, metrics.MACS, metrics.BOPS, metrics.LATENCY_MS, metrics.SPARSITY):
         assert finished[f"metrics.{name}"].notna().all(), name
@@ -58,7 +64,7 @@ def test_small_sweep_logs_children_matches_leaderboard_and_records_a_failing_tri
         if row["status"] == "finished":
             assert row[metrics.TEST_ACCURACY] == pytest.approx(by_run.loc[row["run_id"], f"metrics.{metrics.TEST_ACCURACY}"])
     assert board["on_front"].sum() >= 1
+    assert not board.set_index("trial").loc[[0, 1], "on_front"].any()
 
     study = optuna.load_study(study_name="sweep", storage=f"sqlite:///{outcome.paths.study}")
-    states = sorted(t.state.name for t in study.trials)
-    assert states == ["COMPLETE", "COMPLETE", "FAIL"]
+    assert [t.state.name for t in study.trials] == ["FAIL", "FAIL", "COMPLETE", "COMPLETE"]

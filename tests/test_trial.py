@@ -57,9 +57,13 @@ def _ddp_probe(config: dict) -> None:
 
 @pytest.mark.ray
 def test_ddp_ranks_see_disjoint_shards_and_end_a_step_with_identical_parameters(ray_session, tmp_path):
+    import sys
+
+    from ray import cloudpickle
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import tests/ modules by name
     TorchTrainer(
         _ddp_probe,
         train_loop_config={"out": str(tmp_path)},

@@ -1,0 +1,60 @@
+"""The sweep's last stage: load the picked trial's student from its checkpoint and hand it to export.
+
+Kept apart from `export.py` (which works on any module) so export stays free of sweep layout.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+from torch import nn
+
+from lepton_ray.checkpoints import load_safe
+from lepton_ray.config import parse_workflow
+from lepton_ray.errors import CheckpointError
+from lepton_ray.trial import STUDENT_FILE, load_student
+
+if TYPE_CHECKING:
+    from lepton_ray.config import WorkflowConfig
+    from lepton_ray.data import DataSplits
+    from lepton_ray.export import ExportResult
+    from lepton_ray.sweep import SweepOutcome
+    from lepton_ray.tracking import Tracker
+
+
+def student_file(trials_root: Path, trial: int) -> Path:
+    """The shipped student of a finished trial: the newest `student.pt` of its Train run."""
+    from lepton_ray.sweep import trial_run_name
+
+    files = sorted((Path(trials_root) / trial_run_name(trial)).glob(f"*/{STUDENT_FILE}"), reverse=True)
+    if not files:
+        raise CheckpointError(f"trial {trial}: no {STUDENT_FILE} under {trials_root}; the trial did not finish, pick another or --resume the sweep")
+    return files[0]
+
+
+def student_loader(trials_root: Path) -> Callable[[dict[str, Any]], tuple[nn.Module, dict[str, Any]]]:
+    """Rebuild a trial's student with that trial's own workflow (its compression decides the structure)."""
+
+    def load(row: dict[str, Any]) -> tuple[nn.Module, dict[str, Any]]:
+        path = student_file(trials_root, int(row["trial"]))
+        payload = load_safe(path, f"trial {row['trial']} student")
+        return load_student(parse_workflow(payload["workflow"]), payload), dict(payload.get("metrics", {}))
+
+    return load
+
+
+def select_export_publish(wf: "WorkflowConfig", outcome: "SweepOutcome", data: "DataSplits", tracker: "Tracker", log: Callable[[str], None]) -> "ExportResult":
+    """Pick by the workflow's policy, export to int8, verify in ORT, register; one line per step."""
+    from lepton_ray.export import select_and_export
+
+    out_dir = outcome.paths.root / "export"
+    result = select_and_export(
+        wf, outcome.trials, outcome.teacher_accuracy, student_loader(outcome.paths.trials), data, tracker, outcome.parent_run_id, out_dir
+    )
+    log(result.selection.explanation)
+    checks = result.checks
+    log(f"int8 ONNX {result.files.int8}: accuracy {checks.int8_accuracy:.4f} (trial {checks.trial_accuracy:.4f}), "
+        f"{checks.size_ratio:.2f}x the fp32 file, {checks.speedup(1):.2f}x faster at batch 1")
+    log(f"registered {result.published.model_uri} (alias champion); report {result.report}")
+    return result
