@@ -12,7 +12,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from lepton_ray import metrics
 from lepton_ray.checkpoints import load_safe
@@ -20,6 +20,9 @@ from lepton_ray.config import SearchSpace, WorkflowConfig, apply_overrides, pars
 from lepton_ray.errors import ConfigError
 from lepton_ray.search import NUMBER_KEY, StudySearcher, finished_count, open_study
 from lepton_ray.trial import STUDENT_FILE
+
+if TYPE_CHECKING:
+    from lepton_ray.train import TrialInputs
 
 TRIAL_DRIVER_CPU = 0.01
 """Tune's per-trial driver only waits on its TorchTrainer; 0 is rejected by Ray, 1 deadlocks 2-CPU nodes."""
@@ -54,21 +57,18 @@ def finished_trial_metrics(run_folder: Path) -> dict[str, Any] | None:
     return None
 
 
-@dataclass(frozen=True)
-class SharedObjects:
-    """Object-store refs every trial reads. Wrapped so `tune.with_parameters` passes them as refs
-    (it resolves top-level ObjectRefs, which would copy the cache into every trial's config)."""
+def trial_driver(config: dict[str, Any], base_workflow: dict[str, Any], inputs: "TrialInputs", trials_root: str) -> None:
+    """Tune function trainable: one Optuna trial = one run under `trials/` named by its number.
 
-    teacher_refs: list[Any]
-    teacher_cache_ref: Any = None
-
-
-def trial_driver(config: dict[str, Any], base_workflow: dict[str, Any], shared: SharedObjects, trials_root: str) -> None:
-    """Tune function trainable: one Optuna trial = one `TorchTrainer` run named by its number."""
+    Several workers: a `TorchTrainer` (real DDP). One worker: the same loop in this actor
+    (`sessions.InProcessSession`), which saves a Ray Train start-up per trial.
+    """
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
+    from lepton_ray.sessions import InProcessSession
     from lepton_ray.train import build_trainer, raise_if_diverged
+    from lepton_ray.trial import run_trial
 
     overrides = {key: value for key, value in config.items() if key != NUMBER_KEY}
     wf = parse_workflow(apply_overrides(base_workflow, overrides))
@@ -77,8 +77,25 @@ def trial_driver(config: dict[str, Any], base_workflow: dict[str, Any], shared: 
     if already is not None:
         tune.report(already)
         return
-    result = build_trainer(wf, shared.teacher_refs, Path(trials_root), name, [TuneReportCallback()], shared.teacher_cache_ref).fit()
+    if runs_in_process(wf):
+        session = InProcessSession(Path(trials_root) / name, on_report=tune.report)
+        run_trial(inputs.loop_config(wf), session)
+        raise_if_diverged(session.last_metrics)
+        return
+    result = build_trainer(wf, inputs, Path(trials_root), name, [TuneReportCallback()]).fit()
     raise_if_diverged(result.metrics or {})
+
+
+def runs_in_process(wf: WorkflowConfig) -> bool:
+    return wf.resources.num_workers == 1
+
+
+def trial_resources(wf: WorkflowConfig) -> dict[str, float]:
+    """What Tune reserves for a trial's actor: the whole worker when it trains in-process, else a sliver
+    (the `TorchTrainer` reserves its workers itself)."""
+    if not runs_in_process(wf):
+        return {"cpu": TRIAL_DRIVER_CPU}
+    return {"cpu": wf.resources.cpus_per_worker, **({"gpu": wf.resources.gpus_per_worker} if wf.resources.use_gpu else {})}
 
 
 @dataclass
@@ -146,30 +163,12 @@ def run_sweep(
     return outcome
 
 
-def shared_teacher_cache(wf: WorkflowConfig, teachers, data, paths: SweepPaths, log: Callable[[str], None]):
-    """Teacher outputs for the whole training split, computed once, put in the object store (or None)."""
-    if not wf.sweep.teacher_cache:
-        return None
-    import ray
-
-    from lepton_ray.losses import DistillationObjective
-    from lepton_ray.teacher_cache import cache_key, load_or_build_cache
-    from lepton_ray.trial import load_teacher_module
-
-    layers = DistillationObjective(wf.distillation).teacher_layers
-    key = cache_key([t.sha256 for t in teachers], wf.data.model_dump(mode="json"), layers)
-    modules = [load_teacher_module(t.payload) for t in teachers]
-    cache = load_or_build_cache(paths.root / f"teacher_cache-{key}.pt", modules, data.train, layers, key)
-    log(f"teacher cache {key}: {len(teachers)} teacher(s), {len(layers)} feature layer(s), {cache.size_bytes / 1e6:.1f} MB, shared by all trials")
-    return ray.put(cache)
-
-
 def _run_tuner(wf, space, paths, study, remaining, teachers, data, tracker, parent_run_id, sweep_key, tags, address, log) -> None:
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     from lepton_ray.ray_runtime import init_ray
-    from lepton_ray.train import put_teachers
+    from lepton_ray.train import put_trial_inputs
     from lepton_ray.tune_callbacks import MlflowTrialLogger, SweepProgress
 
     init_ray(address)
@@ -178,7 +177,7 @@ def _run_tuner(wf, space, paths, study, remaining, teachers, data, tracker, pare
     trainable = tune.with_parameters(
         trial_driver,
         base_workflow=wf.to_dict(),
-        shared=SharedObjects(put_teachers(teachers), shared_teacher_cache(wf, teachers, data, paths, log)),
+        inputs=put_trial_inputs(wf, teachers, data, paths.root, log),
         trials_root=str(paths.trials.resolve()),
     )
     scheduler = (
@@ -191,7 +190,7 @@ def _run_tuner(wf, space, paths, study, remaining, teachers, data, tracker, pare
         SweepProgress(wf.sweep.num_samples if space is not None else 1, (wf.sweep.num_samples if space else 1) - remaining, wf.sweep.cost_metric, log=log),
     ]
     tuner = tune.Tuner(
-        tune.with_resources(trainable, {"cpu": TRIAL_DRIVER_CPU}),
+        tune.with_resources(trainable, trial_resources(wf)),
         tune_config=tune.TuneConfig(
             search_alg=StudySearcher(study, space, wf.sweep),
             scheduler=scheduler,

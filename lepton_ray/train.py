@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import subprocess
 from pathlib import Path
-from typing import Any, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from lepton_ray import metrics
 from lepton_ray.checkpoints import load_safe
@@ -12,12 +13,29 @@ from lepton_ray.config import WorkflowConfig
 from lepton_ray.teacher import Teacher
 from lepton_ray.trial import DIVERGED, STUDENT_FILE, train_loop_per_worker
 
+if TYPE_CHECKING:
+    from lepton_ray.data import DataSplits
+
 
 class TrialDivergedError(RuntimeError):
     """The trial's loss became NaN/inf; it is failed, never selected or exported."""
 
 
-def build_trainer(wf: WorkflowConfig, teacher_refs: list[Any], storage_path: Path, name: str, callbacks: Sequence[Any] = (), teacher_cache_ref: Any = None):
+@dataclass(frozen=True)
+class TrialInputs:
+    """What every trial of a sweep reads, prepared once by the driver: object-store refs (or, for a
+    teacher cache too big for the object store, a file path on shared storage)."""
+
+    teachers: list[Any]
+    data: Any = None
+    """Ref of the in-memory `DataSplits`; None makes each worker build its data itself."""
+    teacher_cache: Any = None
+
+    def loop_config(self, wf: WorkflowConfig) -> dict[str, Any]:
+        return {"workflow": wf.to_dict(), "teachers": self.teachers, "data": self.data, "teacher_cache": self.teacher_cache}
+
+
+def build_trainer(wf: WorkflowConfig, inputs: TrialInputs, storage_path: Path, name: str, callbacks: Sequence[Any] = ()):
     """A `TorchTrainer` running `train_loop_per_worker` as DDP (gloo on CPU, nccl on GPU)."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -26,7 +44,7 @@ def build_trainer(wf: WorkflowConfig, teacher_refs: list[Any], storage_path: Pat
     per_worker = {"CPU": res.cpus_per_worker, **({"GPU": res.gpus_per_worker} if res.use_gpu else {})}
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"workflow": wf.to_dict(), "teachers": teacher_refs, "teacher_cache": teacher_cache_ref},
+        train_loop_config=inputs.loop_config(wf),
         torch_config=TorchConfig(backend="nccl" if res.use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=res.num_workers, use_gpu=res.use_gpu, resources_per_worker=per_worker),
         run_config=RunConfig(
@@ -39,10 +57,37 @@ def build_trainer(wf: WorkflowConfig, teacher_refs: list[Any], storage_path: Pat
     )
 
 
-def put_teachers(teachers: list[Teacher]) -> list[Any]:
+def put_trial_inputs(wf: WorkflowConfig, teachers: list[Teacher], data: "DataSplits", storage: Path, log: Callable[[str], None]) -> TrialInputs:
+    """Put teachers, in-memory data and the teacher cache where every trial's workers read them."""
+    import ray
+    from torch.utils.data import TensorDataset
+
+    in_memory = all(isinstance(split, TensorDataset) for split in (data.train, data.val, data.test))
+    return TrialInputs(
+        teachers=[ray.put(teacher.payload) for teacher in teachers],
+        data=ray.put(data) if in_memory else None,
+        teacher_cache=shared_teacher_cache(wf, teachers, data, storage, log),
+    )
+
+
+def shared_teacher_cache(wf: WorkflowConfig, teachers: list[Teacher], data: "DataSplits", storage: Path, log: Callable[[str], None]) -> Any:
+    """Teacher outputs for every (view, training sample), computed once (or read back on --resume)."""
+    if not wf.sweep.teacher_cache:
+        return None
     import ray
 
-    return [ray.put(teacher.payload) for teacher in teachers]
+    from lepton_ray.losses import DistillationObjective
+    from lepton_ray.teacher_cache import cache_key, load_or_build_cache
+    from lepton_ray.trial import load_teacher_module
+
+    layers = DistillationObjective(wf.distillation).teacher_layers
+    key = cache_key([t.sha256 for t in teachers], wf.data.model_dump(mode="json"), layers)
+    path = Path(storage) / f"teacher_cache-{key}.pt"
+    cache = load_or_build_cache(path, [load_teacher_module(t.payload) for t in teachers], data.train, layers, wf.data, key)
+    in_object_store = cache.size_bytes <= wf.sweep.teacher_cache_object_store_mb * 1e6
+    where = "the object store" if in_object_store else str(path)
+    log(f"teacher cache {key}: {len(teachers)} teacher(s), {len(layers)} feature layer(s), {cache.size_bytes / 1e6:.1f} MB in {where}, shared by all trials")
+    return ray.put(cache) if in_object_store else str(path.resolve())
 
 
 def student_from_result(result) -> dict[str, Any]:

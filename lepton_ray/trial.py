@@ -11,18 +11,19 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
-import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, NamedTuple, Union
+from typing import Any, Iterator, Union
 
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
+from torch.utils.data import Dataset
 
 from lepton_ray import metrics
-from lepton_ray.checkpoints import load_safe, save_atomic
+from lepton_ray.batches import Batch, augment_view, eval_indices, iterate_batches, on_device, train_indices, world
+from lepton_ray.checkpoints import load_safe
 from lepton_ray.errors import CheckpointError
 from lepton_ray.compress import Compression
 from lepton_ray.config import TrainingConfig, WorkflowConfig, parse_workflow
@@ -31,6 +32,7 @@ from lepton_ray.data import DataSplits, build_data
 from lepton_ray.features import capture_features, unwrap
 from lepton_ray.losses import DistillationObjective, DistillInputs
 from lepton_ray.models import build_model
+from lepton_ray.sessions import RayTrainSession, TrialSession
 from lepton_ray.teacher_cache import TeacherCache
 
 TRIAL_STATE_FILE = "trial_state.pt"
@@ -40,48 +42,7 @@ DIVERGED_FILE = "diverged.pt"
 """Metric set to 1 when the loss became NaN/inf; the trial driver turns it into a failure."""
 
 
-# ---- batching -------------------------------------------------------------------------------
-
-def world() -> tuple[int, int]:
-    """(rank, world_size) of this process; (0, 1) outside a process group."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def train_indices(num_samples: int, epoch: int, seed: int) -> list[int]:
-    """This rank's disjoint shard of a seeded per-epoch shuffle; equal length on every rank (DDP needs it)."""
-    rank, world_size = world()
-    order = torch.randperm(num_samples, generator=torch.Generator().manual_seed(seed * 10_007 + epoch)).tolist()
-    per_rank = num_samples // world_size
-    return order[rank * per_rank : (rank + 1) * per_rank]
-
-
-def eval_indices(num_samples: int) -> list[int]:
-    """Strided shard with no padding, so all-reduced counts cover each sample exactly once."""
-    rank, world_size = world()
-    return list(range(rank, num_samples, world_size))
-
-
-class Batch(NamedTuple):
-    images: torch.Tensor
-    labels: torch.Tensor
-    indices: torch.Tensor
-    """Positions of the samples in their split (keys of the teacher cache)."""
-
-
-def iterate_batches(dataset: Dataset, indices: list[int], batch_size: int, device: torch.device) -> Iterator[Batch]:
-    """In-memory tensors are batched by indexing (no per-sample DataLoader); other data sets use a DataLoader."""
-    if isinstance(dataset, TensorDataset):
-        images, labels = dataset.tensors[:2]
-        for start in range(0, len(indices), batch_size):
-            batch = torch.as_tensor(indices[start : start + batch_size])
-            yield Batch(images[batch].to(device, non_blocking=True), labels[batch].to(device, non_blocking=True), batch)
-        return
-    loader = DataLoader(Subset(dataset, indices), batch_size=batch_size, shuffle=False, num_workers=0)
-    for start, (images, labels) in zip(range(0, len(indices), batch_size), loader):
-        yield Batch(images.to(device), labels.to(device), torch.as_tensor(indices[start : start + batch_size]))
-
+# ---- batching (the data path itself lives in lepton_ray/batches.py) ----------------------------
 
 def all_reduce_sums(*values: float, device: torch.device) -> list[float]:
     _, world_size = world()
@@ -139,7 +100,7 @@ Teachers = Union[list[nn.Module], TeacherCache]
 def teacher_outputs(teachers: Teachers, batch: Batch, layers: tuple[str, ...]) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
     """Logits of every teacher and the primary teacher's named features, without grad."""
     if isinstance(teachers, TeacherCache):
-        return teachers.lookup(batch.indices, layers, batch.images.device)
+        return teachers.lookup(batch, layers)
     if not teachers:
         return [], {}
     with torch.no_grad(), capture_features(teachers[0], layers, "teacher layer") as features:
@@ -180,7 +141,8 @@ def evaluate(model: nn.Module, dataset: Dataset, batch_size: int, device: torch.
     model.eval()
     correct, loss_sum, count = 0.0, 0.0, 0
     with torch.no_grad():
-        for images, labels, _ in iterate_batches(dataset, eval_indices(len(dataset)), batch_size, device):
+        for batch in iterate_batches(dataset, eval_indices(len(dataset)), batch_size, device):
+            images, labels = batch.images, batch.labels
             logits = model(images).float()
             loss_sum += nn.functional.cross_entropy(logits, labels, reduction="sum").item()
             correct += (logits.argmax(dim=-1) == labels).sum().item()
@@ -228,19 +190,12 @@ def newest_readable_state(folders: list[Path], warn=print) -> dict[str, Any]:
     raise CheckpointError("trial checkpoint: no kept checkpoint is readable (" + "; ".join(problems) + "); restart the trial from scratch")
 
 
-def _restore(student: nn.Module, objective: nn.Module, optimizer: torch.optim.Optimizer, compression: Compression) -> dict[str, Any]:
+def _restore(student: nn.Module, objective: nn.Module, optimizer: torch.optim.Optimizer, compression: Compression, session: TrialSession) -> dict[str, Any]:
     """Resume from the trial's newest readable checkpoint (after a worker or driver failure), or start fresh."""
-    import ray.train
-
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is None:
+    folders = session.checkpoint_folders()
+    if not folders:
         return {"next_epoch": 0, "best": None, "restarts": 0}
-    if Path(checkpoint.path).is_dir():  # local or shared file system: the kept checkpoints are siblings
-        run_folder = Path(checkpoint.path).parent
-        state = newest_readable_state([f for f in run_folder.iterdir() if f.is_dir() and f.name.startswith("checkpoint_")])
-    else:
-        with checkpoint.as_directory() as folder:
-            state = newest_readable_state([Path(folder)])
+    state = newest_readable_state(folders)
     state["restarts"] = state.get("restarts", 0) + 1
     for epoch in range(state["next_epoch"]):
         compression.on_epoch_start(unwrap(student), epoch)
@@ -250,38 +205,21 @@ def _restore(student: nn.Module, objective: nn.Module, optimizer: torch.optim.Op
     return state
 
 
-def _report(epoch_metrics: dict[str, Any], state: dict[str, Any] | None, extra_files: dict[str, Any] | None = None) -> None:
-    """Every rank reports; rank 0 attaches a checkpoint (trial state and/or extra files).
-
-    Only reports that carry a checkpoint reach `Result.metrics` in Ray Train V2, so anything the
-    driver must read after `fit()` (final metrics, divergence) goes with one.
-    """
-    import ray.train
-
-    rank, _ = world()
-    if rank != 0 or (state is None and not extra_files):
-        ray.train.report(epoch_metrics)
-        return
-    with tempfile.TemporaryDirectory() as folder:
-        if state is not None:
-            save_atomic(state, Path(folder) / TRIAL_STATE_FILE)
-        for name, payload in (extra_files or {}).items():
-            save_atomic(payload, Path(folder) / name)
-        ray.train.report(epoch_metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
-
-
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
-    """Ray Train entry point. `loop_config`: {"workflow": dict, "teachers": [ObjectRef of payload],
-    "teacher_cache": ObjectRef of a TeacherCache or None}."""
-    import ray
-    import ray.train.torch
+    """Ray Train entry point of a DDP worker; see `run_trial`."""
+    run_trial(loop_config, RayTrainSession())
 
+
+def run_trial(loop_config: dict[str, Any], session: TrialSession) -> None:
+    """One trial, start to finish. `loop_config` (from `train.TrialInputs`): {"workflow": dict,
+    "teachers": [payload or its ref], "data": DataSplits, its ref or None, "teacher_cache": ref, path or None}."""
+    entered = time.perf_counter()
     wf = parse_workflow(loop_config["workflow"])
-    device = ray.train.torch.get_device()
+    device = session.device
     if device.type == "cpu":
         torch.set_num_threads(1)
     torch.manual_seed(wf.training.seed)
-    data = build_data(wf.data)
+    data = trial_data(wf, loop_config, device)
     teachers = teacher_source(wf, loop_config, device)
 
     student = build_model(wf.student, data.input_shape, data.num_classes)
@@ -289,25 +227,31 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     example = next(iterate_batches(data.train, [0, 1], 2, torch.device("cpu")))[0]
     student = compression.prepare(student, example)
     objective = build_objective(wf, student, teachers, example)
-    student = ray.train.torch.prepare_model(student)
+    student = session.prepare_model(student)
     objective = objective.to(device)
     trainable = [p for p in [*student.parameters(), *objective.parameters()] if p.requires_grad]
     optimizer = build_optimizer(wf.training, trainable)
     precision = Precision(wf.training.precision, device)
-    state = _restore(student, objective, optimizer, compression)
+    state = _restore(student, objective, optimizer, compression, session)
     best = state["best"]
+    timing = {metrics.SETUP_S: time.perf_counter() - entered, metrics.COMPUTE_S: 0.0}
 
     for epoch in range(state["next_epoch"], wf.training.epochs):
+        epoch_started = time.perf_counter()
         compression.on_epoch_start(unwrap(student), epoch)
-        batches = iterate_batches(data.train, train_indices(len(data.train), epoch, wf.training.seed), wf.training.batch_size, device)
+        view = augment_view(wf.data.augment, len(data.train), epoch, wf.data.seed)
+        shard = train_indices(len(data.train), epoch, wf.training.seed)
+        batches = iterate_batches(data.train, shard, wf.training.batch_size, device, view)
         train_loss = train_epoch(student, teachers, objective, batches, optimizer, precision)
+        images_per_s = len(shard) * world()[1] / (time.perf_counter() - epoch_started)
         val_accuracy, val_loss = evaluate(student, data.val, wf.training.batch_size, device)
+        timing[metrics.COMPUTE_S] += time.perf_counter() - epoch_started
         epoch_metrics = {
             metrics.EPOCH: epoch + 1, metrics.TRAIN_LOSS: train_loss, metrics.VAL_ACCURACY: val_accuracy,
-            metrics.VAL_LOSS: val_loss, metrics.RESTARTS: state["restarts"],
+            metrics.VAL_LOSS: val_loss, metrics.RESTARTS: state["restarts"], metrics.IMAGES_PER_S: images_per_s, **timing,
         }
         if not math.isfinite(train_loss) or train_loss > wf.training.divergence_loss:
-            _report({**epoch_metrics, DIVERGED: 1}, None, {DIVERGED_FILE: {"epoch": epoch + 1, "train_loss": train_loss}})
+            session.report({**epoch_metrics, DIVERGED: 1}, {DIVERGED_FILE: {"epoch": epoch + 1, "train_loss": train_loss}})
             return
         if compression.is_final(epoch) and (best is None or val_accuracy > best["val_accuracy"]):
             best = {"val_accuracy": val_accuracy, "epoch": epoch + 1, "student": copy.deepcopy(unwrap(student).state_dict())}
@@ -316,10 +260,12 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             "optimizer": optimizer.state_dict(), "best": best, "restarts": state["restarts"],
         }
         if epoch + 1 < wf.training.epochs:
-            _report(epoch_metrics, state)
+            session.report(epoch_metrics, {TRIAL_STATE_FILE: state})
             continue
+        finish_started = time.perf_counter()
         final_metrics, student_payload = _finish(wf, student, compression, best, data, device)
-        _report({**epoch_metrics, **final_metrics}, state, {STUDENT_FILE: student_payload})
+        epoch_metrics[metrics.COMPUTE_S] += time.perf_counter() - finish_started
+        session.report({**epoch_metrics, **final_metrics}, {TRIAL_STATE_FILE: state, STUDENT_FILE: student_payload})
 
 
 def _finish(wf: WorkflowConfig, student: nn.Module, compression: Compression, best: dict[str, Any], data: DataSplits, device: torch.device) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -352,16 +298,29 @@ def build_objective(wf: WorkflowConfig, student: nn.Module, teachers: Teachers, 
     return objective
 
 
-def teacher_source(wf: WorkflowConfig, loop_config: dict[str, Any], device: torch.device) -> Teachers:
-    """The sweep's shared teacher cache when it covers this trial's losses, else the live teachers."""
-    import ray
+def trial_data(wf: WorkflowConfig, loop_config: dict[str, Any], device: torch.device) -> DataSplits:
+    """The sweep's splits from the object store when it put them there (no per-trial preparation), on `device`."""
+    ref = loop_config.get("data")
+    data = resolve(ref) if ref is not None else build_data(wf.data)
+    return DataSplits(on_device(data.train, device), on_device(data.val, device), on_device(data.test, device), data.num_classes, data.input_shape)
 
+
+def teacher_source(wf: WorkflowConfig, loop_config: dict[str, Any], device: torch.device) -> Teachers:
+    """The sweep's shared teacher cache (an object-store ref, or a file path when large) when it covers
+    this trial's losses and data, else the live teachers."""
     cache_ref = loop_config.get("teacher_cache")
     if cache_ref is not None:
-        cache: TeacherCache = ray.get(cache_ref)
-        if cache.covers(len(loop_config["teachers"]), DistillationObjective(wf.distillation).teacher_layers):
+        cache = TeacherCache.load(cache_ref) if isinstance(cache_ref, str) else resolve(cache_ref)
+        if cache.covers(len(loop_config["teachers"]), DistillationObjective(wf.distillation).teacher_layers, wf.data.model_dump(mode="json")):
             return cache.to(device)
-    return [load_teacher_module(ray.get(ref)).to(device) for ref in loop_config["teachers"]]
+    return [load_teacher_module(resolve(ref)).to(device) for ref in loop_config["teachers"]]
+
+
+def resolve(value: Any) -> Any:
+    """The object behind a Ray object ref; anything else as it is (plain-process runs pass objects)."""
+    import ray
+
+    return ray.get(value) if isinstance(value, ray.ObjectRef) else value
 
 
 def load_teacher_module(payload: dict[str, Any]) -> nn.Module:

@@ -15,7 +15,7 @@ import yaml
 from ray.autoscaler._private.util import prepare_config, validate_config
 
 from lepton_ray.config import load_workflow
-from lepton_ray.train import build_trainer
+from lepton_ray.train import TrialInputs, build_trainer
 
 REPO = Path(__file__).resolve().parents[1]
 CLUSTER_YAML = REPO / "cluster.yaml"
@@ -75,7 +75,7 @@ def test_cluster_yaml_installs_the_mounted_checkout_without_local_state(cluster)
 
 def trainer_for(overrides: dict, tmp_path: Path):
     wf = load_workflow(REPO / "workflows" / "digits_quickstart.yaml", overrides)
-    return build_trainer(wf, [], tmp_path, "trial-0000")
+    return build_trainer(wf, TrialInputs(teachers=[]), tmp_path, "trial-0000")
 
 
 def test_cpu_trial_asks_for_no_gpu_and_uses_gloo(tmp_path):

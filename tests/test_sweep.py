@@ -28,7 +28,8 @@ TINY = {
 
 @pytest.mark.ray
 def test_small_sweep_logs_children_matches_leaderboard_and_records_failing_trials(ray_session, write_workflow, tmp_path):
-    """Four trials: an invalid knob combination and a diverging lr fail with their reason; two finish."""
+    """Four single-worker (in-process) trials: an invalid knob combination and a diverging lr fail with
+    their reason; two finish. (DDP trials are covered by the resume, job and worker-failure tests.)"""
     good = {"compression.pruning.start_epoch": 0, "compression.pruning.end_epoch": 1, "training.lr": 0.05}
     bad_combination = {**good, "compression.pruning.sparsity": 0.5, "compression.pruning.start_epoch": 1, "compression.pruning.end_epoch": 0}
     diverging = {**good, "compression.pruning.sparsity": 0.0, "training.lr": 10.0}
@@ -41,7 +42,7 @@ def test_small_sweep_logs_children_matches_leaderboard_and_records_failing_trial
         "  training.lr: {type: categorical, choices: [0.05, 10.0]}\n"
     )
     mlp_student = {"student.name": "mlp", "student.options": {"hidden": [32]}, "training.optimizer": "sgd"}
-    path = write_workflow({**TINY, **mlp_student, "sweep.num_samples": 4, "sweep.space": str(space), "sweep.baseline_trials": [bad_combination, diverging]})
+    path = write_workflow({**TINY, **mlp_student, "resources.num_workers": 1, "sweep.num_samples": 4, "sweep.space": str(space), "sweep.baseline_trials": [bad_combination, diverging]})
     wf = load_workflow(path)
     outcome = run_sweep(wf, check_workflow(wf), log=lambda _: None)
 

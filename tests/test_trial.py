@@ -24,11 +24,11 @@ CPU = torch.device("cpu")
 def test_train_indices_are_disjoint_equal_shards_that_reshuffle_each_epoch(monkeypatch):
     shards = []
     for rank in range(3):
-        monkeypatch.setattr("lepton_ray.trial.world", lambda rank=rank: (rank, 3))
+        monkeypatch.setattr("lepton_ray.batches.world", lambda rank=rank: (rank, 3))
         shards.append(train_indices(100, epoch=0, seed=1))
     assert [len(s) for s in shards] == [33, 33, 33]
     assert len(set().union(*map(set, shards))) == 99
-    monkeypatch.setattr("lepton_ray.trial.world", lambda: (0, 3))
+    monkeypatch.setattr("lepton_ray.batches.world", lambda: (0, 3))
     assert train_indices(100, epoch=1, seed=1) != shards[0]
 
 

@@ -1,0 +1,71 @@
+"""The in-process session: the one trial loop without Ray, its checkpoints, and resuming from them."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lepton_ray import metrics
+from lepton_ray.config import ModelSpec, load_workflow
+from lepton_ray.data import build_data
+from lepton_ray.models import build_model
+from lepton_ray.sessions import CHECKPOINT_PATH_KEY, CHECKPOINTS_KEPT, InProcessSession
+from lepton_ray.trial import STUDENT_FILE, TRIAL_STATE_FILE, model_payload, run_trial
+
+from conftest import QUICKSTART
+from test_sweep import TINY
+
+CPU = torch.device("cpu")
+
+
+class Interrupted(Exception):
+    pass
+
+
+def _loop_config(epochs: int) -> dict:
+    wf = load_workflow(QUICKSTART, {**TINY, "training.epochs": epochs, "resources.num_workers": 1})
+    data = build_data(wf.data)
+    torch.manual_seed(0)
+    teacher = build_model(ModelSpec(name="cnn_small", options={"channels": [16, 32]}), data.input_shape, data.num_classes)
+    return {"workflow": wf.to_dict(), "teachers": [model_payload(teacher, "cnn_small", {"channels": [16, 32]}, data)], "data": data, "teacher_cache": None}
+
+
+def test_in_process_trial_reports_every_epoch_and_keeps_the_two_newest_checkpoints(tmp_path):
+    reports = []
+    session = InProcessSession(tmp_path / "trial-0000", reports.append, CPU)
+    run_trial(_loop_config(epochs=4), session)
+    assert [r[metrics.EPOCH] for r in reports] == [1, 2, 3, 4]
+    assert metrics.TEST_ACCURACY in reports[-1] and reports[-1][metrics.RESTARTS] == 0
+    assert reports[-1][metrics.COMPUTE_S] > 0 and reports[-1][metrics.SETUP_S] > 0
+    kept = sorted(p.name for p in (tmp_path / "trial-0000").iterdir())
+    assert len(kept) == CHECKPOINTS_KEPT and all(name.startswith("checkpoint_") for name in kept)
+    assert (tmp_path / "trial-0000" / kept[-1] / STUDENT_FILE).is_file()
+    assert reports[-1][CHECKPOINT_PATH_KEY].endswith(kept[-1])
+
+
+def test_interrupted_in_process_trial_resumes_from_its_last_checkpoint_without_redoing_epochs(tmp_path):
+    def crash_after_epoch_2(report: dict) -> None:
+        if report[metrics.EPOCH] == 2:
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        run_trial(_loop_config(epochs=4), InProcessSession(tmp_path, crash_after_epoch_2, CPU))
+    reports = []
+    run_trial(_loop_config(epochs=4), InProcessSession(tmp_path, reports.append, CPU))
+    assert [r[metrics.EPOCH] for r in reports] == [3, 4]
+    assert all(r[metrics.RESTARTS] == 1 for r in reports)
+    assert metrics.TEST_ACCURACY in reports[-1]
+
+
+def test_a_truncated_newest_checkpoint_falls_back_to_the_one_before(tmp_path):
+    def crash_after_epoch_3(report: dict) -> None:
+        if report[metrics.EPOCH] == 3:
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        run_trial(_loop_config(epochs=4), InProcessSession(tmp_path, crash_after_epoch_3, CPU))
+    newest = sorted(tmp_path.iterdir())[-1] / TRIAL_STATE_FILE
+    newest.write_bytes(newest.read_bytes()[:64])
+    reports = []
+    run_trial(_loop_config(epochs=4), InProcessSession(tmp_path, reports.append, CPU))
+    assert [r[metrics.EPOCH] for r in reports] == [3, 4]
