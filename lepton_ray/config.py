@@ -24,6 +24,14 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class AugmentConfig(_Strict):
+    """Replayable training augmentation (see `lepton_ray/batches.py`): fixed views, not fresh randomness."""
+
+    hflip: bool = False
+    crop_padding: int = Field(0, ge=0, le=16, description="pad by this many pixels, then crop back at a per-sample offset")
+    views: int = Field(4, ge=1, le=64, description="distinct augmented views of the training split; epoch e trains on view e % views")
+
+
 class DataConfig(_Strict):
     name: str = "digits"
     root: Path | None = None
@@ -32,6 +40,7 @@ class DataConfig(_Strict):
     val_fraction: float = Field(0.15, gt=0, lt=0.5)
     test_fraction: float = Field(0.2, gt=0, lt=0.5)
     label_fraction: float = Field(1.0, gt=0, le=1, description="fraction of training samples that keep their label; the rest are an unlabeled transfer set for distillation")
+    augment: AugmentConfig | None = None
     options: Options = Field(default_factory=dict)
 
 
@@ -138,6 +147,7 @@ class SweepConfig(_Strict):
     seed: int = 0
     constraints: dict[str, float] = Field(default_factory=dict, description="metric -> max value")
     teacher_cache: bool = Field(True, description="compute teacher outputs once per sweep and share them with all trials")
+    teacher_cache_object_store_mb: float = Field(512, ge=0, description="larger caches stay a file on the sweep's storage that workers read")
     baseline_trials: list[dict[str, Scalar]] = Field(
         default_factory=list, description="knob values to try first (e.g. today's production settings)"
     )

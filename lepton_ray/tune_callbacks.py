@@ -13,15 +13,15 @@ from lepton_ray.config import apply_overrides
 from lepton_ray.pareto import pareto_front
 from lepton_ray.search import NUMBER_KEY
 from lepton_ray.tracking import Tracker, flatten
+from lepton_ray.sessions import CHECKPOINT_PATH_KEY
 from lepton_ray.trial import DIVERGED, STUDENT_FILE
 
 LOGGED_METRICS = {
     metrics.EPOCH, metrics.TRAIN_LOSS, metrics.VAL_ACCURACY, metrics.VAL_LOSS, metrics.TEST_ACCURACY,
     metrics.PARAMS, metrics.NONZERO_PARAMS, metrics.SPARSITY, metrics.BITS, metrics.SIZE_BYTES,
     metrics.MACS, metrics.BOPS, metrics.LATENCY_MS, metrics.LATENCY_BATCH_MS, metrics.BEST_VAL_ACCURACY, metrics.BEST_EPOCH, DIVERGED,
-    metrics.RESTARTS,
+    metrics.RESTARTS, metrics.IMAGES_PER_S, metrics.SETUP_S, metrics.COMPUTE_S,
 }
-CHECKPOINT_PATH_KEY = "checkpoint_path"
 
 
 def trial_key(sweep_key: str, number: int) -> str:
