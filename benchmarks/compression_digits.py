@@ -1,6 +1,6 @@
 """Dense fp32 vs sparse/quantized students on digits, trained in-process with the trial's own functions.
 
-Usage (from the repository root): `.venv/bin/python benchmarks/compression_digits.py [--seeds 0 1 2]`.
+Usage (from the repository root): `.venv/bin/python -m benchmarks.compression_digits [--seeds 0 1 2]`.
 Trains the quickstart student (teacher from `prepare_teachers`, cached under runs/teachers/) once
 per variant and seed on one process (world size 1, no Ray), keeps the best fully-compressed
 epoch by validation accuracy as the trial does, and tests/costs it with the trial's `_finish`.
@@ -13,23 +13,17 @@ import argparse
 import json
 import statistics
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
 
+from benchmarks.common import QUICKSTART, REPO, RESULTS, quickstart_workflow, train_student
 from lepton_ray import metrics
-from lepton_ray.compress import Compression
-from lepton_ray.config import WorkflowConfig, load_workflow
-from lepton_ray.data import DataSplits, build_data
-from lepton_ray.models import build_model
+from lepton_ray.data import build_data
 from lepton_ray.teacher import prepare_teachers
-from lepton_ray.trial import Precision, _finish, build_objective, build_optimizer, evaluate, iterate_batches, load_teacher_module, train_epoch, train_indices
+from lepton_ray.trial import load_teacher_module
 
-REPO = Path(__file__).resolve().parents[1]
-WORKFLOW = REPO / "workflows" / "digits_quickstart.yaml"
-RESULT = REPO / "benchmarks" / "results" / "compression_digits.json"
-CPU = torch.device("cpu")
+RESULT = RESULTS / "compression_digits.json"
 VARIANTS: dict[str, dict[str, Any]] = {
     "dense_fp32": {},
     "dense_8bit": {"compression.quantization.bits": 8},
@@ -38,27 +32,6 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "sparse50_4bit": {"compression.pruning.sparsity": 0.5, "compression.quantization.bits": 4},
 }
 REPORTED = (metrics.TEST_ACCURACY, metrics.SIZE_BYTES, metrics.MACS, metrics.BOPS, metrics.SPARSITY, metrics.LATENCY_MS, metrics.LATENCY_BATCH_MS, metrics.BEST_EPOCH)
-
-
-def train_student(wf: WorkflowConfig, data: DataSplits, teacher: torch.nn.Module) -> dict[str, Any]:
-    """The per-worker loop of trial.py on one process: compress, distill, keep the best final epoch, finish."""
-    torch.manual_seed(wf.training.seed)
-    compression = Compression(wf.compression, wf.training.epochs)
-    example = next(iterate_batches(data.train, [0, 1], 2, CPU))[0]
-    student = compression.prepare(build_model(wf.student, data.input_shape, data.num_classes), example)
-    objective = build_objective(wf, student, [teacher], example)
-    optimizer = build_optimizer(wf.training, [p for p in [*student.parameters(), *objective.parameters()] if p.requires_grad])
-    precision = Precision(wf.training.precision, CPU)
-    best = None
-    for epoch in range(wf.training.epochs):
-        compression.on_epoch_start(student, epoch)
-        batches = iterate_batches(data.train, train_indices(len(data.train), epoch, wf.training.seed), wf.training.batch_size, CPU)
-        train_epoch(student, [teacher], objective, batches, optimizer, precision)
-        val_accuracy, _ = evaluate(student, data.val, wf.training.batch_size, CPU)
-        if compression.is_final(epoch) and (best is None or val_accuracy > best["val_accuracy"]):
-            best = {"val_accuracy": val_accuracy, "epoch": epoch + 1, "student": {k: v.clone() for k, v in student.state_dict().items()}}
-    final_metrics, _ = _finish(wf, student, compression, best, data, CPU)
-    return {name: float(final_metrics[name]) for name in REPORTED}
 
 
 def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -76,12 +49,12 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     args = parser.parse_args()
     torch.set_num_threads(1)
-    base = load_workflow(WORKFLOW, {"output_dir": str(REPO / "runs"), "teacher.checkpoint": str(REPO / "runs" / "teachers" / "digits_cnn_large.pt")})
+    base = quickstart_workflow()
     data = build_data(base.data)
     (teacher_entry,) = prepare_teachers(base, data)
     teacher = load_teacher_module(teacher_entry.payload)
     results: dict[str, Any] = {
-        "workflow": str(WORKFLOW.relative_to(REPO)),
+        "workflow": str(QUICKSTART.relative_to(REPO)),
         "setup": "one process (world size 1, no Ray), torch 1 thread; accuracy in [0, 1] on the test split; "
         "latency: fp32 ONNX of the finalized student in ONNX Runtime, median ms, batch 1 and batch export.latency_batch_size",
         "seeds": args.seeds,
@@ -91,9 +64,10 @@ def main() -> None:
     for variant in args.variants:
         runs = []
         for seed in args.seeds:
-            wf = load_workflow(WORKFLOW, {**VARIANTS[variant], "training.seed": seed})
+            wf = quickstart_workflow({**VARIANTS[variant], "training.seed": seed})
             started = time.perf_counter()
-            runs.append(train_student(wf, data, teacher))
+            final_metrics = train_student(wf, data, [teacher])
+            runs.append({name: final_metrics[name] for name in REPORTED})
             print(f"{variant} seed {seed}: {runs[-1]} ({time.perf_counter() - started:.1f} s)", flush=True)
         results["variants"][variant] = {"overrides": VARIANTS[variant], **summarize(runs), "runs": runs}
     RESULT.parent.mkdir(parents=True, exist_ok=True)

@@ -9,7 +9,7 @@ hint and attention workflows pair their feature loss with kd; rows "<method> alo
 term to show the feature loss by itself. Like a trial, each run keeps the best-validation epoch and
 reports its test accuracy.
 
-    .venv/bin/python benchmarks/distill_methods.py            # writes benchmarks/results/distill_methods.json
+    .venv/bin/python -m benchmarks.distill_methods            # writes benchmarks/results/distill_methods.json
 """
 
 from __future__ import annotations
@@ -22,17 +22,17 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.common import REPO, RESULTS, train_student
+from lepton_ray import metrics
 from lepton_ray.config import WorkflowConfig, load_workflow
 from lepton_ray.data import build_data
 from lepton_ray.teacher import prepare_teachers
-from lepton_ray.trial import Precision, build_objective, build_optimizer, evaluate, iterate_batches, load_teacher_module, train_epoch, train_indices
+from lepton_ray.trial import load_teacher_module
 
-REPO = Path(__file__).resolve().parents[1]
 METHODS = ["kd", "hard", "logit_mse", "hint", "attention", "multi_teacher"]
 BASELINE = "none (alpha=0)"
 ALONE = " alone"
 ROWS = [BASELINE, *METHODS, "hint" + ALONE, "attention" + ALONE]
-CPU = torch.device("cpu")
 
 
 def teachers_for(wf: WorkflowConfig, accuracy_by_file: dict[str, float]) -> list[torch.nn.Module]:
@@ -42,25 +42,9 @@ def teachers_for(wf: WorkflowConfig, accuracy_by_file: dict[str, float]) -> list
     return [load_teacher_module(teacher.payload) for teacher in prepared]
 
 
-def train_student(wf: WorkflowConfig, teachers: list[torch.nn.Module]) -> float:
+def test_accuracy(wf: WorkflowConfig, teachers: list[torch.nn.Module]) -> float:
     """One trial's training on this process (world size 1): test accuracy at the best-val epoch."""
-    from lepton_ray.models import build_model
-
-    data = build_data(wf.data)
-    torch.manual_seed(wf.training.seed)
-    student = build_model(wf.student, data.input_shape, data.num_classes)
-    objective = build_objective(wf, student, teachers, data.train.tensors[0][:2])
-    optimizer = build_optimizer(wf.training, [*student.parameters(), *objective.parameters()])
-    precision = Precision(wf.training.precision, CPU)
-    best_val, best_state = -1.0, None
-    for epoch in range(wf.training.epochs):
-        batches = iterate_batches(data.train, train_indices(len(data.train), epoch, wf.training.seed), wf.training.batch_size, CPU)
-        train_epoch(student, teachers, objective, batches, optimizer, precision)
-        val_accuracy, _ = evaluate(student, data.val, 256, CPU)
-        if val_accuracy > best_val:
-            best_val, best_state = val_accuracy, {k: v.clone() for k, v in student.state_dict().items()}
-    student.load_state_dict(best_state)
-    return evaluate(student, data.test, 256, CPU)[0]
+    return train_student(wf, build_data(wf.data), teachers)[metrics.TEST_ACCURACY]
 
 
 def summary(accuracies: list[float]) -> dict[str, object]:
@@ -88,7 +72,7 @@ def run(seeds: list[int], label_fraction: float, epochs: int) -> dict[str, objec
         wf = load_workflow(path, overrides)
         teachers = [] if row == BASELINE else teachers_for(wf, teacher_accuracy)
         started = time.perf_counter()
-        accuracies = [train_student(load_workflow(path, {**student_overrides, **overrides, "training.seed": seed}), teachers) for seed in seeds]
+        accuracies = [test_accuracy(load_workflow(path, {**student_overrides, **overrides, "training.seed": seed}), teachers) for seed in seeds]
         losses = [spec.model_dump() for spec in wf.distillation.losses] if teachers else []
         results[row] = {**summary(accuracies), "workflow": path.name, "alpha": wf.distillation.alpha if teachers else 0.0, "losses": losses, "seconds": time.perf_counter() - started}
         print(f"  {row:<16} {results[row]['mean']:.4f} +- {results[row]['std']:.4f}  ({results[row]['seconds']:.0f} s)", flush=True)
@@ -111,7 +95,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=5, help="training seeds 0..N-1, the same for every method")
     parser.add_argument("--label-fraction", type=float, default=0.1, help="share of training labels the student sees")
     parser.add_argument("--epochs", type=int, default=8, help="student epochs (the workflows' own value by default)")
-    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "distill_methods.json")
+    parser.add_argument("--out", type=Path, default=RESULTS / "distill_methods.json")
     args = parser.parse_args()
     report = run(list(range(args.seeds)), args.label_fraction, args.epochs)
     args.out.parent.mkdir(parents=True, exist_ok=True)

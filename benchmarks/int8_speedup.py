@@ -7,36 +7,33 @@ and 224 px (batch 1). Each configuration times fp32, our int8 export and ORT's p
 `quantize_static` of the same fp32 file (no scale overrides) in interleaved rounds after warm-up,
 and reports medians: speed-up = fp32 / int8, and ours / plain latency.
 
-Run: .venv/bin/python benchmarks/int8_speedup.py   (about 2-4 minutes on 2 cores)
-Writes benchmarks/results/int8_speedup.json and prints a table.
+Run: .venv/bin/python -m benchmarks.int8_speedup [--quick]   (about 2-4 minutes on 2 cores; --quick:
+the digits student and resnet18 at 32 px, 1 s per configuration). Writes
+benchmarks/results/int8_speedup.json and prints a table.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import platform
-import sys
+import argparse
 import tempfile
 import time
 from pathlib import Path
 
-import onnx
-import onnxruntime as ort
 import torch
 from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 from torch import nn
 
+from benchmarks.common import Figure, figures_table, write_result
 from lepton_ray.config import DataConfig, ModelSpec
 from lepton_ray.data import build_data
 from lepton_ray.export import INT8_FILE, CalibrationImages, calibration_images, export_int8, measure_latency, onnx_accuracy
 from lepton_ray.models import build_model
 from lepton_ray.trial import evaluate
 
-RESULTS = Path(__file__).parent / "results" / "int8_speedup.json"
+NAME = "int8_speedup"
 DIGITS_BITS = 4
 CALIBRATION_IMAGES = 64
-SECONDS_PER_CONFIG = 4.0
+SECONDS_PER_CONFIG, QUICK_SECONDS_PER_CONFIG = 4.0, 1.0
 TORCHVISION_CASES = [
     # (label, registry name, image size, batch sizes)
     ("mobilenet_v2@32", "mobilenet_v2", 32, (1, 64)),
@@ -44,6 +41,7 @@ TORCHVISION_CASES = [
     ("mobilenet_v2@224", "mobilenet_v2", 224, (1,)),
     ("resnet18@224", "resnet18", 224, (1,)),
 ]
+QUICK_CASES = ["resnet18@32"]
 
 
 def digits_student() -> tuple[nn.Module, float, object]:
@@ -78,7 +76,7 @@ def plain_int8(fp32_path: Path, images: torch.Tensor, path: Path) -> Path:
     return path
 
 
-def bench(label: str, model: nn.Module, input_shape: tuple[int, ...], images: torch.Tensor, weight_bits: int, batches: tuple[int, ...], folder: Path) -> tuple[list[dict], dict]:
+def bench(label: str, model: nn.Module, input_shape: tuple[int, ...], images: torch.Tensor, weight_bits: int, batches: tuple[int, ...], folder: Path, seconds: float) -> tuple[list[dict], dict]:
     start = time.perf_counter()
     files = export_int8(model, input_shape, images, weight_bits, folder / label)
     plain = plain_int8(files.fp32, images, folder / label / "student.int8_plain.onnx")
@@ -86,7 +84,7 @@ def bench(label: str, model: nn.Module, input_shape: tuple[int, ...], images: to
     models = {"fp32": files.fp32, "int8": files.int8, "int8_plain": plain}
     rows = []
     for batch in batches:
-        ms = measure_latency(models, input_shape, batch, max_rounds=500, seconds=SECONDS_PER_CONFIG)
+        ms = measure_latency(models, input_shape, batch, max_rounds=500, seconds=seconds)
         rows.append({
             "model": label, "batch": batch, "fp32_ms": ms["fp32"], "int8_ms": ms["int8"], "int8_plain_ms": ms["int8_plain"],
             "int8_speedup": ms["fp32"] / ms["int8"], "ours_over_plain_latency": ms["int8"] / ms["int8_plain"],
@@ -96,44 +94,53 @@ def bench(label: str, model: nn.Module, input_shape: tuple[int, ...], images: to
     return rows, sizes
 
 
-def machine() -> dict:
-    cpu_model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")), platform.processor())
-    flags = next((line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")), "")
-    return {
-        "cpu_model": cpu_model, "logical_cores": os.cpu_count(), "avx512_vnni": "avx512_vnni" in flags, "load_average_at_start": os.getloadavg(),
-        "python": sys.version.split()[0], "torch": torch.__version__, "onnxruntime": ort.__version__, "onnx": onnx.__version__,
-        "ort_threads": "ORT default (intra-op = physical cores)", "timing": f"median of interleaved rounds, {SECONDS_PER_CONFIG} s per configuration after 3 warm-up runs",
-    }
-
-
-def main() -> None:
+def run(seconds: float, cases: list[tuple[str, str, int, tuple[int, ...]]]) -> dict:
     torch.set_num_threads(1)  # training and export only; ORT sessions use their own thread pool
-    report = {"machine": machine(), "latency": [], "files": []}
+    setting = {"ort_threads": "ORT default (intra-op = physical cores)", "timing": f"median of interleaved rounds, {seconds} s per configuration after 3 warm-up runs"}
+    report = {"setting": setting, "latency": [], "files": []}
     with tempfile.TemporaryDirectory(prefix="int8-bench-") as scratch:
         folder = Path(scratch)
         student, torch_accuracy, data = digits_student()
         label = "digits_cnn_small_4bit"
-        rows, sizes = bench(label, student, data.input_shape, calibration_images(data.train, 512, 0), DIGITS_BITS, (1, 64), folder)
+        rows, sizes = bench(label, student, data.input_shape, calibration_images(data.train, 512, 0), DIGITS_BITS, (1, 64), folder, seconds)
         sizes |= {"torch_test_accuracy": torch_accuracy, "int8_test_accuracy": onnx_accuracy(folder / label / INT8_FILE, data.test)}
         report["latency"] += rows
         report["files"].append(sizes)
-        for label, name, size, batches in TORCHVISION_CASES:
+        for label, name, size, batches in cases:
             input_shape = (3, size, size)
             model = build_model(ModelSpec(name=name), input_shape, 10).eval()
             images = torch.randn((CALIBRATION_IMAGES, *input_shape), generator=torch.Generator().manual_seed(0))
-            rows, sizes = bench(label, model, input_shape, images, 32, batches, folder)
+            rows, sizes = bench(label, model, input_shape, images, 32, batches, folder, seconds)
             report["latency"] += rows
             report["files"].append(sizes)
             print(f"  {label}: done", flush=True)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def figures(payload: dict) -> list[Figure]:
+    """The issue's goals: speed-up at resnet18 224 px batch 1 and 32 px batch 64 (rows a quick run lacks are left out),
+    and our export against plain `quantize_static` at its worst over all rows (plain / ours latency)."""
+    speedup = {(row["model"], row["batch"]): row["int8_speedup"] for row in payload["latency"]}
+    goals = [("resnet18@224", 1, 2.0), ("resnet18@32", 64, 1.4)]
+    found = [Figure(NAME, f"fp32 / int8 latency, {model} batch {batch}", speedup[model, batch], at_least=bound) for model, batch, bound in goals if (model, batch) in speedup]
+    worst = max(payload["latency"], key=lambda row: row["ours_over_plain_latency"])
+    return found + [Figure(NAME, f"plain quantize_static / our int8 latency, worst row ({worst['model']} batch {worst['batch']})", 1 / worst["ours_over_plain_latency"], at_least=0.95)]
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help=f"smoke run: digits student and {QUICK_CASES}, {QUICK_SECONDS_PER_CONFIG} s per configuration")
+    args = parser.parse_args(argv)
+    cases = [case for case in TORCHVISION_CASES if case[0] in QUICK_CASES] if args.quick else TORCHVISION_CASES
+    report = write_result(NAME, run(QUICK_SECONDS_PER_CONFIG if args.quick else SECONDS_PER_CONFIG, cases), args.quick)
     print(f"{'model':<26} {'batch':>5} {'fp32 ms':>9} {'int8 ms':>9} {'plain ms':>9} {'speed-up':>9} {'ours/plain':>11}")
     for row in report["latency"]:
         print(f"{row['model']:<26} {row['batch']:>5} {row['fp32_ms']:>9.3f} {row['int8_ms']:>9.3f} {row['int8_plain_ms']:>9.3f} "
               f"{row['int8_speedup']:>8.2f}x {row['ours_over_plain_latency']:>10.2f}x")
     for sizes in report["files"]:
         print(f"{sizes['model']:<26} fp32 {sizes['fp32_bytes']:,} B, int8 {sizes['int8_bytes']:,} B ({sizes['int8_bytes'] / sizes['fp32_bytes']:.2f}x)")
-    print(f"wrote {RESULTS}")
+    print(figures_table(figures(report)))
+    return report
 
 
 if __name__ == "__main__":

@@ -1,0 +1,176 @@
+"""What the benchmark scripts share: machine description, result files, headline figures, a table,
+and one student trained in this process the way a trial's worker trains it.
+
+Contract of a benchmark module, as `benchmarks.run_all` calls it:
+  `main(argv: list[str] | None) -> dict`  runs it (`--quick` for a smoke run), writes its JSON with
+                                          `write_result` and returns that payload;
+  `figures(payload) -> list[Figure]`      the headline ratios of a payload and their goals.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lepton_ray import metrics
+from lepton_ray.batches import augment_view, iterate_batches, train_indices
+from lepton_ray.compress import Compression
+from lepton_ray.config import WorkflowConfig, load_workflow
+from lepton_ray.data import DataSplits
+from lepton_ray.models import build_model
+from lepton_ray.trial import DIVERGED, Precision, Teachers, _finish, build_objective, build_optimizer, evaluate, train_epoch
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results"
+QUICKSTART = REPO / "workflows" / "digits_quickstart.yaml"
+CPU = torch.device("cpu")
+VERSIONED = ("ray", "optuna", "onnxruntime", "onnx")
+
+
+# ---- machine and result files ----------------------------------------------------------------
+
+def _proc_field(path: str, key: str) -> str:
+    """First `key: value` of a /proc file, or "" where there is none (not Linux)."""
+    file = Path(path)
+    lines = file.read_text().splitlines() if file.is_file() else []
+    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith(key)), "")
+
+
+def describe_machine() -> dict[str, Any]:
+    """CPU, cores, memory, GPU and library versions; the load average tells how busy the machine was."""
+    flags = _proc_field("/proc/cpuinfo", "flags").split()
+    memory_kib = _proc_field("/proc/meminfo", "MemTotal").removesuffix("kB").strip()
+    return {
+        "cpu_model": _proc_field("/proc/cpuinfo", "model name") or platform.processor(),
+        "logical_cores": os.cpu_count(),
+        "avx2": "avx2" in flags,
+        "avx512_vnni": "avx512_vnni" in flags,
+        "memory_gib": round(int(memory_kib) / 2**20, 1) if memory_kib else None,
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "torch_threads": torch.get_num_threads(),
+        "load_average_1_5_15_min": [round(load, 2) for load in os.getloadavg()],
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        **{package: metadata.version(package) for package in VERSIONED},
+    }
+
+
+def result_path(name: str, quick: bool) -> Path:
+    """Smoke runs write `<name>.quick.json` (git-ignored) so they never replace a full run's file."""
+    return RESULTS / f"{name}{'.quick' if quick else ''}.json"
+
+
+def write_result(name: str, payload: dict[str, Any], quick: bool) -> dict[str, Any]:
+    """Write `results/<name>.json` with the machine description and date; returns what was written."""
+    full = {"benchmark": name, "quick": quick, "measured_at": time.strftime("%Y-%m-%d %H:%M:%S %z"), "machine": describe_machine(), **payload}
+    path = result_path(name, quick)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(full, indent=2) + "\n")
+    print(f"wrote {path.relative_to(REPO)}")
+    return full
+
+
+def describe_machine_line(machine: dict[str, Any]) -> str:
+    gpu = f", GPU {machine['gpu']}" if machine.get("gpu") else ", no GPU"
+    versions = ", ".join(f"{package} {machine[package]}" for package in ("torch", *VERSIONED) if package in machine)
+    return (f"{machine['cpu_model']}, {machine['logical_cores']} logical cores, {machine.get('memory_gib')} GiB{gpu}; "
+            f"load average {machine['load_average_1_5_15_min']}; {versions}")
+
+
+# ---- figures and tables --------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Figure:
+    """One headline number of a benchmark and, where the issue sets one, its goal (at most / at least)."""
+
+    benchmark: str
+    name: str
+    value: float
+    at_most: float | None = None
+    at_least: float | None = None
+
+    @property
+    def goal(self) -> str:
+        if self.at_most is not None:
+            return f"<= {self.at_most:g}"
+        return f">= {self.at_least:g}" if self.at_least is not None else "-"
+
+    @property
+    def verdict(self) -> str:
+        """"pass", "FAIL", or "-" for a figure without a goal; NaN never passes."""
+        if self.at_most is None and self.at_least is None:
+            return "-"
+        within = (self.at_most is None or self.value <= self.at_most) and (self.at_least is None or self.value >= self.at_least)
+        return "pass" if within and math.isfinite(self.value) else "FAIL"
+
+    def row(self) -> list[str]:
+        return [self.benchmark, self.name, f"{self.value:.4g}", self.goal, self.verdict]
+
+
+def format_table(headers: list[str], rows: list[list[str]]) -> str:
+    """A Markdown table with padded columns: readable on a terminal and in a README."""
+    widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows)]
+    lines = [headers, ["-" * width for width in widths], *rows]
+    return "\n".join("| " + " | ".join(str(cell).ljust(width) for cell, width in zip(line, widths)) + " |" for line in lines)
+
+
+def figures_table(figures: list[Figure]) -> str:
+    return format_table(["benchmark", "figure", "value", "goal", "pass/fail"], [figure.row() for figure in figures])
+
+
+# ---- a student trained in this process -----------------------------------------------------------
+
+def quickstart_workflow(overrides: dict[str, Any] | None = None) -> WorkflowConfig:
+    """The quickstart workflow with its paths made absolute, so a benchmark runs from any folder."""
+    paths = {"output_dir": str(REPO / "runs"), "teacher.checkpoint": str(REPO / "runs" / "teachers" / "digits_cnn_large.pt")}
+    return load_workflow(QUICKSTART, {**paths, **(overrides or {})})
+
+
+class StudentRun:
+    """A student set up as `trial.train_loop_per_worker` sets it up, on this process (world size 1,
+    no Ray): compression prepared, objective and optimizer built; then one epoch per call."""
+
+    def __init__(self, wf: WorkflowConfig, data: DataSplits, teachers: Teachers) -> None:
+        torch.manual_seed(wf.training.seed)
+        self.wf, self.data, self.teachers = wf, data, teachers
+        self.compression = Compression(wf.compression, wf.training.epochs)
+        example = next(iterate_batches(data.train, [0, 1], 2, CPU)).images
+        self.student = self.compression.prepare(build_model(wf.student, data.input_shape, data.num_classes), example)
+        self.objective = build_objective(wf, self.student, teachers, example)
+        trainable = [p for p in [*self.student.parameters(), *self.objective.parameters()] if p.requires_grad]
+        self.optimizer = build_optimizer(wf.training, trainable)
+        self.precision = Precision(wf.training.precision, CPU)
+
+    def train_epoch(self, epoch: int) -> float:
+        """The epoch's compression hook, then one pass over the epoch's augmentation view; the mean loss."""
+        self.compression.on_epoch_start(self.student, epoch)
+        order = train_indices(len(self.data.train), epoch, self.wf.training.seed)
+        view = augment_view(self.wf.data.augment, len(self.data.train), epoch, self.wf.data.seed)
+        batches = iterate_batches(self.data.train, order, self.wf.training.batch_size, CPU, view)
+        return train_epoch(self.student, self.teachers, self.objective, batches, self.optimizer, self.precision)
+
+
+def train_student(wf: WorkflowConfig, data: DataSplits, teachers: Teachers) -> dict[str, float]:
+    """A whole trial on this process: keep the best fully-compressed epoch by validation accuracy, then
+    test and cost it with the trial's `_finish`. Final metrics by name; {DIVERGED: 1} as the trial reports it."""
+    run = StudentRun(wf, data, teachers)
+    best = None
+    for epoch in range(wf.training.epochs):
+        train_loss = run.train_epoch(epoch)
+        if not math.isfinite(train_loss) or train_loss > wf.training.divergence_loss:
+            return {DIVERGED: 1.0, metrics.TRAIN_LOSS: train_loss}
+        val_accuracy, _ = evaluate(run.student, data.val, wf.training.batch_size, CPU)
+        if run.compression.is_final(epoch) and (best is None or val_accuracy > best["val_accuracy"]):
+            best = {"val_accuracy": val_accuracy, "epoch": epoch + 1, "student": {k: v.clone() for k, v in run.student.state_dict().items()}}
+    final_metrics, _ = _finish(wf, run.student, run.compression, best, data, CPU)
+    return {name: float(value) for name, value in final_metrics.items()}

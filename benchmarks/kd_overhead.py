@@ -1,0 +1,113 @@
+"""Per-epoch cost of distillation against training on labels alone, with and without the teacher cache.
+
+In one process (torch 1 thread, as a DDP worker on CPU) three copies of the quickstart student
+(`cnn_small`, channels [16, 32], digits, batch 16) train side by side: (a) on labels alone, no
+teacher; (b) kd with the live teacher's forward pass on every batch; (c) kd reading the sweep's
+teacher cache (`build_teacher_cache`). The teacher is the quickstart's `cnn_large`; the MACs of
+both come from `lepton_ray.cost.count_macs`. Epochs run in interleaved rounds (the order rotates
+each round, round 0 is warm-up) and the medians are compared. Building the cache is timed on its
+own and amortised over the quickstart sweep's trials x epochs, as a sweep pays for it.
+
+    .venv/bin/python -m benchmarks.kd_overhead [--quick]    # writes benchmarks/results/kd_overhead.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from typing import Any
+
+import torch
+
+from benchmarks.common import Figure, StudentRun, figures_table, format_table, quickstart_workflow, write_result
+from lepton_ray.cost import count_macs
+from lepton_ray.data import build_data
+from lepton_ray.losses import DistillationObjective
+from lepton_ray.teacher import prepare_teachers
+from lepton_ray.teacher_cache import build_teacher_cache, cache_key
+from lepton_ray.trial import load_teacher_module
+
+NAME = "kd_overhead"
+LABELS_ONLY, LIVE_TEACHER, CACHED_TEACHER = "labels_only", "live_teacher", "cached_teacher"
+ROUNDS, QUICK_ROUNDS = 40, 3
+CACHE_BUILDS, QUICK_CACHE_BUILDS = 5, 1
+TORCH_THREADS = 1
+
+
+def time_epochs(runs: dict[str, StudentRun], rounds: int) -> dict[str, list[float]]:
+    """Seconds per epoch of each run, one epoch each per round in a rotating order; round 0 is not kept."""
+    names = list(runs)
+    seconds: dict[str, list[float]] = {name: [] for name in names}
+    for round_index in range(rounds + 1):
+        shift = round_index % len(names)
+        for name in names[shift:] + names[:shift]:
+            started = time.perf_counter()
+            runs[name].train_epoch(round_index)
+            if round_index:
+                seconds[name].append(time.perf_counter() - started)
+    return seconds
+
+
+def run(rounds: int, cache_builds: int) -> dict[str, Any]:
+    torch.set_num_threads(TORCH_THREADS)
+    wf = quickstart_workflow()
+    data = build_data(wf.data)
+    (prepared,) = prepare_teachers(wf, data)
+    teacher = load_teacher_module(prepared.payload)
+    layers = DistillationObjective(wf.distillation).teacher_layers
+    key = cache_key([prepared.sha256], wf.data.model_dump(mode="json"), layers)
+    build_seconds = []
+    for _ in range(cache_builds):
+        started = time.perf_counter()
+        cache = build_teacher_cache([teacher], data.train, layers, wf.data, key)
+        build_seconds.append(time.perf_counter() - started)
+    runs = {LABELS_ONLY: StudentRun(wf, data, []), LIVE_TEACHER: StudentRun(wf, data, [teacher]), CACHED_TEACHER: StudentRun(wf, data, cache)}
+    macs = {"student": count_macs(runs[LABELS_ONLY].student, data.input_shape), "teacher": count_macs(teacher, data.input_shape)}
+    seconds = time_epochs(runs, rounds)
+    median = {name: statistics.median(values) for name, values in seconds.items()}
+    sweep_epochs = wf.sweep.num_samples * wf.training.epochs
+    build_per_epoch = statistics.median(build_seconds) / sweep_epochs
+    return {
+        "setting": {
+            "workflow": "workflows/digits_quickstart.yaml", "student": wf.student.model_dump(), "teacher": wf.teacher.name,
+            "train_samples": len(data.train), "batch_size": wf.training.batch_size, "torch_threads": TORCH_THREADS,
+            "rounds": rounds, "timing": "median of interleaved epochs (order rotates per round) after one warm-up round",
+            "amortised_over": f"quickstart sweep: {wf.sweep.num_samples} trials x {wf.training.epochs} epochs = {sweep_epochs} epochs",
+        },
+        "macs": macs,
+        "teacher_over_student_macs": macs["teacher"] / macs["student"],
+        "epoch_seconds_median": median,
+        "epoch_seconds": seconds,
+        "cache_build_seconds": build_seconds,
+        "cache_bytes": cache.size_bytes,
+        "live_over_labels": median[LIVE_TEACHER] / median[LABELS_ONLY],
+        "cached_over_labels": median[CACHED_TEACHER] / median[LABELS_ONLY],
+        "cached_with_build_over_labels": (median[CACHED_TEACHER] + build_per_epoch) / median[LABELS_ONLY],
+    }
+
+
+def figures(payload: dict[str, Any]) -> list[Figure]:
+    return [
+        Figure(NAME, "cached teacher / labels only, per epoch (cache build amortised)", payload["cached_with_build_over_labels"], at_most=1.15),
+        Figure(NAME, "live teacher / labels only, per epoch", payload["live_over_labels"]),
+        Figure(NAME, "teacher / student MACs", payload["teacher_over_student_macs"], at_least=10),
+    ]
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help=f"smoke run: {QUICK_ROUNDS} rounds")
+    args = parser.parse_args(argv)
+    payload = write_result(NAME, run(QUICK_ROUNDS if args.quick else ROUNDS, QUICK_CACHE_BUILDS if args.quick else CACHE_BUILDS), args.quick)
+    labels_only = payload["epoch_seconds_median"][LABELS_ONLY]
+    rows = [[name, f"{seconds * 1000:.1f}", f"{seconds / labels_only:.3f}"] for name, seconds in payload["epoch_seconds_median"].items()]
+    print(format_table(["student trained with", "ms per epoch (median)", "/ labels only"], rows))
+    print(f"cache build {statistics.median(payload['cache_build_seconds']) * 1000:.1f} ms ({payload['cache_bytes']:,} bytes); "
+          f"teacher {payload['macs']['teacher']:,} MACs = {payload['teacher_over_student_macs']:.1f}x the student's")
+    print(figures_table(figures(payload)))
+    return payload
+
+
+if __name__ == "__main__":
+    main()
