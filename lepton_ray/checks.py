@@ -6,9 +6,11 @@ All run before Ray starts or MLflow is touched, so a rejected workflow costs not
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
+from lepton_ray import metrics
 from lepton_ray.config import SearchSpace, WorkflowConfig, apply_overrides, load_search_space, parse_workflow
 from lepton_ray.errors import ConfigError
 
@@ -20,7 +22,7 @@ def check_names(wf: WorkflowConfig) -> None:
     from lepton_ray.data import DATASETS
     from lepton_ray.losses import LOSSES
     from lepton_ray.models import MODELS
-    from lepton_ray.pareto import POLICIES
+    from lepton_ray.pareto import POLICIES, parse_options
 
     DATASETS.get(wf.data.name)
     for field, name in [("student.name", wf.student.name), ("teacher.name", wf.teacher.name)] + [
@@ -29,7 +31,10 @@ def check_names(wf: WorkflowConfig) -> None:
         MODELS.get(name, field)
     for index, spec in enumerate(wf.distillation.losses):
         LOSSES.get(spec.name, f"distillation.losses.{index}.name")
-    POLICIES.get(wf.selection.policy)
+    parse_options(POLICIES.get(wf.selection.policy).options_type, wf.selection.options)
+    for name in wf.sweep.constraints:
+        if name not in metrics.COST_METRICS:
+            raise ConfigError(f"sweep.constraints.{name}: unknown metric; constrain one of {', '.join(metrics.COST_METRICS)}")
 
 
 def check_files(wf: WorkflowConfig) -> None:
@@ -40,14 +45,45 @@ def check_files(wf: WorkflowConfig) -> None:
 
 
 def check_data_and_models(wf: WorkflowConfig) -> None:
-    """Build the data splits (files present, options known) and each model once (options known)."""
+    """Build the data splits (files present, options known), each model and the losses once (options,
+    layer names and feature shapes known), so a trial never fails on what the workflow says."""
     from lepton_ray.data import build_data
     from lepton_ray.models import build_model
 
-    data = build_data(wf.data)
-    build_model(wf.student, data.input_shape, data.num_classes, field="student")
-    for index, teacher in enumerate([wf.teacher, *wf.extra_teachers]):
-        build_model(teacher, data.input_shape, data.num_classes, field="teacher" if index == 0 else f"extra_teachers.{index - 1}")
+    with _option_values("data.options", f"data set {wf.data.name!r}"):
+        data = build_data(wf.data)
+    models = []
+    for field, spec in [("student", wf.student), ("teacher", wf.teacher)] + [(f"extra_teachers.{i}", t) for i, t in enumerate(wf.extra_teachers)]:
+        with _option_values(f"{field}.options", f"model {spec.name!r} on inputs {list(data.input_shape)}"):
+            models.append(build_model(spec, data.input_shape, data.num_classes, field=field))
+            models[-1](data.train[0][0].unsqueeze(0))
+    check_losses(wf, models[0], models[1:], data.train[0][0].unsqueeze(0))
+
+
+@contextmanager
+def _option_values(field: str, what: str) -> Iterator[None]:
+    """Option values of the wrong type or size surface as plain Python/torch errors; name the field instead."""
+    try:
+        yield
+    except (ValueError, TypeError, RuntimeError) as err:
+        raise ConfigError(f"{field}: {str(err).strip().splitlines()[0][:200]}; check the option values for {what}") from None
+
+
+def check_losses(wf: WorkflowConfig, student: Any, teachers: list[Any], example: Any) -> None:
+    """Loss options, the layers they name and their feature shapes, on untrained models of the right architecture."""
+    from lepton_ray.losses import DistillationObjective
+    from lepton_ray.trial import build_objective
+
+    objective = DistillationObjective(wf.distillation)
+    for loss in objective.losses:
+        for side, model, names in (("student", student, loss.student_layers), ("teacher", teachers[0], loss.teacher_layers)):
+            for name in names:
+                try:
+                    model.get_submodule(name)
+                except AttributeError:
+                    known = ", ".join(n for n, _ in model.named_modules() if n)[:300]
+                    raise ConfigError(f"{loss.field}.options: {side} layer {name!r} is not a module of {side}; layers: {known}") from None
+    build_objective(wf, student, teachers, example)
 
 
 def check_resources(wf: WorkflowConfig, cluster_cpus: float | None, cluster_gpus: float | None) -> None:
@@ -62,8 +98,19 @@ def check_resources(wf: WorkflowConfig, cluster_cpus: float | None, cluster_gpus
                 f"resources.num_workers: {res.num_workers} workers x {res.cpus_per_worker} CPU need {needed:.2f} CPUs "
                 f"but the cluster has {cluster_cpus:g}; lower num_workers or cpus_per_worker"
             )
-    if res.use_gpu and cluster_gpus is not None and res.gpus_per_worker * min(res.num_workers, 1) > cluster_gpus:
-        raise ConfigError(f"resources.use_gpu: the cluster has {cluster_gpus:g} GPUs; set use_gpu: false or run on a GPU cluster")
+    if not res.use_gpu:
+        return
+    if res.num_workers > 1 and res.gpus_per_worker < 1:
+        raise ConfigError(
+            f"resources.gpus_per_worker: {res.gpus_per_worker:g} GPU per worker with {res.num_workers} DDP workers would put "
+            "several ranks on one GPU, which NCCL refuses; use whole GPUs or num_workers: 1"
+        )
+    needed_gpus = res.num_workers * res.gpus_per_worker
+    if cluster_gpus is not None and needed_gpus > cluster_gpus:
+        raise ConfigError(
+            f"resources.use_gpu: a trial needs {res.num_workers} workers x {res.gpus_per_worker:g} GPU = {needed_gpus:g} GPUs "
+            f"but the cluster has {cluster_gpus:g}; lower num_workers, set use_gpu: false or run on a GPU cluster"
+        )
 
 
 def search_space_for(wf: WorkflowConfig) -> SearchSpace | None:
@@ -80,6 +127,23 @@ def check_search_space(wf: WorkflowConfig, space: SearchSpace) -> None:
                 parse_workflow(apply_overrides(raw, {path: value}))
             except ConfigError as err:
                 raise ConfigError(f"search_space.params.{path}: value {value!r} gives an invalid workflow ({err})") from None
+    check_baseline_trials(wf, space)
+
+
+def check_baseline_trials(wf: WorkflowConfig, space: SearchSpace) -> None:
+    """Each baseline trial sets knobs of the space to values inside their ranges (Optuna would drop or clip the rest)."""
+    for index, trial in enumerate(wf.sweep.baseline_trials):
+        for path, value in trial.items():
+            field = f"sweep.baseline_trials.{index}.{path}"
+            param = space.params.get(path)
+            if param is None:
+                raise ConfigError(f"{field}: not a knob of the search space; knobs: {', '.join(space.params)}")
+            inside = value in param.choices if param.type == "categorical" else (
+                isinstance(value, (int, float)) and not isinstance(value, bool) and param.low <= value <= param.high
+            )
+            if not inside:
+                allowed = param.choices if param.type == "categorical" else f"[{param.low}, {param.high}]"
+                raise ConfigError(f"{field}: value {value!r} is outside the knob's range {allowed}")
 
 
 def local_cluster_size() -> tuple[float, float]:

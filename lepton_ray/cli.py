@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NoReturn
 
 import yaml
 
@@ -20,9 +20,13 @@ def parse_set(items: list[str]) -> dict[str, Any]:
     overrides = {}
     for item in items:
         key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise LeptonError(f"--set: expected KEY=VALUE, got {item!r}")
-        overrides[key] = yaml.safe_load(value)
+        if not sep or not key or "" in key.split("."):
+            raise LeptonError(f"--set: expected KEY=VALUE with a dotted KEY such as training.epochs, got {item!r}")
+        try:
+            overrides[key] = yaml.safe_load(value)
+        except yaml.YAMLError as err:
+            first_line = str(err).strip().splitlines()[0]
+            raise LeptonError(f"--set {key}: value {value!r} is not a plain YAML scalar or list ({first_line}); quote it or remove tags") from None
     return overrides
 
 
@@ -47,6 +51,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from lepton_ray.sweep import run_sweep
 
     wf, _ = load_checked(args, _local_cluster(args))
+    _check_cluster_reachable(args)
     run_sweep(wf, space=None, resume=False, address=args.address)
     return 0
 
@@ -55,6 +60,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from lepton_ray.sweep import run_sweep
 
     wf, space = load_checked(args, _local_cluster(args))
+    _check_cluster_reachable(args)
     run_sweep(wf, space=space, resume=args.resume, address=args.address, select_and_export=not args.no_export)
     return 0
 
@@ -119,13 +125,33 @@ def _local_cluster(args: argparse.Namespace) -> tuple[float, float] | None:
     return None if cluster_address(getattr(args, "address", None)) else local_cluster_size()
 
 
+def _check_cluster_reachable(args: argparse.Namespace) -> None:
+    """A cluster to join must answer before the teacher stage and MLflow start (Ray itself would wait, then fail)."""
+    from lepton_ray.ray_runtime import check_reachable, cluster_address
+
+    address = cluster_address(args.address)
+    if address:
+        check_reachable(address, "--address" if args.address else "RAY_ADDRESS")
+
+
 def _workflow_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("workflow", help="workflow YAML file, e.g. workflows/digits_quickstart.yaml")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a workflow field, e.g. training.epochs=3")
 
 
+class UsageError(LeptonError):
+    """A command line argparse cannot parse (unknown flag, missing argument)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line naming the flag and exit 2, like every other bad input."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see `{self.prog} --help`)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lepton-ray", description=__doc__)
+    parser = _Parser(prog="lepton-ray", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
     validate = commands.add_parser("validate", help="check a workflow and its search space; run nothing")
@@ -172,10 +198,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    handler: Callable[[argparse.Namespace], int] = args.handler
     try:
+        args = build_parser().parse_args(argv)
+        handler: Callable[[argparse.Namespace], int] = args.handler
         return handler(args)
     except LeptonError as err:
         print(f"lepton-ray: error: {err}", file=sys.stderr)

@@ -7,6 +7,7 @@ run code); every error becomes a `ConfigError` naming the field and the allowed 
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -253,10 +254,12 @@ def read_yaml(path: Path, what: str) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"{what}: file {str(path)!r} not found; pass the path of an existing YAML file")
     try:
-        loaded = yaml.safe_load(path.read_text())
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
         first_line = str(err).strip().splitlines()[0]
         raise ConfigError(f"{what}: {path} is not valid plain YAML ({first_line}); remove tags and fix the syntax") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{what}: cannot read {path} as UTF-8 text ({str(err)[:120]}); pass a YAML file") from None
     if not isinstance(loaded, dict):
         raise ConfigError(f"{what}: {path} must hold a mapping of keys at the top level")
     return loaded
@@ -271,6 +274,9 @@ def _format_validation_error(err: ValidationError, prefix: str = "") -> str:
     if first["type"] == "missing":
         return f"{field}: required key is missing"
     message = first["msg"].removeprefix("Value error, ")
+    cross_field = re.match(r"([a-z_]+(?:\.[a-z_0-9]+)+) (.*)", message)
+    if not loc and cross_field:  # a rule over several fields names the one to fix first
+        return f"{prefix}{cross_field[1]}: {cross_field[2]}"
     shown = repr(first.get("input"))
     return f"{field}: {message}" + (f" (got {shown})" if len(shown) <= 80 else "")
 
@@ -295,13 +301,15 @@ def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str,
     for dotted, value in overrides.items():
         node: Any = updated
         parts = dotted.split(".")
-        for part in parts[:-1]:
+        for depth, part in enumerate(parts[:-1]):
             if isinstance(node, list):
                 node = node[_index(node, part, dotted)]
-            else:
+            elif isinstance(node, dict):
                 node = node.setdefault(part, {})
                 if node is None:
                     raise ConfigError(f"{dotted}: cannot set a key below an empty value")
+            else:
+                raise ConfigError(f"{dotted}: {'.'.join(parts[:depth])} is not a mapping")
         last = parts[-1]
         if isinstance(node, list):
             node[_index(node, last, dotted)] = value
