@@ -33,7 +33,11 @@ def trial_overrides(config: dict[str, Any]) -> dict[str, Any]:
 
 
 class MlflowTrialLogger(Callback):
-    """One MLflow child run per Optuna trial number, re-opened (not duplicated) after a resume."""
+    """One MLflow child run per Optuna trial number, re-opened (not duplicated) after a resume.
+
+    MLflow going away never stops trials: the tracker queues writes and replays them when the
+    server is back; at the end of the experiment whatever could not be logged is listed.
+    """
 
     def __init__(self, tracker: Tracker, parent_run_id: str, sweep_key: str, base_workflow: dict[str, Any], tags: dict[str, str]) -> None:
         self.tracker = tracker
@@ -75,6 +79,9 @@ class MlflowTrialLogger(Callback):
         run_id = self.run_ids.pop(trial.trial_id, None)
         if run_id is not None:
             self.tracker.finish(run_id, "FAILED", error=last_error_line(trial))
+
+    def on_experiment_end(self, trials, **info) -> None:
+        self.tracker.report_unlogged()
 
 
 def last_error_line(trial) -> str:
