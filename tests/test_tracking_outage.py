@@ -6,12 +6,8 @@ while `down`); one test stops and restarts a real `mlflow server` under the Tune
 
 from __future__ import annotations
 
-import os
-import signal
 import sqlite3
-import subprocess
 import time
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Callable
 
@@ -23,12 +19,11 @@ from mlflow.tracking import MlflowClient
 from lepton_ray import metrics, tracking
 from lepton_ray.config import load_workflow
 from lepton_ray.search import NUMBER_KEY
-from lepton_ray.errors import TrackingError
-from lepton_ray.tracking import PARENT_TAG, STATUS_TAG, Tracker, check_reachable
+from lepton_ray.tracking import PARENT_TAG, STATUS_TAG, Tracker
 
 from conftest import QUICKSTART
 from test_jobs import free_port
-from test_tracking_server import BIN, group_members
+from test_tracking_server import start_server, stop_server
 
 WRITES = frozenset({"create_run", "log_batch", "update_run", "set_terminated", "log_artifact", "search_runs"})
 
@@ -186,39 +181,6 @@ def test_transient_and_permanent_errors_are_told_apart():
 
 
 # ---- a real mlflow server stopped and restarted under the Tune callback --------------------------
-
-def start_server(port: int, store: Path) -> subprocess.Popen:
-    command = [
-        str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-        "--backend-store-uri", f"sqlite:///{store / 'mlflow.db'}",
-        "--serve-artifacts", "--artifacts-destination", str(store / "artifacts"),
-    ]
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true"}
-    with (store / "server.log").open("a") as log:
-        server = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.monotonic() + 90
-    while True:
-        try:
-            check_reachable(f"http://127.0.0.1:{port}", timeout_s=1.0)
-            return server
-        except TrackingError:
-            assert server.poll() is None and time.monotonic() < deadline, (store / "server.log").read_text()[-3000:]
-            time.sleep(0.3)
-
-
-def stop_server(server: subprocess.Popen) -> None:
-    if server.poll() is None:
-        os.killpg(server.pid, signal.SIGTERM)
-    try:
-        server.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        os.killpg(server.pid, signal.SIGKILL)
-        server.wait()
-    deadline = time.monotonic() + 10
-    while group_members(server.pid) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert group_members(server.pid) == [], "processes of our mlflow server are still running"
-
 
 def fake_trial(trial_id: str, number: int, **result: float) -> SimpleNamespace:
     """What `MlflowTrialLogger` reads from a Tune trial."""

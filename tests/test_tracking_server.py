@@ -59,44 +59,55 @@ def group_members(pgid: int) -> list[int]:
     return members
 
 
-@pytest.fixture
-def mlflow_server(tmp_path):
-    """`mlflow server` on 127.0.0.1 with a SQLite store and proxied artifacts (`mlflow-artifacts:/`)."""
-    store = tmp_path / "server"
-    store.mkdir()
-    port = free_port()
+def start_server(port: int, store: Path) -> subprocess.Popen:
+    """`mlflow server` on 127.0.0.1:`port` with a SQLite store and proxied artifacts under `store`; returns once /health answers."""
     command = [
         str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
         "--backend-store-uri", f"sqlite:///{store / 'mlflow.db'}",
         "--serve-artifacts", "--artifacts-destination", str(store / "artifacts"),
     ]
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true"}
-    log = (store / "server.log").open("w")
-    server = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    uri = f"http://127.0.0.1:{port}"
+    with (store / "server.log").open("a") as log:
+        server = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     started = time.monotonic()
-    try:
-        while True:
-            try:
-                check_reachable(uri, timeout_s=1.0)
-                break
-            except TrackingError:
-                assert server.poll() is None and time.monotonic() - started < 90, (store / "server.log").read_text()[-3000:]
-                time.sleep(0.5)
-        print(f"mlflow server up in {time.monotonic() - started:.1f}s")
-        yield uri, store
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
+    while True:
         try:
-            server.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
-        deadline = time.monotonic() + 10
-        while group_members(server.pid) and time.monotonic() < deadline:
-            time.sleep(0.5)
-        log.close()
-        assert group_members(server.pid) == [], "processes of our mlflow server are still running"
+            check_reachable(f"http://127.0.0.1:{port}", timeout_s=1.0)
+            print(f"mlflow server up in {time.monotonic() - started:.1f}s")
+            return server
+        except TrackingError:
+            if server.poll() is not None or time.monotonic() - started > 90:
+                stop_server(server)
+                raise AssertionError((store / "server.log").read_text()[-3000:]) from None
+            time.sleep(0.3)
+
+
+def stop_server(server: subprocess.Popen) -> None:
+    """End the server's whole process group and check that none of it is left."""
+    if server.poll() is None:
+        os.killpg(server.pid, signal.SIGTERM)
+    try:
+        server.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait()
+    deadline = time.monotonic() + 10
+    while group_members(server.pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert group_members(server.pid) == [], "processes of our mlflow server are still running"
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    """`mlflow server` on 127.0.0.1 with a SQLite store and proxied artifacts (`mlflow-artifacts:/`)."""
+    store = tmp_path / "server"
+    store.mkdir()
+    port = free_port()
+    server = start_server(port, store)
+    try:
+        yield f"http://127.0.0.1:{port}", store
+    finally:
+        stop_server(server)
 
 
 @pytest.mark.mlflow_server
