@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import pickle
 import tempfile
@@ -10,7 +11,7 @@ from typing import Any
 
 import torch
 
-from lepton_ray.errors import CheckpointError
+from lepton_ray.errors import CheckpointError, StorageFullError
 
 
 def save_atomic(obj: Any, path: Path) -> None:
@@ -22,9 +23,19 @@ def save_atomic(obj: Any, path: Path) -> None:
     try:
         torch.save(obj, tmp_name)
         os.replace(tmp_name, path)
-    except BaseException:
+    except BaseException as err:
         Path(tmp_name).unlink(missing_ok=True)
+        if is_storage_full(err):
+            raise StorageFullError(
+                f"storage: no space left on the device holding {path.parent}; free space there (or set output_dir to a larger volume) "
+                "and run the same command with --resume"
+            ) from None
         raise
+
+
+def is_storage_full(err: BaseException) -> bool:
+    """ENOSPC, directly or as torch's and Ray's wrappers report it (their messages carry the OS text)."""
+    return (isinstance(err, OSError) and err.errno == errno.ENOSPC) or isinstance(err, StorageFullError) or "No space left on device" in str(err)
 
 
 def load_safe(path: Path, field: str = "checkpoint") -> dict[str, Any]:

@@ -27,3 +27,7 @@ class SelectionError(LeptonError):
 
 class ExportError(LeptonError):
     """The exported model failed a check and was not published."""
+
+
+class StorageFullError(LeptonError):
+    """The sweep's storage ran out of space; what was written before is intact and `--resume` continues."""

@@ -14,6 +14,13 @@ BEST_EPOCH = "best_epoch"
 RESTARTS = "restarts"
 """Times the trial resumed from its own checkpoint (worker failure, driver --resume)."""
 TEACHER_TEST_ACCURACY = "teacher_test_accuracy"
+EPOCHS_TRAINED = "epochs_trained"
+EPOCHS_REDONE = "epochs_redone"
+"""On the sweep run: epochs trained by this driver, and how many of them a trial's run had already logged
+before a restart or `--resume` (the work lost to the interruption)."""
+STORAGE_FULL = "storage_full"
+"""Reported (set to 1) by a trial whose storage filled up: not the knobs' fault, so the trial is left
+to `--resume` instead of being told to Optuna as failed."""
 IMAGES_PER_S = "images_per_s"
 """Training throughput of the epoch, all ranks together (train step only, no evaluation)."""
 SETUP_S = "setup_s"

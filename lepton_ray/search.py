@@ -37,12 +37,15 @@ def constraint_values(trial: optuna.trial.FrozenTrial) -> list[float]:
     return trial.user_attrs.get("constraints", [1.0])
 
 
-def make_sampler(cfg: SweepConfig) -> optuna.samplers.BaseSampler:
+def make_sampler(cfg: SweepConfig, trials_so_far: int = 0) -> optuna.samplers.BaseSampler:
+    """Seeded by `sweep.seed` plus the trials the study already holds: a resumed sweep continues the
+    sequence instead of replaying the first suggestions (which would re-run configurations)."""
+    seed = cfg.seed + trials_so_far
     if cfg.searcher == "random":
-        return optuna.samplers.RandomSampler(seed=cfg.seed)
+        return optuna.samplers.RandomSampler(seed=seed)
     startup = min(10, max(3, cfg.num_samples // 3))
     constraints = constraint_values if cfg.constraints else None
-    return optuna.samplers.TPESampler(seed=cfg.seed, n_startup_trials=startup, multivariate=True, constraints_func=constraints)
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup, multivariate=True, constraints_func=constraints)
 
 
 def open_study(storage_dir: Path, cfg: SweepConfig) -> optuna.Study:
@@ -54,9 +57,9 @@ def open_study(storage_dir: Path, cfg: SweepConfig) -> optuna.Study:
         study_name="sweep",
         storage=f"sqlite:///{(storage_dir / 'study.db').resolve()}",
         directions=["maximize", "minimize"],
-        sampler=make_sampler(cfg),
         load_if_exists=True,
     )
+    study.sampler = make_sampler(cfg, len(study.get_trials(deepcopy=False)))
     if is_new:
         for params in cfg.baseline_trials:
             study.enqueue_trial(params, skip_if_exists=True)
@@ -80,12 +83,16 @@ class StudySearcher(Searcher):
         running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
         self.interrupted = sorted(running, key=lambda t: t.number)
         self.live: dict[str, int] = {}
+        self.storage_full = False
+        """Set when a trial reported `storage_full`: no new trials; the driver stops with a clear error."""
 
     def set_search_properties(self, metric, mode, config, **spec) -> bool:
         return True
 
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
-        """Interrupted trials first (same number, same params), then a fresh ask."""
+        """Interrupted trials first (same number, same params), then a fresh ask; nothing once storage is full."""
+        if self.storage_full:
+            return Searcher.FINISHED
         if self.interrupted:
             frozen = self.interrupted.pop(0)
             number, params = frozen.number, dict(frozen.params)
@@ -99,6 +106,9 @@ class StudySearcher(Searcher):
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         number = self.live.pop(trial_id, None)
         if number is None:
+            return
+        if result and result.get(metrics.STORAGE_FULL):
+            self.storage_full = True  # left RUNNING in the study: --resume re-issues it from its last checkpoint
             return
         state, values = self.outcome(result, error)
         self._set_attr(number, "constraints", self.constraint_list(result if values else None))

@@ -42,6 +42,10 @@ class TrialSession(Protocol):
         """Report one epoch; rank 0 persists `files` (name -> torch-saveable payload) as a checkpoint."""
 
 
+def _checkpoint_folders(run_folder: Path) -> list[Path]:
+    return [folder for folder in run_folder.iterdir() if folder.is_dir() and folder.name.startswith(CHECKPOINT_PREFIX)]
+
+
 def _write_files(folder: Path, files: dict[str, Any]) -> None:
     for name, payload in files.items():
         save_atomic(payload, folder / name)
@@ -54,10 +58,11 @@ class RayTrainSession:
     driver must read after `fit()` (final metrics, divergence) goes with one.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, run_folder: str | None = None) -> None:
         import ray.train.torch
 
         self.device = ray.train.torch.get_device()
+        self.run_folder = Path(run_folder) if run_folder else None
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
         import ray.train.torch
@@ -65,14 +70,14 @@ class RayTrainSession:
         return ray.train.torch.prepare_model(model)
 
     def checkpoint_folders(self) -> list[Path]:
+        """On a file system every checkpoint folder of the run counts, also one Ray had uploaded but not yet
+        registered when a worker died (a truncated copy falls back); on remote storage, Ray's latest."""
         import ray.train
 
+        if self.run_folder is not None and self.run_folder.is_dir():
+            return _checkpoint_folders(self.run_folder)
         checkpoint = ray.train.get_checkpoint()
-        if checkpoint is None:
-            return []
-        if Path(checkpoint.path).is_dir():  # local or shared file system: the kept checkpoints are siblings
-            return [f for f in Path(checkpoint.path).parent.iterdir() if f.is_dir() and f.name.startswith(CHECKPOINT_PREFIX)]
-        return [Path(checkpoint.to_directory())]
+        return [] if checkpoint is None else [Path(checkpoint.to_directory())]
 
     def report(self, epoch_metrics: dict[str, Any], files: dict[str, Any] | None) -> None:
         import ray.train
@@ -102,9 +107,7 @@ class InProcessSession:
         return model.to(self.device)
 
     def checkpoint_folders(self) -> list[Path]:
-        if not self.run_folder.is_dir():
-            return []
-        return [f for f in self.run_folder.iterdir() if f.is_dir() and f.name.startswith(CHECKPOINT_PREFIX)]
+        return _checkpoint_folders(self.run_folder) if self.run_folder.is_dir() else []
 
     def report(self, epoch_metrics: dict[str, Any], files: dict[str, Any] | None) -> None:
         """Like Ray Train's `TuneReportCallback`, a report with a checkpoint carries its path."""

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from lepton_ray import metrics
-from lepton_ray.checkpoints import load_safe
+from lepton_ray.checkpoints import is_storage_full, load_safe
 from lepton_ray.config import SearchSpace, WorkflowConfig, apply_overrides, parse_workflow
 from lepton_ray.errors import ConfigError
 from lepton_ray.search import NUMBER_KEY, StudySearcher, finished_count, open_study
@@ -77,13 +77,19 @@ def trial_driver(config: dict[str, Any], base_workflow: dict[str, Any], inputs: 
     if already is not None:
         tune.report(already)
         return
-    if runs_in_process(wf):
-        session = InProcessSession(Path(trials_root) / name, on_report=tune.report)
-        run_trial(inputs.loop_config(wf), session)
-        raise_if_diverged(session.last_metrics)
+    try:
+        if runs_in_process(wf):
+            session = InProcessSession(Path(trials_root) / name, on_report=tune.report)
+            run_trial(inputs.loop_config(wf), session)
+            final_metrics = session.last_metrics
+        else:
+            final_metrics = build_trainer(wf, inputs, Path(trials_root), name, [TuneReportCallback()]).fit().metrics or {}
+    except Exception as err:
+        if not is_storage_full(err):
+            raise
+        tune.report({metrics.STORAGE_FULL: 1})  # the searcher leaves the trial to --resume; the driver stops the sweep
         return
-    result = build_trainer(wf, inputs, Path(trials_root), name, [TuneReportCallback()]).fit()
-    raise_if_diverged(result.metrics or {})
+    raise_if_diverged(final_metrics)
 
 
 def runs_in_process(wf: WorkflowConfig) -> bool:
@@ -129,7 +135,7 @@ def run_sweep(
 ) -> SweepOutcome:
     """Run (or resume) the workflow's sweep; with no search space, one trial of the workflow as written."""
     from lepton_ray.data import build_data
-    from lepton_ray.leaderboard import format_table, trials_frame
+    from lepton_ray.leaderboard import format_table
     from lepton_ray.teacher import prepare_teachers
     from lepton_ray.tracking import Tracker, check_reachable, redact, tracking_uri
     from lepton_ray.train import lineage_tags
@@ -144,26 +150,49 @@ def run_sweep(
     tracker = Tracker(uri, wf.tracking.experiment)
     sweep_key = f"sweep:{paths.root.resolve()}"
     tags = lineage_tags(wf, teachers)
-    parent_run_id = tracker.start_run(sweep_key, f"{wf.name}-{paths.root.name}", wf.to_dict(), {**tags, "lepton.kind": "sweep"})
+    shared_workflow = apply_overrides(wf.to_dict(), {"tracking.uri": redact(uri)})  # trials never write to MLflow: no credentials
+    parent_run_id = tracker.start_run(sweep_key, f"{wf.name}-{paths.root.name}", shared_workflow, {**tags, "lepton.kind": "sweep"})
     tracker.log_metrics(parent_run_id, {metrics.TEACHER_TEST_ACCURACY: teachers[0].test_accuracy})
     study = open_study(paths.root, wf.sweep)
     remaining = num_samples - finished_count(study)
     log(f"sweep {paths.root}: {num_samples - remaining}/{num_samples} trials already finished; MLflow {redact(uri)}, experiment {wf.tracking.experiment!r}")
     if remaining > 0:
-        _run_tuner(wf, space, paths, study, remaining, teachers, data, tracker, parent_run_id, sweep_key, tags, address, log)
-    trials = trials_frame(tracker, parent_run_id)
+        _run_tuner(wf, shared_workflow, space, paths, study, remaining, teachers, data, tracker, parent_run_id, sweep_key, tags, address, log)
+    trials = _read_trials(tracker, parent_run_id, wf, paths)
     log(format_table(trials, wf.sweep.cost_metric))
     outcome = SweepOutcome(parent_run_id, paths, trials, teachers[0].test_accuracy)
-    if select_and_export:
-        from lepton_ray.publish import select_export_publish
+    try:
+        if select_and_export:
+            from lepton_ray.publish import select_export_publish
 
-        outcome.selection = select_export_publish(wf, outcome, data, tracker, log)
+            outcome.selection = select_export_publish(wf, outcome, data, tracker, log)
+    except Exception as err:
+        tracker.finish(parent_run_id, "FAILED", error=f"{type(err).__name__}: {err}")
+        tracker.report_unlogged()
+        raise
     tracker.finish(parent_run_id, "FINISHED")
+    tracker.report_unlogged()
     log(f"MLflow: {tracker.run_url(parent_run_id)}  (browse: mlflow ui --backend-store-uri {redact(uri)})")
     return outcome
 
 
-def _run_tuner(wf, space, paths, study, remaining, teachers, data, tracker, parent_run_id, sweep_key, tags, address, log) -> None:
+def _read_trials(tracker, parent_run_id: str, wf: WorkflowConfig, paths: SweepPaths):
+    """The leaderboard from MLflow; an unreachable server is one clear line (the trials are safe on disk)."""
+    from lepton_ray.errors import TrackingError
+    from lepton_ray.leaderboard import trials_frame
+    from lepton_ray.tracking import redact
+
+    try:
+        return trials_frame(tracker, parent_run_id, wf.sweep.cost_metric)
+    except Exception as err:  # MLflow raises several types for a server that went away
+        tracker.report_unlogged()
+        raise TrackingError(
+            f"tracking.uri: cannot read the sweep's runs back from {redact(tracker.uri)} ({type(err).__name__}); the trials are complete "
+            f"under {paths.root}: bring MLflow back and run the same command with --resume to read them back and select"
+        ) from None
+
+
+def _run_tuner(wf, shared_workflow, space, paths, study, remaining, teachers, data, tracker, parent_run_id, sweep_key, tags, address, log) -> None:
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
@@ -176,7 +205,7 @@ def _run_tuner(wf, space, paths, study, remaining, teachers, data, tracker, pare
         shutil.rmtree(paths.tune)  # bookkeeping of an interrupted attempt; the study and trial runs are kept
     trainable = tune.with_parameters(
         trial_driver,
-        base_workflow=wf.to_dict(),
+        base_workflow=shared_workflow,
         inputs=put_trial_inputs(wf, teachers, data, paths.root, log),
         trials_root=str(paths.trials.resolve()),
     )
@@ -186,7 +215,7 @@ def _run_tuner(wf, space, paths, study, remaining, teachers, data, tracker, pare
         else FIFOScheduler()
     )
     callbacks = [
-        MlflowTrialLogger(tracker, parent_run_id, sweep_key, wf.to_dict(), tags),
+        MlflowTrialLogger(tracker, parent_run_id, sweep_key, shared_workflow, tags),
         SweepProgress(wf.sweep.num_samples if space is not None else 1, (wf.sweep.num_samples if space else 1) - remaining, wf.sweep.cost_metric, log=log),
     ]
     tuner = tune.Tuner(
@@ -196,7 +225,20 @@ def _run_tuner(wf, space, paths, study, remaining, teachers, data, tracker, pare
             scheduler=scheduler,
             num_samples=remaining,
             max_concurrent_trials=wf.resources.max_concurrent_trials,
+            reuse_actors=True,  # a warm trial actor keeps torch and the package imported between trials
         ),
-        run_config=tune.RunConfig(name=paths.tune.name, storage_path=str(paths.root.resolve()), callbacks=callbacks, verbose=0),
+        run_config=tune.RunConfig(
+            name=paths.tune.name, storage_path=str(paths.root.resolve()), callbacks=callbacks, verbose=0,
+            # In-process trials restart through Tune (from their own checkpoints); DDP trials through Ray Train.
+            failure_config=tune.FailureConfig(max_failures=wf.resources.max_failures if runs_in_process(wf) else 0),
+        ),
     )
-    tuner.fit()
+    results = tuner.fit()
+    if any((result.metrics or {}).get(metrics.STORAGE_FULL) for result in results):
+        from lepton_ray.errors import StorageFullError
+
+        tracker.finish(parent_run_id, "KILLED", error="storage full; continue with --resume")
+        raise StorageFullError(
+            f"storage: no space left under {paths.root}; completed trials and checkpoints are intact; free space (or set output_dir "
+            "to a larger volume) and run the same command with --resume"
+        )

@@ -161,6 +161,13 @@ class Tracker:
         self._resolved: dict[str, str] = {}
         self._next_try = 0.0
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Tune pickles its callbacks (and so this tracker) into `tuner.pkl`: keep credentials out of it.
+        An unpickled tracker cannot write; lepton-ray never restores Tune's state (the study is the truth)."""
+        state = dict(self.__dict__)
+        state.update(uri=redact(self.uri), client=None, warn=_stderr)
+        return state
+
     def find_run(self, key: str) -> str | None:
         runs = self.client.search_runs([self.experiment_id], filter_string=f"tags.`{TRIAL_KEY_TAG}` = '{key}'", max_results=1)
         return runs[0].info.run_id if runs else None
@@ -193,6 +200,15 @@ class Tracker:
             return pending_id
         self.run_names[run_id] = run_name
         return run_id
+
+    def logged_steps(self, run_id: str, key: str) -> set[int]:
+        """Steps at which `key` was already logged on a run (empty for a new, pending or unreadable run)."""
+        if run_id.startswith(PENDING_PREFIX):
+            return set()
+        try:
+            return {int(metric.step) for metric in self.client.get_metric_history(run_id, key)}
+        except Exception:  # best effort: only used to report wasted work
+            return set()
 
     def log_metrics(self, run_id: str, values: dict[str, float], step: int | None = None) -> None:
         from mlflow.entities import Metric

@@ -44,7 +44,7 @@ def build_trainer(wf: WorkflowConfig, inputs: TrialInputs, storage_path: Path, n
     per_worker = {"CPU": res.cpus_per_worker, **({"GPU": res.gpus_per_worker} if res.use_gpu else {})}
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config=inputs.loop_config(wf),
+        train_loop_config={**inputs.loop_config(wf), "run_folder": str(Path(storage_path).resolve() / name)},
         torch_config=TorchConfig(backend="nccl" if res.use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=res.num_workers, use_gpu=res.use_gpu, resources_per_worker=per_worker),
         run_config=RunConfig(

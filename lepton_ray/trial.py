@@ -192,7 +192,7 @@ def newest_readable_state(folders: list[Path], warn=print) -> dict[str, Any]:
 
 def _restore(student: nn.Module, objective: nn.Module, optimizer: torch.optim.Optimizer, compression: Compression, session: TrialSession) -> dict[str, Any]:
     """Resume from the trial's newest readable checkpoint (after a worker or driver failure), or start fresh."""
-    folders = session.checkpoint_folders()
+    folders = [folder for folder in session.checkpoint_folders() if (folder / TRIAL_STATE_FILE).exists()]  # not a divergence marker
     if not folders:
         return {"next_epoch": 0, "best": None, "restarts": 0}
     state = newest_readable_state(folders)
@@ -207,7 +207,7 @@ def _restore(student: nn.Module, objective: nn.Module, optimizer: torch.optim.Op
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     """Ray Train entry point of a DDP worker; see `run_trial`."""
-    run_trial(loop_config, RayTrainSession())
+    run_trial(loop_config, RayTrainSession(loop_config.get("run_folder")))
 
 
 def run_trial(loop_config: dict[str, Any], session: TrialSession) -> None:

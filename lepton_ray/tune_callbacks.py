@@ -46,17 +46,26 @@ class MlflowTrialLogger(Callback):
         self.base_workflow = base_workflow
         self.tags = tags
         self.run_ids: dict[str, str] = {}
+        self.logged_epochs: dict[str, set[int]] = {}
+        """Epochs each trial's run already holds (from before a resume or restart)."""
+        self.epochs_trained = 0
+        self.epochs_redone = 0
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
         number = trial.config[NUMBER_KEY]
         params = apply_overrides(self.base_workflow, trial_overrides(trial.config))
-        tags = {**self.tags, "optuna_trial": str(number), "tune_trial_id": trial.trial_id, **{f"knob.{k}": str(v) for k, v in trial_overrides(trial.config).items()}}
-        self.run_ids[trial.trial_id] = self.tracker.start_run(
-            trial_key(self.sweep_key, number), f"trial-{number:04d}", params, tags, parent_run_id=self.parent_run_id
-        )
+        knobs = {f"knob.{k}": f"{v:.6g}" if isinstance(v, float) else str(v) for k, v in trial_overrides(trial.config).items()}
+        tags = {**self.tags, "optuna_trial": str(number), "tune_trial_id": trial.trial_id, **knobs}
+        run_id = self.tracker.start_run(trial_key(self.sweep_key, number), f"trial-{number:04d}", params, tags, parent_run_id=self.parent_run_id)
+        self.run_ids[trial.trial_id] = run_id
+        self.logged_epochs[trial.trial_id] = self.tracker.logged_steps(run_id, metrics.EPOCH)
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         run_id = self.run_ids.get(trial.trial_id)
+        if metrics.EPOCH in result:  # a trial finished before a resume reports its final metrics only, no epoch
+            epoch = int(result[metrics.EPOCH])
+            self.epochs_trained += 1
+            self.epochs_redone += epoch in self.logged_epochs.get(trial.trial_id, set())
         if run_id:
             values = {k: v for k, v in result.items() if k in LOGGED_METRICS}
             self.tracker.log_metrics(run_id, values, step=int(result.get(metrics.EPOCH, 0)))
@@ -66,6 +75,9 @@ class MlflowTrialLogger(Callback):
         if run_id is None:
             return
         result = trial.last_result or {}
+        if result.get(metrics.STORAGE_FULL):
+            self.tracker.finish(run_id, "KILLED", error="storage full: interrupted, continues from its last checkpoint on --resume")
+            return
         if metrics.TEST_ACCURACY not in result:
             self.tracker.finish(run_id, "KILLED", error="stopped early by the scheduler (pruned); not eligible for the front")
             return
@@ -81,6 +93,12 @@ class MlflowTrialLogger(Callback):
             self.tracker.finish(run_id, "FAILED", error=last_error_line(trial))
 
     def on_experiment_end(self, trials, **info) -> None:
+        """Wasted work of a resume or restart: epochs trained again that a run had already logged."""
+        if self.epochs_trained:
+            self.tracker.log_metrics(self.parent_run_id, {metrics.EPOCHS_REDONE: self.epochs_redone, metrics.EPOCHS_TRAINED: self.epochs_trained})
+        if self.epochs_redone:
+            print(f"lepton-ray: {self.epochs_redone} of {self.epochs_trained} epochs trained in this run were redone after a restart "
+                  f"({100 * self.epochs_redone / self.epochs_trained:.1f}%)")
         self.tracker.report_unlogged()
 
 

@@ -11,7 +11,7 @@ import torch
 
 from lepton_ray.checkpoints import load_safe, save_atomic
 from lepton_ray.cli import main
-from lepton_ray.errors import CheckpointError
+from lepton_ray.errors import CheckpointError, StorageFullError
 from lepton_ray.trial import TRIAL_STATE_FILE, newest_readable_state
 
 MARKER = Path("/tmp/lepton_ray_hostile_marker")
@@ -52,7 +52,7 @@ def test_truncated_checkpoint_is_a_clear_error(tmp_path):
         load_safe(path)
 
 
-def test_save_atomic_leaves_the_old_file_when_writing_fails(tmp_path, monkeypatch):
+def test_full_disk_is_a_clear_error_and_leaves_the_old_file_whole(tmp_path, monkeypatch):
     path = tmp_path / "state.pt"
     save_atomic({"version": torch.tensor(1)}, path)
 
@@ -60,7 +60,7 @@ def test_save_atomic_leaves_the_old_file_when_writing_fails(tmp_path, monkeypatc
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(torch, "save", full_disk)
-    with pytest.raises(OSError):
+    with pytest.raises(StorageFullError, match=r"^storage: no space left .* --resume$"):
         save_atomic({"version": torch.tensor(2)}, path)
     assert load_safe(path)["version"].item() == 1
     assert [p.name for p in tmp_path.iterdir()] == ["state.pt"]

@@ -7,6 +7,7 @@ import torch
 
 from lepton_ray import metrics
 from lepton_ray.config import ModelSpec, load_workflow
+from lepton_ray.errors import StorageFullError
 from lepton_ray.data import build_data
 from lepton_ray.models import build_model
 from lepton_ray.sessions import CHECKPOINT_PATH_KEY, CHECKPOINTS_KEPT, InProcessSession
@@ -69,3 +70,25 @@ def test_a_truncated_newest_checkpoint_falls_back_to_the_one_before(tmp_path):
     reports = []
     run_trial(_loop_config(epochs=4), InProcessSession(tmp_path, reports.append, CPU))
     assert [r[metrics.EPOCH] for r in reports] == [3, 4]
+
+
+def test_disk_full_during_a_checkpoint_stops_the_trial_cleanly_and_it_resumes_once_space_is_freed(tmp_path, monkeypatch):
+    import lepton_ray.checkpoints as checkpoints
+
+    real_save = torch.save
+    written = []
+
+    def fills_up_at_the_third_checkpoint(obj, path, *args, **kwargs):
+        if len(written) >= 2:
+            raise OSError(28, "No space left on device")
+        written.append(path)
+        real_save(obj, path, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoints.torch, "save", fills_up_at_the_third_checkpoint)
+    with pytest.raises(StorageFullError, match="--resume"):
+        run_trial(_loop_config(epochs=4), InProcessSession(tmp_path, lambda _: None, CPU))
+    assert sorted(p.name.startswith("checkpoint_") for p in tmp_path.iterdir()) == [True, True], "no staging folder or partial checkpoint left"
+    monkeypatch.setattr(checkpoints.torch, "save", real_save)  # space freed
+    reports = []
+    run_trial(_loop_config(epochs=4), InProcessSession(tmp_path, reports.append, CPU))
+    assert [r[metrics.EPOCH] for r in reports] == [3, 4] and metrics.TEST_ACCURACY in reports[-1]

@@ -1,0 +1,49 @@
+"""The persistent study: seeded, reproducible suggestions that a resumed sweep continues, not replays."""
+
+from __future__ import annotations
+
+import optuna
+
+from lepton_ray.config import SweepConfig
+from lepton_ray.search import open_study
+
+SPACE = {"x": optuna.distributions.FloatDistribution(0.0, 1.0)}
+
+
+def _first_suggestions(folder, count: int) -> list[float]:
+    study = open_study(folder, SweepConfig(seed=3))
+    values = []
+    for _ in range(count):
+        trial = study.ask(SPACE)
+        values.append(trial.params["x"])
+        study.tell(trial, [values[-1], 1.0])
+    return values
+
+
+def test_same_seed_gives_the_same_suggestions(tmp_path):
+    assert _first_suggestions(tmp_path / "a", 3) == _first_suggestions(tmp_path / "b", 3)
+
+
+def test_a_reopened_study_continues_the_sequence_instead_of_replaying_it(tmp_path):
+    first = _first_suggestions(tmp_path, 2)
+    resumed = _first_suggestions(tmp_path, 2)
+    assert not set(first) & set(resumed), (first, resumed)
+    assert len(open_study(tmp_path, SweepConfig(seed=3)).trials) == 4
+
+
+def test_a_trial_whose_storage_filled_up_stays_open_for_resume_and_no_new_trial_starts(tmp_path):
+    from ray.tune.search import Searcher
+
+    from lepton_ray import metrics
+    from lepton_ray.config import FloatParam, SearchSpace
+    from lepton_ray.search import StudySearcher
+
+    space = SearchSpace(params={"distillation.alpha": FloatParam(type="float", low=0.1, high=0.9)})
+    study = open_study(tmp_path, SweepConfig(seed=0))
+    searcher = StudySearcher(study, space, SweepConfig(seed=0))
+    config = searcher.suggest("tune-a")
+    searcher.on_trial_complete("tune-a", {metrics.STORAGE_FULL: 1})
+    assert [t.state.name for t in study.trials] == ["RUNNING"]
+    assert searcher.suggest("tune-b") == Searcher.FINISHED
+    resumed = StudySearcher(open_study(tmp_path, SweepConfig(seed=0)), space, SweepConfig(seed=0))
+    assert resumed.suggest("tune-c") == config, "the same trial number and knobs are re-issued"
