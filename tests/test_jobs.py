@@ -199,8 +199,9 @@ def test_submitted_sweep_succeeds_on_the_head_and_its_trials_are_in_mlflow(ray_h
     assert sorted(trials["trial"]) == [0, 1]
     assert (trials["status"] == "finished").all()
     assert trials[metrics.TEST_ACCURACY].between(0, 1).all()
-    # The trials ran on our head, not on a cluster the job started by itself.
-    assert list(ray_head.temp_dir.glob("session_*/logs/train/*controller*"))
+    # The trials ran on our head, not on a cluster the job started by itself: their Tune actors logged there.
+    worker_logs = ray_head.temp_dir.glob("session_*/logs/worker-*.out")
+    assert any(b":actor_name:trial_driver" in log.read_bytes() for log in worker_logs)
 
 
 @pytest.mark.ray

@@ -103,3 +103,5 @@ def test_killed_driver_resumes_to_exactly_num_samples_with_one_run_per_trial(wri
     assert sorted(children["tags.optuna_trial"].astype(int)) == list(range(num_samples))
     assert set(children["status"]) == {"FINISHED"}
     assert set(sweeps["status"]) == {"FINISHED"}
+    wasted = sweeps["metrics.epochs_redone"][0] / sweeps["metrics.epochs_trained"][0]
+    assert wasted < 0.10, f"epochs redone after the resume: {wasted:.0%}"
