@@ -55,6 +55,15 @@ def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
         raise TrackingError(f"tracking.uri: cannot reach MLflow at {redact(uri)} ({problem}); start the server or fix the URI{from_env}")
 
 
+def artifact_root(uri: str, experiment: str) -> str | None:
+    """Artifacts of a SQLite store go next to the database file (MLflow's default is ./mlruns under
+    whatever folder the process runs in, e.g. a Ray job's temporary working dir); servers decide their own."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    db_path = Path(uri.removeprefix("sqlite:///")).resolve()
+    return (db_path.parent / "mlartifacts" / re.sub(r"[^A-Za-z0-9_.-]", "_", experiment)).as_uri()
+
+
 def health_problem(uri: str, timeout_s: float = 1.0) -> str | None:
     """Why an MLflow server does not answer 200 on /health; None when it does (and for local stores)."""
     if not uri.startswith(("http://", "https://")):
@@ -150,7 +159,7 @@ class Tracker:
         existing = self.client.get_experiment_by_name(experiment)
         if existing is None and not create:
             raise TrackingError(f"--experiment: no MLflow experiment {experiment!r} at {redact(uri)}; check the name and tracking URI")
-        self.experiment_id = existing.experiment_id if existing else self.client.create_experiment(experiment)
+        self.experiment_id = existing.experiment_id if existing else self.client.create_experiment(experiment, artifact_location=artifact_root(uri, experiment))
         self.experiment = experiment
         self.retries, self.backoff_s, self.cooldown_s, self.max_failures_while_up = retries, backoff_s, cooldown_s, max_failures_while_up
         self.warn = warn

@@ -59,7 +59,10 @@ def _states(study_db: Path) -> list[str]:
 @pytest.mark.ray
 def test_killed_driver_resumes_to_exactly_num_samples_with_one_run_per_trial(write_workflow, tmp_path):
     num_samples = 4
-    workflow = write_workflow({**TINY, "sweep.num_samples": num_samples, "training.epochs": 3})
+    # Single-worker trials (they train in their Tune actors) keep this under a minute; a DDP worker's
+    # restart from its checkpoint is tests/test_faults.py.
+    slower = {"training.epochs": 6, "data.options": {"num_samples": 1200, "image_size": 8}, "resources.num_workers": 1}
+    workflow = write_workflow({**TINY, **slower, "sweep.num_samples": num_samples})
     wf = load_workflow(workflow)
     study_db = wf.run_dir / "sweep" / "study.db"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
