@@ -65,6 +65,31 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_select(args: argparse.Namespace) -> int:
+    """The workflow's selection policy over an existing sweep: the front and the pick, nothing written."""
+    from lepton_ray.leaderboard import format_table
+    from lepton_ray.pareto import select
+    from lepton_ray.publish import existing_sweep
+
+    wf, _ = load_checked(args)
+    outcome, _ = existing_sweep(wf)
+    print(format_table(outcome.trials, wf.sweep.cost_metric, pareto_only=True))
+    print(select(outcome.trials, wf.sweep.cost_metric, outcome.teacher_accuracy, wf.selection).explanation)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Select, export to int8, verify in ONNX Runtime and register, for an existing sweep."""
+    from lepton_ray.data import build_data
+    from lepton_ray.publish import existing_sweep, select_export_publish
+
+    wf, _ = load_checked(args)
+    outcome, tracker = existing_sweep(wf)
+    select_export_publish(wf, outcome, build_data(wf.data), tracker, print)
+    tracker.report_unlogged()
+    return 0
+
+
 def cmd_leaderboard(args: argparse.Namespace) -> int:
     from lepton_ray.leaderboard import format_table, latest_sweep_run_id, trials_frame
     from lepton_ray.tracking import Tracker, tracking_uri
@@ -169,6 +194,14 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--resume", action="store_true", help="continue an interrupted sweep from its storage path")
     sweep.add_argument("--no-export", action="store_true", help="stop after the sweep; skip selection and int8 export")
     sweep.set_defaults(handler=cmd_sweep)
+
+    for name, handler, text in [
+        ("select", cmd_select, "apply the workflow's selection policy to its finished sweep; print the front and the pick"),
+        ("export", cmd_export, "select from the workflow's finished sweep, export to int8 ONNX, verify, register as champion"),
+    ]:
+        command = commands.add_parser(name, help=text)
+        _workflow_args(command)
+        command.set_defaults(handler=handler)
 
     board = commands.add_parser("leaderboard", help="print a sweep's trials from MLflow")
     board.add_argument("--experiment", default="digits-quickstart", help="MLflow experiment name")

@@ -58,3 +58,26 @@ def select_export_publish(wf: "WorkflowConfig", outcome: "SweepOutcome", data: "
         f"{checks.size_ratio:.2f}x the fp32 file, {checks.speedup(1):.2f}x faster at batch 1")
     log(f"registered {result.published.model_uri} (alias champion); report {result.report}")
     return result
+
+
+def existing_sweep(wf: "WorkflowConfig") -> tuple["SweepOutcome", "Tracker"]:
+    """A finished sweep of this workflow read back from its study folder and MLflow (`select`, `export`)."""
+    import math
+
+    from lepton_ray import metrics
+    from lepton_ray.errors import ConfigError, TrackingError
+    from lepton_ray.leaderboard import trials_frame
+    from lepton_ray.sweep import SweepOutcome, sweep_paths
+    from lepton_ray.tracking import Tracker, check_reachable, redact, tracking_uri
+
+    paths = sweep_paths(wf, single=False)
+    if not paths.study.is_file():
+        raise ConfigError(f"output_dir: no sweep under {paths.root}; run `lepton-ray sweep` on this workflow first")
+    uri = tracking_uri(wf.tracking.uri)
+    check_reachable(uri)
+    tracker = Tracker(uri, wf.tracking.experiment, create=False)
+    parent_run_id = tracker.find_run(paths.key)
+    if parent_run_id is None:
+        raise TrackingError(f"tracking.experiment: no sweep run for {paths.root} in {wf.tracking.experiment!r} at {redact(uri)}; check tracking.uri and the experiment")
+    teacher_accuracy = tracker.client.get_run(parent_run_id).data.metrics.get(metrics.TEACHER_TEST_ACCURACY, math.nan)
+    return SweepOutcome(parent_run_id, paths, trials_frame(tracker, parent_run_id, wf.sweep.cost_metric), teacher_accuracy), tracker

@@ -44,6 +44,11 @@ class SweepPaths:
     def study(self) -> Path:
         return self.root / "study.db"
 
+    @property
+    def key(self) -> str:
+        """MLflow key of the sweep's parent run (a resumed sweep finds its run by it)."""
+        return f"sweep:{self.root.resolve()}"
+
 
 def trial_run_name(number: int) -> str:
     return f"trial-{number:04d}"
@@ -148,7 +153,7 @@ def run_sweep(
     teachers = prepare_teachers(wf, data, log)
     num_samples = wf.sweep.num_samples if space is not None else 1
     tracker = Tracker(uri, wf.tracking.experiment)
-    sweep_key = f"sweep:{paths.root.resolve()}"
+    sweep_key = paths.key
     tags = lineage_tags(wf, teachers)
     shared_workflow = apply_overrides(wf.to_dict(), {"tracking.uri": redact(uri)})  # trials never write to MLflow: no credentials
     parent_run_id = tracker.start_run(sweep_key, f"{wf.name}-{paths.root.name}", shared_workflow, {**tags, "lepton.kind": "sweep"})

@@ -47,3 +47,22 @@ def test_a_trial_whose_storage_filled_up_stays_open_for_resume_and_no_new_trial_
     assert searcher.suggest("tune-b") == Searcher.FINISHED
     resumed = StudySearcher(open_study(tmp_path, SweepConfig(seed=0)), space, SweepConfig(seed=0))
     assert resumed.suggest("tune-c") == config, "the same trial number and knobs are re-issued"
+
+
+def test_a_trial_stopped_early_by_the_scheduler_is_pruned_and_never_completes(tmp_path):
+    """ASHA stops a trial with its early values; Optuna must not see them as a finished trial's."""
+    from lepton_ray import metrics
+    from lepton_ray.config import FloatParam, SearchSpace
+    from lepton_ray.search import StudySearcher
+
+    space = SearchSpace(params={"distillation.alpha": FloatParam(type="float", low=0.1, high=0.9)})
+    study = open_study(tmp_path, SweepConfig(seed=0))
+    searcher = StudySearcher(study, space, SweepConfig(seed=0))
+    searcher.suggest("stopped")
+    searcher.suggest("finished")
+    searcher.on_trial_complete("stopped", {metrics.EPOCH: 2, metrics.VAL_ACCURACY: 0.5})
+    final = {metrics.EPOCH: 8, metrics.TEST_ACCURACY: 0.9, metrics.BEST_VAL_ACCURACY: 0.91, metrics.SIZE_BYTES: 4000.0}
+    searcher.on_trial_complete("finished", final)
+    assert [t.state.name for t in study.trials] == ["PRUNED", "COMPLETE"]
+    assert study.trials[1].values == [0.91, 4000.0]
+    assert [t.number for t in study.best_trials] == [1]

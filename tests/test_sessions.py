@@ -92,3 +92,14 @@ def test_disk_full_during_a_checkpoint_stops_the_trial_cleanly_and_it_resumes_on
     reports = []
     run_trial(_loop_config(epochs=4), InProcessSession(tmp_path, reports.append, CPU))
     assert [r[metrics.EPOCH] for r in reports] == [3, 4] and metrics.TEST_ACCURACY in reports[-1]
+
+
+def test_bf16_mixed_precision_trial_trains_under_autocast_and_ships_fp32_weights(tmp_path):
+    config = _loop_config(epochs=3)
+    config["workflow"]["training"]["precision"] = "bf16"
+    reports = []
+    run_trial(config, InProcessSession(tmp_path, reports.append, CPU))
+    assert all(torch.isfinite(torch.tensor(r[metrics.TRAIN_LOSS])) for r in reports)
+    assert reports[-1][metrics.TEST_ACCURACY] > 0.2, "a 10-class student learnt something under bf16 autocast"
+    student = torch.load(sorted(tmp_path.iterdir())[-1] / STUDENT_FILE, weights_only=True)["state_dict"]
+    assert {value.dtype for value in student.values() if value.is_floating_point()} == {torch.float32}

@@ -8,6 +8,7 @@ import pytest
 
 from lepton_ray import metrics
 from lepton_ray.checks import check_workflow
+from lepton_ray.cli import main
 from lepton_ray.config import load_workflow
 from lepton_ray.leaderboard import trials_frame
 from lepton_ray.sweep import run_sweep
@@ -27,7 +28,7 @@ TINY = {
 
 
 @pytest.mark.ray
-def test_small_sweep_logs_children_matches_leaderboard_and_records_failing_trials(ray_session, write_workflow, tmp_path):
+def test_small_sweep_logs_children_matches_leaderboard_and_records_failing_trials(ray_session, write_workflow, tmp_path, capsys):
     """Four single-worker (in-process) trials: an invalid knob combination and a diverging lr fail with
     their reason; two finish. (DDP trials are covered by the resume, job and worker-failure tests.)"""
     good = {"compression.pruning.start_epoch": 0, "compression.pruning.end_epoch": 1, "training.lr": 0.05}
@@ -69,3 +70,14 @@ def test_small_sweep_logs_children_matches_leaderboard_and_records_failing_trial
 
     study = optuna.load_study(study_name="sweep", storage=f"sqlite:///{outcome.paths.study}")
     assert [t.state.name for t in study.trials] == ["FAIL", "FAIL", "COMPLETE", "COMPLETE"]
+
+    # `select` and `export` on the finished sweep: the pick's own checkpoint (with its own knobs) is
+    # rebuilt, exported to int8, verified in ONNX Runtime and registered as champion.
+    assert main(["select", str(path)]) == 0
+    picked = capsys.readouterr().out.strip().splitlines()[-1]
+    assert picked.startswith("picked trial ") and int(picked.split()[2].rstrip(":")) in (2, 3)
+    assert main(["export", str(path)]) == 0
+    assert "alias champion" in capsys.readouterr().out
+    champion = tracker.client.get_model_version_by_alias(wf.tracking.model_name, "champion")
+    assert champion.tags["lepton.trial"] == picked.split()[2].rstrip(":")
+    assert (outcome.paths.root / "export" / "student.int8.onnx").is_file()
