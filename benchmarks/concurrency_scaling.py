@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for concurrent in (1, 2):
             wf = benchmark_workflow(Path(tmp) / f"c{concurrent}", trials, epochs, workers=1, concurrent=concurrent)
             prepare_teachers(wf, build_data(wf.data), log=lambda _: None)
-            walls[concurrent], _ = timed_sweep(wf)
+            walls[concurrent] = timed_sweep(wf).wall_s
     ratio = walls[2] / walls[1]
     print(f"{trials} trials: 1 concurrent {walls[1]:.1f}s, 2 concurrent {walls[2]:.1f}s -> ratio {ratio:.3f}")
     payload = {"setup": f"{trials} single-worker trials x {epochs} digits epochs", "wall_s_1_concurrent": walls[1], "wall_s_2_concurrent": walls[2], "ratio": ratio}
