@@ -118,13 +118,14 @@ def search_space_for(wf: WorkflowConfig) -> SearchSpace | None:
 
 
 def check_search_space(wf: WorkflowConfig, space: SearchSpace) -> None:
-    """Every knob must name a workflow field, and each edge of its range must give a valid workflow."""
+    """Every knob must name a workflow field, and each edge of its range (each choice) must give a valid
+    workflow, registry names included (e.g. a loss name searched as `distillation.losses.0.name`)."""
     raw = wf.to_dict()
     for path, param in space.params.items():
         values: list[Any] = param.choices if param.type == "categorical" else [param.low, param.high]
         for value in values:
             try:
-                parse_workflow(apply_overrides(raw, {path: value}))
+                check_names(parse_workflow(apply_overrides(raw, {path: value})))
             except ConfigError as err:
                 raise ConfigError(f"search_space.params.{path}: value {value!r} gives an invalid workflow ({err})") from None
     check_baseline_trials(wf, space)

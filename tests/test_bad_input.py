@@ -97,6 +97,8 @@ CASES = [
     Bad("log range from 0", "search_space.params.training.lr", space="params:\n  training.lr: {type: float, low: 0.0, high: 0.1, log: true}\n"),
     Bad("unknown distribution", "search_space.params.distillation.alpha", space="params:\n  distillation.alpha: {type: normal, mean: 0.5}\n"),
     Bad("search space python tag", "not valid plain YAML", space=f"params: {PYTHON_TAG}\n"),
+    Bad("unknown loss among the searched choices", "search_space.params.distillation.losses.0.name: value 'nope'",
+        space="params:\n  distillation.losses.0.name: {type: categorical, choices: [kd, nope]}\n"),
     Bad("baseline sets no knob", "sweep.baseline_trials.0.training.lrr: not a knob", space=SPACE_HEAD,
         overrides={"sweep.baseline_trials": [{"training.lrr": 0.1}]}),
     Bad("baseline outside the range", "sweep.baseline_trials.0.distillation.alpha: value 1.5", space=SPACE_HEAD,
