@@ -26,9 +26,24 @@ STATUS_TAG = "lepton.status"
 ERROR_TAG = "lepton.error"
 
 
+_URI_SET_BY_TRACKER: str | None = None
+"""`mlflow.set_tracking_uri` also writes `MLFLOW_TRACKING_URI`; the value a `Tracker` put there is not the user's."""
+
+
 def tracking_uri(workflow_uri: str) -> str:
-    """`MLFLOW_TRACKING_URI` in the environment wins over the workflow, as MLflow users expect."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or workflow_uri
+    """`MLFLOW_TRACKING_URI` set by the user wins over the workflow, as MLflow users expect."""
+    from_env = os.environ.get("MLFLOW_TRACKING_URI")
+    return from_env if from_env and from_env != _URI_SET_BY_TRACKER else workflow_uri
+
+
+def _use_for_mlflow_fluent_api(uri: str) -> None:
+    global _URI_SET_BY_TRACKER
+    import mlflow
+
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    if before != uri:
+        _URI_SET_BY_TRACKER = uri
 
 
 def redact(uri: str) -> str:
@@ -145,7 +160,6 @@ class Tracker:
         self, uri: str, experiment: str, create: bool = True, retries: int = 1, backoff_s: float = 1.0,
         cooldown_s: float = 5.0, max_failures_while_up: int = 3, warn: Callable[[str], None] = _stderr,
     ) -> None:
-        import mlflow
         from mlflow.tracking import MlflowClient
 
         if uri.startswith(("http://", "https://")):
@@ -154,7 +168,7 @@ class Tracker:
         if redact(uri) != uri:  # MLflow prints "View run at <uri with credentials>" on every finished run
             os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
         self.uri = uri
-        mlflow.set_tracking_uri(uri)
+        _use_for_mlflow_fluent_api(uri)
         self.client = MlflowClient(tracking_uri=uri)
         existing = self.client.get_experiment_by_name(experiment)
         if existing is None and not create:
