@@ -77,17 +77,20 @@ def timed_sweep(wf: WorkflowConfig) -> TimedSweep:
 
 
 def plain_process_seconds(wf: WorkflowConfig, knobs: list[dict[str, Any]]) -> list[float]:
-    """Each trial's loop run here, without Ray (data and teacher ready, as the sweep shares them)."""
+    """Each trial's loop run here, without Ray (data, teacher and teacher cache ready, as the sweep shares them)."""
     from lepton_ray.config import apply_overrides, parse_workflow
     from lepton_ray.trial import run_trial
 
+    from lepton_ray.train import sweep_teacher_cache
+
     data = build_data(wf.data)
     teachers = prepare_teachers(wf, data, log=lambda _: None)
+    cache = sweep_teacher_cache(wf, teachers, data, wf.run_dir)[0] if wf.sweep.teacher_cache else None  # as the sweep's trials get it
     torch.set_num_threads(1)
     seconds = []
     for overrides in knobs:
         trial_wf = parse_workflow(apply_overrides(wf.to_dict(), overrides))
-        loop_config = {"workflow": trial_wf.to_dict(), "teachers": [t.payload for t in teachers], "data": data, "teacher_cache": None}
+        loop_config = {"workflow": trial_wf.to_dict(), "teachers": [t.payload for t in teachers], "data": data, "teacher_cache": cache}
         with tempfile.TemporaryDirectory() as folder:
             started = time.perf_counter()
             run_trial(loop_config, InProcessSession(Path(folder), lambda _: None, torch.device("cpu")))

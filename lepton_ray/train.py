@@ -16,6 +16,7 @@ from lepton_ray.trial import DIVERGED, STUDENT_FILE, train_loop_per_worker
 
 if TYPE_CHECKING:
     from lepton_ray.data import DataSplits
+    from lepton_ray.teacher_cache import TeacherCache
 
 
 class TrialDivergedError(RuntimeError):
@@ -79,12 +80,8 @@ def put_trial_inputs(wf: WorkflowConfig, teachers: list[Teacher], data: "DataSpl
     )
 
 
-def shared_teacher_cache(wf: WorkflowConfig, teachers: list[Teacher], data: "DataSplits", storage: Path, log: Callable[[str], None]) -> Any:
-    """Teacher outputs for every (view, training sample), computed once (or read back on --resume)."""
-    if not wf.sweep.teacher_cache:
-        return None
-    import ray
-
+def sweep_teacher_cache(wf: WorkflowConfig, teachers: list[Teacher], data: "DataSplits", storage: Path) -> tuple["TeacherCache", Path]:
+    """Teacher outputs for every (view, training sample), computed once (or read back on --resume), and its file."""
     from lepton_ray.losses import DistillationObjective
     from lepton_ray.teacher_cache import cache_key, load_or_build_cache
     from lepton_ray.trial import load_teacher_module
@@ -92,10 +89,19 @@ def shared_teacher_cache(wf: WorkflowConfig, teachers: list[Teacher], data: "Dat
     layers = DistillationObjective(wf.distillation).teacher_layers
     key = cache_key([t.sha256 for t in teachers], wf.data.model_dump(mode="json"), layers)
     path = Path(storage) / f"teacher_cache-{key}.pt"
-    cache = load_or_build_cache(path, [load_teacher_module(t.payload) for t in teachers], data.train, layers, wf.data, key)
+    return load_or_build_cache(path, [load_teacher_module(t.payload) for t in teachers], data.train, layers, wf.data, key), path
+
+
+def shared_teacher_cache(wf: WorkflowConfig, teachers: list[Teacher], data: "DataSplits", storage: Path, log: Callable[[str], None]) -> Any:
+    """The sweep's teacher cache where trials read it: an object-store ref, or its file path when large; None when off."""
+    if not wf.sweep.teacher_cache:
+        return None
+    import ray
+
+    cache, path = sweep_teacher_cache(wf, teachers, data, storage)
     in_object_store = cache.size_bytes <= wf.sweep.teacher_cache_object_store_mb * 1e6
     where = "the object store" if in_object_store else str(path)
-    log(f"teacher cache {key}: {len(teachers)} teacher(s), {len(layers)} feature layer(s), {cache.size_bytes / 1e6:.1f} MB in {where}, shared by all trials")
+    log(f"teacher cache {cache.key}: {len(teachers)} teacher(s), {len(cache.features)} feature layer(s), {cache.size_bytes / 1e6:.1f} MB in {where}, shared by all trials")
     return ray.put(cache) if in_object_store else str(path.resolve())
 
 
