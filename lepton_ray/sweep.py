@@ -220,7 +220,7 @@ def _run_tuner(wf, shared_workflow, space, paths, study, remaining, teachers, da
         else FIFOScheduler()
     )
     callbacks = [
-        MlflowTrialLogger(tracker, parent_run_id, sweep_key, shared_workflow, tags),
+        MlflowTrialLogger(tracker, parent_run_id, sweep_key, shared_workflow, tags, {metrics.TEACHER_TEST_ACCURACY: teachers[0].test_accuracy}),
         SweepProgress(wf.sweep.num_samples if space is not None else 1, (wf.sweep.num_samples if space else 1) - remaining, wf.sweep.cost_metric, log=log),
     ]
     tuner = tune.Tuner(

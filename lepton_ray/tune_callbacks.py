@@ -39,8 +39,13 @@ class MlflowTrialLogger(Callback):
     server is back; at the end of the experiment whatever could not be logged is listed.
     """
 
-    def __init__(self, tracker: Tracker, parent_run_id: str, sweep_key: str, base_workflow: dict[str, Any], tags: dict[str, str]) -> None:
+    def __init__(
+        self, tracker: Tracker, parent_run_id: str, sweep_key: str, base_workflow: dict[str, Any], tags: dict[str, str],
+        reference_metrics: dict[str, float] | None = None,
+    ) -> None:
         self.tracker = tracker
+        self.reference_metrics = dict(reference_metrics or {})
+        """Logged on every trial run (the teacher's test accuracy), so a run reads on its own."""
         self.parent_run_id = parent_run_id
         self.sweep_key = sweep_key
         self.base_workflow = base_workflow
@@ -59,6 +64,8 @@ class MlflowTrialLogger(Callback):
         run_id = self.tracker.start_run(trial_key(self.sweep_key, number), f"trial-{number:04d}", params, tags, parent_run_id=self.parent_run_id)
         self.run_ids[trial.trial_id] = run_id
         self.logged_epochs[trial.trial_id] = self.tracker.logged_steps(run_id, metrics.EPOCH)
+        if self.reference_metrics:
+            self.tracker.log_metrics(run_id, self.reference_metrics)
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         run_id = self.run_ids.get(trial.trial_id)

@@ -55,7 +55,7 @@ def test_small_sweep_logs_children_matches_leaderboard_and_records_failing_trial
     assert by_trial.loc[1, "status"] == "FAILED" and "diverged" in by_trial.loc[1, f"tags.{ERROR_TAG}"]
     assert list(by_trial.loc[[2, 3], "status"]) == ["FINISHED", "FINISHED"]
     finished = runs[runs["status"] == "FINISHED"]
-    for name in (metrics.TEST_ACCURACY, metrics.SIZE_BYTES, metrics.MACS, metrics.BOPS, metrics.LATENCY_MS, metrics.SPARSITY):
+    for name in (metrics.TEST_ACCURACY, metrics.SIZE_BYTES, metrics.MACS, metrics.BOPS, metrics.LATENCY_MS, metrics.SPARSITY, metrics.BITS, metrics.TEACHER_TEST_ACCURACY):
         assert finished[f"metrics.{name}"].notna().all(), name
     assert (finished["params.training.epochs"] == "2").all()
 

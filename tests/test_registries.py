@@ -1,0 +1,63 @@
+"""The model and data-set registries: every model builds for both input sizes; splits are seeded and disjoint."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from lepton_ray.batches import AugmentView, iterate_batches
+from lepton_ray.config import DataConfig, ModelSpec
+from lepton_ray.data import UNLABELED, build_data
+from lepton_ray.models import MODELS, build_model
+
+
+@pytest.mark.parametrize("input_shape", [(1, 8, 8), (3, 32, 32)], ids=["digits-8px", "cifar-32px"])
+@pytest.mark.parametrize("name", MODELS.names())
+def test_every_registered_model_builds_for_small_and_cifar_sized_inputs_and_gives_logits(name, input_shape):
+    torch.manual_seed(0)
+    model = build_model(ModelSpec(name=name), input_shape, num_classes=7).eval()
+    with torch.no_grad():
+        logits = model(torch.randn(2, *input_shape))
+    assert logits.shape == (2, 7) and torch.isfinite(logits).all()
+
+
+def _indices_of(split) -> set[tuple]:
+    return {tuple(image.flatten().tolist()) for image in split.tensors[0]}
+
+
+def test_digits_splits_are_seeded_disjoint_and_cover_the_data_set():
+    first, again, other = build_data(DataConfig(seed=0)), build_data(DataConfig(seed=0)), build_data(DataConfig(seed=1))
+    sizes = [len(first.train), len(first.val), len(first.test)]
+    assert sum(sizes) == 1797 and first.num_classes == 10 and first.input_shape == (1, 8, 8)
+    assert all(torch.equal(a, b) for a, b in zip(first.train.tensors, again.train.tensors))
+    assert not torch.equal(first.train.tensors[1], other.train.tensors[1])
+    train, val, test = (_indices_of(s) for s in (first.train, first.val, first.test))
+    assert not (train & test) and not (val & test)
+    assert set(first.test.tensors[1].tolist()) == set(range(10)), "stratified: every class in test"
+
+
+def test_label_fraction_hides_training_labels_only():
+    data = build_data(DataConfig(label_fraction=0.1))
+    hidden = (data.train.tensors[1] == UNLABELED).float().mean().item()
+    assert 0.85 < hidden < 0.95
+    assert (data.val.tensors[1] != UNLABELED).all() and (data.test.tensors[1] != UNLABELED).all()
+
+
+def test_imagefolder_reads_a_class_tree_and_batches_through_the_file_backed_path(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for label in ("cat", "dog", "emu"):
+        (tmp_path / label).mkdir()
+        for index in range(12):
+            Image.fromarray(rng.integers(0, 255, (20, 24, 3), dtype=np.uint8)).save(tmp_path / label / f"{index}.png")
+    data = build_data(DataConfig(name="imagefolder", root=tmp_path, options={"image_size": 16}))
+    assert data.num_classes == 3 and data.input_shape == (3, 16, 16)
+    assert len(data.train) + len(data.val) + len(data.test) == 36
+    view = AugmentView(0, torch.ones(len(data.train), dtype=torch.bool), torch.zeros(len(data.train), 2, dtype=torch.long), 0)
+    batches = list(iterate_batches(data.train, list(range(len(data.train))), 8, torch.device("cpu"), view))
+    assert sum(len(b.labels) for b in batches) == len(data.train)
+    first_plain = next(iterate_batches(data.train, [0], 1, torch.device("cpu"))).images
+    assert torch.equal(batches[0].images[:1], first_plain.flip(-1)), "the view's flip applies to file-backed images too"
+    assert batches[-1].indices.tolist() == list(range(8 * (len(batches) - 1), len(data.train)))
