@@ -44,13 +44,19 @@ def test_in_process_trial_reports_every_epoch_and_keeps_the_two_newest_checkpoin
     assert reports[-1][CHECKPOINT_PATH_KEY].endswith(kept[-1])
 
 
-def test_interrupted_in_process_trial_resumes_from_its_last_checkpoint_without_redoing_epochs(tmp_path):
-    def crash_after_epoch_2(report: dict) -> None:
-        if report[metrics.EPOCH] == 2:
+def _interrupt_after_epoch(folder, epoch: int) -> None:
+    """Run a 4-epoch trial that dies right after epoch `epoch` was reported (its checkpoint is on disk)."""
+
+    def crash(report: dict) -> None:
+        if report[metrics.EPOCH] == epoch:
             raise Interrupted
 
     with pytest.raises(Interrupted):
-        run_trial(_loop_config(epochs=4), InProcessSession(tmp_path, crash_after_epoch_2, CPU))
+        run_trial(_loop_config(epochs=4), InProcessSession(folder, crash, CPU))
+
+
+def test_interrupted_in_process_trial_resumes_from_its_last_checkpoint_without_redoing_epochs(tmp_path):
+    _interrupt_after_epoch(tmp_path, 2)
     reports = []
     run_trial(_loop_config(epochs=4), InProcessSession(tmp_path, reports.append, CPU))
     assert [r[metrics.EPOCH] for r in reports] == [3, 4]
@@ -59,12 +65,7 @@ def test_interrupted_in_process_trial_resumes_from_its_last_checkpoint_without_r
 
 
 def test_a_truncated_newest_checkpoint_falls_back_to_the_one_before(tmp_path):
-    def crash_after_epoch_3(report: dict) -> None:
-        if report[metrics.EPOCH] == 3:
-            raise Interrupted
-
-    with pytest.raises(Interrupted):
-        run_trial(_loop_config(epochs=4), InProcessSession(tmp_path, crash_after_epoch_3, CPU))
+    _interrupt_after_epoch(tmp_path, 3)
     newest = sorted(tmp_path.iterdir())[-1] / TRIAL_STATE_FILE
     newest.write_bytes(newest.read_bytes()[:64])
     reports = []
