@@ -10,6 +10,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -105,16 +106,17 @@ def measure_latency_ms(onnx_path: Path, input_shape: tuple[int, ...], batch_size
     return medians[0], medians[1]
 
 
-def trial_cost(model: nn.Module, input_shape: tuple[int, ...], weight_bits: int, activation_bits: int, latency_batch_size: int | None) -> dict[str, float]:
-    """All cost figures of a finalized student, keyed by metric name; latency of its fp32 ONNX when a batch size is given.
-
-    The int8 latency is the export step's figure; here the fp32 graph is timed so that trials
-    compare by structure (channels, rank) without a calibration pass each.
-    """
+def trial_cost(
+    model: nn.Module, input_shape: tuple[int, ...], weight_bits: int, activation_bits: int, latency_batch_size: int | None,
+    shipped_onnx: Callable[[Path], Path] | None = None,
+) -> dict[str, float]:
+    """All cost figures of a finalized student, keyed by metric name, with its ONNX Runtime latency when a
+    batch size is given: of the graph `shipped_onnx(folder)` writes (the int8 export of a quantized
+    student), else of its fp32 ONNX."""
     cost = static_cost(model, input_shape, weight_bits, activation_bits)
     if latency_batch_size is None:
         return cost
     with tempfile.TemporaryDirectory() as folder:
-        onnx_path = export_fp32_onnx(model, input_shape, Path(folder) / "student.onnx")
+        onnx_path = shipped_onnx(Path(folder)) if shipped_onnx else export_fp32_onnx(model, input_shape, Path(folder) / "student.onnx")
         latency_ms, latency_batch_ms = measure_latency_ms(onnx_path, input_shape, latency_batch_size)
     return {**cost, metrics.LATENCY_MS: latency_ms, metrics.LATENCY_BATCH_MS: latency_batch_ms}

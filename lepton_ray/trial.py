@@ -276,10 +276,28 @@ def _finish(wf: WorkflowConfig, student: nn.Module, compression: Compression, be
     final = compression.finalize(copy.deepcopy(module).cpu())
     bits = wf.compression.quantization.bits or 32
     latency_batch_size = wf.export.latency_batch_size if world()[0] == 0 else None  # one rank times ORT, uncontended
-    cost = trial_cost(final, data.input_shape, bits, wf.compression.quantization.activation_bits if bits < 32 else 32, latency_batch_size)
+    cost = trial_cost(
+        final, data.input_shape, bits, wf.compression.quantization.activation_bits if bits < 32 else 32, latency_batch_size,
+        shipped_onnx=_int8_export(final, data, wf) if bits < 32 else None,
+    )
     final_metrics = {metrics.TEST_ACCURACY: test_accuracy, metrics.BEST_VAL_ACCURACY: best["val_accuracy"], metrics.BEST_EPOCH: best["epoch"], **cost}
     payload = model_payload(final, wf.student.name, wf.student.options, data, metrics={k: float(v) for k, v in final_metrics.items()}, workflow=wf.to_dict())
     return final_metrics, payload
+
+
+TRIAL_CALIBRATION_SAMPLES = 64
+"""Calibration images for the int8 graph a quantized trial is timed on (the final export uses `export.calibration_samples`)."""
+
+
+def _int8_export(final: nn.Module, data: DataSplits, wf: WorkflowConfig):
+    """The int8 ONNX export a quantized student ships as, written into a folder: what its latency is measured on."""
+    from lepton_ray.export import calibration_images, export_int8
+
+    def write(folder: Path) -> Path:
+        images = calibration_images(data.train, TRIAL_CALIBRATION_SAMPLES, wf.data.seed)
+        return export_int8(final, data.input_shape, images.cpu(), wf.compression.quantization.bits, folder).int8
+
+    return write
 
 
 def build_objective(wf: WorkflowConfig, student: nn.Module, teachers: Teachers, example: torch.Tensor) -> DistillationObjective:

@@ -104,3 +104,25 @@ def test_bf16_mixed_precision_trial_trains_under_autocast_and_ships_fp32_weights
     assert reports[-1][metrics.TEST_ACCURACY] > 0.2, "a 10-class student learnt something under bf16 autocast"
     student = torch.load(sorted(tmp_path.iterdir())[-1] / STUDENT_FILE, weights_only=True)["state_dict"]
     assert {value.dtype for value in student.values() if value.is_floating_point()} == {torch.float32}
+
+
+def test_a_quantized_trial_times_the_int8_graph_it_ships(tmp_path, monkeypatch):
+    """latency_ms is the cost of the exported model: for a b-bit student its int8 ONNX, not its fp32 graph."""
+    import onnx
+
+    import lepton_ray.cost as cost
+
+    timed = []
+    real_measure = cost.measure_latency_ms
+
+    def record(onnx_path, *args, **kwargs):
+        timed.append(sorted({node.op_type for node in onnx.load(str(onnx_path)).graph.node}))
+        return real_measure(onnx_path, *args, **kwargs)
+
+    monkeypatch.setattr(cost, "measure_latency_ms", record)
+    config = _loop_config(epochs=2)
+    config["workflow"]["compression"]["quantization"]["bits"] = 4
+    reports = []
+    run_trial(config, InProcessSession(tmp_path, reports.append, CPU))
+    assert len(timed) == 1 and "QuantizeLinear" in timed[0] and "DequantizeLinear" in timed[0]
+    assert reports[-1][metrics.LATENCY_MS] > 0 and reports[-1][metrics.BITS] == 4
