@@ -58,7 +58,7 @@ def _states(study_db: Path) -> list[str]:
 
 @pytest.mark.ray
 def test_killed_driver_resumes_to_exactly_num_samples_with_one_run_per_trial(write_workflow, tmp_path):
-    num_samples = 4
+    num_samples = 3
     # Single-worker trials (they train in their Tune actors) keep this under a minute; a DDP worker's
     # restart from its checkpoint is tests/test_faults.py.
     slower = {"training.epochs": 6, "data.options": {"num_samples": 1200, "image_size": 8}, "resources.num_workers": 1}
@@ -106,5 +106,7 @@ def test_killed_driver_resumes_to_exactly_num_samples_with_one_run_per_trial(wri
     assert sorted(children["tags.optuna_trial"].astype(int)) == list(range(num_samples))
     assert set(children["status"]) == {"FINISHED"}
     assert set(sweeps["status"]) == {"FINISHED"}
-    wasted = sweeps["metrics.epochs_redone"][0] / sweeps["metrics.epochs_trained"][0]
-    assert wasted < 0.10, f"epochs redone after the resume: {wasted:.0%}"
+    # Logged when the resumed driver trained anything (not when the interrupted trials had already finished on disk).
+    trained = sweeps.get("metrics.epochs_trained", [0.0])[0]
+    redone = sweeps.get("metrics.epochs_redone", [0.0])[0]
+    assert redone <= 0.10 * trained, f"epochs redone after the resume: {redone} of {trained}"
