@@ -14,6 +14,7 @@ import math
 import os
 import platform
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from importlib import metadata
@@ -22,13 +23,12 @@ from typing import Any
 
 import torch
 
-from lepton_ray import metrics
 from lepton_ray.batches import augment_view, iterate_batches, train_indices
-from lepton_ray.compress import Compression
 from lepton_ray.config import WorkflowConfig, load_workflow
 from lepton_ray.data import DataSplits
-from lepton_ray.models import build_model
-from lepton_ray.trial import DIVERGED, Precision, Teachers, _finish, build_objective, build_optimizer, evaluate, train_epoch
+from lepton_ray.sessions import InProcessSession
+from lepton_ray.teacher_cache import TeacherCache
+from lepton_ray.trial import Teachers, run_trial, set_up_student, train_epoch
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
@@ -137,19 +137,13 @@ def quickstart_workflow(overrides: dict[str, Any] | None = None) -> WorkflowConf
 
 
 class StudentRun:
-    """A student set up as `trial.train_loop_per_worker` sets it up, on this process (world size 1,
-    no Ray): compression prepared, objective and optimizer built; then one epoch per call."""
+    """A student set up as a trial sets it up (`trial.set_up_student`), on this process (world size 1,
+    no Ray); then one epoch per call, for per-epoch timing."""
 
     def __init__(self, wf: WorkflowConfig, data: DataSplits, teachers: Teachers) -> None:
         torch.manual_seed(wf.training.seed)
         self.wf, self.data, self.teachers = wf, data, teachers
-        self.compression = Compression(wf.compression, wf.training.epochs)
-        example = next(iterate_batches(data.train, [0, 1], 2, CPU)).images
-        self.student = self.compression.prepare(build_model(wf.student, data.input_shape, data.num_classes), example)
-        self.objective = build_objective(wf, self.student, teachers, example)
-        trainable = [p for p in [*self.student.parameters(), *self.objective.parameters()] if p.requires_grad]
-        self.optimizer = build_optimizer(wf.training, trainable)
-        self.precision = Precision(wf.training.precision, CPU)
+        self.student, self.compression, self.objective, self.optimizer, self.precision = set_up_student(wf, data, teachers, lambda model: model, CPU)
 
     def train_epoch(self, epoch: int) -> float:
         """The epoch's compression hook, then one pass over the epoch's augmentation view; the mean loss."""
@@ -160,17 +154,11 @@ class StudentRun:
         return train_epoch(self.student, self.teachers, self.objective, batches, self.optimizer, self.precision)
 
 
-def train_student(wf: WorkflowConfig, data: DataSplits, teachers: Teachers) -> dict[str, float]:
-    """A whole trial on this process: keep the best fully-compressed epoch by validation accuracy, then
-    test and cost it with the trial's `_finish`. Final metrics by name; {DIVERGED: 1} as the trial reports it."""
-    run = StudentRun(wf, data, teachers)
-    best = None
-    for epoch in range(wf.training.epochs):
-        train_loss = run.train_epoch(epoch)
-        if not math.isfinite(train_loss) or train_loss > wf.training.divergence_loss:
-            return {DIVERGED: 1.0, metrics.TRAIN_LOSS: train_loss}
-        val_accuracy, _ = evaluate(run.student, data.val, wf.training.batch_size, CPU)
-        if run.compression.is_final(epoch) and (best is None or val_accuracy > best["val_accuracy"]):
-            best = {"val_accuracy": val_accuracy, "epoch": epoch + 1, "student": {k: v.clone() for k, v in run.student.state_dict().items()}}
-    final_metrics, _ = _finish(wf, run.student, run.compression, best, data, CPU)
-    return {name: float(value) for name, value in final_metrics.items()}
+def train_student(wf: WorkflowConfig, data: DataSplits, teachers: list[torch.nn.Module], teacher_cache: TeacherCache | None = None) -> dict[str, float]:
+    """A whole trial on this process through the trial's own loop (`run_trial` with an in-process session
+    in a scratch folder, no Ray): its last report, i.e. the final metrics, or the diverged epoch's with `diverged: 1`."""
+    reports: list[dict[str, Any]] = []
+    loop_config = {"workflow": wf.to_dict(), "teachers": teachers, "data": data, "teacher_cache": teacher_cache}
+    with tempfile.TemporaryDirectory(prefix="lepton-bench-") as folder:
+        run_trial(loop_config, InProcessSession(Path(folder), reports.append, CPU))
+    return {name: float(value) for name, value in reports[-1].items() if isinstance(value, (int, float))}

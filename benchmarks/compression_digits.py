@@ -1,9 +1,9 @@
-"""Dense fp32 vs sparse/quantized students on digits, trained in-process with the trial's own functions.
+"""Dense fp32 vs sparse/quantized students on digits, trained in-process through the trial's own loop.
 
 Usage (from the repository root): `.venv/bin/python -m benchmarks.compression_digits [--seeds 0 1 2]`.
 Trains the quickstart student (teacher from `prepare_teachers`, cached under runs/teachers/) once
-per variant and seed on one process (world size 1, no Ray), keeps the best fully-compressed
-epoch by validation accuracy as the trial does, and tests/costs it with the trial's `_finish`.
+per variant and seed on one process (world size 1, no Ray) with `trial.run_trial`, which keeps the
+best fully-compressed epoch by validation accuracy, then tests and costs it.
 Writes benchmarks/results/compression_digits.json.
 """
 

@@ -29,10 +29,10 @@ from lepton_ray import metrics
 from lepton_ray.config import SearchSpace, WorkflowConfig, apply_overrides, load_search_space, parse_workflow
 from lepton_ray.cost import static_cost
 from lepton_ray.data import DataSplits, build_data
-from lepton_ray.losses import DistillationObjective
 from lepton_ray.models import build_model
 from lepton_ray.teacher import prepare_teachers
-from lepton_ray.teacher_cache import TeacherCache, build_teacher_cache, cache_key
+from lepton_ray.teacher_cache import TeacherCache
+from lepton_ray.train import sweep_teacher_cache
 from lepton_ray.trial import load_teacher_module
 
 NAME = "search_efficiency"
@@ -57,7 +57,9 @@ def hypervolume_2d(accuracy: Sequence[float], cost: Sequence[float], reference: 
     return area
 
 
-def search(base: WorkflowConfig, space: SearchSpace, data: DataSplits, cache: TeacherCache, searcher_name: str, seed: int, trials: int, folder: Path) -> list[dict[str, Any]]:
+def search(
+    base: WorkflowConfig, space: SearchSpace, data: DataSplits, teacher: torch.nn.Module, cache: TeacherCache, searcher_name: str, seed: int, trials: int, folder: Path,
+) -> list[dict[str, Any]]:
     """One sweep's worth of trials, asked and told through the sweep's searcher; its completed trials."""
     from lepton_ray.search import NUMBER_KEY, StudySearcher, open_study  # imports Ray Tune
 
@@ -68,7 +70,7 @@ def search(base: WorkflowConfig, space: SearchSpace, data: DataSplits, cache: Te
         trial_id = f"{searcher_name}-{seed}-{index}"
         config = searcher.suggest(trial_id)
         overrides = {path: value for path, value in config.items() if path != NUMBER_KEY}
-        searcher.on_trial_complete(trial_id, train_student(parse_workflow(apply_overrides(base.to_dict(), overrides)), data, cache))
+        searcher.on_trial_complete(trial_id, train_student(parse_workflow(apply_overrides(base.to_dict(), overrides)), data, [teacher], cache))
     completed = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     return [{"params": trial.params, metrics.BEST_VAL_ACCURACY: trial.values[0], metrics.SIZE_BYTES: trial.values[1]} for trial in completed]
 
@@ -78,18 +80,18 @@ def run(seeds: int, trials: int, epochs: int) -> dict[str, Any]:
     base = quickstart_workflow({"training.epochs": epochs})
     space = load_search_space(SPACE)
     data = build_data(base.data)
-    (prepared,) = prepare_teachers(base, data)
-    layers = DistillationObjective(base.distillation).teacher_layers
-    cache = build_teacher_cache([load_teacher_module(prepared.payload)], data.train, layers, base.data, cache_key([prepared.sha256], base.data.model_dump(mode="json"), layers))
+    teachers = prepare_teachers(base, data)
+    teacher = load_teacher_module(teachers[0].payload)
     dense_size = static_cost(build_model(base.student, data.input_shape, data.num_classes), data.input_shape)[metrics.SIZE_BYTES]
     reference = (0.0, dense_size)
     runs = []
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="search-efficiency-") as scratch:
+        cache, _ = sweep_teacher_cache(base, teachers, data, Path(scratch))  # built once, as a sweep does
         for seed in range(seeds):
             by_searcher = {}
             for searcher_name in SEARCHERS:
-                completed = search(base, space, data, cache, searcher_name, seed, trials, Path(scratch))
+                completed = search(base, space, data, teacher, cache, searcher_name, seed, trials, Path(scratch))
                 area = hypervolume_2d([t[metrics.BEST_VAL_ACCURACY] for t in completed], [t[metrics.SIZE_BYTES] for t in completed], reference)
                 by_searcher[searcher_name] = {"hypervolume": area / dense_size, "completed": len(completed), "trials": completed}
                 print(f"  seed {seed} {searcher_name:<6} hypervolume {area / dense_size:.4f} ({len(completed)}/{trials} completed, {time.perf_counter() - started:.0f} s)", flush=True)

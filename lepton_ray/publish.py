@@ -24,13 +24,13 @@ if TYPE_CHECKING:
 
 
 def student_file(trials_root: Path, trial: int) -> Path:
-    """The shipped student of a finished trial: the newest `student.pt` of its Train run."""
-    from lepton_ray.sweep import trial_run_name
+    """The shipped student of a finished trial, or a clear error when it never finished."""
+    from lepton_ray.sweep import newest_student_file, trial_run_name
 
-    files = sorted((Path(trials_root) / trial_run_name(trial)).glob(f"*/{STUDENT_FILE}"), reverse=True)
-    if not files:
+    path = newest_student_file(Path(trials_root) / trial_run_name(trial))
+    if path is None:
         raise CheckpointError(f"trial {trial}: no {STUDENT_FILE} under {trials_root}; the trial did not finish, pick another or --resume the sweep")
-    return files[0]
+    return path
 
 
 def student_loader(trials_root: Path) -> Callable[[dict[str, Any]], tuple[nn.Module, dict[str, Any]]]:

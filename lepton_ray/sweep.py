@@ -19,6 +19,7 @@ from lepton_ray.checkpoints import is_storage_full, load_safe
 from lepton_ray.config import SearchSpace, WorkflowConfig, apply_overrides, parse_workflow
 from lepton_ray.errors import ConfigError
 from lepton_ray.search import NUMBER_KEY, StudySearcher, finished_count, open_study
+from lepton_ray.sessions import CHECKPOINT_PATH_KEY
 from lepton_ray.trial import STUDENT_FILE
 
 if TYPE_CHECKING:
@@ -54,12 +55,18 @@ def trial_run_name(number: int) -> str:
     return f"trial-{number:04d}"
 
 
+def newest_student_file(run_folder: Path) -> Path | None:
+    """The shipped student of a finished trial run (its last checkpoint holds it); None if it did not finish."""
+    return max(Path(run_folder).glob(f"*/{STUDENT_FILE}"), key=lambda path: path.parent.name, default=None)
+
+
 def finished_trial_metrics(run_folder: Path) -> dict[str, Any] | None:
-    """Final metrics of a Train run that already completed (its last checkpoint holds the student)."""
-    for student_file in sorted(run_folder.glob(f"*/{STUDENT_FILE}"), reverse=True):
-        payload = load_safe(student_file, "student checkpoint")
-        return {**payload.get("metrics", {}), "checkpoint_path": str(student_file.parent)}
-    return None
+    """Final metrics of a trial run that already completed."""
+    student_file = newest_student_file(run_folder)
+    if student_file is None:
+        return None
+    payload = load_safe(student_file, "student checkpoint")
+    return {**payload.get("metrics", {}), CHECKPOINT_PATH_KEY: str(student_file.parent)}
 
 
 def trial_driver(config: dict[str, Any], base_workflow: dict[str, Any], inputs: "TrialInputs", trials_root: str) -> None:

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import os
 import subprocess
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from lepton_ray import metrics
-from lepton_ray.checkpoints import load_safe
 from lepton_ray.config import WorkflowConfig
 from lepton_ray.teacher import Teacher
-from lepton_ray.trial import DIVERGED, STUDENT_FILE, train_loop_per_worker
+from lepton_ray.trial import DIVERGED, train_loop_per_worker
 
 if TYPE_CHECKING:
     from lepton_ray.data import DataSplits
@@ -103,14 +102,6 @@ def shared_teacher_cache(wf: WorkflowConfig, teachers: list[Teacher], data: "Dat
     where = "the object store" if in_object_store else str(path)
     log(f"teacher cache {cache.key}: {len(teachers)} teacher(s), {len(cache.features)} feature layer(s), {cache.size_bytes / 1e6:.1f} MB in {where}, shared by all trials")
     return ray.put(cache) if in_object_store else str(path.resolve())
-
-
-def student_from_result(result) -> dict[str, Any]:
-    """The finalized student payload saved with the trial's last checkpoint."""
-    if result.checkpoint is None:
-        raise RuntimeError("the trial ended without a checkpoint")
-    with result.checkpoint.as_directory() as folder:
-        return load_safe(Path(folder) / STUDENT_FILE, "student checkpoint")
 
 
 def raise_if_diverged(final_metrics: dict[str, Any]) -> None:

@@ -14,7 +14,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Union
+from typing import Any, Callable, Iterator, Union
 
 import torch
 import torch.distributed as dist
@@ -38,11 +38,11 @@ from lepton_ray.teacher_cache import TeacherCache
 TRIAL_STATE_FILE = "trial_state.pt"
 STUDENT_FILE = "student.pt"
 DIVERGED = "diverged"
-DIVERGED_FILE = "diverged.pt"
 """Metric set to 1 when the loss became NaN/inf; the trial driver turns it into a failure."""
+DIVERGED_FILE = "diverged.pt"
 
 
-# ---- batching (the data path itself lives in lepton_ray/batches.py) ----------------------------
+# ---- collectives (the data path lives in lepton_ray/batches.py) ---------------------------------
 
 def all_reduce_sums(*values: float, device: torch.device) -> list[float]:
     _, world_size = world()
@@ -212,7 +212,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
 def run_trial(loop_config: dict[str, Any], session: TrialSession) -> None:
     """One trial, start to finish. `loop_config` (from `train.TrialInputs`): {"workflow": dict,
-    "teachers": [payload or its ref], "data": DataSplits, its ref or None, "teacher_cache": ref, path or None}."""
+    "teachers": [payload, its ref or a module], "data": DataSplits, its ref or None, "teacher_cache": the cache, its ref, path or None}."""
     entered = time.perf_counter()
     wf = parse_workflow(loop_config["workflow"])
     device = session.device
@@ -221,17 +221,7 @@ def run_trial(loop_config: dict[str, Any], session: TrialSession) -> None:
     torch.manual_seed(wf.training.seed)
     data = trial_data(wf, loop_config, device)
     teachers = teacher_source(wf, loop_config, device)
-
-    student = build_model(wf.student, data.input_shape, data.num_classes)
-    compression = Compression(wf.compression, wf.training.epochs)
-    example = next(iterate_batches(data.train, [0, 1], 2, torch.device("cpu")))[0]
-    student = compression.prepare(student, example)
-    objective = build_objective(wf, student, teachers, example)
-    student = session.prepare_model(student)
-    objective = objective.to(device)
-    trainable = [p for p in [*student.parameters(), *objective.parameters()] if p.requires_grad]
-    optimizer = build_optimizer(wf.training, trainable)
-    precision = Precision(wf.training.precision, device)
+    student, compression, objective, optimizer, precision = set_up_student(wf, data, teachers, session.prepare_model, device)
     state = _restore(student, objective, optimizer, compression, session)
     best = state["best"]
     timing = {metrics.SETUP_S: time.perf_counter() - entered, metrics.COMPUTE_S: 0.0}
@@ -266,6 +256,22 @@ def run_trial(loop_config: dict[str, Any], session: TrialSession) -> None:
         final_metrics, student_payload = _finish(wf, student, compression, best, data, device)
         epoch_metrics[metrics.COMPUTE_S] += time.perf_counter() - finish_started
         session.report({**epoch_metrics, **final_metrics}, {TRIAL_STATE_FILE: state, STUDENT_FILE: student_payload})
+
+
+def set_up_student(
+    wf: WorkflowConfig, data: DataSplits, teachers: Teachers, prepare_model: Callable[[nn.Module], nn.Module], device: torch.device,
+) -> tuple[nn.Module, Compression, DistillationObjective, torch.optim.Optimizer, Precision]:
+    """The student as a trial trains it: compression prepared, loss adapters sized, then `prepare_model`
+    (DDP wrap or a move to the device), the optimizer over student and adapters, the precision."""
+    student = build_model(wf.student, data.input_shape, data.num_classes)
+    compression = Compression(wf.compression, wf.training.epochs)
+    example = next(iterate_batches(data.train, [0, 1], 2, torch.device("cpu"))).images
+    student = compression.prepare(student, example)
+    objective = build_objective(wf, student, teachers, example)
+    student = prepare_model(student)
+    objective = objective.to(device)
+    trainable = [p for p in [*student.parameters(), *objective.parameters()] if p.requires_grad]
+    return student, compression, objective, build_optimizer(wf.training, trainable), Precision(wf.training.precision, device)
 
 
 def _finish(wf: WorkflowConfig, student: nn.Module, compression: Compression, best: dict[str, Any], data: DataSplits, device: torch.device) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -331,7 +337,12 @@ def teacher_source(wf: WorkflowConfig, loop_config: dict[str, Any], device: torc
         cache = TeacherCache.load(cache_ref) if isinstance(cache_ref, str) else resolve(cache_ref)
         if cache.covers(len(loop_config["teachers"]), DistillationObjective(wf.distillation).teacher_layers, wf.data.model_dump(mode="json")):
             return cache.to(device)
-    return [load_teacher_module(resolve(ref)).to(device) for ref in loop_config["teachers"]]
+    return [teacher_module(teacher).to(device) for teacher in loop_config["teachers"]]
+
+
+def teacher_module(teacher: Any) -> nn.Module:
+    """A frozen teacher from a payload, its object ref, or (plain-process runs) the module itself."""
+    return teacher if isinstance(teacher, nn.Module) else load_teacher_module(resolve(teacher))
 
 
 def resolve(value: Any) -> Any:

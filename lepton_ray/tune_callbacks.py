@@ -52,7 +52,7 @@ class MlflowTrialLogger(Callback):
         self.tags = tags
         self.run_ids: dict[str, str] = {}
         self.logged_epochs: dict[str, set[int]] = {}
-        """Epochs each trial's run already holds (from before a resume or restart)."""
+        """Epochs each trial's run holds: those logged before a resume, then each one as it is logged."""
         self.epochs_trained = 0
         self.epochs_redone = 0
 
@@ -71,8 +71,10 @@ class MlflowTrialLogger(Callback):
         run_id = self.run_ids.get(trial.trial_id)
         if metrics.EPOCH in result:  # a trial finished before a resume reports its final metrics only, no epoch
             epoch = int(result[metrics.EPOCH])
+            logged = self.logged_epochs.setdefault(trial.trial_id, set())
             self.epochs_trained += 1
-            self.epochs_redone += epoch in self.logged_epochs.get(trial.trial_id, set())
+            self.epochs_redone += epoch in logged  # also epochs repeated after a worker restart within this run
+            logged.add(epoch)
         if run_id:
             values = {k: v for k, v in result.items() if k in LOGGED_METRICS}
             self.tracker.log_metrics(run_id, values, step=int(result.get(metrics.EPOCH, 0)))
