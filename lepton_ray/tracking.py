@@ -182,6 +182,7 @@ class Tracker:
         """'run: what (error)' for writes MLflow refused; they are never retried."""
         self.run_names: dict[str, str] = {}
         self._resolved: dict[str, str] = {}
+        self._warned: set[str] = set()
         self._next_try = 0.0
 
     def __getstate__(self) -> dict[str, Any]:
@@ -288,14 +289,17 @@ class Tracker:
         return self.lost + [f"{self._describe(item.run_id)}: {item.what}" for item in self.queue]
 
     def report_unlogged(self) -> list[str]:
-        """Flush now, then warn with one line per write that could not be logged, and return those lines."""
+        """Flush now, then warn with one line per write that could not be logged (each line once, however
+        often this is called: the sweep's callback and its driver both call it), and return all of them."""
         self._next_try = 0.0
         self.flush()
         missing = self.unlogged()
-        if missing:
-            self.warn(f"lepton-ray: warning: {len(missing)} write(s) could not be logged to MLflow at {redact(self.uri)}:")
-            for line in missing:
+        new_lines = [line for line in missing if line not in self._warned]
+        if new_lines:
+            self.warn(f"lepton-ray: warning: {len(new_lines)} write(s) could not be logged to MLflow at {redact(self.uri)}:")
+            for line in new_lines:
                 self.warn(f"  {line}")
+            self._warned.update(new_lines)
         return missing
 
     def _write(self, run_id: str, what: str, action: Callable[[str], Any], opens_run: bool = False) -> Any:

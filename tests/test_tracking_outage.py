@@ -138,6 +138,10 @@ def test_outage_that_outlasts_the_sweep_ends_with_a_warning_listing_each_lost_wr
     assert warning[0].startswith("lepton-ray: warning: 3 write(s) could not be logged to MLflow at sqlite:///")
     assert warning[1:] == [f"  {line}" for line in missing]
     assert history(store, run) == [(1, 0.5)] and store.get_run(run).info.status == "RUNNING"
+    # The sweep's callback and its driver both report at the end: each lost write is listed once.
+    warned = len(messages)
+    assert tracker.report_unlogged() == missing
+    assert len(messages) == warned
 
 
 def test_a_write_mlflow_refuses_is_listed_and_does_not_block_the_queue(flaky):
