@@ -141,7 +141,6 @@ class StudentRun:
     no Ray); then one epoch per call, for per-epoch timing."""
 
     def __init__(self, wf: WorkflowConfig, data: DataSplits, teachers: Teachers) -> None:
-        torch.manual_seed(wf.training.seed)
         self.wf, self.data, self.teachers = wf, data, teachers
         self.student, self.compression, self.objective, self.optimizer, self.precision = set_up_student(wf, data, teachers, lambda model: model, CPU)
 

@@ -218,7 +218,6 @@ def run_trial(loop_config: dict[str, Any], session: TrialSession) -> None:
     device = session.device
     if device.type == "cpu":
         torch.set_num_threads(1)
-    torch.manual_seed(wf.training.seed)
     data = trial_data(wf, loop_config, device)
     teachers = teacher_source(wf, loop_config, device)
     student, compression, objective, optimizer, precision = set_up_student(wf, data, teachers, session.prepare_model, device)
@@ -262,7 +261,11 @@ def set_up_student(
     wf: WorkflowConfig, data: DataSplits, teachers: Teachers, prepare_model: Callable[[nn.Module], nn.Module], device: torch.device,
 ) -> tuple[nn.Module, Compression, DistillationObjective, torch.optim.Optimizer, Precision]:
     """The student as a trial trains it: compression prepared, loss adapters sized, then `prepare_model`
-    (DDP wrap or a move to the device), the optimizer over student and adapters, the precision."""
+    (DDP wrap or a move to the device), the optimizer over student and adapters, the precision.
+
+    Seeded here, after the teachers are loaded (building a live teacher draws random numbers and a
+    cached one does not), so a trial starts from the same student with or without the teacher cache."""
+    torch.manual_seed(wf.training.seed)
     student = build_model(wf.student, data.input_shape, data.num_classes)
     compression = Compression(wf.compression, wf.training.epochs)
     example = next(iterate_batches(data.train, [0, 1], 2, torch.device("cpu"))).images

@@ -126,3 +126,20 @@ def test_a_quantized_trial_times_the_int8_graph_it_ships(tmp_path, monkeypatch):
     run_trial(config, InProcessSession(tmp_path, reports.append, CPU))
     assert len(timed) == 1 and "QuantizeLinear" in timed[0] and "DequantizeLinear" in timed[0]
     assert reports[-1][metrics.LATENCY_MS] > 0 and reports[-1][metrics.BITS] == 4
+
+
+def test_a_teacher_cache_too_big_for_the_object_store_is_read_from_its_file_and_matches_the_live_teacher(tmp_path):
+    """The sweep hands trials a path instead of a ref above `sweep.teacher_cache_object_store_mb`."""
+    from lepton_ray.config import parse_workflow
+    from lepton_ray.teacher_cache import build_teacher_cache
+    from lepton_ray.trial import load_teacher_module
+
+    live, cached = [], []
+    config = _loop_config(epochs=2)
+    teacher = load_teacher_module(config["teachers"][0])
+    cache = build_teacher_cache([teacher], config["data"].train, (), parse_workflow(config["workflow"]).data, key="k")
+    cache.save(tmp_path / "cache.pt")
+    run_trial(config, InProcessSession(tmp_path / "live", live.append, CPU))
+    run_trial({**config, "teacher_cache": str(tmp_path / "cache.pt")}, InProcessSession(tmp_path / "cached", cached.append, CPU))
+    assert [r[metrics.TRAIN_LOSS] for r in cached] == pytest.approx([r[metrics.TRAIN_LOSS] for r in live], rel=1e-5)
+    assert cached[-1][metrics.TEST_ACCURACY] == pytest.approx(live[-1][metrics.TEST_ACCURACY])
