@@ -166,6 +166,8 @@ def run_sweep(
     parent_run_id = tracker.start_run(sweep_key, f"{wf.name}-{paths.root.name}", shared_workflow, {**tags, "lepton.kind": "sweep"})
     tracker.log_metrics(parent_run_id, {metrics.TEACHER_TEST_ACCURACY: teachers[0].test_accuracy})
     study = open_study(paths.root, wf.sweep)
+    if resume:
+        close_runs_left_open(tracker, parent_run_id, study, paths, log)
     remaining = num_samples - finished_count(study)
     log(f"sweep {paths.root}: {num_samples - remaining}/{num_samples} trials already finished; MLflow {redact(uri)}, experiment {wf.tracking.experiment!r}")
     if remaining > 0:
@@ -186,6 +188,21 @@ def run_sweep(
     tracker.report_unlogged()
     log(f"MLflow: {tracker.run_url(parent_run_id)}  (browse: mlflow ui --backend-store-uri {redact(uri)})")
     return outcome
+
+
+def close_runs_left_open(tracker, parent_run_id: str, study, paths: SweepPaths, log: Callable[[str], None]) -> None:
+    """A driver killed between Tune's searcher and its callbacks leaves finished trials' runs RUNNING: close them."""
+    from lepton_ray.tracking import PENDING_PREFIX
+    from lepton_ray.tune_callbacks import close_runs_of_finished_trials
+
+    if parent_run_id.startswith(PENDING_PREFIX):
+        return  # MLflow is down: nothing to read; the runs stay as they are until the next --resume
+    finished = {t.number: t.state.name for t in study.get_trials(deepcopy=False) if t.state.is_finished()}
+    closed = close_runs_of_finished_trials(
+        tracker, parent_run_id, finished, lambda number: finished_trial_metrics(paths.trials / trial_run_name(number)),
+    )
+    if closed:
+        log(f"closed the MLflow runs of trials {closed}: they had finished before the last driver stopped")
 
 
 def _read_trials(tracker, parent_run_id: str, wf: WorkflowConfig, paths: SweepPaths):

@@ -196,6 +196,13 @@ class Tracker:
         runs = self.client.search_runs([self.experiment_id], filter_string=f"tags.`{TRIAL_KEY_TAG}` = '{key}'", max_results=1)
         return runs[0].info.run_id if runs else None
 
+    def running_child_runs(self, parent_run_id: str, by_tag: str) -> dict[str, Any]:
+        """A parent's child runs still RUNNING, keyed by the value of their tag `by_tag`."""
+        runs = self.client.search_runs(
+            [self.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}' and attributes.status = 'RUNNING'", max_results=10_000,
+        )
+        return {run.data.tags[by_tag]: run for run in runs if by_tag in run.data.tags}
+
     def start_run(self, key: str, run_name: str, params: dict[str, Any], tags: dict[str, str], parent_run_id: str | None = None) -> str:
         """Open (or re-open, for the same `key`) a run; params are logged once. Credentials in values are redacted.
 

@@ -81,20 +81,8 @@ class MlflowTrialLogger(Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         run_id = self.run_ids.pop(trial.trial_id, None)
-        if run_id is None:
-            return
-        result = trial.last_result or {}
-        if result.get(metrics.STORAGE_FULL):
-            self.tracker.finish(run_id, "KILLED", error="storage full: interrupted, continues from its last checkpoint on --resume")
-            return
-        if metrics.TEST_ACCURACY not in result:
-            self.tracker.finish(run_id, "KILLED", error="stopped early by the scheduler (pruned); not eligible for the front")
-            return
-        student_dir = result.get(CHECKPOINT_PATH_KEY)
-        if student_dir and (Path(student_dir) / STUDENT_FILE).is_file():
-            self.tracker.log_artifacts(run_id, [Path(student_dir) / STUDENT_FILE], "student")
-            self.tracker.set_tags(run_id, {"student_checkpoint": str(Path(student_dir) / STUDENT_FILE)})
-        self.tracker.finish(run_id, "FINISHED")
+        if run_id is not None:
+            close_trial_run(self.tracker, run_id, trial.last_result or {})
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         run_id = self.run_ids.pop(trial.trial_id, None)
@@ -109,6 +97,49 @@ class MlflowTrialLogger(Callback):
             print(f"lepton-ray: {self.epochs_redone} of {self.epochs_trained} epochs trained in this run were redone after a restart "
                   f"({100 * self.epochs_redone / self.epochs_trained:.1f}%)")
         self.tracker.report_unlogged()
+
+
+def close_trial_run(tracker: Tracker, run_id: str, result: dict[str, Any]) -> None:
+    """End a trial's run from its last result: FINISHED with its student, or KILLED with why."""
+    if result.get(metrics.STORAGE_FULL):
+        tracker.finish(run_id, "KILLED", error="storage full: interrupted, continues from its last checkpoint on --resume")
+        return
+    if metrics.TEST_ACCURACY not in result:
+        tracker.finish(run_id, "KILLED", error="stopped early by the scheduler (pruned); not eligible for the front")
+        return
+    student_dir = result.get(CHECKPOINT_PATH_KEY)
+    if student_dir and (Path(student_dir) / STUDENT_FILE).is_file():
+        tracker.log_artifacts(run_id, [Path(student_dir) / STUDENT_FILE], "student")
+        tracker.set_tags(run_id, {"student_checkpoint": str(Path(student_dir) / STUDENT_FILE)})
+    tracker.finish(run_id, "FINISHED")
+
+
+def close_runs_of_finished_trials(
+    tracker: Tracker, parent_run_id: str, finished: dict[int, str], final_result: Callable[[int], dict[str, Any] | None],
+) -> list[int]:
+    """Runs a killed driver left RUNNING although the study had finished their trial.
+
+    Tune tells the searcher (the study) before the callbacks, so a driver killed in between leaves a
+    COMPLETE trial whose run never closed, and a resume never re-runs it. `finished` maps trial
+    number -> study state; `final_result(number)` reads a completed trial's metrics from its checkpoint.
+    Returns the numbers closed.
+    """
+    closed = []
+    for number, run in tracker.running_child_runs(parent_run_id, "optuna_trial").items():
+        run_id, state = run.info.run_id, finished.get(int(number))
+        if state is None:
+            continue  # still to run: the resume re-opens this run
+        if state == "COMPLETE":
+            result = final_result(int(number)) or {}
+            missing = {k: v for k, v in result.items() if k in LOGGED_METRICS and k not in run.data.metrics}
+            tracker.log_metrics(run_id, missing)
+            close_trial_run(tracker, run_id, result)
+        elif state == "PRUNED":
+            tracker.finish(run_id, "KILLED", error="stopped early (pruned or diverged); not eligible for the front")
+        else:
+            tracker.finish(run_id, "FAILED", error="failed before the driver was interrupted; see the trial's folder for its error")
+        closed.append(int(number))
+    return sorted(closed)
 
 
 def last_error_line(trial) -> str:

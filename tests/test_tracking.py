@@ -28,3 +28,37 @@ def test_a_workflow_uri_is_not_overridden_by_the_uri_an_earlier_tracker_put_in_t
     assert tracking_uri(second) == second
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'users.db'}")
     assert tracking_uri(second) == f"sqlite:///{tmp_path / 'users.db'}", "a URI the user exported still wins"
+
+
+def test_a_resume_closes_the_runs_of_trials_the_study_finished_before_the_driver_was_killed(tmp_path):
+    """Tune tells the searcher before the callbacks: a kill in between leaves a COMPLETE trial's run RUNNING.
+    (tests/test_resume.py hits this window only by chance; here each study state is set up on purpose.)"""
+    import torch
+
+    from lepton_ray import metrics
+    from lepton_ray.sessions import CHECKPOINT_PATH_KEY
+    from lepton_ray.tracking import PARENT_TAG
+    from lepton_ray.trial import STUDENT_FILE
+    from lepton_ray.tune_callbacks import close_runs_of_finished_trials
+
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "resume")
+    parent = tracker.start_run("sweep", "sweep", {}, {})
+    runs = {n: tracker.start_run(f"sweep/trial-{n}", f"trial-{n}", {}, {"optuna_trial": str(n)}, parent_run_id=parent) for n in range(4)}
+    tracker.log_metrics(runs[0], {metrics.VAL_ACCURACY: 0.9}, step=3)
+    student_dir = tmp_path / "trial-0000" / "checkpoint_1"
+    student_dir.mkdir(parents=True)
+    torch.save({"metrics": {}}, student_dir / STUDENT_FILE)
+    completed = {metrics.TEST_ACCURACY: 0.95, metrics.SIZE_BYTES: 1234.0, metrics.VAL_ACCURACY: 0.5, CHECKPOINT_PATH_KEY: str(student_dir)}
+
+    closed = close_runs_of_finished_trials(
+        tracker, parent, {0: "COMPLETE", 1: "PRUNED", 2: "FAIL"}, lambda n: completed if n == 0 else None,
+    )
+
+    assert closed == [0, 1, 2]
+    got = {n: tracker.client.get_run(run_id) for n, run_id in runs.items()}
+    assert [got[n].info.status for n in range(4)] == ["FINISHED", "KILLED", "FAILED", "RUNNING"], "trial 3 is still to run: left for the resume"
+    assert got[0].data.metrics[metrics.TEST_ACCURACY] == 0.95 and got[0].data.metrics[metrics.SIZE_BYTES] == 1234.0
+    assert [m.value for m in tracker.client.get_metric_history(runs[0], metrics.VAL_ACCURACY)] == [0.9], "metrics already logged are not logged twice"
+    assert [a.path for a in tracker.client.list_artifacts(runs[0], "student")] == [f"student/{STUDENT_FILE}"]
+    assert got[0].data.tags[PARENT_TAG] == parent
+    assert close_runs_of_finished_trials(tracker, parent, {0: "COMPLETE", 1: "PRUNED", 2: "FAIL"}, lambda n: completed) == [], "idempotent"
