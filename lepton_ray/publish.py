@@ -67,6 +67,7 @@ def existing_sweep(wf: "WorkflowConfig") -> tuple["SweepOutcome", "Tracker"]:
     from lepton_ray import metrics
     from lepton_ray.errors import ConfigError, TrackingError
     from lepton_ray.leaderboard import trials_frame
+    from lepton_ray.search import sweep_id
     from lepton_ray.sweep import SweepOutcome, sweep_paths
     from lepton_ray.tracking import Tracker, check_reachable, redact, tracking_uri
 
@@ -76,7 +77,7 @@ def existing_sweep(wf: "WorkflowConfig") -> tuple["SweepOutcome", "Tracker"]:
     uri = tracking_uri(wf.tracking.uri)
     check_reachable(uri)
     tracker = Tracker(uri, wf.tracking.experiment, create=False)
-    parent_run_id = tracker.find_run(paths.key)
+    parent_run_id = tracker.find_run(paths.key(sweep_id(paths.root)))
     if parent_run_id is None:
         raise TrackingError(f"tracking.experiment: no sweep run for {paths.root} in {wf.tracking.experiment!r} at {redact(uri)}; check tracking.uri and the experiment")
     teacher_accuracy = tracker.client.get_run(parent_run_id).data.metrics.get(metrics.TEACHER_TEST_ACCURACY, math.nan)

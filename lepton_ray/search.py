@@ -10,6 +10,7 @@ early by the scheduler are told PRUNED and never enter the front.
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,8 @@ from ray.tune.search import Searcher
 from lepton_ray import metrics
 from lepton_ray.config import CategoricalParam, FloatParam, SearchSpace, SweepConfig
 
+SWEEP_ID_ATTR = "sweep_id"
+"""Study attribute naming this sweep: a sweep started again in a deleted folder gets new MLflow runs."""
 NUMBER_KEY = "optuna_number"
 """Key of the Optuna trial number in every Tune trial config."""
 TUNE_ID_ATTR = "tune_trial_id"
@@ -61,9 +64,16 @@ def open_study(storage_dir: Path, cfg: SweepConfig) -> optuna.Study:
     )
     study.sampler = make_sampler(cfg, len(study.get_trials(deepcopy=False)))
     if is_new:
+        study.set_user_attr(SWEEP_ID_ATTR, uuid.uuid4().hex[:12])
         for params in cfg.baseline_trials:
             study.enqueue_trial(params, skip_if_exists=True)
     return study
+
+
+def sweep_id(storage_dir: Path) -> str:
+    """The id `open_study` gave the sweep stored under `storage_dir`."""
+    study = optuna.load_study(study_name="sweep", storage=f"sqlite:///{(storage_dir / 'study.db').resolve()}")
+    return study.user_attrs.get(SWEEP_ID_ATTR, "")
 
 
 def finished_count(study: optuna.Study) -> int:

@@ -18,7 +18,7 @@ from lepton_ray import metrics
 from lepton_ray.checkpoints import is_storage_full, load_safe
 from lepton_ray.config import SearchSpace, WorkflowConfig, apply_overrides, parse_workflow
 from lepton_ray.errors import ConfigError
-from lepton_ray.search import NUMBER_KEY, StudySearcher, finished_count, open_study
+from lepton_ray.search import NUMBER_KEY, StudySearcher, finished_count, open_study, sweep_id
 from lepton_ray.sessions import CHECKPOINT_PATH_KEY
 from lepton_ray.trial import STUDENT_FILE
 
@@ -45,10 +45,10 @@ class SweepPaths:
     def study(self) -> Path:
         return self.root / "study.db"
 
-    @property
-    def key(self) -> str:
-        """MLflow key of the sweep's parent run (a resumed sweep finds its run by it)."""
-        return f"sweep:{self.root.resolve()}"
+    def key(self, sweep_id: str) -> str:
+        """MLflow key of the sweep's parent run: a resumed sweep finds its run by it, while a sweep
+        started over in the same folder (a new study, so a new `sweep_id`) gets new runs."""
+        return f"sweep:{self.root.resolve()}#{sweep_id}"
 
 
 def trial_run_name(number: int) -> str:
@@ -160,12 +160,12 @@ def run_sweep(
     teachers = prepare_teachers(wf, data, log)
     num_samples = wf.sweep.num_samples if space is not None else 1
     tracker = Tracker(uri, wf.tracking.experiment)
-    sweep_key = paths.key
+    study = open_study(paths.root, wf.sweep)
+    sweep_key = paths.key(sweep_id(paths.root))
     tags = lineage_tags(wf, teachers)
     shared_workflow = apply_overrides(wf.to_dict(), {"tracking.uri": redact(uri)})  # trials never write to MLflow: no credentials
     parent_run_id = tracker.start_run(sweep_key, f"{wf.name}-{paths.root.name}", shared_workflow, {**tags, "lepton.kind": "sweep"})
     tracker.log_metrics(parent_run_id, {metrics.TEACHER_TEST_ACCURACY: teachers[0].test_accuracy})
-    study = open_study(paths.root, wf.sweep)
     if resume:
         close_runs_left_open(tracker, parent_run_id, study, paths, log)
     remaining = num_samples - finished_count(study)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import mlflow
 import optuna
 import pytest
@@ -81,3 +83,14 @@ def test_small_sweep_logs_children_matches_leaderboard_and_records_failing_trial
     champion = tracker.client.get_model_version_by_alias(wf.tracking.model_name, "champion")
     assert champion.tags["lepton.trial"] == picked.split()[2].rstrip(":")
     assert (outcome.paths.root / "export" / "student.int8.onnx").is_file()
+
+    # Started over in the same folder (the user deleted it): new MLflow runs; the old sweep's runs stay as they were.
+    shutil.rmtree(outcome.paths.root)
+    again_path = write_workflow({**TINY, **mlp_student, **good, "resources.num_workers": 1, "sweep.num_samples": 1, "sweep.space": str(space)}, name="again.yaml")
+    again = run_sweep(load_workflow(again_path), check_workflow(load_workflow(again_path)), log=lambda _: None)
+    assert again.parent_run_id != outcome.parent_run_id
+    new_runs = mlflow.search_runs(experiment_ids=[tracker.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{again.parent_run_id}'")
+    assert len(new_runs) == 1 and new_runs["run_id"][0] not in set(runs["run_id"])
+    assert tracker.client.get_run(again.parent_run_id).data.metrics[metrics.EPOCHS_REDONE] == 0
+    old_runs = mlflow.search_runs(experiment_ids=[tracker.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{outcome.parent_run_id}'")
+    assert sorted(old_runs["status"]) == sorted(runs["status"])
