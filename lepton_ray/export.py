@@ -28,7 +28,7 @@ from lepton_ray import metrics
 from lepton_ray.config import ExportConfig, WorkflowConfig
 from lepton_ray.errors import ExportError
 from lepton_ray.leaderboard import FRONT_TAG
-from lepton_ray.onnx_utils import INPUT_NAME, OUTPUT_NAME, export_fp32_onnx
+from lepton_ray.onnx_utils import INPUT_NAME, OUTPUT_NAME, compact_graph, export_fp32_onnx
 from lepton_ray.pareto import ACCURACY, Selection, completed, pareto_front, select
 from lepton_ray.report import plot_pareto, write_report
 from lepton_ray.trial import iterate_batches
@@ -47,6 +47,7 @@ GRID_TOLERANCE = 1e-3
 """Largest |dequantized - fp32| weight error, in units of the channel's scale, for weights on a grid."""
 FLOAT_COMPUTE_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul", "FusedConv", "FusedGemm", "FusedMatMul"})
 """Ops that, left in the ORT-optimized int8 graph, mean a Q/DQ pair was not fused (slower than fp32)."""
+COMPACT_CHECK_IMAGES = 64
 LATENCY_SECONDS = 2.0
 """Time spent timing one batch size; rounds stop early when it is used up."""
 
@@ -128,19 +129,30 @@ def export_int8(student: nn.Module, input_shape: tuple[int, ...], calibration_im
         raw = export_fp32_onnx(student.cpu(), input_shape, Path(scratch) / "raw.onnx")
         onnx.save(_strip_metadata(onnx.load(str(raw))), str(raw))
         quant_pre_process(str(raw), str(fp32_path))
-    reader = CalibrationImages(calibration_images.float().cpu())
-    quantize_static(
-        str(fp32_path), str(int8_path), reader, quant_format=QuantFormat.QDQ, per_channel=True,
-        weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8,
-        extra_options={"TensorQuantOverrides": grid_overrides(onnx.load(str(fp32_path)), weight_bits), "QDQDisableWeightAdjustForInt32Bias": True},
-    )
+        quantized = Path(scratch) / "quantized.onnx"
+        images = calibration_images.float().cpu()
+        quantize_static(
+            str(fp32_path), str(quantized), CalibrationImages(images), quant_format=QuantFormat.QDQ, per_channel=True,
+            weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8,
+            extra_options={"TensorQuantOverrides": grid_overrides(onnx.load(str(fp32_path)), weight_bits), "QDQDisableWeightAdjustForInt32Bias": True},
+        )
+        max_code = check_weight_grid(fp32_path, quantized, weight_bits)
+        onnx.save(compact_graph(onnx.load(str(quantized))), str(int8_path))
+        check_same_outputs(quantized, int8_path, images[:COMPACT_CHECK_IMAGES])
     try:
         onnx.checker.check_model(str(int8_path), full_check=True)
     except onnx.checker.ValidationError as err:
         raise ExportError(f"int8 model {int8_path} fails onnx.checker: {str(err).splitlines()[0]}") from None
     check_int8_graph(int8_path)
-    max_code = check_weight_grid(fp32_path, int8_path, weight_bits)
     return Int8Files(fp32_path, int8_path, weight_bits, max_code)
+
+
+def check_same_outputs(reference: Path, compacted: Path, images: torch.Tensor) -> None:
+    """The compacted graph must compute bit for bit what the quantizer wrote."""
+    expected = ort_session(reference).run(None, {INPUT_NAME: images.numpy()})[0]
+    got = ort_session(compacted).run(None, {INPUT_NAME: images.numpy()})[0]
+    if not np.array_equal(expected, got):
+        raise ExportError(f"int8 model {compacted}: compacting the graph changed its outputs (max |diff| {np.abs(expected - got).max():.3g}); please report this")
 
 
 def check_int8_graph(int8_path: Path) -> None:

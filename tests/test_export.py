@@ -24,12 +24,12 @@ from lepton_ray.config import DataConfig, ExportConfig, ModelSpec, SelectionConf
 from lepton_ray.data import DataSplits, build_data
 from lepton_ray.errors import ExportError
 from lepton_ray.export import (
-    Int8Checks, CalibrationImages, calibration_images, check_int8_graph, check_weight_grid, export_int8, int8_weights,
-    measure_int8, select_and_export, verify_int8,
+    Int8Checks, CalibrationImages, calibration_images, check_int8_graph, check_same_outputs, check_weight_grid, export_int8,
+    int8_weights, measure_int8, select_and_export, verify_int8,
 )
 from lepton_ray.leaderboard import FRONT_TAG
 from lepton_ray.models import build_model
-from lepton_ray.onnx_utils import INPUT_NAME
+from lepton_ray.onnx_utils import INPUT_NAME, compact_graph
 from lepton_ray.tracking import Tracker
 from lepton_ray.trial import evaluate
 
@@ -131,6 +131,33 @@ def test_fp32_onnx_matches_torch_and_int8_accuracy_is_within_tolerance(exported,
     assert all(ms > 0 for latency in checks.latency_ms.values() for ms in latency.values())
     assert checks.int8_bytes == exported.int8.stat().st_size < checks.fp32_bytes
     verify_int8(checks)
+
+
+def test_compacted_int8_file_computes_exactly_what_the_quantizer_wrote_in_far_fewer_bytes(exported, digits, tmp_path):
+    plain = tmp_path / "plain.int8.onnx"
+    images = calibration_images(digits.train, 512, 0)
+    quantize_static(
+        str(exported.fp32), str(plain), CalibrationImages(images), quant_format=QuantFormat.QDQ, per_channel=True,
+        weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8,
+    )
+    compact = tmp_path / "compact.int8.onnx"
+    onnx.save(compact_graph(onnx.load(str(plain))), str(compact))
+    check_same_outputs(plain, compact, digits.test.tensors[0])
+    assert optimized_op_counts(compact, tmp_path) == optimized_op_counts(plain, tmp_path), "ORT fuses both into the same kernels"
+    assert compact.stat().st_size < 0.8 * plain.stat().st_size
+    graph = onnx.load(str(compact)).graph
+    assert not [node.name for node in graph.node if node.name] and not graph.value_info
+    assert {init.name for init in graph.initializer if init.data_type == onnx.TensorProto.INT8 and init.dims} >= {
+        "features.0.0.weight_quantized", "features.1.0.weight_quantized", "classifier.1.weight_quantized"}, "weights keep their module names"
+
+    broken = onnx.load(str(compact))
+    weight = next(init for init in broken.graph.initializer if init.name == "classifier.1.weight_quantized")
+    codes = numpy_helper.to_array(weight).copy()
+    codes[0, 0] = -codes[0, 0] or 1
+    weight.CopyFrom(numpy_helper.from_array(codes, weight.name))
+    onnx.save(broken, str(tmp_path / "broken.onnx"))
+    with pytest.raises(ExportError, match="compacting the graph changed its outputs"):
+        check_same_outputs(plain, tmp_path / "broken.onnx", digits.test.tensors[0])
 
 
 def test_float_student_gets_8bit_weights_and_is_refused_as_a_4bit_grid(float_student, digits, tmp_path):
