@@ -149,6 +149,10 @@ class SweepConfig(_Strict):
     constraints: dict[str, float] = Field(default_factory=dict, description="metric -> max value")
     teacher_cache: bool = Field(True, description="compute teacher outputs once per sweep and share them with all trials")
     teacher_cache_object_store_mb: float = Field(512, ge=0, description="larger caches stay a file on the sweep's storage that workers read")
+    teacher_cache_top_k: int | None = Field(
+        None, ge=1, description="keep each sample's k largest teacher logits (top-k probabilities exact, the rest's total mass kept); "
+        "for many classes. Trials whose losses need every logit (logit_mse) run the teachers live",
+    )
     baseline_trials: list[dict[str, Scalar]] = Field(
         default_factory=list, description="knob values to try first (e.g. today's production settings)"
     )

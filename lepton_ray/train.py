@@ -86,9 +86,10 @@ def sweep_teacher_cache(wf: WorkflowConfig, teachers: list[Teacher], data: "Data
     from lepton_ray.trial import load_teacher_module
 
     layers = DistillationObjective(wf.distillation).teacher_layers
-    key = cache_key([t.sha256 for t in teachers], wf.data.model_dump(mode="json"), layers)
+    top_k = wf.sweep.teacher_cache_top_k
+    key = cache_key([t.sha256 for t in teachers], wf.data.model_dump(mode="json"), layers, top_k)
     path = Path(storage) / f"teacher_cache-{key}.pt"
-    return load_or_build_cache(path, [load_teacher_module(t.payload) for t in teachers], data.train, layers, wf.data, key), path
+    return load_or_build_cache(path, [load_teacher_module(t.payload) for t in teachers], data.train, layers, wf.data, key, top_k), path
 
 
 def shared_teacher_cache(wf: WorkflowConfig, teachers: list[Teacher], data: "DataSplits", storage: Path, log: Callable[[str], None]) -> Any:
@@ -100,7 +101,8 @@ def shared_teacher_cache(wf: WorkflowConfig, teachers: list[Teacher], data: "Dat
     cache, path = sweep_teacher_cache(wf, teachers, data, storage)
     in_object_store = cache.size_bytes <= wf.sweep.teacher_cache_object_store_mb * 1e6
     where = "the object store" if in_object_store else str(path)
-    log(f"teacher cache {cache.key}: {len(teachers)} teacher(s), {len(cache.features)} feature layer(s), {cache.size_bytes / 1e6:.1f} MB in {where}, shared by all trials")
+    kept = f"top-{cache.top_k} logits" if cache.top_k else "all logits"
+    log(f"teacher cache {cache.key}: {len(teachers)} teacher(s), {kept}, {len(cache.features)} feature layer(s), {cache.size_bytes / 1e6:.1f} MB in {where}, shared by all trials")
     return ray.put(cache) if in_object_store else str(path.resolve())
 
 

@@ -338,7 +338,8 @@ def teacher_source(wf: WorkflowConfig, loop_config: dict[str, Any], device: torc
     cache_ref = loop_config.get("teacher_cache")
     if cache_ref is not None:
         cache = TeacherCache.load(cache_ref) if isinstance(cache_ref, str) else resolve(cache_ref)
-        if cache.covers(len(loop_config["teachers"]), DistillationObjective(wf.distillation).teacher_layers, wf.data.model_dump(mode="json")):
+        objective = DistillationObjective(wf.distillation)
+        if cache.covers(len(loop_config["teachers"]), objective.teacher_layers, wf.data.model_dump(mode="json"), objective.needs_every_teacher_logit):
             return cache.to(device)
     return [teacher_module(teacher).to(device) for teacher in loop_config["teachers"]]
 

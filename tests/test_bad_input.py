@@ -55,6 +55,7 @@ CASES = [
     Bad("pruning ends after training", "error: compression.pruning.end_epoch: must be in", overrides={"compression.pruning.end_epoch": 100}),
     Bad("val_fraction 0.7", "data.val_fraction", "train", overrides={"data.val_fraction": 0.7}),
     Bad("zero samples", "sweep.num_samples", overrides={"sweep.num_samples": 0}),
+    Bad("top-k of zero logits", "sweep.teacher_cache_top_k", overrides={"sweep.teacher_cache_top_k": 0}),
     Bad("bad run name", "name:", overrides={"name": "bad name!"}),
     Bad("empty experiment", "tracking.experiment", overrides={"tracking.experiment": ""}),
     Bad("no teacher source", "teacher: set 'checkpoint'", overrides={"teacher.checkpoint": None}),

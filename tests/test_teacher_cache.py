@@ -11,7 +11,8 @@ from lepton_ray.batches import augment_view, iterate_batches, train_indices
 from lepton_ray.config import AugmentConfig, DataConfig, ModelSpec, load_workflow
 from lepton_ray.data import build_data
 from lepton_ray.models import build_model
-from lepton_ray.teacher_cache import build_teacher_cache, cache_key, load_or_build_cache
+from lepton_ray.losses import DistillationObjective
+from lepton_ray.teacher_cache import TeacherCache, TopKLogits, build_teacher_cache, cache_key, load_or_build_cache
 from lepton_ray.trial import Precision, build_objective, build_optimizer, train_epoch
 
 from conftest import QUICKSTART
@@ -97,6 +98,7 @@ def test_cache_key_changes_with_teacher_data_or_layers_and_the_file_is_reused_on
     assert base != cache_key(["abc"], DataConfig(seed=1).model_dump(mode="json"), ())
     assert base != cache_key(["abc"], DataConfig(augment=AugmentConfig(hflip=True)).model_dump(mode="json"), ())
     assert base != cache_key(["abc"], DataConfig().model_dump(mode="json"), ("features.0",))
+    assert base != cache_key(["abc"], DataConfig().model_dump(mode="json"), (), top_k=3)
     wf, data, teacher = _setup()
     path = tmp_path / "cache.pt"
     first = load_or_build_cache(path, [teacher], data.train, (), wf.data, "k1")
@@ -106,3 +108,46 @@ def test_cache_key_changes_with_teacher_data_or_layers_and_the_file_is_reused_on
     assert torch.equal(load_or_build_cache(path, [teacher], data.train, (), wf.data, "k1").logits[0], first.logits[0])
     rebuilt = load_or_build_cache(path, [teacher], data.train, (), wf.data, "k2")
     assert not torch.equal(rebuilt.logits[0], first.logits[0])
+
+
+def test_top_k_logits_keep_the_top_k_probabilities_the_rest_mass_and_the_argmax_exactly():
+    logits = torch.randn(2, 50, 1000, generator=torch.Generator().manual_seed(0)) * 3
+    compact = TopKLogits.compress(logits, k=10)
+    rebuilt = compact[1, torch.arange(50)]
+    original, restored = logits[1].softmax(-1), rebuilt.softmax(-1)
+    top = logits[1].topk(10, dim=-1).indices
+    torch.testing.assert_close(restored.gather(-1, top), original.gather(-1, top), rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(1 - restored.gather(-1, top).sum(-1), 1 - original.gather(-1, top).sum(-1), rtol=1e-4, atol=1e-6)
+    assert torch.equal(rebuilt.argmax(-1), logits[1].argmax(-1))
+    assert compact.classes.dtype == torch.int16
+    assert logits.numel() * 4 / compact.size_bytes > 60, "1,000 classes at k=10: about 60x smaller"
+
+
+def test_a_top_k_cache_survives_its_file_and_is_refused_to_losses_that_need_every_logit(tmp_path):
+    wf, data, teacher = _setup()
+    assert data.num_classes == 10
+    path = tmp_path / "cache.pt"
+    built = load_or_build_cache(path, [teacher], data.train, ("features.1",), wf.data, "k", top_k=3)  # kd + hint, as _setup's losses
+    loaded = TeacherCache.load(path)  # weights_only: the top-k tables are stored as plain tensors
+    assert loaded.top_k == 3 and isinstance(loaded.logits[0], TopKLogits)
+    batch = next(iterate_batches(data.train, list(range(len(data.train))), 32, CPU, augment_view(wf.data.augment, len(data.train), 0, wf.data.seed)))
+    (from_file,), _ = loaded.lookup(batch, ())
+    (in_memory,), _ = built.lookup(batch, ())
+    assert torch.equal(from_file, in_memory)
+    with torch.no_grad():
+        live = teacher(batch.images)
+    assert torch.equal(from_file.argmax(-1), live.argmax(-1))
+    torch.testing.assert_close(from_file.softmax(-1).topk(3).values, live.softmax(-1).topk(3).values, rtol=1e-5, atol=1e-6)
+
+    data_config = wf.data.model_dump(mode="json")
+    kd = DistillationObjective(load_workflow(QUICKSTART).distillation)
+    mse = DistillationObjective(load_workflow(QUICKSTART, {"distillation.losses": [{"name": "logit_mse", "weight": 1.0}]}).distillation)
+    assert not kd.needs_every_teacher_logit and mse.needs_every_teacher_logit
+    assert loaded.covers(1, (), data_config, kd.needs_every_teacher_logit)
+    assert not loaded.covers(1, (), data_config, mse.needs_every_teacher_logit), "logit_mse runs the live teacher"
+    assert build_teacher_cache([teacher], data.train, (), wf.data, "k", top_k=10).top_k is None, "k >= classes: all logits kept"
+
+    torch.manual_seed(1)
+    student = build_model(wf.student, data.input_shape, data.num_classes)
+    losses = _train(wf, data, loaded, student, epochs=2)
+    assert all(torch.isfinite(torch.tensor(losses))) and losses[1] < losses[0]

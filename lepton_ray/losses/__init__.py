@@ -64,6 +64,10 @@ class DistillationObjective(nn.Module):
     def teacher_layers(self) -> tuple[str, ...]:
         return tuple(dict.fromkeys(name for loss in self.losses for name in loss.teacher_layers))
 
+    @property
+    def needs_every_teacher_logit(self) -> bool:
+        return any(loss.needs_every_teacher_logit for loss in self.losses)
+
     def forward(self, inputs: DistillInputs) -> torch.Tensor:
         hard = labeled_cross_entropy(inputs.student_logits, inputs.labels)
         if self.alpha == 0.0:

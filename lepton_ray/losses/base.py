@@ -40,6 +40,8 @@ class DistillationLoss(nn.Module):
     student_layers: tuple[str, ...] = ()
     teacher_layers: tuple[str, ...] = ()
     field: str = "distillation.losses"
+    needs_every_teacher_logit: bool = False
+    """True when a top-k teacher cache would change the loss (it keeps the top-k probabilities exact, not every logit)."""
 
     def setup(self, student_shapes: dict[str, torch.Size], teacher_shapes: dict[str, torch.Size]) -> None:
         """Called once with the captured feature shapes, before DDP wrapping (build adapters here)."""

@@ -30,6 +30,8 @@ class HardTeacherLabels(DistillationLoss):
 class LogitMSE(DistillationLoss):
     """Ba & Caruana, 2014: mean over all elements of (s - t)^2."""
 
+    needs_every_teacher_logit = True
+
     def forward(self, inputs: DistillInputs) -> torch.Tensor:
         return F.mse_loss(inputs.student_logits, inputs.teacher_logits[0])
 
