@@ -20,7 +20,9 @@ from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from lepton_ray.config import DataConfig, ExportConfig, ModelSpec, SelectionConfig, TeacherConfig, TeacherTrainConfig, TrackingConfig, WorkflowConfig
+from lepton_ray.config import (
+    DataConfig, ExportConfig, ModelSpec, SelectionConfig, TeacherConfig, TeacherTrainConfig, TrackingConfig, WorkflowConfig, load_workflow,
+)
 from lepton_ray.data import DataSplits, build_data
 from lepton_ray.errors import ExportError
 from lepton_ray.export import (
@@ -32,6 +34,8 @@ from lepton_ray.models import build_model
 from lepton_ray.onnx_utils import INPUT_NAME, compact_graph
 from lepton_ray.tracking import Tracker
 from lepton_ray.trial import evaluate
+
+from conftest import QUICKSTART
 
 BITS = 4
 QMAX = 2 ** (BITS - 1) - 1
@@ -261,3 +265,11 @@ def test_int8_model_that_loses_accuracy_is_never_registered(student, digits, mlf
     assert list(tracker.client.search_logged_models([tracker.experiment_id])) == []
     assert "**FAILED**" in (tmp_path / "export" / "report.md").read_text()
     assert "published: **no**" in (tmp_path / "export" / "report.md").read_text()
+
+
+def test_the_quickstart_students_int8_file_is_under_30_percent_of_its_fp32_file(digits, tmp_path):
+    """Issue 5's size goal, on the quickstart's own student architecture (4-bit grid, as its QAT trials bake it)."""
+    torch.manual_seed(0)
+    model = bake_grid(build_model(load_workflow(QUICKSTART).student, digits.input_shape, digits.num_classes), BITS).eval()
+    files = export_int8(model, digits.input_shape, calibration_images(digits.train, 128, 0), BITS, tmp_path)
+    assert files.int8.stat().st_size < 0.30 * files.fp32.stat().st_size
