@@ -32,31 +32,47 @@ def test_train_indices_are_disjoint_equal_shards_that_reshuffle_each_epoch(monke
     assert train_indices(100, epoch=1, seed=1) != shards[0]
 
 
+FEATURE_LOSSES = [
+    {"name": "kd", "weight": 1.0},
+    {"name": "hint", "weight": 1.0, "options": {"student_layer": "features.1", "teacher_layer": "features.1"}},
+    {"name": "attention", "weight": 1.0, "options": {"pairs": ["features.0:features.0"]}},
+]
+
+
 def _ddp_probe(config: dict) -> None:
-    """Ray Train worker: one optimizer step of the real loop on this rank's shard, then dump what it saw."""
+    """Ray Train worker: one optimizer step of the real set-up and loop (kd + hint with its adapter + attention
+    transfer, live teacher) on this rank's shard, then dump what it saw."""
     import ray.train
     import ray.train.torch
 
-    from lepton_ray.trial import world
+    from lepton_ray.trial import set_up_student, world
 
     torch.set_num_threads(1)
+    wf = load_workflow(QUICKSTART, {
+        "data.name": "synthetic", "student.options": {"channels": [8, 16]}, "distillation.losses": FEATURE_LOSSES, "training.optimizer": "sgd",
+    })
+    data = build_data(wf.data)
     torch.manual_seed(0)
-    data = build_data(DataConfig(name="synthetic"))
+    teacher = build_model(ModelSpec(name="cnn_small"), data.input_shape, data.num_classes).eval()
     rank, world_size = world()
     indices = train_indices(len(data.train), epoch=0, seed=0)
-    model = ray.train.torch.prepare_model(build_model(ModelSpec(name="cnn_small"), data.input_shape, data.num_classes))
-    before = torch.cat([p.detach().flatten().clone() for p in model.parameters()])
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    batches = iterate_batches(data.train, indices[:32], 32, CPU)
-    train_epoch(model, [], DistillationObjective.hard_labels_only(), batches, optimizer, Precision("fp32", CPU))
-    after = torch.cat([p.detach().flatten() for p in model.parameters()])
-    record = {"rank": rank, "world": world_size, "indices": indices, "before": before.tolist(), "after": after.tolist()}
+    model, _, objective, optimizer, precision = set_up_student(wf, data, [teacher], ray.train.torch.prepare_model, CPU)
+    assert isinstance(model, torch.nn.parallel.DistributedDataParallel) and len(list(objective.parameters())) > 0
+
+    def flat(module):
+        return torch.cat([p.detach().flatten().clone() for p in module.parameters()]).tolist()
+
+    before, adapters_before = flat(model), flat(objective)
+    train_epoch(model, [teacher], objective, iterate_batches(data.train, indices[:32], 32, CPU), optimizer, precision)
+    record = {"rank": rank, "world": world_size, "indices": indices, "before": before, "after": flat(model),
+              "adapters_before": adapters_before, "adapters_after": flat(objective)}
     Path(config["out"], f"rank{rank}.json").write_text(json.dumps(record))
     ray.train.report({"done": 1})
 
 
 @pytest.mark.ray
-def test_ddp_ranks_see_disjoint_shards_and_end_a_step_with_identical_parameters(ray_session, tmp_path):
+def test_ddp_ranks_see_disjoint_shards_and_end_a_step_with_identical_parameters_and_adapters(ray_session, tmp_path):
+    """Real 2-worker DDP with feature losses: hooks on the DDP-wrapped student, adapters averaged across ranks."""
     import sys
 
     from ray import cloudpickle
@@ -73,9 +89,10 @@ def test_ddp_ranks_see_disjoint_shards_and_end_a_step_with_identical_parameters(
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     assert [r["world"] for r in ranks] == [2, 2]
     assert not set(ranks[0]["indices"]) & set(ranks[1]["indices"])
-    assert ranks[0]["before"] == ranks[1]["before"]
-    assert ranks[0]["after"] != ranks[0]["before"], "no optimizer step happened"
-    np.testing.assert_allclose(ranks[0]["after"], ranks[1]["after"], rtol=0, atol=1e-6)
+    for before, after in (("before", "after"), ("adapters_before", "adapters_after")):
+        assert ranks[0][before] == ranks[1][before]
+        assert ranks[0][after] != ranks[0][before], f"no optimizer step happened ({after})"
+        np.testing.assert_allclose(ranks[0][after], ranks[1][after], rtol=0, atol=1e-6)
 
 
 def _train_student(teacher, alpha: float, seed: int, label_fraction: float) -> float:
