@@ -25,14 +25,17 @@ from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 from torch import nn
 
 from benchmarks.common import Figure, figures_table, write_result
+from lepton_ray.compress.quantize import round_onto_weight_grid
 from lepton_ray.config import DataConfig, ModelSpec, load_workflow
 from lepton_ray.data import build_data
 from lepton_ray.export import INT8_FILE, CalibrationImages, calibration_images, export_int8, measure_latency, onnx_accuracy
 from lepton_ray.models import build_model
-from lepton_ray.trial import evaluate
+from lepton_ray.losses import DistillationObjective
+from lepton_ray.trial import Precision, evaluate, iterate_batches, train_epoch, train_indices
 
 NAME = "int8_speedup"
 REPO = Path(__file__).resolve().parents[1]
+CPU = torch.device("cpu")
 DIGITS_BITS = 4
 CALIBRATION_IMAGES = 64
 SECONDS_PER_CONFIG, QUICK_SECONDS_PER_CONFIG = 4.0, 1.0
@@ -61,21 +64,12 @@ def digits_student(spec: ModelSpec) -> tuple[nn.Module, float, object]:
     data = build_data(DataConfig())
     model = build_model(spec, data.input_shape, data.num_classes)
     optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
-    images, labels = data.train.tensors
-    for _ in range(4):
-        model.train()
-        for batch in torch.randperm(len(images)).split(32):
-            optimizer.zero_grad()
-            nn.functional.cross_entropy(model(images[batch]), labels[batch]).backward()
-            optimizer.step()
-    qmax = 2 ** (DIGITS_BITS - 1) - 1
-    with torch.no_grad():
-        for layer in model.modules():
-            if isinstance(layer, (nn.Conv2d, nn.Linear)):
-                scale = (layer.weight.abs().flatten(1).amax(dim=1) / qmax).view(-1, *[1] * (layer.weight.dim() - 1))
-                layer.weight.copy_((layer.weight / scale).round().clamp(-qmax, qmax) * scale)
+    for epoch in range(4):
+        batches = iterate_batches(data.train, train_indices(len(data.train), epoch, 0), 32, CPU)
+        train_epoch(model, [], DistillationObjective.hard_labels_only(), batches, optimizer, Precision("fp32", CPU))
+    round_onto_weight_grid(model, DIGITS_BITS)
     model.eval()
-    return model, evaluate(model, data.test, 256, torch.device("cpu"))[0], data
+    return model, evaluate(model, data.test, 256, CPU)[0], data
 
 
 def plain_int8(fp32_path: Path, images: torch.Tensor, path: Path) -> Path:

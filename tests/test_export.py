@@ -20,6 +20,7 @@ from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from lepton_ray.compress.quantize import round_onto_weight_grid
 from lepton_ray.config import (
     DataConfig, ExportConfig, ModelSpec, SelectionConfig, TeacherConfig, TeacherTrainConfig, TrackingConfig, WorkflowConfig, load_workflow,
 )
@@ -30,27 +31,17 @@ from lepton_ray.export import (
     int8_weights, measure_int8, select_and_export, verify_int8,
 )
 from lepton_ray.leaderboard import FRONT_TAG
+from lepton_ray.losses import DistillationObjective
 from lepton_ray.models import build_model
 from lepton_ray.onnx_utils import INPUT_NAME, compact_graph
 from lepton_ray.tracking import Tracker
-from lepton_ray.trial import evaluate
+from lepton_ray.trial import Precision, evaluate, iterate_batches, train_epoch, train_indices
 
 from conftest import QUICKSTART
 
 BITS = 4
 QMAX = 2 ** (BITS - 1) - 1
 CPU = torch.device("cpu")
-
-
-def bake_grid(model: nn.Module, bits: int) -> nn.Module:
-    """Round conv/linear weights onto the symmetric per-output-channel b-bit grid, as QAT's finalize does."""
-    qmax = 2 ** (bits - 1) - 1
-    with torch.no_grad():
-        for layer in model.modules():
-            if isinstance(layer, (nn.Conv2d, nn.Linear)):
-                scale = (layer.weight.abs().flatten(1).amax(dim=1) / qmax).view(-1, *[1] * (layer.weight.dim() - 1))
-                layer.weight.copy_((layer.weight / scale).round().clamp(-qmax, qmax) * scale)
-    return model
 
 
 @pytest.fixture(scope="module")
@@ -61,22 +52,21 @@ def digits() -> DataSplits:
 @pytest.fixture(scope="module")
 def float_student(digits: DataSplits) -> nn.Module:
     torch.manual_seed(0)
-    model = build_model(ModelSpec(name="cnn_small"), digits.input_shape, digits.num_classes)
+    return train_on_labels(build_model(ModelSpec(name="cnn_small"), digits.input_shape, digits.num_classes), digits, epochs=4)
+
+
+def train_on_labels(model: nn.Module, digits: DataSplits, epochs: int) -> nn.Module:
     optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
-    images, labels = digits.train.tensors
-    for _ in range(4):
-        model.train()
-        for batch in torch.randperm(len(images)).split(32):
-            optimizer.zero_grad()
-            nn.functional.cross_entropy(model(images[batch]), labels[batch]).backward()
-            optimizer.step()
+    for epoch in range(epochs):
+        batches = iterate_batches(digits.train, train_indices(len(digits.train), epoch, 0), 32, CPU)
+        train_epoch(model, [], DistillationObjective.hard_labels_only(), batches, optimizer, Precision("fp32", CPU))
     return model.eval()
 
 
 @pytest.fixture(scope="module")
 def student(float_student: nn.Module, digits: DataSplits) -> tuple[nn.Module, float]:
     """The 4-bit baked student and its torch test accuracy (what the trial reports)."""
-    baked = bake_grid(copy.deepcopy(float_student), BITS).eval()
+    baked = round_onto_weight_grid(copy.deepcopy(float_student), BITS).eval()
     accuracy, _ = evaluate(baked, digits.test, 256, CPU)
     assert accuracy > 0.8, "the digits student did not train"
     return baked, accuracy
@@ -270,6 +260,6 @@ def test_int8_model_that_loses_accuracy_is_never_registered(student, digits, mlf
 def test_the_quickstart_students_int8_file_is_under_30_percent_of_its_fp32_file(digits, tmp_path):
     """Issue 5's size goal, on the quickstart's own student architecture (4-bit grid, as its QAT trials bake it)."""
     torch.manual_seed(0)
-    model = bake_grid(build_model(load_workflow(QUICKSTART).student, digits.input_shape, digits.num_classes), BITS).eval()
+    model = round_onto_weight_grid(build_model(load_workflow(QUICKSTART).student, digits.input_shape, digits.num_classes), BITS).eval()
     files = export_int8(model, digits.input_shape, calibration_images(digits.train, 128, 0), BITS, tmp_path)
     assert files.int8.stat().st_size < 0.30 * files.fp32.stat().st_size

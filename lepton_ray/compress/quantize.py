@@ -112,6 +112,16 @@ def remove_input_quant(model: nn.Module) -> None:
             delattr(layer, INPUT_QUANT)
 
 
+def round_onto_weight_grid(model: nn.Module, bits: int) -> nn.Module:
+    """Put a float model's conv/linear weights on the b-bit grid exactly as a QAT trial's finalize leaves
+    them (benchmarks and tests export such students without training them with QAT)."""
+    install_fake_quant(model, bits, activation_bits=8)
+    set_fake_quant(model, True)
+    bake_weights(model)
+    remove_input_quant(model)
+    return model
+
+
 class QuantizationAwareTraining(Compressor):
     """Fake-quant on from `start_epoch` (default: the last third of the run) to the end."""
 
