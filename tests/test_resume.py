@@ -68,14 +68,16 @@ def test_killed_driver_resumes_to_exactly_num_samples_with_one_run_per_trial(wri
     env = {**os.environ, "PYTHONPATH": str(REPO)}
 
     before = _pids()
-    driver = subprocess.Popen(_sweep_command(workflow), cwd=tmp_path, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    driver_log = tmp_path / "driver.log"
+    with driver_log.open("w") as log:
+        driver = subprocess.Popen(_sweep_command(workflow), cwd=tmp_path, env=env, start_new_session=True, stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
             states = _states(study_db)
             if states.count("COMPLETE") >= 1 and "RUNNING" in states:
                 break
-            assert driver.poll() is None, "the sweep ended before it could be interrupted"
+            assert driver.poll() is None, f"the sweep ended before it could be interrupted:\n{driver_log.read_text()[-3000:]}"
             time.sleep(0.2)
         else:
             pytest.fail(f"no trial completed in time: {_states(study_db)}")
