@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import mlflow
-import optuna
 import pytest
 
 from lepton_ray.config import load_workflow
@@ -47,13 +48,15 @@ def _sweep_command(workflow: Path, *extra: str) -> list[str]:
 
 
 def _states(study_db: Path) -> list[str]:
+    """Trial states in number order, read through a read-only connection: `optuna.load_study` writes
+    (it creates missing tables), which raced the driver still creating its study and made it exit 1."""
     if not study_db.exists():
         return []
     try:
-        study = optuna.load_study(study_name="sweep", storage=f"sqlite:///{study_db}")
-    except KeyError:
+        with contextlib.closing(sqlite3.connect(f"file:{study_db}?mode=ro", uri=True, timeout=10)) as db:
+            return [state for (state,) in db.execute("SELECT state FROM trials ORDER BY number")]
+    except sqlite3.OperationalError:  # tables not created yet
         return []
-    return [t.state.name for t in study.trials]
 
 
 @pytest.mark.ray
