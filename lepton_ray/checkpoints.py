@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import pickle
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -24,8 +25,9 @@ def save_atomic(obj: Any, path: Path) -> None:
         torch.save(obj, tmp_name)
         os.replace(tmp_name, path)
     except BaseException as err:
+        full = is_storage_full(err) or nearly_full(path.parent)  # measured before the partial file is removed
         Path(tmp_name).unlink(missing_ok=True)
-        if is_storage_full(err):
+        if full:
             raise StorageFullError(
                 f"storage: no space left on the device holding {path.parent}; free space there (or set output_dir to a larger volume) "
                 "and run the same command with --resume"
@@ -33,9 +35,31 @@ def save_atomic(obj: Any, path: Path) -> None:
         raise
 
 
-def is_storage_full(err: BaseException) -> bool:
-    """ENOSPC, directly or as torch's and Ray's wrappers report it (their messages carry the OS text)."""
-    return (isinstance(err, OSError) and err.errno == errno.ENOSPC) or isinstance(err, StorageFullError) or "No space left on device" in str(err)
+FULL_TEXTS = ("no space left on", "database or disk is full")
+"""How ENOSPC reads once wrapped: the OS text (Ray, ours) and SQLite's (the Optuna study)."""
+NEARLY_FULL_BYTES = 1 << 20
+
+
+def is_storage_full(err: BaseException | None) -> bool:
+    """ENOSPC, directly or as Ray's, SQLite's and our own wrappers report it, anywhere in the exception
+    chain (Optuna re-raises SQLite's error as a generic StorageInternalError)."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        text = str(err).lower()
+        if (isinstance(err, OSError) and err.errno == errno.ENOSPC) or isinstance(err, StorageFullError) or any(t in text for t in FULL_TEXTS):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
+
+
+def nearly_full(folder: Path) -> bool:
+    """Under 1 MiB free where a write just failed. torch.save on a full disk raises a RuntimeError
+    without errno ("unexpected pos ...", "iostream error"), so the device itself is asked."""
+    try:
+        return shutil.disk_usage(folder).free < NEARLY_FULL_BYTES
+    except OSError:
+        return False
 
 
 def load_safe(path: Path, field: str = "checkpoint") -> dict[str, Any]:

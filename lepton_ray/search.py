@@ -10,6 +10,7 @@ early by the scheduler are told PRUNED and never enter the front.
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ import optuna
 from ray.tune.search import Searcher
 
 from lepton_ray import metrics
+from lepton_ray.checkpoints import is_storage_full
 from lepton_ray.config import CategoricalParam, FloatParam, SearchSpace, SweepConfig
 
 SWEEP_ID_ATTR = "sweep_id"
@@ -103,15 +105,19 @@ class StudySearcher(Searcher):
         """Interrupted trials first (same number, same params), then a fresh ask; nothing once storage is full."""
         if self.storage_full:
             return Searcher.FINISHED
-        if self.interrupted:
-            frozen = self.interrupted.pop(0)
-            number, params = frozen.number, dict(frozen.params)
-        else:
-            trial = self.study.ask(fixed_distributions=self.distributions)
-            number, params = trial.number, dict(trial.params)
-        self._set_attr(number, TUNE_ID_ATTR, trial_id)
-        self.live[trial_id] = number
-        return {**params, NUMBER_KEY: number}
+        with self._unless_storage_full():
+            if self.interrupted:
+                frozen = self.interrupted[0]
+                number, params = frozen.number, dict(frozen.params)
+            else:
+                trial = self.study.ask(fixed_distributions=self.distributions)
+                number, params = trial.number, dict(trial.params)
+            self._set_attr(number, TUNE_ID_ATTR, trial_id)
+            if self.interrupted and self.interrupted[0].number == number:
+                self.interrupted.pop(0)
+            self.live[trial_id] = number
+            return {**params, NUMBER_KEY: number}
+        return Searcher.FINISHED
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         number = self.live.pop(trial_id, None)
@@ -121,8 +127,19 @@ class StudySearcher(Searcher):
             self.storage_full = True  # left RUNNING in the study: --resume re-issues it from its last checkpoint
             return
         state, values = self.outcome(result, error)
-        self._set_attr(number, "constraints", self.constraint_list(result if values else None))
-        self.study.tell(number, values, state=state, skip_if_finished=True)
+        with self._unless_storage_full():  # not told: the trial stays RUNNING and --resume reports it from its checkpoint
+            self._set_attr(number, "constraints", self.constraint_list(result if values else None))
+            self.study.tell(number, values, state=state, skip_if_finished=True)
+
+    @contextlib.contextmanager
+    def _unless_storage_full(self):
+        """A study write the full disk refused (SQLite rolls it back) stops new trials instead of the sweep."""
+        try:
+            yield
+        except Exception as err:
+            if not is_storage_full(err):
+                raise
+            self.storage_full = True
 
     def outcome(self, result: dict | None, error: bool) -> tuple[optuna.trial.TrialState, list[float] | None]:
         """COMPLETE only with the final metrics of a finished trial; early-stopped -> PRUNED."""

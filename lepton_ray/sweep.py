@@ -247,10 +247,11 @@ def _run_tuner(wf, shared_workflow, space, paths, study, remaining, teachers, da
         MlflowTrialLogger(tracker, parent_run_id, sweep_key, shared_workflow, tags, {metrics.TEACHER_TEST_ACCURACY: teachers[0].test_accuracy}),
         SweepProgress(wf.sweep.num_samples if space is not None else 1, (wf.sweep.num_samples if space else 1) - remaining, wf.sweep.cost_metric, log=log),
     ]
+    searcher = StudySearcher(study, space, wf.sweep)
     tuner = tune.Tuner(
         tune.with_resources(trainable, trial_resources(wf)),
         tune_config=tune.TuneConfig(
-            search_alg=StudySearcher(study, space, wf.sweep),
+            search_alg=searcher,
             scheduler=scheduler,
             num_samples=remaining,
             max_concurrent_trials=wf.resources.max_concurrent_trials,
@@ -263,7 +264,7 @@ def _run_tuner(wf, shared_workflow, space, paths, study, remaining, teachers, da
         ),
     )
     results = tuner.fit()
-    if any((result.metrics or {}).get(metrics.STORAGE_FULL) for result in results):
+    if searcher.storage_full or any((result.metrics or {}).get(metrics.STORAGE_FULL) for result in results):
         from lepton_ray.errors import StorageFullError
 
         tracker.finish(parent_run_id, "KILLED", error="storage full; continue with --resume")

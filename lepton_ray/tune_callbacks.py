@@ -167,10 +167,14 @@ class SweepProgress(Callback):
         self.points: list[tuple[float, float]] = []
         self.failed = 0
         self.pruned = 0
+        self.interrupted = 0
+        """Trials stopped by a full disk: left for --resume, so not done."""
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         result = trial.last_result or {}
-        if metrics.TEST_ACCURACY in result:
+        if result.get(metrics.STORAGE_FULL):
+            self.interrupted += 1
+        elif metrics.TEST_ACCURACY in result:
             self.points.append((float(result[metrics.TEST_ACCURACY]), float(result[self.cost_metric])))
         else:
             self.pruned += 1
@@ -198,7 +202,8 @@ class SweepProgress(Callback):
         eta = f"~{(elapsed / finished_now) * (self.total - done):.0f}s left" if finished_now else "eta unknown"
         best = max((acc for acc, _ in self.points), default=float("nan"))
         front = int(pareto_front([a for a, _ in self.points], [c for _, c in self.points]).sum()) if self.points else 0
+        interrupted = f", {self.interrupted} interrupted (storage full)" if self.interrupted else ""
         self.log(
-            f"[sweep] {done}/{self.total} done ({self.failed} failed, {self.pruned} pruned), {running} running | "
+            f"[sweep] {done}/{self.total} done ({self.failed} failed, {self.pruned} pruned{interrupted}), {running} running | "
             f"best test_accuracy {best:.4f} | front size {front} | {elapsed:.0f}s elapsed, {eta}"
         )

@@ -66,6 +66,26 @@ def test_full_disk_is_a_clear_error_and_leaves_the_old_file_whole(tmp_path, monk
     assert [p.name for p in tmp_path.iterdir()] == ["state.pt"]
 
 
+def test_torch_saves_errno_less_error_on_a_full_device_is_recognised_as_a_full_disk(tmp_path, monkeypatch):
+    """On a real full tmpfs torch.save raised RuntimeError("... unexpected pos ...") and
+    "basic_ios::clear: iostream error", no errno: the device's free space decides."""
+    import shutil
+
+    path = tmp_path / "state.pt"
+
+    def errno_less(*args, **kwargs):
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 5056 vs 4952")
+
+    monkeypatch.setattr(torch, "save", errno_less)
+    monkeypatch.setattr(shutil, "disk_usage", lambda folder: shutil._ntuple_diskusage(1 << 20, (1 << 20) - 4096, 4096))
+    with pytest.raises(StorageFullError, match=r"^storage: no space left"):
+        save_atomic({"version": torch.tensor(2)}, path)
+    assert not list(tmp_path.iterdir()), "the partial file is removed"
+    monkeypatch.setattr(shutil, "disk_usage", lambda folder: shutil._ntuple_diskusage(1 << 40, 1 << 20, (1 << 40) - (1 << 20)))
+    with pytest.raises(RuntimeError, match="unexpected pos"):
+        save_atomic({"version": torch.tensor(2)}, path)  # plenty of space: the error is not about the disk
+
+
 def test_resume_falls_back_to_the_previous_checkpoint_when_the_newest_is_truncated(tmp_path):
     older, newer = tmp_path / "checkpoint_2026-01-01_00-00-01", tmp_path / "checkpoint_2026-01-01_00-00-02"
     save_atomic({"next_epoch": 1}, older / TRIAL_STATE_FILE)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import optuna
+import pytest
 
 from lepton_ray.config import SweepConfig
 from lepton_ray.search import open_study
@@ -47,6 +48,44 @@ def test_a_trial_whose_storage_filled_up_stays_open_for_resume_and_no_new_trial_
     assert searcher.suggest("tune-b") == Searcher.FINISHED
     resumed = StudySearcher(open_study(tmp_path, SweepConfig(seed=0)), space, SweepConfig(seed=0))
     assert resumed.suggest("tune-c") == config, "the same trial number and knobs are re-issued"
+
+
+def test_a_study_write_refused_by_a_full_disk_stops_new_trials_and_leaves_the_trial_for_resume(tmp_path, monkeypatch):
+    """SQLite answers a full disk with "database or disk is full" (seen on a real full tmpfs); the tell is
+    rolled back, so the trial stays RUNNING and --resume reports it from its checkpoint."""
+    import sqlite3
+
+    from ray.tune.search import Searcher
+
+    from lepton_ray import metrics
+    from lepton_ray.config import FloatParam, SearchSpace
+    from lepton_ray.search import StudySearcher
+
+    space = SearchSpace(params={"distillation.alpha": FloatParam(type="float", low=0.1, high=0.9)})
+    study = open_study(tmp_path, SweepConfig(seed=0))
+    searcher = StudySearcher(study, space, SweepConfig(seed=0))
+    searcher.suggest("tune-a")
+
+    def full(*args, **kwargs):
+        raise optuna.exceptions.StorageInternalError("An exception is raised during the commit.") from sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(study, "tell", full)
+    searcher.on_trial_complete("tune-a", {metrics.TEST_ACCURACY: 0.9, metrics.BEST_VAL_ACCURACY: 0.9, metrics.SIZE_BYTES: 100.0})
+    assert searcher.storage_full
+    assert searcher.suggest("tune-b") == Searcher.FINISHED
+    assert [t.state.name for t in study.trials] == ["RUNNING"]
+
+    other = open_study(tmp_path / "other", SweepConfig(seed=0))
+    unrelated = StudySearcher(other, space, SweepConfig(seed=0))
+    unrelated.suggest("tune-c")
+
+    def broken(*args, **kwargs):
+        raise ValueError("unrelated")
+
+    monkeypatch.setattr(other, "tell", broken)
+    with pytest.raises(ValueError, match="unrelated"):
+        unrelated.on_trial_complete("tune-c", {metrics.TEST_ACCURACY: 0.9, metrics.BEST_VAL_ACCURACY: 0.9, metrics.SIZE_BYTES: 100.0})
+    assert not unrelated.storage_full
 
 
 def test_a_trial_stopped_early_by_the_scheduler_is_pruned_and_never_completes(tmp_path):
