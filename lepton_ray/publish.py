@@ -1,26 +1,42 @@
-"""The sweep's last stage: load the picked trial's student from its checkpoint and hand it to export.
+"""The sweep's last stage: select a trial, load its student from its checkpoint, export it to int8
+(`export.py`), verify it, and publish it to the MLflow registry as `champion`.
 
-Kept apart from `export.py` (which works on any module) so export stays free of sweep layout.
+Kept apart from `export.py` (which works on any module) so export stays free of sweep layout and MLflow.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
 from torch import nn
 
+from lepton_ray import metrics
 from lepton_ray.checkpoints import load_safe
-from lepton_ray.config import parse_workflow
+from lepton_ray.config import WorkflowConfig, parse_workflow
 from lepton_ray.errors import CheckpointError
+from lepton_ray.export import (
+    Int8Checks, Int8Files, calibration_images, dataset_images, export_int8, measure_int8, ort_session, verify_int8,
+)
+from lepton_ray.leaderboard import FRONT_TAG
+from lepton_ray.onnx_utils import INPUT_NAME, OUTPUT_NAME
+from lepton_ray.pareto import ACCURACY, Selection, completed, pareto_front, select
+from lepton_ray.report import plot_pareto, write_report
 from lepton_ray.trial import STUDENT_FILE, load_student
 
 if TYPE_CHECKING:
-    from lepton_ray.config import WorkflowConfig
+    import pandas as pd
+
     from lepton_ray.data import DataSplits
-    from lepton_ray.export import ExportResult
     from lepton_ray.sweep import SweepOutcome
     from lepton_ray.tracking import Tracker
+
+CHAMPION_ALIAS = "champion"
 
 
 def student_file(trials_root: Path, trial: int) -> Path:
@@ -46,8 +62,6 @@ def student_loader(trials_root: Path) -> Callable[[dict[str, Any]], tuple[nn.Mod
 
 def select_export_publish(wf: "WorkflowConfig", outcome: "SweepOutcome", data: "DataSplits", tracker: "Tracker", log: Callable[[str], None]) -> "ExportResult":
     """Pick by the workflow's policy, export to int8, verify in ORT, register; one line per step."""
-    from lepton_ray.export import select_and_export
-
     out_dir = outcome.paths.root / "export"
     result = select_and_export(
         wf, outcome.trials, outcome.teacher_accuracy, student_loader(outcome.paths.trials), data, tracker, outcome.parent_run_id, out_dir
@@ -82,3 +96,94 @@ def existing_sweep(wf: "WorkflowConfig") -> tuple["SweepOutcome", "Tracker"]:
         raise TrackingError(f"tracking.experiment: no sweep run for {paths.root} in {wf.tracking.experiment!r} at {redact(uri)}; check tracking.uri and the experiment")
     teacher_accuracy = tracker.client.get_run(parent_run_id).data.metrics.get(metrics.TEACHER_TEST_ACCURACY, math.nan)
     return SweepOutcome(parent_run_id, paths, trials_frame(tracker, parent_run_id, wf.sweep.cost_metric), teacher_accuracy), tracker
+
+
+# ---- publishing -----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Published:
+    model_name: str
+    version: str
+    model_uri: str
+
+
+def publish(files: Int8Files, example_images: torch.Tensor, tracker: "Tracker", run_id: str, model_name: str, tags: dict[str, str]) -> Published:
+    """Log the int8 model (signature + input example) to `run_id`, register it, alias the new version `champion`.
+
+    Call only after `verify_int8` passed.
+    """
+    import mlflow
+    import mlflow.onnx
+    from mlflow.models import infer_signature
+
+    # log_model files the logged model under the *active* experiment (Default if none), not the run's.
+    mlflow.set_experiment(experiment_id=tracker.experiment_id)
+    example = example_images[:1].float().numpy()
+    output = ort_session(files.int8).run([OUTPUT_NAME], {INPUT_NAME: example})[0]
+    info = mlflow.onnx.log_model(
+        onnx.load(str(files.int8)), name="int8_model", signature=infer_signature(example, output), input_example=example,
+        registered_model_name=model_name, run_id=run_id, save_as_external_data=False, onnx_execution_providers=["CPUExecutionProvider"],
+        pip_requirements=[f"onnx=={onnx.__version__}", f"onnxruntime=={ort.__version__}"],  # inferring them spawns a 10 s subprocess
+    )
+    version = str(info.registered_model_version)
+    for key, value in tags.items():
+        tracker.client.set_model_version_tag(model_name, version, key, value)
+    tracker.client.set_registered_model_alias(model_name, CHAMPION_ALIAS, version)
+    return Published(model_name, version, f"models:/{model_name}/{version}")
+
+
+# ---- the end-to-end step the sweep calls ----------------------------------------------------------
+
+StudentLoader = Callable[[dict[str, Any]], tuple[nn.Module, dict[str, Any]]]
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    selection: Selection
+    files: Int8Files
+    checks: Int8Checks
+    published: Published
+    plot: Path
+    report: Path
+
+
+def select_and_export(
+    wf: WorkflowConfig, trials: "pd.DataFrame", teacher_accuracy: float, load_student: StudentLoader,
+    data: "DataSplits", tracker: "Tracker", parent_run_id: str, out_dir: Path,
+) -> ExportResult:
+    """Select a trial by the workflow's policy, export it to int8, verify it, publish it; report either way.
+
+    Raises SelectionError (no trial qualifies) or ExportError (a check failed: nothing published,
+    the report still says why). See the module docstring for the export route.
+    """
+    cost_column = wf.sweep.cost_metric
+    selection = select(trials, cost_column, teacher_accuracy, wf.selection)
+    candidates = completed(trials, cost_column)
+    on_front = pareto_front(candidates[ACCURACY].to_numpy(), candidates[cost_column].to_numpy())
+    _tag_trials(tracker, parent_run_id, candidates, on_front, selection)
+    out_dir = Path(out_dir)
+    plot = plot_pareto(candidates, cost_column, on_front, selection, teacher_accuracy, out_dir / "pareto.png")
+    tracker.log_artifacts(parent_run_id, [plot], "selection")
+
+    student, student_metrics = load_student(selection.row)
+    weight_bits = int(student_metrics.get(metrics.BITS, 32))
+    files = export_int8(student, data.input_shape, calibration_images(data.train, wf.export.calibration_samples, wf.data.seed), weight_bits, out_dir)
+    checks = measure_int8(files, data.test, data.input_shape, selection.row[ACCURACY], wf.export)
+    tracker.log_metrics(parent_run_id, checks.as_metrics())
+    published = None
+    try:
+        verify_int8(checks)
+        tags = {"lepton.trial": str(selection.trial), "lepton.selection": selection.explanation, "lepton.sweep_run_id": parent_run_id}
+        published = publish(files, dataset_images(data.test, [0])[0], tracker, parent_run_id, wf.tracking.model_name, tags)
+    finally:
+        report = write_report(out_dir / "report.md", candidates, cost_column, on_front, selection, teacher_accuracy, files, checks, published)
+        tracker.log_artifacts(parent_run_id, [report], "selection")
+    return ExportResult(selection, files, checks, published, plot, report)
+
+
+def _tag_trials(tracker: "Tracker", parent_run_id: str, candidates: "pd.DataFrame", on_front: np.ndarray, selection: Selection) -> None:
+    """Mark front runs (when the table has `run_id`) and record the choice on the sweep run."""
+    if "run_id" in candidates.columns:
+        for run_id, front in zip(candidates["run_id"], on_front):
+            tracker.set_tags(str(run_id), {FRONT_TAG: str(bool(front)).lower()})
+    tracker.set_tags(parent_run_id, {"lepton.selected_trial": str(selection.trial), "lepton.selection": selection.explanation})

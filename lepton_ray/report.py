@@ -15,7 +15,8 @@ import pandas as pd
 from lepton_ray.pareto import ACCURACY, Selection, format_cost
 
 if TYPE_CHECKING:
-    from lepton_ray.export import Int8Checks, Int8Files, Published
+    from lepton_ray.export import Int8Checks, Int8Files
+    from lepton_ray.publish import Published
 
 
 def plot_pareto(trials: pd.DataFrame, cost_column: str, on_front: np.ndarray, selection: Selection, teacher_accuracy: float, path: Path) -> Path:

@@ -28,12 +28,13 @@ from lepton_ray.data import DataSplits, build_data
 from lepton_ray.errors import ExportError
 from lepton_ray.export import (
     Int8Checks, CalibrationImages, calibration_images, check_int8_graph, check_same_outputs, check_weight_grid, export_int8,
-    int8_weights, measure_int8, select_and_export, verify_int8,
+    int8_weights, measure_int8, verify_int8,
 )
 from lepton_ray.leaderboard import FRONT_TAG
 from lepton_ray.losses import DistillationObjective
 from lepton_ray.models import build_model
 from lepton_ray.onnx_utils import INPUT_NAME, compact_graph
+from lepton_ray.publish import select_and_export
 from lepton_ray.tracking import Tracker
 from lepton_ray.trial import Precision, evaluate, iterate_batches, train_epoch, train_indices
 
