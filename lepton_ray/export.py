@@ -4,7 +4,8 @@ The route measured to work on this stack (see STACK.md): fp32 ONNX from `torch.o
 (dynamo, dynamic batch), ORT's `quant_pre_process`, then `quantize_static` in QDQ format with
 per-channel int8 weights and uint8 activations calibrated on training images. Per-channel scale
 overrides put the weights on the student's own b-bit grid, so a 4- or 6-bit student's weights
-survive exactly. A model is published only after every check passed.
+survive exactly. The file is then compacted (`onnx_utils.compact_graph`), checked bit-exact against
+the quantizer's. `publish.py` registers a model only after every check passed.
 """
 
 from __future__ import annotations
