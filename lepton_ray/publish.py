@@ -78,10 +78,9 @@ def existing_sweep(wf: "WorkflowConfig") -> tuple["SweepOutcome", "Tracker"]:
     """A finished sweep of this workflow read back from its study folder and MLflow (`select`, `export`)."""
     import math
 
-    from lepton_ray import metrics
     from lepton_ray.errors import ConfigError, TrackingError
     from lepton_ray.leaderboard import trials_frame
-    from lepton_ray.search import sweep_id
+    from lepton_ray.search import open_study, sweep_id
     from lepton_ray.sweep import SweepOutcome, sweep_paths
     from lepton_ray.tracking import Tracker, check_reachable, redact, tracking_uri
 
@@ -91,7 +90,7 @@ def existing_sweep(wf: "WorkflowConfig") -> tuple["SweepOutcome", "Tracker"]:
     uri = tracking_uri(wf.tracking.uri)
     check_reachable(uri)
     tracker = Tracker(uri, wf.tracking.experiment, create=False)
-    parent_run_id = tracker.find_run(paths.key(sweep_id(paths.root)))
+    parent_run_id = tracker.find_run(paths.key(sweep_id(open_study(paths.root, wf.sweep))))
     if parent_run_id is None:
         raise TrackingError(f"tracking.experiment: no sweep run for {paths.root} in {wf.tracking.experiment!r} at {redact(uri)}; check tracking.uri and the experiment")
     teacher_accuracy = tracker.client.get_run(parent_run_id).data.metrics.get(metrics.TEACHER_TEST_ACCURACY, math.nan)

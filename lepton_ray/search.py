@@ -72,9 +72,8 @@ def open_study(storage_dir: Path, cfg: SweepConfig) -> optuna.Study:
     return study
 
 
-def sweep_id(storage_dir: Path) -> str:
-    """The id `open_study` gave the sweep stored under `storage_dir`."""
-    study = optuna.load_study(study_name="sweep", storage=f"sqlite:///{(storage_dir / 'study.db').resolve()}")
+def sweep_id(study: optuna.Study) -> str:
+    """The id `open_study` gave the sweep when it created its study."""
     return study.user_attrs.get(SWEEP_ID_ATTR, "")
 
 

@@ -161,7 +161,7 @@ def run_sweep(
     num_samples = wf.sweep.num_samples if space is not None else 1
     tracker = Tracker(uri, wf.tracking.experiment)
     study = open_study(paths.root, wf.sweep)
-    sweep_key = paths.key(sweep_id(paths.root))
+    sweep_key = paths.key(sweep_id(study))
     tags = lineage_tags(wf, teachers)
     shared_workflow = apply_overrides(wf.to_dict(), {"tracking.uri": redact(uri)})  # trials never write to MLflow: no credentials
     parent_run_id = tracker.start_run(sweep_key, f"{wf.name}-{paths.root.name}", shared_workflow, {**tags, "lepton.kind": "sweep"})
