@@ -45,11 +45,12 @@ def compact_graph(model: onnx.ModelProto, keep_suffix: str = "_quantized") -> on
     """Shrink a quantized graph's bookkeeping without touching what it computes.
 
     For a small student the QDQ graph's names are a third of the int8 file: node names are
-    dropped, tensors get short ids, doc strings and metadata go (the graph's inputs/outputs and the int8 weights, named
-    `<module>.weight_quantized`, keep theirs), shape annotations go (ORT re-infers them), an
-    int32 bias's all-zero zero point is dropped (optional in DequantizeLinear; ORT still fuses
-    QLinearConv/QGemm), and unused opset imports go. Weight zero points stay: without them ORT
-    does not fuse Gemm into QGemm.
+    dropped, tensors get short ids (the graph's inputs/outputs and the int8 weights, named
+    `<module>.weight_quantized`, keep theirs), doc strings, metadata and shape annotations go
+    (ORT re-infers shapes), an int32 bias's all-zero zero point is dropped (optional in
+    DequantizeLinear; ORT still fuses QLinearConv/QGemm), and unused opset imports go. Weight zero
+    points stay: without them ORT does not fuse Gemm into QGemm. (`export._strip_metadata` cleans
+    the fp32 export, whose graph metadata it keeps.)
     """
     graph = model.graph
     keep = {value.name for value in (*graph.input, *graph.output)}

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sqlite3
 from pathlib import Path
 from typing import Any, Callable
 
@@ -85,3 +87,15 @@ def pytest_collection_modifyitems(items):
 
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+
+def study_states(study_db: Path) -> list[str]:
+    """Trial states in number order, read through a read-only connection: `optuna.load_study` writes
+    (it creates missing tables), which raced the driver still creating its study and made it exit 1."""
+    if not study_db.exists():
+        return []
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{study_db}?mode=ro", uri=True, timeout=10)) as db:
+            return [state for (state,) in db.execute("SELECT state FROM trials ORDER BY number")]
+    except sqlite3.OperationalError:  # tables not created yet
+        return []

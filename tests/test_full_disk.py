@@ -18,6 +18,7 @@ import pytest
 
 from lepton_ray.config import load_workflow
 
+from conftest import study_states
 from test_sweep import TINY
 
 REPO = Path(__file__).resolve().parents[1]
@@ -49,11 +50,6 @@ def _unmount(mount: Path, wait_s: float = 5.0) -> None:
         time.sleep(0.5)
 
 
-def _states(study_db: Path) -> list[str]:
-    with sqlite3.connect(f"file:{study_db}?mode=ro", uri=True) as db:
-        return [state for (state,) in db.execute("SELECT state FROM trials ORDER BY number")]
-
-
 @pytest.mark.ray
 def test_a_sweep_on_a_full_device_stops_with_one_line_and_resumes_once_space_is_freed(small_device, write_workflow, tmp_path):
     workflow = write_workflow({**TINY, "output_dir": str(small_device / "runs"), "training.epochs": 3, "sweep.num_samples": 6, "resources.num_workers": 1})
@@ -69,13 +65,13 @@ def test_a_sweep_on_a_full_device_stops_with_one_line_and_resumes_once_space_is_
     ours = [line for line in full.stderr.splitlines() if line.startswith("lepton-ray: error:")]
     assert len(ours) == 1 and ours[0].startswith("lepton-ray: error: storage: no space left under "), full.stderr[-3000:]
     study_db = wf.run_dir / "sweep" / "study.db"
-    interrupted = _states(study_db)
+    interrupted = study_states(study_db)
     assert "COMPLETE" in interrupted and "RUNNING" in interrupted and len(interrupted) < 6, interrupted
 
     filler.unlink()
     resumed = subprocess.run([*command, "--resume"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert _states(study_db) == ["COMPLETE"] * 6
+    assert study_states(study_db) == ["COMPLETE"] * 6
     assert sorted(p.name for p in (wf.run_dir / "sweep" / "trials").iterdir()) == [f"trial-{n:04d}" for n in range(6)]
     with sqlite3.connect(tmp_path / "mlflow.db") as db:
         runs = db.execute("SELECT name, status FROM runs WHERE name LIKE 'trial-%' ORDER BY name").fetchall()

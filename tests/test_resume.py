@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -17,6 +15,7 @@ import pytest
 from lepton_ray.config import load_workflow
 from lepton_ray.tracking import PARENT_TAG, Tracker
 
+from conftest import study_states
 from test_sweep import TINY
 
 REPO = Path(__file__).resolve().parents[1]
@@ -47,18 +46,6 @@ def _sweep_command(workflow: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "lepton_ray.cli", "sweep", str(workflow), "--no-export", *extra]
 
 
-def _states(study_db: Path) -> list[str]:
-    """Trial states in number order, read through a read-only connection: `optuna.load_study` writes
-    (it creates missing tables), which raced the driver still creating its study and made it exit 1."""
-    if not study_db.exists():
-        return []
-    try:
-        with contextlib.closing(sqlite3.connect(f"file:{study_db}?mode=ro", uri=True, timeout=10)) as db:
-            return [state for (state,) in db.execute("SELECT state FROM trials ORDER BY number")]
-    except sqlite3.OperationalError:  # tables not created yet
-        return []
-
-
 @pytest.mark.ray
 def test_killed_driver_resumes_to_exactly_num_samples_with_one_run_per_trial(write_workflow, tmp_path):
     num_samples = 3
@@ -77,19 +64,19 @@ def test_killed_driver_resumes_to_exactly_num_samples_with_one_run_per_trial(wri
     try:
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
-            states = _states(study_db)
+            states = study_states(study_db)
             if states.count("COMPLETE") >= 1 and "RUNNING" in states:
                 break
             assert driver.poll() is None, f"the sweep ended before it could be interrupted:\n{driver_log.read_text()[-3000:]}"
             time.sleep(0.2)
         else:
-            pytest.fail(f"no trial completed in time: {_states(study_db)}")
+            pytest.fail(f"no trial completed in time: {study_states(study_db)}")
     finally:
         os.killpg(driver.pid, signal.SIGKILL)
         driver.wait()
         time.sleep(2)
         _kill_new_ray_processes(before)
-    interrupted = _states(study_db)
+    interrupted = study_states(study_db)
     assert "RUNNING" in interrupted and len(interrupted) < num_samples + 1
 
     before = _pids()
@@ -99,7 +86,7 @@ def test_killed_driver_resumes_to_exactly_num_samples_with_one_run_per_trial(wri
         _kill_new_ray_processes(before)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
 
-    assert _states(study_db) == ["COMPLETE"] * num_samples
+    assert study_states(study_db) == ["COMPLETE"] * num_samples
     trial_dirs = sorted(p.name for p in (wf.run_dir / "sweep" / "trials").iterdir() if p.is_dir())
     assert trial_dirs == [f"trial-{n:04d}" for n in range(num_samples)]
 
