@@ -7,6 +7,7 @@ The unit tests inject ENOSPC; this one fills a real device, which found errors t
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import sqlite3
 import subprocess
@@ -64,6 +65,7 @@ def test_a_sweep_on_a_full_device_stops_with_one_line_and_resumes_once_space_is_
     # Ray's own log lines (its pyarrow sync traceback, raylet warnings) may come before or after ours
     ours = [line for line in full.stderr.splitlines() if line.startswith("lepton-ray: error:")]
     assert len(ours) == 1 and ours[0].startswith("lepton-ray: error: storage: no space left under "), full.stderr[-3000:]
+    assert re.search(r"\(0 failed, 0 pruned, [1-9] interrupted \(storage full\)\)", full.stdout), "progress counts them as interrupted, not pruned"
     study_db = wf.run_dir / "sweep" / "study.db"
     interrupted = study_states(study_db)
     assert "COMPLETE" in interrupted and "RUNNING" in interrupted and len(interrupted) < 6, interrupted
