@@ -23,12 +23,13 @@ from typing import Any
 
 import torch
 
-from lepton_ray.batches import augment_view, iterate_batches, train_indices
+from lepton_ray.data.batches import augment_view, iterate_batches, train_indices
 from lepton_ray.config import WorkflowConfig, load_workflow
-from lepton_ray.data import DataSplits
-from lepton_ray.sessions import InProcessSession
-from lepton_ray.teacher_cache import TeacherCache
-from lepton_ray.trial import Teachers, run_trial, set_up_student, train_epoch
+from lepton_ray.data.datasets import DataSplits
+from lepton_ray.trial.sessions import InProcessSession
+from lepton_ray.distill.teacher_cache import TeacherCache
+from lepton_ray.trial.epoch import Teachers, train_epoch
+from lepton_ray.trial.loop import run_trial, set_up_student
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
@@ -137,7 +138,7 @@ def quickstart_workflow(overrides: dict[str, Any] | None = None) -> WorkflowConf
 
 
 class StudentRun:
-    """A student set up as a trial sets it up (`trial.set_up_student`), on this process (world size 1,
+    """A student set up as a trial sets it up (`trial/loop.py: set_up_student`), on this process (world size 1,
     no Ray); then one epoch per call, for per-epoch timing."""
 
     def __init__(self, wf: WorkflowConfig, data: DataSplits, teachers: Teachers) -> None:

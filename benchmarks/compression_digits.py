@@ -2,7 +2,7 @@
 
 Usage (from the repository root): `.venv/bin/python -m benchmarks.compression_digits [--seeds 0 1 2]`.
 Trains the quickstart student (teacher from `prepare_teachers`, cached under runs/teachers/) once
-per variant and seed on one process (world size 1, no Ray) with `trial.run_trial`, which keeps the
+per variant and seed on one process (world size 1, no Ray) with `trial/loop.py: run_trial`, which keeps the
 best fully-compressed epoch by validation accuracy, then tests and costs it.
 Writes benchmarks/results/compression_digits.json.
 """
@@ -19,9 +19,9 @@ import torch
 
 from benchmarks.common import QUICKSTART, REPO, RESULTS, quickstart_workflow, train_student
 from lepton_ray import metrics
-from lepton_ray.data import build_data
-from lepton_ray.teacher import prepare_teachers
-from lepton_ray.trial import load_teacher_module
+from lepton_ray.data.datasets import build_data
+from lepton_ray.trial.teacher import prepare_teachers
+from lepton_ray.models.saved import load_teacher_module
 
 RESULT = RESULTS / "compression_digits.json"
 VARIANTS: dict[str, dict[str, Any]] = {

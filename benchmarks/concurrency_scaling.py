@@ -15,8 +15,8 @@ from typing import Any
 
 from benchmarks.common import Figure, write_result
 from benchmarks.sweep_overhead import benchmark_workflow, timed_sweep
-from lepton_ray.data import build_data
-from lepton_ray.teacher import prepare_teachers
+from lepton_ray.data.datasets import build_data
+from lepton_ray.trial.teacher import prepare_teachers
 
 NAME = "concurrency_scaling"
 

@@ -25,9 +25,9 @@ import torch
 from benchmarks.common import REPO, RESULTS, train_student
 from lepton_ray import metrics
 from lepton_ray.config import WorkflowConfig, load_workflow
-from lepton_ray.data import build_data
-from lepton_ray.teacher import prepare_teachers
-from lepton_ray.trial import load_teacher_module
+from lepton_ray.data.datasets import build_data
+from lepton_ray.trial.teacher import prepare_teachers
+from lepton_ray.models.saved import load_teacher_module
 
 METHODS = ["kd", "hard", "logit_mse", "hint", "attention", "multi_teacher"]
 BASELINE = "none (alpha=0)"

@@ -27,11 +27,12 @@ from torch import nn
 from benchmarks.common import Figure, figures_table, write_result
 from lepton_ray.compress.quantize import round_onto_weight_grid
 from lepton_ray.config import DataConfig, ModelSpec, load_workflow
-from lepton_ray.data import build_data
-from lepton_ray.export import INT8_FILE, CalibrationImages, calibration_images, export_int8, measure_latency, onnx_accuracy
-from lepton_ray.models import build_model
-from lepton_ray.losses import DistillationObjective
-from lepton_ray.trial import Precision, evaluate, iterate_batches, train_epoch, train_indices
+from lepton_ray.data.datasets import build_data
+from lepton_ray.export.int8 import CalibrationImages, INT8_FILE, calibration_images, export_int8, measure_latency, onnx_accuracy
+from lepton_ray.models.zoo import build_model
+from lepton_ray.distill.losses import DistillationObjective
+from lepton_ray.data.batches import iterate_batches, train_indices
+from lepton_ray.trial.epoch import Precision, evaluate, train_epoch
 
 NAME = "int8_speedup"
 REPO = Path(__file__).resolve().parents[1]

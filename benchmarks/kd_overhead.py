@@ -4,7 +4,7 @@ In one process (torch 1 thread, as a DDP worker on CPU) three copies of the quic
 (`cnn_small`, channels [16, 32], digits, batch 16) train side by side: (a) on labels alone, no
 teacher; (b) kd with the live teacher's forward pass on every batch; (c) kd reading the sweep's
 teacher cache (`build_teacher_cache`). The teacher is the quickstart's `cnn_large`; the MACs of
-both come from `lepton_ray.cost.count_macs`. Epochs run in interleaved rounds (the order rotates
+both come from `lepton_ray.compress.cost.count_macs`. Epochs run in interleaved rounds (the order rotates
 each round, round 0 is warm-up) and the medians are compared. Building the cache is timed on its
 own and amortised over the quickstart sweep's trials x epochs, as a sweep pays for it.
 
@@ -21,12 +21,12 @@ from typing import Any
 import torch
 
 from benchmarks.common import Figure, StudentRun, figures_table, format_table, quickstart_workflow, write_result
-from lepton_ray.cost import count_macs
-from lepton_ray.data import build_data
-from lepton_ray.losses import DistillationObjective
-from lepton_ray.teacher import prepare_teachers
-from lepton_ray.teacher_cache import build_teacher_cache, cache_key
-from lepton_ray.trial import load_teacher_module
+from lepton_ray.compress.cost import count_macs
+from lepton_ray.data.datasets import build_data
+from lepton_ray.distill.losses import DistillationObjective
+from lepton_ray.trial.teacher import prepare_teachers
+from lepton_ray.distill.teacher_cache import build_teacher_cache, cache_key
+from lepton_ray.models.saved import load_teacher_module
 
 NAME = "kd_overhead"
 LABELS_ONLY, LIVE_TEACHER, CACHED_TEACHER = "labels_only", "live_teacher", "cached_teacher"

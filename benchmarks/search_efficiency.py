@@ -27,13 +27,13 @@ import torch
 from benchmarks.common import REPO, Figure, figures_table, format_table, quickstart_workflow, train_student, write_result
 from lepton_ray import metrics
 from lepton_ray.config import SearchSpace, WorkflowConfig, apply_overrides, load_search_space, parse_workflow
-from lepton_ray.cost import static_cost
-from lepton_ray.data import DataSplits, build_data
-from lepton_ray.models import build_model
-from lepton_ray.teacher import prepare_teachers
-from lepton_ray.teacher_cache import TeacherCache
-from lepton_ray.train import sweep_teacher_cache
-from lepton_ray.trial import load_teacher_module
+from lepton_ray.compress.cost import static_cost
+from lepton_ray.data.datasets import DataSplits, build_data
+from lepton_ray.models.zoo import build_model
+from lepton_ray.trial.teacher import prepare_teachers
+from lepton_ray.distill.teacher_cache import TeacherCache
+from lepton_ray.trial.trainer import sweep_teacher_cache
+from lepton_ray.models.saved import load_teacher_module
 
 NAME = "search_efficiency"
 SPACE = REPO / "search_spaces" / "quickstart.yaml"
@@ -61,7 +61,7 @@ def search(
     base: WorkflowConfig, space: SearchSpace, data: DataSplits, teacher: torch.nn.Module, cache: TeacherCache, searcher_name: str, seed: int, trials: int, folder: Path,
 ) -> list[dict[str, Any]]:
     """One sweep's worth of trials, asked and told through the sweep's searcher; its completed trials."""
-    from lepton_ray.search import NUMBER_KEY, StudySearcher, open_study  # imports Ray Tune
+    from lepton_ray.sweep.search import NUMBER_KEY, StudySearcher, open_study  # imports Ray Tune
 
     sweep = parse_workflow(apply_overrides(base.to_dict(), {"sweep.searcher": searcher_name, "sweep.seed": seed, "sweep.num_samples": trials})).sweep
     study = open_study(folder / f"{searcher_name}-{seed}", sweep)

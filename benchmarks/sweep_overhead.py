@@ -25,9 +25,9 @@ from benchmarks.common import QUICKSTART, Figure, write_result
 from lepton_ray import metrics
 from lepton_ray.checks import check_workflow
 from lepton_ray.config import WorkflowConfig, load_workflow
-from lepton_ray.data import build_data
-from lepton_ray.sessions import InProcessSession
-from lepton_ray.teacher import prepare_teachers
+from lepton_ray.data.datasets import build_data
+from lepton_ray.trial.sessions import InProcessSession
+from lepton_ray.trial.teacher import prepare_teachers
 
 NAME = "sweep_overhead"
 SEED_SPACE = "params:\n  training.seed: {type: int, low: 0, high: 100000}\n"
@@ -60,8 +60,8 @@ def timed_sweep(wf: WorkflowConfig) -> TimedSweep:
     """Run the workflow's sweep (Ray started inside, shut down after) and time it."""
     import ray
 
-    from lepton_ray.sweep import run_sweep
-    from lepton_ray.tracking import PARENT_TAG, Tracker
+    from lepton_ray.sweep.runner import run_sweep
+    from lepton_ray.tracking.tracker import PARENT_TAG, Tracker
 
     started = time.perf_counter()
     outcome = run_sweep(wf, check_workflow(wf), log=lambda _: None)
@@ -79,9 +79,9 @@ def timed_sweep(wf: WorkflowConfig) -> TimedSweep:
 def plain_process_seconds(wf: WorkflowConfig, knobs: list[dict[str, Any]]) -> list[float]:
     """Each trial's loop run here, without Ray (data, teacher and teacher cache ready, as the sweep shares them)."""
     from lepton_ray.config import apply_overrides, parse_workflow
-    from lepton_ray.trial import run_trial
+    from lepton_ray.trial.loop import run_trial
 
-    from lepton_ray.train import sweep_teacher_cache
+    from lepton_ray.trial.trainer import sweep_teacher_cache
 
     data = build_data(wf.data)
     teachers = prepare_teachers(wf, data, log=lambda _: None)

@@ -1,7 +1,7 @@
 """Achieved training FLOP/s of the quickstart student against a square fp32 matmul's FLOP/s, same run.
 
 The student (`cnn_small`, channels [16, 32], digits, batch 16, labels only) trains whole epochs;
-its FLOPs per epoch are `training_flops(macs, samples)` with MACs from `lepton_ray.cost.count_macs`
+its FLOPs per epoch are `training_flops(macs, samples)` with MACs from `lepton_ray.compress.cost.count_macs`
 (conv and linear layers; norms, activations and the optimizer step are not counted). The
 reference is `torch.mm` of two n x n fp32 matrices (2 n^3 FLOPs), timed in the same process
 with the same thread count, in rounds interleaved with the epochs; medians of both.
@@ -19,8 +19,8 @@ from typing import Any
 import torch
 
 from benchmarks.common import Figure, StudentRun, figures_table, quickstart_workflow, write_result
-from lepton_ray.cost import count_macs
-from lepton_ray.data import build_data
+from lepton_ray.compress.cost import count_macs
+from lepton_ray.data.datasets import build_data
 
 NAME = "throughput_vs_peak"
 TORCH_THREADS = 1

@@ -1,7 +1,15 @@
 """lepton-ray: distill a big teacher into the best small int8 student with Ray Train, Ray Tune + Optuna and MLflow.
 
-The public entry points are the `lepton-ray` command (`lepton_ray.cli`), `lepton_ray.sweep.run_sweep`,
-`lepton_ray.pareto.select` and `lepton_ray.export.export_int8`.
+The package reads like the pipeline: data -> models -> distill -> compress -> export -> trial ->
+sweep -> tracking -> deploy, plus cluster (Ray Jobs) and the `lepton-ray` command (`cli.py`).
+Public entry points: the command, `lepton_ray.sweep.run_sweep`, `lepton_ray.deploy.select`,
+`lepton_ray.export.export_int8`, and the registries `lepton_ray.data.DATASETS`,
+`lepton_ray.models.MODELS`, `lepton_ray.distill.losses.LOSSES`, `lepton_ray.deploy.POLICIES`,
+`lepton_ray.compress.COMPRESSORS`.
 """
+
+from lepton_ray import moved
+
+moved.install()
 
 __version__ = "0.1.0"

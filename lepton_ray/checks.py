@@ -19,10 +19,10 @@ DRIVER_CPU_RESERVE = 0.02
 
 
 def check_names(wf: WorkflowConfig) -> None:
-    from lepton_ray.data import DATASETS
-    from lepton_ray.losses import LOSSES
-    from lepton_ray.models import MODELS
-    from lepton_ray.pareto import POLICIES, parse_options
+    from lepton_ray.data.datasets import DATASETS
+    from lepton_ray.distill.losses import LOSSES
+    from lepton_ray.models.zoo import MODELS
+    from lepton_ray.deploy.pareto import POLICIES, parse_options
 
     DATASETS.get(wf.data.name)
     for field, name in [("student.name", wf.student.name), ("teacher.name", wf.teacher.name)] + [
@@ -47,8 +47,8 @@ def check_files(wf: WorkflowConfig) -> None:
 def check_data_and_models(wf: WorkflowConfig) -> None:
     """Build the data splits (files present, options known), each model and the losses once (options,
     layer names and feature shapes known), so a trial never fails on what the workflow says."""
-    from lepton_ray.data import build_data
-    from lepton_ray.models import build_model
+    from lepton_ray.data.datasets import build_data
+    from lepton_ray.models.zoo import build_model
 
     with _option_values("data.options", f"data set {wf.data.name!r}"):
         data = build_data(wf.data)
@@ -71,8 +71,8 @@ def _option_values(field: str, what: str) -> Iterator[None]:
 
 def check_losses(wf: WorkflowConfig, student: Any, teachers: list[Any], example: Any) -> None:
     """Loss options, the layers they name and their feature shapes, on untrained models of the right architecture."""
-    from lepton_ray.losses import DistillationObjective
-    from lepton_ray.trial import build_objective
+    from lepton_ray.distill.losses import DistillationObjective
+    from lepton_ray.trial.loop import build_objective
 
     objective = DistillationObjective(wf.distillation)
     for loss in objective.losses:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any, Callable, NoReturn
@@ -48,7 +47,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from lepton_ray.sweep import run_sweep
+    from lepton_ray.sweep.runner import run_sweep
 
     wf, _ = load_checked(args, _local_cluster(args))
     _check_cluster_reachable(args)
@@ -57,7 +56,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from lepton_ray.sweep import run_sweep
+    from lepton_ray.sweep.runner import run_sweep
 
     wf, space = load_checked(args, _local_cluster(args))
     _check_cluster_reachable(args)
@@ -67,9 +66,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 def cmd_select(args: argparse.Namespace) -> int:
     """The workflow's selection policy over an existing sweep: the front and the pick, nothing written."""
-    from lepton_ray.leaderboard import format_table
-    from lepton_ray.pareto import select
-    from lepton_ray.publish import existing_sweep
+    from lepton_ray.tracking.leaderboard import format_table
+    from lepton_ray.deploy.pareto import select
+    from lepton_ray.sweep.results import existing_sweep
 
     wf, _ = load_checked(args)
     outcome, _ = existing_sweep(wf)
@@ -80,8 +79,8 @@ def cmd_select(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     """Select, export to int8, verify in ONNX Runtime and register, for an existing sweep."""
-    from lepton_ray.data import build_data
-    from lepton_ray.publish import existing_sweep, select_export_publish
+    from lepton_ray.data.datasets import build_data
+    from lepton_ray.sweep.results import existing_sweep, select_export_publish
 
     wf, _ = load_checked(args)
     outcome, tracker = existing_sweep(wf)
@@ -91,8 +90,9 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
-    from lepton_ray.leaderboard import format_table, latest_sweep_run_id, trials_frame
-    from lepton_ray.tracking import Tracker, tracking_uri
+    from lepton_ray.tracking.leaderboard import format_table, latest_sweep_run_id, trials_frame
+    from lepton_ray.tracking.tracker import Tracker
+    from lepton_ray.tracking.uris import tracking_uri
 
     tracker = Tracker(tracking_uri(args.tracking_uri), args.experiment, create=False)
     parent = args.sweep_run or latest_sweep_run_id(tracker)
@@ -108,7 +108,7 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    from lepton_ray import jobs
+    from lepton_ray.cluster import jobs
     from lepton_ray.config import load_workflow
 
     wf = load_workflow(Path(args.workflow), parse_set(args.set))
@@ -128,7 +128,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from lepton_ray.jobs import job_details
+    from lepton_ray.cluster.jobs import job_details
 
     details = job_details(args.address, args.job)
     print(f"{args.job}: {details.status.value}  {details.message or ''}".rstrip())
@@ -136,7 +136,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
-    from lepton_ray.jobs import stop
+    from lepton_ray.cluster.jobs import stop
 
     print(f"{args.job}: {'stop requested' if stop(args.address, args.job) else 'already ended'}")
     return 0
@@ -145,14 +145,14 @@ def cmd_stop(args: argparse.Namespace) -> int:
 def _local_cluster(args: argparse.Namespace) -> tuple[float, float] | None:
     """Size of the cluster this machine will start; None when joining one (Ray checks it then)."""
     from lepton_ray.checks import local_cluster_size
-    from lepton_ray.ray_runtime import cluster_address
+    from lepton_ray.cluster.ray_runtime import cluster_address
 
     return None if cluster_address(getattr(args, "address", None)) else local_cluster_size()
 
 
 def _check_cluster_reachable(args: argparse.Namespace) -> None:
     """A cluster to join must answer before the teacher stage and MLflow start (Ray itself would wait, then fail)."""
-    from lepton_ray.ray_runtime import check_reachable, cluster_address
+    from lepton_ray.cluster.ray_runtime import check_reachable, cluster_address
 
     address = cluster_address(args.address)
     if address:

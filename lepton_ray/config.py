@@ -26,7 +26,7 @@ class _Strict(BaseModel):
 
 
 class AugmentConfig(_Strict):
-    """Replayable training augmentation (see `lepton_ray/batches.py`): fixed views, not fresh randomness."""
+    """Replayable training augmentation (see `lepton_ray/data/batches.py`): fixed views, not fresh randomness."""
 
     hflip: bool = False
     crop_padding: int = Field(0, ge=0, le=16, description="pad by this many pixels, then crop back at a per-sample offset")

@@ -18,6 +18,8 @@ EPOCHS_TRAINED = "epochs_trained"
 EPOCHS_REDONE = "epochs_redone"
 """On the sweep run: epochs trained by this driver, and how many of them a trial's run had already logged
 before a restart or `--resume` (the work lost to the interruption)."""
+DIVERGED = "diverged"
+"""Reported (set to 1) when the loss became NaN/inf; the trial driver turns it into a failure."""
 STORAGE_FULL = "storage_full"
 """Reported (set to 1) by a trial whose storage filled up: not the knobs' fault, so the trial is left
 to `--resume` instead of being told to Optuna as failed."""

@@ -30,8 +30,8 @@ def _isolated_env(monkeypatch: pytest.MonkeyPatch) -> None:
 def teacher_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The quickstart teacher trained once per test session (about 15 s)."""
     from lepton_ray.config import load_workflow
-    from lepton_ray.data import build_data
-    from lepton_ray.teacher import prepare_teachers
+    from lepton_ray.data.datasets import build_data
+    from lepton_ray.trial.teacher import prepare_teachers
 
     folder = tmp_path_factory.mktemp("teacher")
     wf = load_workflow(QUICKSTART, {"output_dir": str(folder), "teacher.checkpoint": str(folder / "teacher.pt"), "teacher.train.epochs": 10})
@@ -64,7 +64,7 @@ def ray_session():
     """One local Ray cluster shared by all Ray tests (starting one costs seconds)."""
     import ray
 
-    from lepton_ray.ray_runtime import init_ray
+    from lepton_ray.cluster.ray_runtime import init_ray
 
     init_ray()
     yield ray

@@ -139,7 +139,8 @@ def nothing_may_start(monkeypatch: pytest.MonkeyPatch):
     """Turn a case that slips through the checks into a loud failure instead of a sweep on this machine."""
     import ray
 
-    from lepton_ray import teacher, tracking
+    from lepton_ray.tracking.tracker import Tracker
+    from lepton_ray.trial import teacher
 
     def refuse(what: str):
         def fail(*args, **kwargs):
@@ -149,7 +150,7 @@ def nothing_may_start(monkeypatch: pytest.MonkeyPatch):
 
     monkeypatch.setattr(ray, "init", refuse("ray.init"))
     monkeypatch.setattr(teacher, "train_teacher", refuse("teacher training"))
-    monkeypatch.setattr(tracking.Tracker, "__init__", refuse("MLflow"))
+    monkeypatch.setattr(Tracker, "__init__", refuse("MLflow"))
 
 
 def fill(value: Any, tmp_path: Path, port: int) -> Any:

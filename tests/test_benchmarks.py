@@ -13,7 +13,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from benchmarks.common import Figure
 from benchmarks.search_efficiency import hypervolume_2d
 from benchmarks.throughput_vs_peak import training_flops
-from lepton_ray.cost import count_macs
+from lepton_ray.compress.cost import count_macs
 
 
 def brute_force_hypervolume(accuracy: list[float], cost: list[float], reference: tuple[float, float]) -> float:

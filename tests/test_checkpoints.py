@@ -12,7 +12,7 @@ import torch
 from lepton_ray.checkpoints import load_safe, save_atomic
 from lepton_ray.cli import main
 from lepton_ray.errors import CheckpointError, StorageFullError
-from lepton_ray.trial import TRIAL_STATE_FILE, newest_readable_state
+from lepton_ray.trial.files import TRIAL_STATE_FILE, newest_readable_state
 
 MARKER = Path("/tmp/lepton_ray_hostile_marker")
 

@@ -15,7 +15,7 @@ import yaml
 from ray.autoscaler._private.util import prepare_config, validate_config
 
 from lepton_ray.config import load_workflow
-from lepton_ray.train import TrialInputs, build_trainer
+from lepton_ray.trial.trainer import TrialInputs, build_trainer
 
 REPO = Path(__file__).resolve().parents[1]
 CLUSTER_YAML = REPO / "cluster.yaml"

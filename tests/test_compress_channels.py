@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lepton_ray.compress import Compression
+from lepton_ray.compress.pipeline import Compression
 from lepton_ray.compress.channels import resize_to_state_dict
 from lepton_ray.config import ChannelPruningConfig, CompressionConfig
-from lepton_ray.cost import count_macs
-from lepton_ray.models import MODELS, count_params
+from lepton_ray.compress.cost import count_macs
+from lepton_ray.models.zoo import MODELS, count_params
 
 CASES = [("cnn_small", (1, 8, 8), {"channels": [8, 16]}), ("resnet18", (3, 32, 32), {}), ("mobilenet_v2", (3, 32, 32), {})]
 

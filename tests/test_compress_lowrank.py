@@ -6,10 +6,10 @@ import pytest
 import torch
 from torch import nn
 
-from lepton_ray.compress import Compression
+from lepton_ray.compress.pipeline import Compression
 from lepton_ray.compress.lowrank import factorize
 from lepton_ray.config import CompressionConfig, LowRankConfig
-from lepton_ray.models import count_params, mlp
+from lepton_ray.models.zoo import mlp
 
 
 def _product(factors: nn.Sequential) -> torch.Tensor:

@@ -9,11 +9,11 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from lepton_ray.compress import Compression
+from lepton_ray.compress.pipeline import Compression
 from lepton_ray.compress.quantize import INPUT_QUANT
 from lepton_ray.config import CompressionConfig
-from lepton_ray.cost import weight_tensors
-from lepton_ray.models import MODELS
+from lepton_ray.compress.cost import weight_tensors
+from lepton_ray.models.zoo import MODELS
 
 ALL_FOUR = {
     "low_rank": {"rank_ratio": 0.5},

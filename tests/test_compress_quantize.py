@@ -6,12 +6,12 @@ import pytest
 import torch
 from torch import nn
 
-from lepton_ray.compress import Compression
+from lepton_ray.compress.pipeline import Compression
 from lepton_ray.compress.quantize import ActivationFQ, WeightFQ
 from lepton_ray.config import CompressionConfig, PruningConfig, QuantizationConfig
-from lepton_ray.cost import weight_tensors
+from lepton_ray.compress.cost import weight_tensors
 from lepton_ray.errors import ConfigError
-from lepton_ray.models import cnn_small
+from lepton_ray.models.zoo import cnn_small
 
 SHAPE = (1, 8, 8)
 

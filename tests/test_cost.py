@@ -10,10 +10,10 @@ import torch
 from torch import nn
 
 from lepton_ray import metrics
-from lepton_ray.compress import Compression
+from lepton_ray.compress.pipeline import Compression
 from lepton_ray.config import CompressionConfig, PruningConfig
-from lepton_ray.cost import count_macs, measure_latency_ms, static_cost, trial_cost
-from lepton_ray.onnx_utils import INPUT_NAME, export_fp32_onnx
+from lepton_ray.compress.cost import count_macs, measure_latency_ms, static_cost, trial_cost
+from lepton_ray.export.onnx_graph import INPUT_NAME, export_fp32_onnx
 
 SHAPE = (2, 5, 5)
 CONV_WEIGHTS, LINEAR_WEIGHTS, BIASES, OUT_CHANNELS = 4 * 2 * 3 * 3, 100 * 3, 4 + 3, 4 + 3

@@ -24,19 +24,17 @@ from lepton_ray.compress.quantize import round_onto_weight_grid
 from lepton_ray.config import (
     DataConfig, ExportConfig, ModelSpec, SelectionConfig, TeacherConfig, TeacherTrainConfig, TrackingConfig, WorkflowConfig, load_workflow,
 )
-from lepton_ray.data import DataSplits, build_data
+from lepton_ray.data.datasets import DataSplits, build_data
 from lepton_ray.errors import ExportError
-from lepton_ray.export import (
-    Int8Checks, CalibrationImages, calibration_images, check_int8_graph, check_same_outputs, check_weight_grid, export_int8,
-    int8_weights, measure_int8, verify_int8,
-)
-from lepton_ray.leaderboard import FRONT_TAG
-from lepton_ray.losses import DistillationObjective
-from lepton_ray.models import build_model
-from lepton_ray.onnx_utils import INPUT_NAME, compact_graph
-from lepton_ray.publish import select_and_export
-from lepton_ray.tracking import Tracker
-from lepton_ray.trial import Precision, evaluate, iterate_batches, train_epoch, train_indices
+from lepton_ray.export.int8 import CalibrationImages, Int8Checks, calibration_images, check_int8_graph, check_same_outputs, check_weight_grid, export_int8, int8_weights, measure_int8, verify_int8
+from lepton_ray.deploy.publish import FRONT_TAG
+from lepton_ray.distill.losses import DistillationObjective
+from lepton_ray.models.zoo import build_model
+from lepton_ray.export.onnx_graph import INPUT_NAME, compact_graph
+from lepton_ray.deploy.publish import select_and_export
+from lepton_ray.tracking.tracker import Tracker
+from lepton_ray.data.batches import iterate_batches, train_indices
+from lepton_ray.trial.epoch import Precision, evaluate, train_epoch
 
 from conftest import QUICKSTART
 
@@ -155,12 +153,28 @@ def test_compacted_int8_file_computes_exactly_what_the_quantizer_wrote_in_far_fe
         check_same_outputs(plain, tmp_path / "broken.onnx", digits.test.tensors[0])
 
 
-def test_float_student_gets_8bit_weights_and_is_refused_as_a_4bit_grid(float_student, digits, tmp_path):
+def test_float_student_gets_7bit_weights_and_is_refused_as_a_4bit_grid(float_student, digits, tmp_path):
     files = export_int8(float_student, digits.input_shape, calibration_images(digits.train, 128, 0), 32, tmp_path)
-    assert files.max_weight_code == 127
+    assert files.max_weight_code == 63
     check_weight_grid(files.fp32, files.int8, 32)
     with pytest.raises(ExportError, match="not on the declared 4-bit grid"):
         check_weight_grid(files.fp32, files.int8, BITS)
+
+
+def session_outputs(path, images: torch.Tensor, level: ort.GraphOptimizationLevel) -> np.ndarray:
+    options = ort.SessionOptions()
+    options.graph_optimization_level = level
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"]).run(None, {INPUT_NAME: images.numpy()})[0]
+
+
+def test_a_float_students_int8_file_predicts_with_ort_integer_kernels_what_its_qdq_math_predicts(float_student, digits, tmp_path):
+    """Unoptimized, ORT runs the QDQ graph as float math; optimized, as u8 x s8 integer kernels. On AVX2 CPUs
+    those saturate for weight codes past 63, so the shipped file must agree with its own math on any CPU."""
+    files = export_int8(float_student, digits.input_shape, calibration_images(digits.train, 512, 0), 32, tmp_path)
+    images = digits.test.tensors[0]
+    reference = session_outputs(files.int8, images, ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+    kernels = session_outputs(files.int8, images, ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
+    assert (reference.argmax(axis=1) == kernels.argmax(axis=1)).all()
 
 
 def test_graph_check_rejects_a_conv_left_in_float(exported, digits, tmp_path):

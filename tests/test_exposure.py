@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from lepton_ray.cli import main
-from lepton_ray.tracking import redact
+from lepton_ray.tracking.uris import redact
 
 from test_sweep import TINY
 from test_tracking_server import mlflow_server  # noqa: F401  (fixture)

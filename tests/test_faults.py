@@ -17,9 +17,9 @@ from lepton_ray.checkpoints import load_safe
 from lepton_ray.checks import check_workflow
 from lepton_ray.config import load_workflow
 from lepton_ray.errors import CheckpointError
-from lepton_ray.sweep import run_sweep
-from lepton_ray.tracking import PARENT_TAG, Tracker
-from lepton_ray.trial import TRIAL_STATE_FILE
+from lepton_ray.sweep.runner import run_sweep
+from lepton_ray.tracking.tracker import PARENT_TAG, Tracker
+from lepton_ray.trial.files import TRIAL_STATE_FILE
 
 from test_sweep import TINY
 

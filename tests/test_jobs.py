@@ -26,7 +26,7 @@ import yaml
 from lepton_ray import metrics
 from lepton_ray.cli import main
 from lepton_ray.config import load_search_space, load_workflow
-from lepton_ray.jobs import SPACE_FILE, WORKFLOW_FILE, check_for_cluster, local_store_path, stage_job
+from lepton_ray.cluster.jobs import SPACE_FILE, WORKFLOW_FILE, check_for_cluster, local_store_path, stage_job
 
 from test_sweep import TINY
 
@@ -181,8 +181,8 @@ def wait_for_status(head: Head, job_id: str, wanted: str, timeout_s: float = 90)
 
 @pytest.mark.ray
 def test_submitted_sweep_succeeds_on_the_head_and_its_trials_are_in_mlflow(ray_head, write_workflow):
-    from lepton_ray.leaderboard import latest_sweep_run_id, trials_frame
-    from lepton_ray.tracking import Tracker
+    from lepton_ray.tracking.leaderboard import latest_sweep_run_id, trials_frame
+    from lepton_ray.tracking.tracker import Tracker
 
     path = write_workflow({**TINY, **ONE_WORKER, "sweep.num_samples": 2})
     started = time.monotonic()

@@ -10,12 +10,14 @@ import torch
 from torch import nn
 
 from lepton_ray.config import DistillationConfig, LossSpec, load_workflow
-from lepton_ray.data import build_data
+from lepton_ray.data.datasets import build_data
 from lepton_ray.errors import ConfigError, DataError
-from lepton_ray.features import capture_features
-from lepton_ray.losses import LOSSES, DistillationObjective, DistillInputs, build_loss
-from lepton_ray.models import build_model
-from lepton_ray.trial import Precision, build_objective, build_optimizer, iterate_batches, train_epoch, train_indices
+from lepton_ray.models.features import capture_features
+from lepton_ray.distill.losses import DistillationObjective, DistillInputs, LOSSES, build_loss
+from lepton_ray.models.zoo import build_model
+from lepton_ray.data.batches import iterate_batches, train_indices
+from lepton_ray.trial.epoch import Precision, build_optimizer, train_epoch
+from lepton_ray.trial.loop import build_objective
 
 from conftest import REPO
 

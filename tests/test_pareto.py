@@ -10,7 +10,7 @@ import pytest
 
 from lepton_ray.config import SelectionConfig
 from lepton_ray.errors import ConfigError, SelectionError
-from lepton_ray.pareto import POLICIES, pareto_front, select
+from lepton_ray.deploy.pareto import POLICIES, pareto_front, select
 
 COST = "size_bytes"
 

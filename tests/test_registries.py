@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from lepton_ray.batches import AugmentView, iterate_batches
+from lepton_ray.data.batches import AugmentView, iterate_batches
 from lepton_ray.config import DataConfig, ModelSpec
-from lepton_ray.data import UNLABELED, build_data
-from lepton_ray.models import MODELS, build_model
+from lepton_ray.data.datasets import UNLABELED, build_data
+from lepton_ray.models.zoo import MODELS, build_model
 
 
 @pytest.mark.parametrize("input_shape", [(1, 8, 8), (3, 32, 32)], ids=["digits-8px", "cifar-32px"])

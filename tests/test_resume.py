@@ -13,7 +13,7 @@ import mlflow
 import pytest
 
 from lepton_ray.config import load_workflow
-from lepton_ray.tracking import PARENT_TAG, Tracker
+from lepton_ray.tracking.tracker import PARENT_TAG, Tracker
 
 from conftest import study_states
 from test_sweep import TINY

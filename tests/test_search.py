@@ -6,7 +6,7 @@ import optuna
 import pytest
 
 from lepton_ray.config import SweepConfig
-from lepton_ray.search import open_study
+from lepton_ray.sweep.search import open_study
 
 SPACE = {"x": optuna.distributions.FloatDistribution(0.0, 1.0)}
 
@@ -37,7 +37,7 @@ def test_a_trial_whose_storage_filled_up_stays_open_for_resume_and_no_new_trial_
 
     from lepton_ray import metrics
     from lepton_ray.config import FloatParam, SearchSpace
-    from lepton_ray.search import StudySearcher
+    from lepton_ray.sweep.search import StudySearcher
 
     space = SearchSpace(params={"distillation.alpha": FloatParam(type="float", low=0.1, high=0.9)})
     study = open_study(tmp_path, SweepConfig(seed=0))
@@ -59,7 +59,7 @@ def test_a_study_write_refused_by_a_full_disk_stops_new_trials_and_leaves_the_tr
 
     from lepton_ray import metrics
     from lepton_ray.config import FloatParam, SearchSpace
-    from lepton_ray.search import StudySearcher
+    from lepton_ray.sweep.search import StudySearcher
 
     space = SearchSpace(params={"distillation.alpha": FloatParam(type="float", low=0.1, high=0.9)})
     study = open_study(tmp_path, SweepConfig(seed=0))
@@ -92,7 +92,7 @@ def test_a_trial_stopped_early_by_the_scheduler_is_pruned_and_never_completes(tm
     """ASHA stops a trial with its early values; Optuna must not see them as a finished trial's."""
     from lepton_ray import metrics
     from lepton_ray.config import FloatParam, SearchSpace
-    from lepton_ray.search import StudySearcher
+    from lepton_ray.sweep.search import StudySearcher
 
     space = SearchSpace(params={"distillation.alpha": FloatParam(type="float", low=0.1, high=0.9)})
     study = open_study(tmp_path, SweepConfig(seed=0))

@@ -8,10 +8,12 @@ import torch
 from lepton_ray import metrics
 from lepton_ray.config import ModelSpec, load_workflow
 from lepton_ray.errors import StorageFullError
-from lepton_ray.data import build_data
-from lepton_ray.models import build_model
-from lepton_ray.sessions import CHECKPOINT_PATH_KEY, CHECKPOINTS_KEPT, InProcessSession
-from lepton_ray.trial import STUDENT_FILE, TRIAL_STATE_FILE, model_payload, run_trial
+from lepton_ray.data.datasets import build_data
+from lepton_ray.models.zoo import build_model
+from lepton_ray.trial.sessions import CHECKPOINT_PATH_KEY, CHECKPOINTS_KEPT, InProcessSession
+from lepton_ray.models.saved import model_payload
+from lepton_ray.trial.files import STUDENT_FILE, TRIAL_STATE_FILE
+from lepton_ray.trial.loop import run_trial
 
 from conftest import QUICKSTART
 from test_sweep import TINY
@@ -110,7 +112,7 @@ def test_a_quantized_trial_times_the_int8_graph_it_ships(tmp_path, monkeypatch):
     """latency_ms is the cost of the exported model: for a b-bit student its int8 ONNX, not its fp32 graph."""
     import onnx
 
-    import lepton_ray.cost as cost
+    import lepton_ray.compress.cost as cost
 
     timed = []
     real_measure = cost.measure_latency_ms
@@ -131,8 +133,8 @@ def test_a_quantized_trial_times_the_int8_graph_it_ships(tmp_path, monkeypatch):
 def test_a_teacher_cache_too_big_for_the_object_store_is_read_from_its_file_and_matches_the_live_teacher(tmp_path):
     """The sweep hands trials a path instead of a ref above `sweep.teacher_cache_object_store_mb`."""
     from lepton_ray.config import parse_workflow
-    from lepton_ray.teacher_cache import build_teacher_cache
-    from lepton_ray.trial import load_teacher_module
+    from lepton_ray.distill.teacher_cache import build_teacher_cache
+    from lepton_ray.models.saved import load_teacher_module
 
     live, cached = [], []
     config = _loop_config(epochs=2)

@@ -12,9 +12,9 @@ from lepton_ray import metrics
 from lepton_ray.checks import check_workflow
 from lepton_ray.cli import main
 from lepton_ray.config import load_workflow
-from lepton_ray.leaderboard import trials_frame
-from lepton_ray.sweep import run_sweep
-from lepton_ray.tracking import ERROR_TAG, PARENT_TAG, Tracker
+from lepton_ray.tracking.leaderboard import trials_frame
+from lepton_ray.sweep.runner import run_sweep
+from lepton_ray.tracking.tracker import ERROR_TAG, PARENT_TAG, Tracker
 
 TINY = {
     "data.name": "synthetic",

@@ -7,13 +7,14 @@ import copy
 import pytest
 import torch
 
-from lepton_ray.batches import augment_view, iterate_batches, train_indices
+from lepton_ray.data.batches import augment_view, iterate_batches, train_indices
 from lepton_ray.config import AugmentConfig, DataConfig, ModelSpec, load_workflow
-from lepton_ray.data import build_data
-from lepton_ray.models import build_model
-from lepton_ray.losses import DistillationObjective
-from lepton_ray.teacher_cache import TeacherCache, TopKLogits, build_teacher_cache, cache_key, load_or_build_cache
-from lepton_ray.trial import Precision, build_objective, build_optimizer, train_epoch
+from lepton_ray.data.datasets import build_data
+from lepton_ray.models.zoo import build_model
+from lepton_ray.distill.losses import DistillationObjective
+from lepton_ray.distill.teacher_cache import TeacherCache, TopKLogits, build_teacher_cache, cache_key, load_or_build_cache
+from lepton_ray.trial.epoch import Precision, build_optimizer, train_epoch
+from lepton_ray.trial.loop import build_objective
 
 from conftest import QUICKSTART
 

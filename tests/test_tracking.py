@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
-from lepton_ray.tracking import Tracker, tracking_uri
+from lepton_ray.tracking.tracker import Tracker
+from lepton_ray.tracking.uris import tracking_uri
 
 
 def test_sqlite_store_keeps_artifacts_next_to_the_database_not_in_the_working_folder(tmp_path, monkeypatch):
@@ -36,10 +36,10 @@ def test_a_resume_closes_the_runs_of_trials_the_study_finished_before_the_driver
     import torch
 
     from lepton_ray import metrics
-    from lepton_ray.sessions import CHECKPOINT_PATH_KEY
-    from lepton_ray.tracking import PARENT_TAG
-    from lepton_ray.trial import STUDENT_FILE
-    from lepton_ray.tune_callbacks import close_runs_of_finished_trials
+    from lepton_ray.trial.sessions import CHECKPOINT_PATH_KEY
+    from lepton_ray.tracking.tracker import PARENT_TAG
+    from lepton_ray.trial.files import STUDENT_FILE
+    from lepton_ray.sweep.callbacks import close_runs_of_finished_trials
 
     tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "resume")
     parent = tracker.start_run("sweep", "sweep", {}, {})

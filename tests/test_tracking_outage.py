@@ -16,10 +16,11 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, RESOURCE_DOES_NOT_EXIST, TEMPORARILY_UNAVAILABLE
 from mlflow.tracking import MlflowClient
 
-from lepton_ray import metrics, tracking
+from lepton_ray import metrics
 from lepton_ray.config import load_workflow
-from lepton_ray.search import NUMBER_KEY
-from lepton_ray.tracking import PARENT_TAG, STATUS_TAG, Tracker
+from lepton_ray.sweep.search import NUMBER_KEY
+from lepton_ray.tracking import write_queue
+from lepton_ray.tracking.tracker import PARENT_TAG, STATUS_TAG, Tracker
 
 from conftest import QUICKSTART
 from test_jobs import free_port
@@ -65,7 +66,7 @@ def flaky(store_uri: str, request: pytest.FixtureRequest, monkeypatch: pytest.Mo
     tracker = Tracker(store_uri, request.node.name, retries=2, backoff_s=0.01, cooldown_s=0.0, warn=messages.append)
     client = FlakyClient(tracker.client)
     tracker.client = client
-    monkeypatch.setattr(tracking, "health_problem", lambda uri, timeout_s=1.0: "injected outage" if client.down else None)
+    monkeypatch.setattr(write_queue, "health_problem", lambda uri, timeout_s=1.0: "injected outage" if client.down else None)
     return tracker, client, messages, MlflowClient(tracking_uri=tracker.uri)
 
 
@@ -89,7 +90,7 @@ def test_writes_during_an_outage_are_queued_in_order_and_replayed_when_mlflow_is
     tracker.finish(trial1, "FINISHED")
     assert time.monotonic() - started < 2, "an outage stalls the caller for the retries only, never longer"
     assert client.refused == 3, "while queued writes wait, nothing new is sent to a server that is down"
-    assert trial1.startswith(tracking.PENDING_PREFIX)
+    assert trial1.startswith(write_queue.PENDING_PREFIX)
     assert any("unreachable" in line and "writes are queued" in line for line in messages)
     assert tracker.unlogged() == [
         "trial-0000 (%s): metrics val_accuracy at step 2" % trial0,
@@ -155,7 +156,7 @@ def test_a_write_mlflow_refuses_is_listed_and_does_not_block_the_queue(flaky):
     assert tracker.flush()
 
     assert history(store, run) == [(1, 0.5)]
-    assert len(tracker.lost) == 1 and tracker.lost[0].startswith("no-such-run: tags x (")
+    assert len(tracker.writes.lost) == 1 and tracker.writes.lost[0].startswith("no-such-run: tags x (")
     assert any("MLflow refused a write, not retried" in line for line in messages)
 
 
@@ -164,24 +165,24 @@ def test_a_write_that_keeps_failing_while_the_server_is_healthy_is_given_up_afte
     run = tracker.start_run("sweep/trial-0000", "trial-0000", {}, {})
     client.fails = lambda name, args: name == "set_terminated"
     tracker.finish(run, "FINISHED")
-    assert [item.what for item in tracker.queue] == ["status FINISHED"]
+    assert [item.what for item in tracker.writes.queue] == ["status FINISHED"]
 
     for _ in range(3):
         tracker.flush()
 
-    assert tracker.queue == []
-    assert tracker.lost == [f"trial-0000 ({run}): status FINISHED (injected: connection refused)"]
+    assert tracker.writes.queue == []
+    assert tracker.writes.lost == [f"trial-0000 ({run}): status FINISHED (injected: connection refused)"]
     assert store.get_run(run).data.tags[STATUS_TAG] == "finished", "the write before it landed"
 
 
 def test_transient_and_permanent_errors_are_told_apart():
-    assert tracking.is_transient(ConnectionError("refused"))
-    assert tracking.is_transient(MlflowException("API request failed"))  # INTERNAL_ERROR: what MLflow raises on a dead server
-    assert tracking.is_transient(MlflowException("busy", error_code=TEMPORARILY_UNAVAILABLE))
-    assert not tracking.is_transient(MlflowException("bad value", error_code=INVALID_PARAMETER_VALUE))
-    assert not tracking.is_transient(MlflowException("no such run", error_code=RESOURCE_DOES_NOT_EXIST))
-    assert not tracking.is_transient(FileNotFoundError("student.pt"))
-    assert not tracking.is_transient(ValueError("no"))
+    assert write_queue.is_transient(ConnectionError("refused"))
+    assert write_queue.is_transient(MlflowException("API request failed"))  # INTERNAL_ERROR: what MLflow raises on a dead server
+    assert write_queue.is_transient(MlflowException("busy", error_code=TEMPORARILY_UNAVAILABLE))
+    assert not write_queue.is_transient(MlflowException("bad value", error_code=INVALID_PARAMETER_VALUE))
+    assert not write_queue.is_transient(MlflowException("no such run", error_code=RESOURCE_DOES_NOT_EXIST))
+    assert not write_queue.is_transient(FileNotFoundError("student.pt"))
+    assert not write_queue.is_transient(ValueError("no"))
 
 
 # ---- a real mlflow server stopped and restarted under the Tune callback --------------------------
@@ -194,7 +195,7 @@ def fake_trial(trial_id: str, number: int, **result: float) -> SimpleNamespace:
 
 @pytest.mark.mlflow_server
 def test_server_stopped_mid_sweep_loses_nothing_and_the_callback_never_raises(tmp_path, monkeypatch, capsys):
-    from lepton_ray.tune_callbacks import MlflowTrialLogger
+    from lepton_ray.sweep.callbacks import MlflowTrialLogger
 
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # the Tracker's own retries are under test
     store = tmp_path / "server"
@@ -218,7 +219,7 @@ def test_server_stopped_mid_sweep_loses_nothing_and_the_callback_never_raises(tm
         logger.on_trial_start(0, [], second)
         logger.on_trial_result(0, [], second, {metrics.EPOCH: 1, metrics.VAL_ACCURACY: 0.4})
         outage_s = time.monotonic() - started
-        assert [item.what for item in tracker.queue] == ["metrics epoch, val_accuracy at step 2", "start run (params, tags)", "metrics epoch, val_accuracy at step 1"]
+        assert [item.what for item in tracker.writes.queue] == ["metrics epoch, val_accuracy at step 2", "start run (params, tags)", "metrics epoch, val_accuracy at step 1"]
         assert "unreachable" in capsys.readouterr().err
 
         servers.append(start_server(port, store))

@@ -19,9 +19,10 @@ from lepton_ray.checks import check_workflow
 from lepton_ray.cli import main
 from lepton_ray.config import load_workflow
 from lepton_ray.errors import TrackingError
-from lepton_ray.sweep import run_sweep
-from lepton_ray.tracking import PARENT_TAG, check_reachable
-from lepton_ray.trial import STUDENT_FILE
+from lepton_ray.sweep.runner import run_sweep
+from lepton_ray.tracking.tracker import PARENT_TAG
+from lepton_ray.tracking.uris import check_reachable
+from lepton_ray.trial.files import STUDENT_FILE
 
 from test_jobs import free_port
 from test_sweep import TINY

@@ -10,11 +10,13 @@ import pytest
 import torch
 
 from lepton_ray.checkpoints import load_safe
-from lepton_ray.config import DataConfig, ModelSpec, load_workflow
-from lepton_ray.data import build_data
-from lepton_ray.losses import DistillationObjective
-from lepton_ray.models import build_model
-from lepton_ray.trial import Precision, build_objective, build_optimizer, evaluate, iterate_batches, load_teacher_module, train_epoch, train_indices
+from lepton_ray.config import ModelSpec, load_workflow
+from lepton_ray.data.datasets import build_data
+from lepton_ray.models.zoo import build_model
+from lepton_ray.data.batches import iterate_batches, train_indices
+from lepton_ray.models.saved import load_teacher_module
+from lepton_ray.trial.epoch import Precision, build_optimizer, evaluate, train_epoch
+from lepton_ray.trial.loop import build_objective
 
 from conftest import QUICKSTART
 
@@ -24,11 +26,11 @@ CPU = torch.device("cpu")
 def test_train_indices_are_disjoint_equal_shards_that_reshuffle_each_epoch(monkeypatch):
     shards = []
     for rank in range(3):
-        monkeypatch.setattr("lepton_ray.batches.world", lambda rank=rank: (rank, 3))
+        monkeypatch.setattr("lepton_ray.data.batches.world", lambda rank=rank: (rank, 3))
         shards.append(train_indices(100, epoch=0, seed=1))
     assert [len(s) for s in shards] == [33, 33, 33]
     assert len(set().union(*map(set, shards))) == 99
-    monkeypatch.setattr("lepton_ray.batches.world", lambda: (0, 3))
+    monkeypatch.setattr("lepton_ray.data.batches.world", lambda: (0, 3))
     assert train_indices(100, epoch=1, seed=1) != shards[0]
 
 
@@ -45,7 +47,8 @@ def _ddp_probe(config: dict) -> None:
     import ray.train
     import ray.train.torch
 
-    from lepton_ray.trial import set_up_student, world
+    from lepton_ray.data.batches import world
+    from lepton_ray.trial.loop import set_up_student
 
     torch.set_num_threads(1)
     wf = load_workflow(QUICKSTART, {

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lepton_ray.compress import Compressor, register_compressor
+from lepton_ray.compress.base import Compressor, register_compressor
 from lepton_ray.compress.layers import weight_layers
 from lepton_ray.config import ChannelPruningConfig
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lepton_ray.compress import Compressor, register_compressor
+from lepton_ray.compress.base import Compressor, register_compressor
 from lepton_ray.config import LowRankConfig
 
 Factorizable = nn.Linear | nn.Conv2d

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from lepton_ray.compress import Compressor, register_compressor
+from lepton_ray.compress.base import Compressor, register_compressor
 from lepton_ray.compress.layers import bake_weights, full_compression_epoch, weight_layers
 from lepton_ray.config import PruningConfig
 from lepton_ray.errors import ConfigError

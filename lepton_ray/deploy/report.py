@@ -12,11 +12,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from lepton_ray.pareto import ACCURACY, Selection, format_cost
+from lepton_ray.deploy.pareto import ACCURACY, Selection, format_cost
 
 if TYPE_CHECKING:
-    from lepton_ray.export import Int8Checks, Int8Files
-    from lepton_ray.publish import Published
+    from lepton_ray.export.int8 import Int8Checks, Int8Files
+    from lepton_ray.deploy.publish import Published
 
 
 def plot_pareto(trials: pd.DataFrame, cost_column: str, on_front: np.ndarray, selection: Selection, teacher_accuracy: float, path: Path) -> Path:

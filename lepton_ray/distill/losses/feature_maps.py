@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lepton_ray.errors import ConfigError
-from lepton_ray.losses.base import LOSSES, DistillationLoss, DistillInputs
+from lepton_ray.distill.losses.base import DistillationLoss, DistillInputs, LOSSES
 
 
 def pool_to(features: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

@@ -19,7 +19,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from lepton_ray import metrics
 from lepton_ray.compress.layers import weight_layers
-from lepton_ray.onnx_utils import INPUT_NAME, export_fp32_onnx
+from lepton_ray.export.onnx_graph import INPUT_NAME, export_fp32_onnx
 
 FLOAT_BITS = 32
 LATENCY_WARMUP = 5

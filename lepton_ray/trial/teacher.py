@@ -16,11 +16,13 @@ import torch
 
 from lepton_ray.checkpoints import load_safe, save_atomic
 from lepton_ray.config import DataConfig, TeacherConfig, WorkflowConfig
-from lepton_ray.data import DataSplits
+from lepton_ray.data.datasets import DataSplits
 from lepton_ray.errors import CheckpointError
-from lepton_ray.losses import DistillationObjective
-from lepton_ray.models import build_model
-from lepton_ray.trial import Precision, evaluate, iterate_batches, load_teacher_module, model_payload, train_epoch, train_indices
+from lepton_ray.distill.losses import DistillationObjective
+from lepton_ray.models.zoo import build_model
+from lepton_ray.data.batches import iterate_batches, train_indices
+from lepton_ray.models.saved import load_teacher_module, model_payload
+from lepton_ray.trial.epoch import Precision, evaluate, train_epoch
 
 
 @dataclass(frozen=True)

@@ -49,7 +49,7 @@ def compact_graph(model: onnx.ModelProto, keep_suffix: str = "_quantized") -> on
     `<module>.weight_quantized`, keep theirs), doc strings, metadata and shape annotations go
     (ORT re-infers shapes), an int32 bias's all-zero zero point is dropped (optional in
     DequantizeLinear; ORT still fuses QLinearConv/QGemm), and unused opset imports go. Weight zero
-    points stay: without them ORT does not fuse Gemm into QGemm. (`export._strip_metadata` cleans
+    points stay: without them ORT does not fuse Gemm into QGemm. (`int8._strip_metadata` cleans
     the fp32 export, whose graph metadata it keeps.)
     """
     graph = model.graph

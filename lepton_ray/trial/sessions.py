@@ -19,7 +19,7 @@ from typing import Any, Callable, Protocol
 import torch
 from torch import nn
 
-from lepton_ray.batches import world
+from lepton_ray.data.batches import world
 from lepton_ray.checkpoints import save_atomic
 
 CHECKPOINT_PREFIX = "checkpoint_"

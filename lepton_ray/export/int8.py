@@ -1,11 +1,11 @@
-"""Int8 ONNX export of a finalized student, verified in ONNX Runtime (`publish.py` registers it in MLflow).
+"""Int8 ONNX export of a finalized student, verified in ONNX Runtime (`deploy/publish.py` registers it in MLflow).
 
 The route measured to work on this stack (see STACK.md): fp32 ONNX from `torch.onnx.export`
 (dynamo, dynamic batch), ORT's `quant_pre_process`, then `quantize_static` in QDQ format with
 per-channel int8 weights and uint8 activations calibrated on training images. Per-channel scale
 overrides put the weights on the student's own b-bit grid, so a 4- or 6-bit student's weights
-survive exactly. The file is then compacted (`onnx_utils.compact_graph`), checked bit-exact against
-the quantizer's. `publish.py` registers a model only after every check passed.
+survive exactly. The file is then compacted (`onnx_graph.compact_graph`), checked bit-exact against
+the quantizer's. `deploy/publish.py` registers a model only after every check passed.
 """
 
 from __future__ import annotations
@@ -27,13 +27,18 @@ from torch.utils.data import Dataset
 
 from lepton_ray.config import ExportConfig
 from lepton_ray.errors import ExportError
-from lepton_ray.onnx_utils import INPUT_NAME, OUTPUT_NAME, compact_graph, export_fp32_onnx
-from lepton_ray.trial import iterate_batches
+from lepton_ray.export.onnx_graph import INPUT_NAME, OUTPUT_NAME, compact_graph, export_fp32_onnx
+from lepton_ray.data.batches import iterate_batches
 
 
 FP32_FILE = "student.fp32.onnx"
 INT8_FILE = "student.int8.onnx"
 MAX_WEIGHT_BITS = 8
+FLOAT_STUDENT_WEIGHT_BITS = 7
+"""A float student's weights are rounded to 7-bit codes (|code| <= 63, ORT's `reduce_range`): on x86 CPUs
+without VNNI (AVX2 only), ORT's u8 x s8 kernels add pairs of products in int16, which saturates for
+codes up to 127, so an 8-bit file computes something else there than its QDQ math (measured on an AVX2
+EPYC: a float MLP lost 1 of 60 test images at 8 bits, none at 7). A QAT student keeps its own grid."""
 GRID_TOLERANCE = 1e-3
 """Largest |dequantized - fp32| weight error, in units of the channel's scale, for weights on a grid."""
 FLOAT_COMPUTE_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul", "FusedConv", "FusedGemm", "FusedMatMul"})
@@ -63,6 +68,11 @@ def _output_channel_axis(node: onnx.NodeProto) -> int:
     return 1 if node.op_type == "MatMul" else 0
 
 
+def shipped_weight_bits(weight_bits: int) -> int:
+    """Bits of the int8 file's weight codes: a QAT student's own grid (<= 8), a float student's 7."""
+    return weight_bits if weight_bits <= MAX_WEIGHT_BITS else FLOAT_STUDENT_WEIGHT_BITS
+
+
 def grid_overrides(model: onnx.ModelProto, weight_bits: int) -> dict[str, list[dict[str, Any]]]:
     """`TensorQuantOverrides` putting each Conv/Gemm/MatMul weight on the symmetric b-bit grid.
 
@@ -70,7 +80,7 @@ def grid_overrides(model: onnx.ModelProto, weight_bits: int) -> dict[str, list[d
     channel borrows the tensor's largest scale: its codes are 0 anyway, and a tiny scale would
     overflow the int32 bias (bias scale = input scale * weight scale).
     """
-    qmax = 2 ** (min(weight_bits, MAX_WEIGHT_BITS) - 1) - 1
+    qmax = 2 ** (shipped_weight_bits(weight_bits) - 1) - 1
     initializers = {init.name: init for init in model.graph.initializer}
     overrides: dict[str, list[dict[str, Any]]] = {}
     for node in model.graph.node:
@@ -111,7 +121,7 @@ def export_int8(student: nn.Module, input_shape: tuple[int, ...], calibration_im
 
     `weight_bits` <= 8 declares the student's weights already on that symmetric per-channel grid
     (baked by QAT) and the export fails if they are not; above 8 (a float student) the weights
-    are rounded to 8 bits.
+    are rounded to `FLOAT_STUDENT_WEIGHT_BITS` (7).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -183,7 +193,7 @@ def int8_weights(int8_path: Path) -> dict[str, tuple[np.ndarray, np.ndarray, int
 def check_weight_grid(fp32_path: Path, int8_path: Path, weight_bits: int) -> int:
     """Largest |weight code|; for a declared b-bit grid (b <= 8), fail unless codes fit it and dequantize to the fp32 weights."""
     fp32_weights = {init.name: numpy_helper.to_array(init) for init in onnx.load(str(fp32_path)).graph.initializer}
-    qmax = 2 ** (min(weight_bits, MAX_WEIGHT_BITS) - 1) - 1
+    qmax = 2 ** (shipped_weight_bits(weight_bits) - 1) - 1
     max_code = 0
     for name, (codes, scales, axis) in int8_weights(int8_path).items():
         max_code = max(max_code, int(np.abs(codes.astype(np.int32)).max(initial=0)))

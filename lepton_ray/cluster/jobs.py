@@ -77,7 +77,7 @@ def check_for_cluster(wf: WorkflowConfig) -> SearchSpace | None:
 
 def stage_job(wf: WorkflowConfig, space: SearchSpace | None, folder: Path, sweep_flags: list[str]) -> str:
     """Fill `folder` with the package and the resolved workflow; returns the job's entrypoint."""
-    package = Path(__file__).resolve().parent
+    package = Path(__file__).resolve().parents[1]
     shutil.copytree(package, folder / package.name, ignore=shutil.ignore_patterns(*STAGING_EXCLUDES))
     (folder / JOB_DIR).mkdir()
     workflow = wf.to_dict()

@@ -3,191 +3,34 @@
 Read top to bottom: build data, teachers and student; compression hooks at named points
 (`prepare`, `on_epoch_start`, `is_final`, `finalize`); one report per epoch; the last
 report carries the test accuracy and cost figures of the best fully-compressed student.
-The same `train_epoch`/`evaluate` also train teachers in-process (no Ray, no DDP).
+The epoch functions (`trial/epoch.py`) also train teachers in-process (no Ray, no DDP).
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Union
+from typing import Any, Callable
 
 import torch
-import torch.distributed as dist
 from torch import nn
-from torch.utils.data import Dataset
 
 from lepton_ray import metrics
-from lepton_ray.batches import Batch, augment_view, eval_indices, iterate_batches, on_device, train_indices, world
-from lepton_ray.checkpoints import load_safe
-from lepton_ray.errors import CheckpointError
-from lepton_ray.compress import Compression
-from lepton_ray.config import TrainingConfig, WorkflowConfig, parse_workflow
-from lepton_ray.cost import trial_cost
-from lepton_ray.data import DataSplits, build_data
-from lepton_ray.features import capture_features, unwrap
-from lepton_ray.losses import DistillationObjective, DistillInputs
-from lepton_ray.models import build_model
-from lepton_ray.sessions import RayTrainSession, TrialSession
-from lepton_ray.teacher_cache import TeacherCache
-
-TRIAL_STATE_FILE = "trial_state.pt"
-STUDENT_FILE = "student.pt"
-DIVERGED = "diverged"
-"""Metric set to 1 when the loss became NaN/inf; the trial driver turns it into a failure."""
-DIVERGED_FILE = "diverged.pt"
-
-
-# ---- collectives (the data path lives in lepton_ray/batches.py) ---------------------------------
-
-def all_reduce_sums(*values: float, device: torch.device) -> list[float]:
-    _, world_size = world()
-    if world_size == 1:
-        return list(values)
-    tensor = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.all_reduce(tensor)
-    return tensor.tolist()
-
-
-# ---- one epoch --------------------------------------------------------------------------------
-
-@dataclass
-class Precision:
-    """Autocast + grad scaling for `training.precision` (fp16 only on GPU, with a GradScaler)."""
-
-    name: str
-    device: torch.device
-
-    def __post_init__(self) -> None:
-        self.scaler = torch.amp.GradScaler("cuda") if self.name == "fp16" else None
-
-    def autocast(self) -> contextlib.AbstractContextManager:
-        if self.name == "fp32":
-            return contextlib.nullcontext()
-        dtype = torch.bfloat16 if self.name == "bf16" else torch.float16
-        return torch.autocast(self.device.type, dtype=dtype)
-
-    def backward(self, loss: torch.Tensor) -> None:
-        (loss if self.scaler is None else self.scaler.scale(loss)).backward()
-
-    def step(self, optimizer: torch.optim.Optimizer) -> None:
-        if self.scaler is None:
-            optimizer.step()
-            return
-        self.scaler.step(optimizer)
-        self.scaler.update()
-
-
-def average_grads(module: nn.Module) -> None:
-    """All-reduce grads of a module DDP does not wrap (loss adapters) so ranks stay identical."""
-    _, world_size = world()
-    if world_size == 1:
-        return
-    for param in module.parameters():
-        if param.grad is not None:
-            dist.all_reduce(param.grad)
-            param.grad /= world_size
-
-
-Teachers = Union[list[nn.Module], TeacherCache]
-"""Live frozen teacher modules, or their outputs cached once per sweep (same values, no forward)."""
-
-
-def teacher_outputs(teachers: Teachers, batch: Batch, layers: tuple[str, ...]) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
-    """Logits of every teacher and the primary teacher's named features, without grad."""
-    if isinstance(teachers, TeacherCache):
-        return teachers.lookup(batch, layers)
-    if not teachers:
-        return [], {}
-    with torch.no_grad(), capture_features(teachers[0], layers, "teacher layer") as features:
-        logits = [teacher(batch.images) for teacher in teachers]
-    return logits, dict(features)
-
-
-def train_epoch(
-    student: nn.Module,
-    teachers: Teachers,
-    objective: DistillationObjective,
-    batches: Iterator[Batch],
-    optimizer: torch.optim.Optimizer,
-    precision: Precision,
-) -> float:
-    """One pass over this rank's shard; returns the all-reduced mean loss (NaN if it diverged)."""
-    student.train()
-    loss_sum, count = 0.0, 0
-    for batch in batches:
-        images, labels = batch.images, batch.labels
-        with precision.autocast():
-            teacher_logits, teacher_features = teacher_outputs(teachers, batch, objective.teacher_layers)
-            with capture_features(student, objective.student_layers, "student layer") as student_features:
-                student_logits = student(images)
-            loss = objective(DistillInputs(student_logits, labels, teacher_logits, objective.temperature, dict(student_features), teacher_features))
-        optimizer.zero_grad(set_to_none=True)
-        precision.backward(loss)
-        average_grads(objective)
-        precision.step(optimizer)
-        loss_sum += loss.item() * len(labels)
-        count += len(labels)
-    loss_sum, count = all_reduce_sums(loss_sum, count, device=precision.device)
-    return loss_sum / max(count, 1)
-
-
-def evaluate(model: nn.Module, dataset: Dataset, batch_size: int, device: torch.device) -> tuple[float, float]:
-    """(accuracy, mean cross-entropy) over the whole split, all-reduced across ranks."""
-    model.eval()
-    correct, loss_sum, count = 0.0, 0.0, 0
-    with torch.no_grad():
-        for batch in iterate_batches(dataset, eval_indices(len(dataset)), batch_size, device):
-            images, labels = batch.images, batch.labels
-            logits = model(images).float()
-            loss_sum += nn.functional.cross_entropy(logits, labels, reduction="sum").item()
-            correct += (logits.argmax(dim=-1) == labels).sum().item()
-            count += len(labels)
-    correct, loss_sum, count = all_reduce_sums(correct, loss_sum, count, device=device)
-    return correct / max(count, 1), loss_sum / max(count, 1)
-
-
-def build_optimizer(cfg: TrainingConfig, params: list[nn.Parameter]) -> torch.optim.Optimizer:
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    optimizer_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
-    return optimizer_cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-
-
-# ---- models in and out -------------------------------------------------------------------------
-
-def model_payload(model: nn.Module, spec_name: str, options: dict, data: DataSplits, **extra: Any) -> dict[str, Any]:
-    """What a student/teacher file holds: plain data that `torch.load(weights_only=True)` accepts."""
-    state = {key: value.detach().cpu() for key, value in unwrap(model).state_dict().items()}
-    return {"model": spec_name, "options": dict(options), "input_shape": list(data.input_shape), "num_classes": data.num_classes, "state_dict": state, **extra}
-
-
-def load_student(wf: WorkflowConfig, payload: dict[str, Any]) -> nn.Module:
-    """Rebuild a finalized student (compressed structure included) from its saved payload."""
-    from lepton_ray.config import ModelSpec
-
-    model = build_model(ModelSpec(name=payload["model"], options=payload["options"]), tuple(payload["input_shape"]), payload["num_classes"])
-    model = Compression(wf.compression, wf.training.epochs).rebuild(model, payload["state_dict"])
-    model.load_state_dict(payload["state_dict"])
-    return model.eval()
-
-
-# ---- the per-worker loop -----------------------------------------------------------------------
-
-def newest_readable_state(folders: list[Path], warn=print) -> dict[str, Any]:
-    """Trial state from the newest kept checkpoint that loads; a truncated newest one falls back."""
-    problems = []
-    for folder in sorted(folders, key=lambda f: f.name, reverse=True):
-        try:
-            return load_safe(folder / TRIAL_STATE_FILE, "trial checkpoint")
-        except CheckpointError as err:
-            problems.append(str(err))
-            warn(f"skipping unreadable checkpoint {folder.name}: {err}")
-    raise CheckpointError("trial checkpoint: no kept checkpoint is readable (" + "; ".join(problems) + "); restart the trial from scratch")
+from lepton_ray.compress.cost import trial_cost
+from lepton_ray.compress.pipeline import Compression
+from lepton_ray.config import WorkflowConfig, parse_workflow
+from lepton_ray.data.batches import Batch, augment_view, iterate_batches, on_device, train_indices, world
+from lepton_ray.data.datasets import DataSplits, build_data
+from lepton_ray.distill.losses import DistillationObjective
+from lepton_ray.distill.teacher_cache import TeacherCache
+from lepton_ray.models.features import capture_features, unwrap
+from lepton_ray.models.saved import load_teacher_module, model_payload
+from lepton_ray.models.zoo import build_model
+from lepton_ray.trial.epoch import Precision, Teachers, build_optimizer, evaluate, teacher_outputs, train_epoch
+from lepton_ray.trial.files import DIVERGED_FILE, STUDENT_FILE, TRIAL_STATE_FILE, newest_readable_state
+from lepton_ray.trial.sessions import RayTrainSession, TrialSession
 
 
 def _restore(student: nn.Module, objective: nn.Module, optimizer: torch.optim.Optimizer, compression: Compression, session: TrialSession) -> dict[str, Any]:
@@ -240,7 +83,7 @@ def run_trial(loop_config: dict[str, Any], session: TrialSession) -> None:
             metrics.VAL_LOSS: val_loss, metrics.RESTARTS: state["restarts"], metrics.IMAGES_PER_S: images_per_s, **timing,
         }
         if not math.isfinite(train_loss) or train_loss > wf.training.divergence_loss:
-            session.report({**epoch_metrics, DIVERGED: 1}, {DIVERGED_FILE: {"epoch": epoch + 1, "train_loss": train_loss}})
+            session.report({**epoch_metrics, metrics.DIVERGED: 1}, {DIVERGED_FILE: {"epoch": epoch + 1, "train_loss": train_loss}})
             return
         if compression.is_final(epoch) and (best is None or val_accuracy > best["val_accuracy"]):
             best = {"val_accuracy": val_accuracy, "epoch": epoch + 1, "student": copy.deepcopy(unwrap(student).state_dict())}
@@ -300,7 +143,7 @@ TRIAL_CALIBRATION_SAMPLES = 64
 
 def _int8_export(final: nn.Module, data: DataSplits, wf: WorkflowConfig):
     """The int8 ONNX export a quantized student ships as, written into a folder: what its latency is measured on."""
-    from lepton_ray.export import calibration_images, export_int8
+    from lepton_ray.export.int8 import calibration_images, export_int8  # here, not at the top: ORT's quantizer adds ~1 s to every worker's start
 
     def write(folder: Path) -> Path:
         images = calibration_images(data.train, TRIAL_CALIBRATION_SAMPLES, wf.data.seed)
@@ -354,15 +197,3 @@ def resolve(value: Any) -> Any:
     import ray
 
     return ray.get(value) if isinstance(value, ray.ObjectRef) else value
-
-
-def load_teacher_module(payload: dict[str, Any]) -> nn.Module:
-    """A frozen teacher in eval mode (never wrapped in DDP, never trained here)."""
-    from lepton_ray.config import ModelSpec
-
-    teacher = build_model(ModelSpec(name=payload["model"], options=payload["options"]), tuple(payload["input_shape"]), payload["num_classes"], field="teacher")
-    teacher.load_state_dict(payload["state_dict"])
-    teacher.eval()
-    for param in teacher.parameters():
-        param.requires_grad_(False)
-    return teacher

@@ -14,9 +14,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from lepton_ray.config import DistillationConfig, LossSpec
+from lepton_ray.distill.losses import feature_maps as _feature_map_losses, logits as _logit_losses  # noqa: F401  (importing them registers the losses)
+from lepton_ray.distill.losses.base import LOSSES, DistillationLoss, DistillInputs, soft_target_kl
 from lepton_ray.errors import ConfigError
-from lepton_ray.losses import feature_maps, logits  # noqa: F401  (registers the losses)
-from lepton_ray.losses.base import LOSSES, DistillationLoss, DistillInputs, soft_target_kl
 
 __all__ = ["LOSSES", "DistillationLoss", "DistillInputs", "DistillationObjective", "build_loss", "labeled_cross_entropy", "soft_target_kl"]
 

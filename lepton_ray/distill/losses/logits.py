@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from lepton_ray.errors import ConfigError
-from lepton_ray.losses.base import LOSSES, DistillationLoss, DistillInputs, soft_target_kl
+from lepton_ray.distill.losses.base import DistillationLoss, DistillInputs, LOSSES, soft_target_kl
 
 
 @LOSSES.register("kd")

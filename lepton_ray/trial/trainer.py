@@ -1,21 +1,23 @@
-"""Driver side of one distillation trial: build the `TorchTrainer`, run it, read the student back."""
+"""Driver side of one distillation trial: what trials share (object store), the `TorchTrainer` for a trial."""
 
 from __future__ import annotations
 
 import os
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from lepton_ray import metrics
 from lepton_ray.config import WorkflowConfig
-from lepton_ray.teacher import Teacher
-from lepton_ray.trial import DIVERGED, train_loop_per_worker
+from lepton_ray.distill.losses import DistillationObjective
+from lepton_ray.distill.teacher_cache import cache_key, load_or_build_cache
+from lepton_ray.models.saved import load_teacher_module
+from lepton_ray.trial.loop import train_loop_per_worker
+from lepton_ray.trial.teacher import Teacher
 
 if TYPE_CHECKING:
-    from lepton_ray.data import DataSplits
-    from lepton_ray.teacher_cache import TeacherCache
+    from lepton_ray.data.datasets import DataSplits
+    from lepton_ray.distill.teacher_cache import TeacherCache
 
 
 class TrialDivergedError(RuntimeError):
@@ -81,9 +83,6 @@ def put_trial_inputs(wf: WorkflowConfig, teachers: list[Teacher], data: "DataSpl
 
 def sweep_teacher_cache(wf: WorkflowConfig, teachers: list[Teacher], data: "DataSplits", storage: Path) -> tuple["TeacherCache", Path]:
     """Teacher outputs for every (view, training sample), computed once (or read back on --resume), and its file."""
-    from lepton_ray.losses import DistillationObjective
-    from lepton_ray.teacher_cache import cache_key, load_or_build_cache
-    from lepton_ray.trial import load_teacher_module
 
     layers = DistillationObjective(wf.distillation).teacher_layers
     top_k = wf.sweep.teacher_cache_top_k
@@ -107,28 +106,8 @@ def shared_teacher_cache(wf: WorkflowConfig, teachers: list[Teacher], data: "Dat
 
 
 def raise_if_diverged(final_metrics: dict[str, Any]) -> None:
-    if final_metrics.get(DIVERGED):
+    if final_metrics.get(metrics.DIVERGED):
         raise TrialDivergedError(
             f"training diverged at epoch {final_metrics.get(metrics.EPOCH)} (train_loss={final_metrics.get(metrics.TRAIN_LOSS):.4g}, "
             "NaN/inf or above training.divergence_loss); lower training.lr or check the data"
         )
-
-
-def git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, cwd=Path(__file__).parent).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
-def lineage_tags(wf: WorkflowConfig, teachers: list[Teacher]) -> dict[str, str]:
-    return {
-        "dataset": wf.data.name,
-        "teacher": wf.teacher.name,
-        "student": wf.student.name,
-        "teacher_sha256": teachers[0].sha256,
-        "seed": str(wf.training.seed),
-        "world_size": str(wf.resources.num_workers),
-        "git_commit": git_commit(),
-        "workflow": wf.name,
-    }

@@ -5,10 +5,9 @@ from __future__ import annotations
 import pandas as pd
 
 from lepton_ray import metrics
-from lepton_ray.pareto import pareto_front
-from lepton_ray.tracking import ERROR_TAG, PARENT_TAG, STATUS_TAG, Tracker
+from lepton_ray.deploy.pareto import pareto_front
+from lepton_ray.tracking.tracker import ERROR_TAG, PARENT_TAG, STATUS_TAG, Tracker
 
-FRONT_TAG = "lepton.pareto_front"
 METRIC_COLUMNS = [
     metrics.TEST_ACCURACY, metrics.BEST_VAL_ACCURACY, metrics.SIZE_BYTES, metrics.MACS, metrics.BOPS, metrics.LATENCY_MS,
     metrics.PARAMS, metrics.SPARSITY, metrics.BITS, metrics.EPOCH,

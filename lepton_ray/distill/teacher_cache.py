@@ -6,7 +6,7 @@ each teacher's logits (and the primary teacher's features the losses name) for e
 (augmentation view, training sample), keyed by a hash of teacher weights + data config (which
 includes the augmentation) + layers.
 
-It is exact because augmentation is replayed (`lepton_ray/batches.py`): sample i in view v is
+It is exact because augmentation is replayed (`lepton_ray/data/batches.py`): sample i in view v is
 the same tensor in every trial and epoch, so its cached output equals the live one (tested to
 float tolerance). Small caches travel through Ray's object store; caches above
 `sweep.teacher_cache_object_store_mb` stay a file on the sweep's storage that workers read.
@@ -27,10 +27,10 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from lepton_ray.batches import Batch, augment_view, iterate_batches, num_views
+from lepton_ray.data.batches import Batch, augment_view, iterate_batches, num_views
 from lepton_ray.checkpoints import load_safe, save_atomic
 from lepton_ray.config import DataConfig
-from lepton_ray.features import capture_features
+from lepton_ray.models.features import capture_features
 
 
 @dataclass

@@ -1,7 +1,7 @@
-"""The sweep's last stage: select a trial, load its student from its checkpoint, export it to int8
-(`export.py`), verify it, and publish it to the MLflow registry as `champion`.
+"""Publishing: load the picked trial's student from its checkpoint, export it to int8
+(`export/int8.py`), verify it, register it in MLflow as `champion`, and write the report.
 
-Kept apart from `export.py` (which works on any module) so export stays free of sweep layout and MLflow.
+Kept apart from the export (which works on any module) so the export stays free of run folders and MLflow.
 """
 
 from __future__ import annotations
@@ -19,29 +19,29 @@ from torch import nn
 from lepton_ray import metrics
 from lepton_ray.checkpoints import load_safe
 from lepton_ray.config import WorkflowConfig, parse_workflow
+from lepton_ray.deploy.pareto import ACCURACY, Selection, completed, pareto_front, select
+from lepton_ray.deploy.report import plot_pareto, write_report
 from lepton_ray.errors import CheckpointError
-from lepton_ray.export import (
+from lepton_ray.export.int8 import (
     Int8Checks, Int8Files, calibration_images, dataset_images, export_int8, measure_int8, ort_session, verify_int8,
 )
-from lepton_ray.leaderboard import FRONT_TAG
-from lepton_ray.onnx_utils import INPUT_NAME, OUTPUT_NAME
-from lepton_ray.pareto import ACCURACY, Selection, completed, pareto_front, select
-from lepton_ray.report import plot_pareto, write_report
-from lepton_ray.trial import STUDENT_FILE, load_student
+from lepton_ray.export.onnx_graph import INPUT_NAME, OUTPUT_NAME
+from lepton_ray.trial.files import STUDENT_FILE, load_student, newest_student_file, trial_run_name
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from lepton_ray.data import DataSplits
-    from lepton_ray.sweep import SweepOutcome
-    from lepton_ray.tracking import Tracker
+    from lepton_ray.data.datasets import DataSplits
+    from lepton_ray.tracking.tracker import Tracker
+
 
 CHAMPION_ALIAS = "champion"
+FRONT_TAG = "lepton.pareto_front"
+"""Tag on each trial run of a published sweep: whether it is on the Pareto front."""
 
 
 def student_file(trials_root: Path, trial: int) -> Path:
     """The shipped student of a finished trial, or a clear error when it never finished."""
-    from lepton_ray.sweep import newest_student_file, trial_run_name
 
     path = newest_student_file(Path(trials_root) / trial_run_name(trial))
     if path is None:
@@ -59,45 +59,6 @@ def student_loader(trials_root: Path) -> Callable[[dict[str, Any]], tuple[nn.Mod
 
     return load
 
-
-def select_export_publish(wf: "WorkflowConfig", outcome: "SweepOutcome", data: "DataSplits", tracker: "Tracker", log: Callable[[str], None]) -> "ExportResult":
-    """Pick by the workflow's policy, export to int8, verify in ORT, register; one line per step."""
-    out_dir = outcome.paths.root / "export"
-    result = select_and_export(
-        wf, outcome.trials, outcome.teacher_accuracy, student_loader(outcome.paths.trials), data, tracker, outcome.parent_run_id, out_dir
-    )
-    log(result.selection.explanation)
-    checks = result.checks
-    log(f"int8 ONNX {result.files.int8}: accuracy {checks.int8_accuracy:.4f} (trial {checks.trial_accuracy:.4f}), "
-        f"{checks.size_ratio:.2f}x the fp32 file, fp32/int8 latency {checks.speedup(1):.2f}x at batch 1")
-    log(f"registered {result.published.model_uri} (alias champion); report {result.report}")
-    return result
-
-
-def existing_sweep(wf: "WorkflowConfig") -> tuple["SweepOutcome", "Tracker"]:
-    """A finished sweep of this workflow read back from its study folder and MLflow (`select`, `export`)."""
-    import math
-
-    from lepton_ray.errors import ConfigError, TrackingError
-    from lepton_ray.leaderboard import trials_frame
-    from lepton_ray.search import open_study, sweep_id
-    from lepton_ray.sweep import SweepOutcome, sweep_paths
-    from lepton_ray.tracking import Tracker, check_reachable, redact, tracking_uri
-
-    paths = sweep_paths(wf, single=False)
-    if not paths.study.is_file():
-        raise ConfigError(f"output_dir: no sweep under {paths.root}; run `lepton-ray sweep` on this workflow first")
-    uri = tracking_uri(wf.tracking.uri)
-    check_reachable(uri)
-    tracker = Tracker(uri, wf.tracking.experiment, create=False)
-    parent_run_id = tracker.find_run(paths.key(sweep_id(open_study(paths.root, wf.sweep))))
-    if parent_run_id is None:
-        raise TrackingError(f"tracking.experiment: no sweep run for {paths.root} in {wf.tracking.experiment!r} at {redact(uri)}; check tracking.uri and the experiment")
-    teacher_accuracy = tracker.client.get_run(parent_run_id).data.metrics.get(metrics.TEACHER_TEST_ACCURACY, math.nan)
-    return SweepOutcome(parent_run_id, paths, trials_frame(tracker, parent_run_id, wf.sweep.cost_metric), teacher_accuracy), tracker
-
-
-# ---- publishing -----------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class Published:
@@ -130,8 +91,6 @@ def publish(files: Int8Files, example_images: torch.Tensor, tracker: "Tracker", 
     tracker.client.set_registered_model_alias(model_name, CHAMPION_ALIAS, version)
     return Published(model_name, version, f"models:/{model_name}/{version}")
 
-
-# ---- the end-to-end step the sweep calls ----------------------------------------------------------
 
 StudentLoader = Callable[[dict[str, Any]], tuple[nn.Module, dict[str, Any]]]
 

@@ -1,0 +1,9 @@
+"""Deploy: the Pareto front and selection policies (`pareto.py`), publishing the pick as the MLflow `champion`
+(`publish.py`), and the selection report (`report.py`).
+
+Register a selection policy with `@POLICIES.register("name")`.
+"""
+
+from lepton_ray.deploy.pareto import POLICIES, pareto_front, select
+
+__all__ = ["POLICIES", "pareto_front", "select"]

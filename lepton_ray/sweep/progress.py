@@ -1,0 +1,67 @@
+"""Live progress of a sweep in the driver: one status line per finished trial and every few seconds."""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+from ray.tune import Callback
+
+from lepton_ray import metrics
+from lepton_ray.deploy.pareto import pareto_front
+
+
+class SweepProgress(Callback):
+    """Prints one status line at most every `interval_s`: done/running/failed, best accuracy, front size, ETA."""
+
+    def __init__(self, total: int, already_done: int, cost_metric: str, interval_s: float = 10.0, log: Callable[[str], None] = print) -> None:
+        self.total = total
+        self.already_done = already_done
+        self.cost_metric = cost_metric
+        self.interval_s = interval_s
+        self.log = log
+        self.started = time.monotonic()
+        self.last_print = 0.0
+        self.points: list[tuple[float, float]] = []
+        self.failed = 0
+        self.pruned = 0
+        self.interrupted = 0
+        """Trials stopped by a full disk: left for --resume, so not done."""
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        result = trial.last_result or {}
+        if result.get(metrics.STORAGE_FULL):
+            self.interrupted += 1
+        elif metrics.TEST_ACCURACY in result:
+            self.points.append((float(result[metrics.TEST_ACCURACY]), float(result[self.cost_metric])))
+        else:
+            self.pruned += 1
+        self._print(trials, force=True)
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        self.failed += 1
+        self._print(trials, force=True)
+
+    def on_step_end(self, iteration, trials, **info) -> None:
+        self._print(trials)
+
+    def on_experiment_end(self, trials, **info) -> None:
+        self._print(trials, force=True)
+
+    def _print(self, trials, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self.last_print < self.interval_s:
+            return
+        self.last_print = now
+        running = sum(1 for t in trials if t.status == "RUNNING")
+        finished_now = len(self.points) + self.failed + self.pruned
+        done = self.already_done + finished_now
+        elapsed = now - self.started
+        eta = f"~{(elapsed / finished_now) * (self.total - done):.0f}s left" if finished_now else "eta unknown"
+        best = max((acc for acc, _ in self.points), default=float("nan"))
+        front = int(pareto_front([a for a, _ in self.points], [c for _, c in self.points]).sum()) if self.points else 0
+        interrupted = f", {self.interrupted} interrupted (storage full)" if self.interrupted else ""
+        self.log(
+            f"[sweep] {done}/{self.total} done ({self.failed} failed, {self.pruned} pruned{interrupted}), {running} running | "
+            f"best test_accuracy {best:.4f} | front size {front} | {elapsed:.0f}s elapsed, {eta}"
+        )

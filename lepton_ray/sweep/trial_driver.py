@@ -1,0 +1,62 @@
+"""The Tune function trainable of a sweep: one Optuna trial = one run under `trials/` named by its number."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from lepton_ray import metrics
+from lepton_ray.checkpoints import is_storage_full
+from lepton_ray.config import WorkflowConfig, apply_overrides, parse_workflow
+from lepton_ray.sweep.search import NUMBER_KEY
+from lepton_ray.trial.files import finished_trial_metrics, trial_run_name
+from lepton_ray.trial.loop import run_trial
+from lepton_ray.trial.sessions import InProcessSession
+from lepton_ray.trial.trainer import TrialInputs, build_trainer, raise_if_diverged
+
+
+TRIAL_DRIVER_CPU = 0.01
+"""Tune's per-trial driver only waits on its TorchTrainer; 0 is rejected by Ray, 1 deadlocks 2-CPU nodes."""
+
+
+def trial_driver(config: dict[str, Any], base_workflow: dict[str, Any], inputs: TrialInputs, trials_root: str) -> None:
+    """Tune function trainable: one Optuna trial = one run under `trials/` named by its number.
+
+    Several workers: a `TorchTrainer` (real DDP). One worker: the same loop in this actor
+    (`trial.sessions.InProcessSession`), which saves a Ray Train start-up per trial.
+    """
+    from ray import tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    overrides = {key: value for key, value in config.items() if key != NUMBER_KEY}
+    wf = parse_workflow(apply_overrides(base_workflow, overrides))
+    name = trial_run_name(config[NUMBER_KEY])
+    already = finished_trial_metrics(Path(trials_root) / name)
+    if already is not None:
+        tune.report(already)
+        return
+    try:
+        if runs_in_process(wf):
+            session = InProcessSession(Path(trials_root) / name, on_report=tune.report)
+            run_trial(inputs.loop_config(wf), session)
+            final_metrics = session.last_metrics
+        else:
+            final_metrics = build_trainer(wf, inputs, Path(trials_root), name, [TuneReportCallback()]).fit().metrics or {}
+    except Exception as err:
+        if not is_storage_full(err):
+            raise
+        tune.report({metrics.STORAGE_FULL: 1})  # the searcher leaves the trial to --resume; the driver stops the sweep
+        return
+    raise_if_diverged(final_metrics)
+
+
+def runs_in_process(wf: WorkflowConfig) -> bool:
+    return wf.resources.num_workers == 1
+
+
+def trial_resources(wf: WorkflowConfig) -> dict[str, float]:
+    """What Tune reserves for a trial's actor: the whole worker when it trains in-process, else a sliver
+    (the `TorchTrainer` reserves its workers itself)."""
+    if not runs_in_process(wf):
+        return {"cpu": TRIAL_DRIVER_CPU}
+    return {"cpu": wf.resources.cpus_per_worker, **({"gpu": wf.resources.gpus_per_worker} if wf.resources.use_gpu else {})}

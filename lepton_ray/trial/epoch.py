@@ -1,0 +1,134 @@
+"""One epoch: the train and evaluation passes, precision and the collectives they need.
+
+Shared by every trial (per DDP worker, or in-process) and by teacher training, so there is one
+step function in the package.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Iterator, Union
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import Dataset
+
+from lepton_ray.config import TrainingConfig
+from lepton_ray.data.batches import Batch, eval_indices, iterate_batches, world
+from lepton_ray.distill.losses import DistillationObjective, DistillInputs
+from lepton_ray.distill.teacher_cache import TeacherCache
+from lepton_ray.models.features import capture_features
+
+
+def all_reduce_sums(*values: float, device: torch.device) -> list[float]:
+    _, world_size = world()
+    if world_size == 1:
+        return list(values)
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(tensor)
+    return tensor.tolist()
+
+
+@dataclass
+class Precision:
+    """Autocast + grad scaling for `training.precision` (fp16 only on GPU, with a GradScaler)."""
+
+    name: str
+    device: torch.device
+
+    def __post_init__(self) -> None:
+        self.scaler = torch.amp.GradScaler("cuda") if self.name == "fp16" else None
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.name == "fp32":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if self.name == "bf16" else torch.float16
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        (loss if self.scaler is None else self.scaler.scale(loss)).backward()
+
+    def step(self, optimizer: torch.optim.Optimizer) -> None:
+        if self.scaler is None:
+            optimizer.step()
+            return
+        self.scaler.step(optimizer)
+        self.scaler.update()
+
+
+def average_grads(module: nn.Module) -> None:
+    """All-reduce grads of a module DDP does not wrap (loss adapters) so ranks stay identical."""
+    _, world_size = world()
+    if world_size == 1:
+        return
+    for param in module.parameters():
+        if param.grad is not None:
+            dist.all_reduce(param.grad)
+            param.grad /= world_size
+
+
+Teachers = Union[list[nn.Module], TeacherCache]
+"""Live frozen teacher modules, or their outputs cached once per sweep (same values, no forward)."""
+
+
+def teacher_outputs(teachers: Teachers, batch: Batch, layers: tuple[str, ...]) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
+    """Logits of every teacher and the primary teacher's named features, without grad."""
+    if isinstance(teachers, TeacherCache):
+        return teachers.lookup(batch, layers)
+    if not teachers:
+        return [], {}
+    with torch.no_grad(), capture_features(teachers[0], layers, "teacher layer") as features:
+        logits = [teacher(batch.images) for teacher in teachers]
+    return logits, dict(features)
+
+
+def train_epoch(
+    student: nn.Module,
+    teachers: Teachers,
+    objective: DistillationObjective,
+    batches: Iterator[Batch],
+    optimizer: torch.optim.Optimizer,
+    precision: Precision,
+) -> float:
+    """One pass over this rank's shard; returns the all-reduced mean loss (NaN if it diverged)."""
+    student.train()
+    loss_sum, count = 0.0, 0
+    for batch in batches:
+        images, labels = batch.images, batch.labels
+        with precision.autocast():
+            teacher_logits, teacher_features = teacher_outputs(teachers, batch, objective.teacher_layers)
+            with capture_features(student, objective.student_layers, "student layer") as student_features:
+                student_logits = student(images)
+            loss = objective(DistillInputs(student_logits, labels, teacher_logits, objective.temperature, dict(student_features), teacher_features))
+        optimizer.zero_grad(set_to_none=True)
+        precision.backward(loss)
+        average_grads(objective)
+        precision.step(optimizer)
+        loss_sum += loss.item() * len(labels)
+        count += len(labels)
+    loss_sum, count = all_reduce_sums(loss_sum, count, device=precision.device)
+    return loss_sum / max(count, 1)
+
+
+def evaluate(model: nn.Module, dataset: Dataset, batch_size: int, device: torch.device) -> tuple[float, float]:
+    """(accuracy, mean cross-entropy) over the whole split, all-reduced across ranks."""
+    model.eval()
+    correct, loss_sum, count = 0.0, 0.0, 0
+    with torch.no_grad():
+        for batch in iterate_batches(dataset, eval_indices(len(dataset)), batch_size, device):
+            images, labels = batch.images, batch.labels
+            logits = model(images).float()
+            loss_sum += nn.functional.cross_entropy(logits, labels, reduction="sum").item()
+            correct += (logits.argmax(dim=-1) == labels).sum().item()
+            count += len(labels)
+    correct, loss_sum, count = all_reduce_sums(correct, loss_sum, count, device=device)
+    return correct / max(count, 1), loss_sum / max(count, 1)
+
+
+def build_optimizer(cfg: TrainingConfig, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    optimizer_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+    return optimizer_cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
