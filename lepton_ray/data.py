@@ -1,7 +1,7 @@
 """Data set registry: each entry turns a `DataConfig` into seeded train/val/test splits.
 
 Small sets (digits, synthetic, CIFAR) are held in memory as tensors; nothing is downloaded
-unless a workflow sets `download: true`.
+unless a workflow sets `download: true`. Normalisation statistics come from the training split only.
 """
 
 from __future__ import annotations
@@ -85,13 +85,36 @@ class _HiddenLabels(Dataset):
         return image, UNLABELED if index in self.hidden else label
 
 
-def _tensor_splits(images: torch.Tensor, labels: torch.Tensor, cfg: DataConfig, num_classes: int) -> DataSplits:
+def _tensor_splits(images: torch.Tensor, labels: torch.Tensor, cfg: DataConfig, num_classes: int, normalise: bool = True) -> DataSplits:
+    """Seeded stratified train/val/test out of one pool of images (for sets without an official test split)."""
     train, val, test, hidden = _split_indices(labels.numpy(), cfg, with_test=True)
-    train_labels = _hide_labels(labels, hidden)
+    return _assemble(images, labels, train, val, hidden, (images[test], labels[test]), num_classes, normalise)
+
+
+def _official_test_splits(
+    train_images: torch.Tensor, train_labels: torch.Tensor, test_images: torch.Tensor, test_labels: torch.Tensor,
+    cfg: DataConfig, num_classes: int,
+) -> DataSplits:
+    """Seeded stratified train/val carved out of an official training set; the official test set is the test split."""
+    train, val, _, hidden = _split_indices(train_labels.numpy(), cfg, with_test=False)
+    return _assemble(train_images, train_labels, train, val, hidden, (test_images, test_labels), num_classes, normalise=True)
+
+
+def _assemble(
+    images: torch.Tensor, labels: torch.Tensor, train: np.ndarray, val: np.ndarray, hidden: np.ndarray,
+    test: tuple[torch.Tensor, torch.Tensor], num_classes: int, normalise: bool,
+) -> DataSplits:
+    """In-memory splits, scaled by the per-channel mean/std of the training split only, so that no
+    validation or test statistic leaks into what the model sees while training."""
+    split_images = [images[train], images[val], test[0]]
+    if normalise:
+        mean = split_images[0].mean(dim=(0, 2, 3), keepdim=True)
+        std = split_images[0].std(dim=(0, 2, 3), keepdim=True)
+        split_images = [(part - mean) / std for part in split_images]
     return DataSplits(
-        TensorDataset(images[train], train_labels[train]),
-        TensorDataset(images[val], labels[val]),
-        TensorDataset(images[test], labels[test]),
+        TensorDataset(split_images[0], _hide_labels(labels, hidden)[train]),
+        TensorDataset(split_images[1], labels[val]),
+        TensorDataset(split_images[2], test[1]),
         num_classes,
         tuple(images.shape[1:]),
     )
@@ -99,13 +122,12 @@ def _tensor_splits(images: torch.Tensor, labels: torch.Tensor, cfg: DataConfig, 
 
 @DATASETS.register("digits")
 def digits(cfg: DataConfig) -> DataSplits:
-    """scikit-learn's bundled 8x8 digits (1,797 images, 10 classes), scaled to zero mean, unit std."""
+    """scikit-learn's bundled 8x8 digits (1,797 images, 10 classes), scaled to the training split's zero mean, unit std."""
     from sklearn.datasets import load_digits
 
     _options(cfg, {})
     bunch = load_digits()
     images = torch.tensor(bunch.images, dtype=torch.float32).unsqueeze(1) / 16.0
-    images = (images - images.mean()) / images.std()
     return _tensor_splits(images, torch.tensor(bunch.target, dtype=torch.long), cfg, 10)
 
 
@@ -119,7 +141,7 @@ def synthetic(cfg: DataConfig) -> DataSplits:
     prototypes = torch.randn((num_classes, *shape), generator=generator)
     labels = torch.arange(int(opts["num_samples"])) % num_classes
     noise = torch.randn((len(labels), *shape), generator=generator) * float(opts["noise"])
-    return _tensor_splits(prototypes[labels] + noise, labels, cfg, num_classes)
+    return _tensor_splits(prototypes[labels] + noise, labels, cfg, num_classes, normalise=False)
 
 
 def _cifar(cfg: DataConfig, dataset_cls_name: str, num_classes: int) -> DataSplits:
@@ -137,23 +159,12 @@ def _cifar(cfg: DataConfig, dataset_cls_name: str, num_classes: int) -> DataSpli
             f"data.root: {dataset_cls_name} files not found or corrupt under {str(cfg.root)!r} ({err}); "
             "prepare them once (see README 'Data') or set data.download: true on a machine with internet"
         ) from None
-    mean = torch.tensor(train_set.data, dtype=torch.float32).mean(dim=(0, 1, 2)) / 255
-    std = torch.tensor(train_set.data, dtype=torch.float32).std(dim=(0, 1, 2)) / 255
 
     def to_tensors(ds) -> tuple[torch.Tensor, torch.Tensor]:
         images = torch.tensor(ds.data, dtype=torch.float32).permute(0, 3, 1, 2) / 255
-        return (images - mean[:, None, None]) / std[:, None, None], torch.tensor(ds.targets, dtype=torch.long)
+        return images, torch.tensor(ds.targets, dtype=torch.long)
 
-    train_images, train_labels = to_tensors(train_set)
-    test_images, test_labels = to_tensors(test_set)
-    train_idx, val_idx, _, hidden = _split_indices(train_labels.numpy(), cfg, with_test=False)
-    return DataSplits(
-        TensorDataset(train_images[train_idx], _hide_labels(train_labels, hidden)[train_idx]),
-        TensorDataset(train_images[val_idx], train_labels[val_idx]),
-        TensorDataset(test_images, test_labels),
-        num_classes,
-        tuple(train_images.shape[1:]),
-    )
+    return _official_test_splits(*to_tensors(train_set), *to_tensors(test_set), cfg, num_classes)
 
 
 @DATASETS.register("cifar10")
