@@ -1,11 +1,14 @@
 """Data set registry: each entry turns a `DataConfig` into seeded train/val/test splits.
 
-Small sets (digits, synthetic, CIFAR) are held in memory as tensors; nothing is downloaded
-unless a workflow sets `download: true`.
+Small sets (digits, synthetic, CIFAR, (Fashion-)MNIST) are held in memory as tensors; nothing is
+downloaded unless a workflow sets `download: true`. Normalisation statistics come from the training
+split only.
 """
 
 from __future__ import annotations
 
+import gzip
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -85,13 +88,36 @@ class _HiddenLabels(Dataset):
         return image, UNLABELED if index in self.hidden else label
 
 
-def _tensor_splits(images: torch.Tensor, labels: torch.Tensor, cfg: DataConfig, num_classes: int) -> DataSplits:
+def _tensor_splits(images: torch.Tensor, labels: torch.Tensor, cfg: DataConfig, num_classes: int, normalise: bool = True) -> DataSplits:
+    """Seeded stratified train/val/test out of one pool of images (for sets without an official test split)."""
     train, val, test, hidden = _split_indices(labels.numpy(), cfg, with_test=True)
-    train_labels = _hide_labels(labels, hidden)
+    return _assemble(images, labels, train, val, hidden, (images[test], labels[test]), num_classes, normalise)
+
+
+def _official_test_splits(
+    train_images: torch.Tensor, train_labels: torch.Tensor, test_images: torch.Tensor, test_labels: torch.Tensor,
+    cfg: DataConfig, num_classes: int,
+) -> DataSplits:
+    """Seeded stratified train/val carved out of an official training set; the official test set is the test split."""
+    train, val, _, hidden = _split_indices(train_labels.numpy(), cfg, with_test=False)
+    return _assemble(train_images, train_labels, train, val, hidden, (test_images, test_labels), num_classes, normalise=True)
+
+
+def _assemble(
+    images: torch.Tensor, labels: torch.Tensor, train: np.ndarray, val: np.ndarray, hidden: np.ndarray,
+    test: tuple[torch.Tensor, torch.Tensor], num_classes: int, normalise: bool,
+) -> DataSplits:
+    """In-memory splits, scaled by the per-channel mean/std of the training split only, so that no
+    validation or test statistic leaks into what the model sees while training."""
+    split_images = [images[train], images[val], test[0]]
+    if normalise:
+        mean = split_images[0].mean(dim=(0, 2, 3), keepdim=True)
+        std = split_images[0].std(dim=(0, 2, 3), keepdim=True)
+        split_images = [(part - mean) / std for part in split_images]
     return DataSplits(
-        TensorDataset(images[train], train_labels[train]),
-        TensorDataset(images[val], labels[val]),
-        TensorDataset(images[test], labels[test]),
+        TensorDataset(split_images[0], _hide_labels(labels, hidden)[train]),
+        TensorDataset(split_images[1], labels[val]),
+        TensorDataset(split_images[2], test[1]),
         num_classes,
         tuple(images.shape[1:]),
     )
@@ -99,13 +125,12 @@ def _tensor_splits(images: torch.Tensor, labels: torch.Tensor, cfg: DataConfig, 
 
 @DATASETS.register("digits")
 def digits(cfg: DataConfig) -> DataSplits:
-    """scikit-learn's bundled 8x8 digits (1,797 images, 10 classes), scaled to zero mean, unit std."""
+    """scikit-learn's bundled 8x8 digits (1,797 images, 10 classes), scaled to the training split's zero mean, unit std."""
     from sklearn.datasets import load_digits
 
     _options(cfg, {})
     bunch = load_digits()
     images = torch.tensor(bunch.images, dtype=torch.float32).unsqueeze(1) / 16.0
-    images = (images - images.mean()) / images.std()
     return _tensor_splits(images, torch.tensor(bunch.target, dtype=torch.long), cfg, 10)
 
 
@@ -119,7 +144,7 @@ def synthetic(cfg: DataConfig) -> DataSplits:
     prototypes = torch.randn((num_classes, *shape), generator=generator)
     labels = torch.arange(int(opts["num_samples"])) % num_classes
     noise = torch.randn((len(labels), *shape), generator=generator) * float(opts["noise"])
-    return _tensor_splits(prototypes[labels] + noise, labels, cfg, num_classes)
+    return _tensor_splits(prototypes[labels] + noise, labels, cfg, num_classes, normalise=False)
 
 
 def _cifar(cfg: DataConfig, dataset_cls_name: str, num_classes: int) -> DataSplits:
@@ -137,23 +162,12 @@ def _cifar(cfg: DataConfig, dataset_cls_name: str, num_classes: int) -> DataSpli
             f"data.root: {dataset_cls_name} files not found or corrupt under {str(cfg.root)!r} ({err}); "
             "prepare them once (see README 'Data') or set data.download: true on a machine with internet"
         ) from None
-    mean = torch.tensor(train_set.data, dtype=torch.float32).mean(dim=(0, 1, 2)) / 255
-    std = torch.tensor(train_set.data, dtype=torch.float32).std(dim=(0, 1, 2)) / 255
 
     def to_tensors(ds) -> tuple[torch.Tensor, torch.Tensor]:
         images = torch.tensor(ds.data, dtype=torch.float32).permute(0, 3, 1, 2) / 255
-        return (images - mean[:, None, None]) / std[:, None, None], torch.tensor(ds.targets, dtype=torch.long)
+        return images, torch.tensor(ds.targets, dtype=torch.long)
 
-    train_images, train_labels = to_tensors(train_set)
-    test_images, test_labels = to_tensors(test_set)
-    train_idx, val_idx, _, hidden = _split_indices(train_labels.numpy(), cfg, with_test=False)
-    return DataSplits(
-        TensorDataset(train_images[train_idx], _hide_labels(train_labels, hidden)[train_idx]),
-        TensorDataset(train_images[val_idx], train_labels[val_idx]),
-        TensorDataset(test_images, test_labels),
-        num_classes,
-        tuple(train_images.shape[1:]),
-    )
+    return _official_test_splits(*to_tensors(train_set), *to_tensors(test_set), cfg, num_classes)
 
 
 @DATASETS.register("cifar10")
@@ -166,6 +180,93 @@ def cifar10(cfg: DataConfig) -> DataSplits:
 def cifar100(cfg: DataConfig) -> DataSplits:
     """CIFAR-100 from torchvision's on-disk format under `data.root`."""
     return _cifar(cfg, "CIFAR100", 100)
+
+
+IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+"""The four files of an (Fashion-)MNIST release, each plain or gzipped (`.gz`)."""
+
+FASHION_MNIST_DEBIAN = Path("/usr/share/datasets/fashion-mnist")
+"""Where Debian's `dataset-fashion-mnist` package puts the files; used when `data.root` is not set."""
+
+_IDX_MAGIC = {3: 0x00000803, 1: 0x00000801}
+"""idx header of unsigned-byte arrays with 3 (images) or 1 (labels) dimensions."""
+
+
+def _read_idx(path: Path, ndim: int) -> np.ndarray:
+    """An idx file (big-endian header: magic, then one uint32 per dimension, then uint8 data) as an array."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as stream:
+            raw = stream.read()
+    except (OSError, EOFError, zlib.error) as err:
+        raise DataError(f"data.root: cannot read {str(path)!r} ({err}); replace the file with an intact copy") from None
+    header = 4 * (1 + ndim)
+    if len(raw) < header or int.from_bytes(raw[:4], "big") != _IDX_MAGIC[ndim]:
+        raise DataError(f"data.root: {str(path)!r} is not an idx file of {ndim}-d unsigned bytes (wrong magic number); replace it with the original file")
+    dims = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
+    if len(raw) - header != int(np.prod(dims)):
+        raise DataError(f"data.root: {str(path)!r} holds {len(raw) - header} data bytes, its header says {dims}; the file is truncated or corrupt, replace it")
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
+
+
+def _idx_root(cfg: DataConfig, default: Path | None) -> Path:
+    if cfg.root is not None:
+        return Path(cfg.root)
+    if default is not None and default.is_dir() and not cfg.download:
+        return default
+    package = f", or apt-get install dataset-fashion-mnist (files in {default})" if default is not None else ""
+    raise ConfigError(
+        f"data.root: not set for {cfg.name!r}; set data.root to the folder holding its four idx files, "
+        f"or data.download: true with data.root as the folder to download into{package}"
+    )
+
+
+def _find_idx(folders: list[Path], name: str) -> Path:
+    for candidate in (folder / f"{name}{suffix}" for folder in folders for suffix in ("", ".gz")):
+        if candidate.is_file():
+            return candidate
+    raise DataError(
+        f"data.root: {name}[.gz] not found in {' or '.join(repr(str(f)) for f in folders)}; "
+        "point data.root at the folder holding the four idx files, or set data.download: true on a machine with internet"
+    )
+
+
+def _idx_dataset(cfg: DataConfig, torchvision_name: str, default: Path | None = None) -> DataSplits:
+    """(Fashion-)MNIST from idx files in `data.root` or torchvision's `<root>/<Name>/raw`: the official
+    60k/10k split, validation carved from train, images (N, 1, 28, 28) in [0, 1] then normalised."""
+    _options(cfg, {})
+    root = _idx_root(cfg, default)
+    if cfg.download:
+        import torchvision
+
+        try:
+            getattr(torchvision.datasets, torchvision_name)(str(root), train=True, download=True)
+        except (RuntimeError, OSError) as err:
+            reason = str(err).strip().splitlines()[0]  # torchvision lists every mirror it tried, one per line
+            raise DataError(f"data.download: fetching {torchvision_name} into {str(root)!r} failed ({reason}); check the network or copy the files there") from None
+    folders = [root, root / torchvision_name / "raw"]
+    tensors = []
+    for images_name, labels_name in (IDX_FILES[:2], IDX_FILES[2:]):
+        images_path, labels_path = _find_idx(folders, images_name), _find_idx(folders, labels_name)
+        images, labels = _read_idx(images_path, 3), _read_idx(labels_path, 1)
+        if len(images) != len(labels):
+            raise DataError(f"data.root: {str(labels_path)!r} has {len(labels)} labels for {len(images)} images in {str(images_path)!r}; replace both with one release's files")
+        if labels.max(initial=0) >= 10:
+            raise DataError(f"data.root: {str(labels_path)!r} has label {labels.max()}, expected 0-9; replace it with the original file")
+        tensors += [torch.tensor(images, dtype=torch.float32).unsqueeze(1) / 255, torch.tensor(labels, dtype=torch.long)]
+    return _official_test_splits(*tensors, cfg, 10)
+
+
+@DATASETS.register("fashion_mnist")
+def fashion_mnist(cfg: DataConfig) -> DataSplits:
+    """Zalando's Fashion-MNIST (28x28 grey clothing, 60k train / 10k test, 10 classes); default root: Debian's package folder."""
+    return _idx_dataset(cfg, "FashionMNIST", FASHION_MNIST_DEBIAN)
+
+
+@DATASETS.register("mnist")
+def mnist(cfg: DataConfig) -> DataSplits:
+    """LeCun's MNIST handwritten digits (28x28 grey, 60k train / 10k test, 10 classes)."""
+    return _idx_dataset(cfg, "MNIST")
 
 
 @DATASETS.register("imagefolder")
