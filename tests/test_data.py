@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-from lepton_ray import data as data_module
+from lepton_ray.data import datasets as data_module
 from lepton_ray.config import DataConfig
-from lepton_ray.data import IDX_FILES, UNLABELED, _split_indices, build_data
+from lepton_ray.data.datasets import IDX_FILES, UNLABELED, _split_indices, build_data
 from lepton_ray.errors import ConfigError, DataError
 
 NUM_TRAIN, NUM_TEST = 100, 20
