@@ -26,8 +26,8 @@ from lepton_ray.models.saved import load_teacher_module
 RESULT = RESULTS / "compression_digits.json"
 VARIANTS: dict[str, dict[str, Any]] = {
     "dense_fp32": {},
-    "dense_8bit": {"compression.quantization.bits": 8},
-    "sparse50_8bit": {"compression.pruning.sparsity": 0.5, "compression.quantization.bits": 8},
+    "dense_7bit": {"compression.quantization.bits": 7},
+    "sparse50_7bit": {"compression.pruning.sparsity": 0.5, "compression.quantization.bits": 7},
     "dense_4bit": {"compression.quantization.bits": 4},
     "sparse50_4bit": {"compression.pruning.sparsity": 0.5, "compression.quantization.bits": 4},
 }

@@ -50,6 +50,7 @@ CASES = [
     Bad("negative temperature", "distillation.temperature", "train", overrides={"distillation.temperature": -1.0}),
     Bad("bits 3", "compression.quantization.bits", "train", overrides={"compression.quantization.bits": 3}),
     Bad("bits 16", "compression.quantization.bits", overrides={"compression.quantization.bits": 16}),
+    Bad("bits 8 (saturates int8 kernels on AVX2 CPUs)", "compression.quantization.bits: 8 is not offered", overrides={"compression.quantization.bits": 8}),
     Bad("bits a string", "compression.quantization.bits", overrides={"compression.quantization.bits": "eight"}),
     Bad("sparsity 0.99", "compression.pruning.sparsity", overrides={"compression.pruning.sparsity": 0.99}),
     Bad("pruning ends after training", "error: compression.pruning.end_epoch: must be in", overrides={"compression.pruning.end_epoch": 100}),
@@ -91,7 +92,7 @@ CASES = [
     # search spaces
     Bad("empty search space", "search_space.params", space="params: {}\n"),
     Bad("empty search space file", "sweep.space: ", space=""),
-    Bad("bits outside 4..8 in the space", "search_space.params.compression.quantization.bits: value 3", space=SPACE_HEAD
+    Bad("bits outside 4..7 in the space", "search_space.params.compression.quantization.bits: value 3", space=SPACE_HEAD
         + "  compression.quantization.bits: {type: categorical, choices: [3, 8]}\n"),
     Bad("knob names no field", "search_space.params.training.foo", space="params:\n  training.foo: {type: float, low: 0.1, high: 0.2}\n"),
     Bad("low above high", "search_space.params.distillation.alpha", space="params:\n  distillation.alpha: {type: float, low: 0.9, high: 0.1}\n"),

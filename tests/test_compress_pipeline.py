@@ -113,7 +113,7 @@ def test_compressed_student_deep_copies_mid_training_and_baking_the_copy_leaves_
 
 
 def test_is_final_needs_sparsity_reached_and_qat_on():
-    config = {"pruning": {"sparsity": 0.5, "end_epoch": 3}, "quantization": {"bits": 8, "start_epoch": 1}}
+    config = {"pruning": {"sparsity": 0.5, "end_epoch": 3}, "quantization": {"bits": 7, "start_epoch": 1}}
     compression = Compression(CompressionConfig.model_validate(config), 5)
     assert [compression.is_final(epoch) for epoch in range(5)] == [False, False, False, True, True]
     assert Compression(CompressionConfig(), 5).is_final(0)

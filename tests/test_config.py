@@ -44,7 +44,7 @@ BAD_WORKFLOWS = [
     ({"data.name": "cifar10", "data.root": "/nonexistent/cifar"}, "data.root"),
     ({"data.name": "imagefolder", "data.root": "/nonexistent/images"}, "data.root"),
     ({"data.options": {"zoom": 2}}, "data.options.zoom"),
-    ({"student.options": {"width": 3}}, "student.options"),
+    ({"student.options": {"no_such_option": 3}}, "student.options"),
     ({"tracking.experiment": ""}, "tracking.experiment"),
     ({"name": "bad name!"}, "name"),
     ({"selection.policy": "best"}, "selection.policy"),

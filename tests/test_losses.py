@@ -20,6 +20,7 @@ from lepton_ray.trial.epoch import Precision, build_optimizer, train_epoch
 from lepton_ray.trial.loop import build_objective
 
 from conftest import REPO
+from test_data import write_release
 
 CPU = torch.device("cpu")
 METHODS = ["kd", "hard", "logit_mse", "hint", "attention", "multi_teacher"]
@@ -355,6 +356,24 @@ def test_cifar_workflow_without_the_files_on_disk_fails_with_a_data_error_naming
     wf = load_workflow(CIFAR, {"data.root": str(tmp_path)})
     with pytest.raises(DataError, match=r"^data\.root: CIFAR10 files not found"):
         build_data(wf.data)
+
+
+FASHION_MNIST = REPO / "workflows" / "fashion_mnist.yaml"
+
+
+def test_fashion_mnist_workflow_trains_on_tiny_idx_files_and_its_searched_width_changes_the_student(tmp_path: Path):
+    write_release(tmp_path / "fmnist", gz=True)
+    wf = load_workflow(FASHION_MNIST, {"data.root": str(tmp_path / "fmnist"), "data.val_fraction": 0.2})
+    data = build_data(wf.data)
+    assert data.input_shape == (1, 28, 28) and data.num_classes == 10
+    teachers = workflow_teachers(wf, data)
+    student, objective = student_and_objective(wf, data, teachers)
+    assert math.isfinite(run_epoch(wf, data, teachers, student, objective, 16, 32))
+    params = {width: sum(p.numel() for p in build_model(wf.student.model_copy(update={"options": {**wf.student.options, "width": width}}),
+                                                        data.input_shape, 10).parameters()) for width in (0.25, 1.0)}
+    assert params[0.25] * 4 < params[1.0]
+    teacher_params = sum(p.numel() for p in teachers[0].parameters())
+    assert teacher_params > 10 * params[1.0]
 
 
 def test_every_registered_loss_has_a_shipped_digits_workflow():

@@ -26,6 +26,15 @@ def _indices_of(split) -> set[tuple]:
     return {tuple(image.flatten().tolist()) for image in split.tensors[0]}
 
 
+def test_convnet_with_one_conv_per_stage_keeps_the_parameter_names_saved_teachers_use():
+    one = build_model(ModelSpec(name="cnn_large", options={"channels": [8, 16]}), (1, 8, 8), 10)
+    assert [name for name, _ in one.named_parameters()][:3] == ["features.0.0.weight", "features.0.1.weight", "features.0.1.bias"]
+    two = build_model(ModelSpec(name="cnn_large", options={"channels": [8, 16], "convs_per_stage": 2}), (1, 8, 8), 10)
+    convs = [m for m in two.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [c.stride for c in convs] == [(1, 1), (1, 1), (2, 2), (1, 1)]
+    assert two(torch.zeros(2, 1, 8, 8)).shape == (2, 10)
+
+
 def test_digits_splits_are_seeded_disjoint_and_cover_the_data_set():
     first, again, other = build_data(DataConfig(seed=0)), build_data(DataConfig(seed=0)), build_data(DataConfig(seed=1))
     sizes = [len(first.train), len(first.val), len(first.test)]

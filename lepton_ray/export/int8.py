@@ -25,7 +25,7 @@ from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantTy
 from torch import nn
 from torch.utils.data import Dataset
 
-from lepton_ray.config import ExportConfig
+from lepton_ray.config import MAX_WEIGHT_BITS, ExportConfig
 from lepton_ray.errors import ExportError
 from lepton_ray.export.onnx_graph import INPUT_NAME, OUTPUT_NAME, compact_graph, export_fp32_onnx
 from lepton_ray.data.batches import iterate_batches
@@ -33,12 +33,11 @@ from lepton_ray.data.batches import iterate_batches
 
 FP32_FILE = "student.fp32.onnx"
 INT8_FILE = "student.int8.onnx"
-MAX_WEIGHT_BITS = 8
-FLOAT_STUDENT_WEIGHT_BITS = 7
+FLOAT_STUDENT_WEIGHT_BITS = MAX_WEIGHT_BITS
 """A float student's weights are rounded to 7-bit codes (|code| <= 63, ORT's `reduce_range`): on x86 CPUs
 without VNNI (AVX2 only), ORT's u8 x s8 kernels add pairs of products in int16, which saturates for
 codes up to 127, so an 8-bit file computes something else there than its QDQ math (measured on an AVX2
-EPYC: a float MLP lost 1 of 60 test images at 8 bits, none at 7). A QAT student keeps its own grid."""
+EPYC: a float MLP lost 1 of 60 test images at 8 bits, none at 7; see `config.MAX_WEIGHT_BITS`)."""
 GRID_TOLERANCE = 1e-3
 """Largest |dequantized - fp32| weight error, in units of the channel's scale, for weights on a grid."""
 FLOAT_COMPUTE_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul", "FusedConv", "FusedGemm", "FusedMatMul"})
@@ -69,7 +68,7 @@ def _output_channel_axis(node: onnx.NodeProto) -> int:
 
 
 def shipped_weight_bits(weight_bits: int) -> int:
-    """Bits of the int8 file's weight codes: a QAT student's own grid (<= 8), a float student's 7."""
+    """Bits of the int8 file's weight codes: a QAT student's own grid, a float student's 7."""
     return weight_bits if weight_bits <= MAX_WEIGHT_BITS else FLOAT_STUDENT_WEIGHT_BITS
 
 
@@ -119,8 +118,8 @@ class Int8Files:
 def export_int8(student: nn.Module, input_shape: tuple[int, ...], calibration_images: torch.Tensor, weight_bits: int, out_dir: Path) -> Int8Files:
     """fp32 ONNX -> pre-process -> static QDQ int8 (b-bit weight grid kept), checked; raises ExportError.
 
-    `weight_bits` <= 8 declares the student's weights already on that symmetric per-channel grid
-    (baked by QAT) and the export fails if they are not; above 8 (a float student) the weights
+    `weight_bits` <= 7 declares the student's weights already on that symmetric per-channel grid
+    (baked by QAT) and the export fails if they are not; above 7 (a float student) the weights
     are rounded to `FLOAT_STUDENT_WEIGHT_BITS` (7).
     """
     out_dir = Path(out_dir)
@@ -191,7 +190,7 @@ def int8_weights(int8_path: Path) -> dict[str, tuple[np.ndarray, np.ndarray, int
 
 
 def check_weight_grid(fp32_path: Path, int8_path: Path, weight_bits: int) -> int:
-    """Largest |weight code|; for a declared b-bit grid (b <= 8), fail unless codes fit it and dequantize to the fp32 weights."""
+    """Largest |weight code|; for a declared b-bit grid (b <= 7), fail unless codes fit it and dequantize to the fp32 weights."""
     fp32_weights = {init.name: numpy_helper.to_array(init) for init in onnx.load(str(fp32_path)).graph.initializer}
     qmax = 2 ** (shipped_weight_bits(weight_bits) - 1) - 1
     max_code = 0

@@ -44,24 +44,25 @@ def mlp(input_shape: InputShape, num_classes: int, hidden: list[int] | None = No
 
 
 class ConvNet(nn.Module):
-    """Conv-BN-ReLU stages (stride 2 after the first) then global pooling and a linear head.
+    """Stages of `convs_per_stage` Conv-BN-ReLU (the first of each stage after the first has stride 2),
+    then global pooling and a linear head.
 
     Stages are named `features.<i>` so hint/attention losses can pick layers by module name.
     """
 
-    def __init__(self, input_shape: InputShape, num_classes: int, channels: list[int], hidden: int = 0) -> None:
+    def __init__(self, input_shape: InputShape, num_classes: int, channels: list[int], hidden: int = 0, convs_per_stage: int = 1) -> None:
         super().__init__()
+        if convs_per_stage < 1:
+            raise ValueError(f"convs_per_stage must be >= 1, got {convs_per_stage}")
         stages: list[nn.Module] = []
         fan_in = input_shape[0]
         for index, width in enumerate(channels):
-            stages.append(
-                nn.Sequential(
-                    nn.Conv2d(fan_in, width, 3, stride=1 if index == 0 else 2, padding=1, bias=False),
-                    nn.BatchNorm2d(width),
-                    nn.ReLU(inplace=True),
-                )
-            )
-            fan_in = width
+            layers: list[nn.Module] = []
+            for conv in range(convs_per_stage):
+                stride = 2 if index > 0 and conv == 0 else 1
+                layers += [nn.Conv2d(fan_in, width, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
+                fan_in = width
+            stages.append(nn.Sequential(*layers))
         self.features = nn.Sequential(*stages)
         self.pool = nn.AdaptiveAvgPool2d(1)
         head: list[nn.Module] = [nn.Flatten()]
@@ -75,16 +76,25 @@ class ConvNet(nn.Module):
         return self.classifier(self.pool(self.features(images)))
 
 
+def scaled(channels: list[int], width: float) -> list[int]:
+    """Channel counts times a width multiplier (at least 1 each): one searchable knob for a student family."""
+    if width <= 0:
+        raise ValueError(f"width must be > 0, got {width}")
+    return [max(1, round(c * width)) for c in channels]
+
+
 @MODELS.register("cnn_small")
-def cnn_small(input_shape: InputShape, num_classes: int, channels: list[int] | None = None, hidden: int = 0) -> nn.Module:
-    """A student-sized CNN (about 6k parameters by default)."""
-    return ConvNet(input_shape, num_classes, channels or [16, 32], hidden)
+def cnn_small(
+    input_shape: InputShape, num_classes: int, channels: list[int] | None = None, hidden: int = 0, convs_per_stage: int = 1, width: float = 1.0,
+) -> nn.Module:
+    """A student-sized CNN (about 6k parameters by default); `width` scales every stage's channels."""
+    return ConvNet(input_shape, num_classes, scaled(channels or [16, 32], width), hidden, convs_per_stage)
 
 
 @MODELS.register("cnn_large")
-def cnn_large(input_shape: InputShape, num_classes: int, channels: list[int] | None = None, hidden: int = 256) -> nn.Module:
+def cnn_large(input_shape: InputShape, num_classes: int, channels: list[int] | None = None, hidden: int = 256, convs_per_stage: int = 1) -> nn.Module:
     """A teacher-sized CNN (about 0.5M parameters by default)."""
-    return ConvNet(input_shape, num_classes, channels or [64, 128, 256], hidden)
+    return ConvNet(input_shape, num_classes, channels or [64, 128, 256], hidden, convs_per_stage)
 
 
 def _adapt_stem(model: nn.Module, input_shape: InputShape) -> nn.Module:
