@@ -22,9 +22,8 @@ from lepton_ray.config import WorkflowConfig, parse_workflow
 from lepton_ray.deploy.pareto import ACCURACY, Selection, completed, pareto_front, select
 from lepton_ray.deploy.report import plot_pareto, write_report
 from lepton_ray.errors import CheckpointError
-from lepton_ray.export.int8 import (
-    Int8Checks, Int8Files, calibration_images, dataset_images, export_int8, measure_int8, ort_session, verify_int8,
-)
+from lepton_ray.export.int8 import Int8Checks, Int8Files, calibration_images, export_int8, measure_int8, verify_int8
+from lepton_ray.export.runtime import dataset_images, ort_session
 from lepton_ray.export.onnx_graph import INPUT_NAME, OUTPUT_NAME
 from lepton_ray.trial.files import STUDENT_FILE, load_student, newest_student_file, trial_run_name
 
