@@ -176,6 +176,9 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from lepton_ray import metrics
+    from lepton_ray.config import SweepConfig
+
     parser = _Parser(prog="lepton-ray", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -207,7 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     board.add_argument("--experiment", default="digits-quickstart", help="MLflow experiment name")
     board.add_argument("--tracking-uri", default="sqlite:///mlflow.db", help="MLflow URI ($MLFLOW_TRACKING_URI wins)")
     board.add_argument("--sweep-run", default=None, help="parent run id of the sweep (default: the latest sweep)")
-    board.add_argument("--cost", default="size_bytes", choices=["size_bytes", "macs", "bops", "latency_ms", "params"], help="cost axis of the front")
+    board.add_argument("--cost", default=SweepConfig.model_fields["cost_metric"].default, choices=metrics.COST_METRICS, help="cost axis of the front")
     board.add_argument("--sort", default=None, help="column to sort by (accuracy descending, costs ascending)")
     board.add_argument("--pareto-only", action="store_true", help="show only trials on the accuracy/cost front")
     board.add_argument("--csv", default=None, help="also write the table to this CSV file")

@@ -214,11 +214,12 @@ def workflow(tmp_path, uri: str, model_name: str, policy: SelectionConfig) -> Wo
 
 
 def sweep_runs(wf: WorkflowConfig, student_accuracy: float):
-    """A tracker, a parent run and three trial runs; trial 2 is the picked point (knee of the front)."""
+    """A tracker, a parent run and four trial runs; trial 2 is the picked point (knee of the front on the default cost)."""
     tracker = Tracker(wf.tracking.uri, wf.tracking.experiment)
     parent = tracker.start_run("sweep", "sweep", {}, {})
     rows = [(1, student_accuracy - 0.30, 1_000.0), (2, student_accuracy, 3_000.0), (3, student_accuracy + 0.005, 9_000.0), (4, student_accuracy - 0.1, 9_500.0)]
-    trials = pd.DataFrame(rows, columns=["trial", "test_accuracy", "size_bytes"])
+    trials = pd.DataFrame(rows, columns=["trial", "test_accuracy", wf.sweep.cost_metric])
+    trials["size_bytes"] = [500.0, 2_000.0, 1_500.0, 4_000.0]  # the estimate ranks trials 2 and 3 the other way round
     trials["run_id"] = [tracker.start_run(f"t{t}", f"trial-{t}", {}, {}, parent_run_id=parent) for t, _, _ in rows]
     return tracker, parent, trials
 
