@@ -73,7 +73,7 @@ def cmd_select(args: argparse.Namespace) -> int:
     wf, _ = load_checked(args)
     outcome, _ = existing_sweep(wf)
     print(format_table(outcome.trials, wf.sweep.cost_metric, pareto_only=True))
-    print(select(outcome.trials, wf.sweep.cost_metric, outcome.teacher_accuracy, wf.selection).explanation)
+    print(select(outcome.trials, wf.sweep.cost_metric, outcome.teacher_accuracy, wf.selection, wf.export.tolerance).explanation)
     return 0
 
 
@@ -90,6 +90,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
+    from lepton_ray.config import ExportConfig
     from lepton_ray.tracking.leaderboard import format_table, latest_sweep_run_id, trials_frame
     from lepton_ray.tracking.tracker import Tracker
     from lepton_ray.tracking.uris import tracking_uri
@@ -98,7 +99,7 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     parent = args.sweep_run or latest_sweep_run_id(tracker)
     if parent is None:
         raise LeptonError(f"--experiment: no sweep found in experiment {args.experiment!r}; run `lepton-ray sweep` first or pick another experiment")
-    table = trials_frame(tracker, parent, args.cost)
+    table = trials_frame(tracker, parent, args.cost, ExportConfig.model_fields["tolerance"].default)
     print(format_table(table, args.cost, sort=args.sort, pareto_only=args.pareto_only))
     for path in filter(None, [args.csv, args.json]):
         shown = table[table["on_front"]] if args.pareto_only else table

@@ -114,8 +114,8 @@ def select_and_export(
     the report still says why). See the module docstring for the export route.
     """
     cost_column = wf.sweep.cost_metric
-    selection = select(trials, cost_column, teacher_accuracy, wf.selection)
-    candidates = completed(trials, cost_column)
+    selection = select(trials, cost_column, teacher_accuracy, wf.selection, wf.export.tolerance)
+    candidates = completed(trials, cost_column, wf.export.tolerance)
     on_front = pareto_front(candidates[ACCURACY].to_numpy(), candidates[cost_column].to_numpy())
     _tag_trials(tracker, parent_run_id, candidates, on_front, selection)
     out_dir = Path(out_dir)

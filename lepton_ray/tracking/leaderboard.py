@@ -10,7 +10,7 @@ import pandas as pd
 
 from lepton_ray import metrics
 from lepton_ray.config import SweepConfig
-from lepton_ray.deploy.pareto import pareto_front
+from lepton_ray.deploy.pareto import artifact_holds, pareto_front
 from lepton_ray.tracking.tracker import ERROR_TAG, PARENT_TAG, STATUS_TAG, Tracker
 
 METRIC_COLUMNS = [
@@ -26,8 +26,11 @@ def latest_sweep_run_id(tracker: Tracker) -> str | None:
     return runs[0].info.run_id if runs else None
 
 
-def trials_frame(tracker: Tracker, parent_run_id: str, cost_metric: str = SweepConfig.model_fields["cost_metric"].default) -> pd.DataFrame:
-    """One row per trial run of the sweep: trial number, status, knobs, metrics, error, on_front."""
+def trials_frame(
+    tracker: Tracker, parent_run_id: str, cost_metric: str = SweepConfig.model_fields["cost_metric"].default, max_int8_drop_points: float | None = None,
+) -> pd.DataFrame:
+    """One row per trial run of the sweep: trial number, status, knobs, metrics, error, on_front (given
+    `max_int8_drop_points`, only trials whose int8 file holds their accuracy can be on it: `pareto.artifact_holds`)."""
     import mlflow
 
     runs = mlflow.search_runs(experiment_ids=[tracker.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}'", max_results=10_000)
@@ -41,6 +44,8 @@ def trials_frame(tracker: Tracker, parent_run_id: str, cost_metric: str = SweepC
         table[name] = runs.get(f"metrics.{name}", pd.Series(float("nan"), index=runs.index))
     table["error"] = runs.get(f"tags.{ERROR_TAG}", pd.Series("", index=runs.index)).fillna("")
     finished = table["status"] == "finished"
+    if max_int8_drop_points is not None:
+        finished &= artifact_holds(table, max_int8_drop_points)
     table["on_front"] = False
     if finished.any():
         table.loc[finished, "on_front"] = pareto_front(table.loc[finished, metrics.TEST_ACCURACY].to_numpy(), table.loc[finished, cost_metric].to_numpy())
