@@ -133,7 +133,7 @@ def select_and_export(
         tags = {"lepton.trial": str(selection.trial), "lepton.selection": selection.explanation, "lepton.sweep_run_id": parent_run_id}
         published = publish(files, dataset_images(data.test, [0])[0], tracker, parent_run_id, wf.tracking.model_name, tags)
     finally:
-        report = write_report(out_dir / "report.md", candidates, cost_column, on_front, selection, teacher_accuracy, files, checks, published)
+        report = write_report(out_dir / "report.md", candidates, cost_column, on_front, selection, teacher_accuracy, files, checks, published, trials)
         tracker.log_artifacts(parent_run_id, [report], "selection")
     return ExportResult(selection, files, checks, published, plot, report)
 
