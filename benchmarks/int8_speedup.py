@@ -28,7 +28,8 @@ from benchmarks.common import Figure, figures_table, write_result
 from lepton_ray.compress.quantize import round_onto_weight_grid
 from lepton_ray.config import DataConfig, ModelSpec, load_workflow
 from lepton_ray.data.datasets import build_data
-from lepton_ray.export.int8 import CalibrationImages, INT8_FILE, calibration_images, export_int8, measure_latency, onnx_accuracy
+from lepton_ray.export.int8 import CalibrationImages, INT8_FILE, calibration_images, export_int8
+from lepton_ray.export.runtime import measure_latency, onnx_accuracy
 from lepton_ray.models.zoo import build_model
 from lepton_ray.distill.losses import DistillationObjective
 from lepton_ray.data.batches import iterate_batches, train_indices

@@ -73,7 +73,7 @@ def cmd_select(args: argparse.Namespace) -> int:
     wf, _ = load_checked(args)
     outcome, _ = existing_sweep(wf)
     print(format_table(outcome.trials, wf.sweep.cost_metric, pareto_only=True))
-    print(select(outcome.trials, wf.sweep.cost_metric, outcome.teacher_accuracy, wf.selection).explanation)
+    print(select(outcome.trials, wf.sweep.cost_metric, outcome.teacher_accuracy, wf.selection, wf.export.tolerance).explanation)
     return 0
 
 
@@ -90,6 +90,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
+    from lepton_ray.config import ExportConfig
     from lepton_ray.tracking.leaderboard import format_table, latest_sweep_run_id, trials_frame
     from lepton_ray.tracking.tracker import Tracker
     from lepton_ray.tracking.uris import tracking_uri
@@ -98,7 +99,7 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     parent = args.sweep_run or latest_sweep_run_id(tracker)
     if parent is None:
         raise LeptonError(f"--experiment: no sweep found in experiment {args.experiment!r}; run `lepton-ray sweep` first or pick another experiment")
-    table = trials_frame(tracker, parent, args.cost)
+    table = trials_frame(tracker, parent, args.cost, ExportConfig.model_fields["tolerance"].default)
     print(format_table(table, args.cost, sort=args.sort, pareto_only=args.pareto_only))
     for path in filter(None, [args.csv, args.json]):
         shown = table[table["on_front"]] if args.pareto_only else table
@@ -176,6 +177,9 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from lepton_ray import metrics
+    from lepton_ray.config import SweepConfig
+
     parser = _Parser(prog="lepton-ray", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -207,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     board.add_argument("--experiment", default="digits-quickstart", help="MLflow experiment name")
     board.add_argument("--tracking-uri", default="sqlite:///mlflow.db", help="MLflow URI ($MLFLOW_TRACKING_URI wins)")
     board.add_argument("--sweep-run", default=None, help="parent run id of the sweep (default: the latest sweep)")
-    board.add_argument("--cost", default="size_bytes", choices=["size_bytes", "macs", "bops", "latency_ms", "params"], help="cost axis of the front")
+    board.add_argument("--cost", default=SweepConfig.model_fields["cost_metric"].default, choices=metrics.COST_METRICS, help="cost axis of the front")
     board.add_argument("--sort", default=None, help="column to sort by (accuracy descending, costs ascending)")
     board.add_argument("--pareto-only", action="store_true", help="show only trials on the accuracy/cost front")
     board.add_argument("--csv", default=None, help="also write the table to this CSV file")

@@ -30,18 +30,47 @@ SETUP_S = "setup_s"
 COMPUTE_S = "compute_s"
 """Seconds of training, evaluation and finishing so far: the trial's work, without start-up overhead."""
 
+# Estimates: computed from the torch student, not measured on any file (`compress/cost.py: static_cost`).
 PARAMS = "params"
+"""Estimate: parameters of the student (conv/linear weights, biases, norms)."""
 NONZERO_PARAMS = "nonzero_params"
+"""Estimate: parameters that are not zero."""
 SPARSITY = "sparsity"
+"""Estimate: share of zero conv/linear weights."""
 BITS = "bits"
+"""The weight bit-width the student was trained at (32: float); its int8 file stores every width as int8."""
 SIZE_BYTES = "size_bytes"
+"""Estimate: bytes of the weights packed at `bits` per value, zeros skipped with a bitmap, plus scales, biases
+and norms. No shipped file stores them so: the int8 ONNX file keeps one byte per weight, zero or not."""
 MACS = "macs"
+"""Estimate: multiply-accumulates of one forward pass on one sample (conv and matmul)."""
 BOPS = "bops"
-LATENCY_MS = "latency_ms"
-LATENCY_BATCH_MS = "latency_batch_ms"
+"""Estimate: MACs x weight bits x activation bits x density; no int8 kernel skips zeros or packs 4 bits."""
 
-COST_METRICS = (SIZE_BYTES, MACS, BOPS, LATENCY_MS, PARAMS)
-"""Figures a workflow may name as the cost to minimise."""
+# Measured on the int8 ONNX file the trial would ship (`export_int8`, as the publish step exports its pick).
+INT8_FILE_BYTES = "int8_file_bytes"
+"""Measured: bytes of the trial's int8 ONNX file. The same for any bit-width and any unstructured sparsity."""
+INT8_GZIP_BYTES = "int8_gzip_bytes"
+"""Measured: that file gzip-compressed at level 9 (deflate): what downloading it costs, since HTTP
+(`Content-Encoding: gzip`), app bundles and container layers all ship deflate. Zeros and a narrow
+bit-width lower it; they do not lower the file."""
+LATENCY_MS = "latency_ms"
+"""Measured: median ONNX Runtime milliseconds per forward of the int8 file at batch 1 (CPU, default threads)."""
+LATENCY_IQR_MS = "latency_iqr_ms"
+"""Measured: interquartile range of those batch-1 timings (the spread: differences below it are noise)."""
+LATENCY_BATCH_MS = "latency_batch_ms"
+"""Measured: median milliseconds per forward of the int8 file at `export.latency_batch_size`, timed in rounds
+interleaved with the batch-1 runs."""
+LATENCY_BATCH_IQR_MS = "latency_batch_iqr_ms"
+"""Measured: interquartile range of the batch timings."""
+INT8_VAL_ACCURACY = "int8_val_accuracy"
+"""Measured: accuracy of the int8 file in ONNX Runtime on the validation split, to hold against `best_val_accuracy`."""
+
+ESTIMATES = (PARAMS, NONZERO_PARAMS, SPARSITY, SIZE_BYTES, MACS, BOPS)
+"""Figures computed from the torch student rather than measured on the shipped file: labelled so wherever shown."""
+MEASURED_COSTS = (INT8_GZIP_BYTES, INT8_FILE_BYTES, LATENCY_MS, LATENCY_BATCH_MS)
+COST_METRICS = (*MEASURED_COSTS, SIZE_BYTES, MACS, BOPS, PARAMS)
+"""Figures a workflow may name as the cost to minimise or constrain."""
 
 ACCURACY_METRIC = TEST_ACCURACY
 """The accuracy the Pareto front and the selector rank by."""

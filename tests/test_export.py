@@ -214,11 +214,12 @@ def workflow(tmp_path, uri: str, model_name: str, policy: SelectionConfig) -> Wo
 
 
 def sweep_runs(wf: WorkflowConfig, student_accuracy: float):
-    """A tracker, a parent run and three trial runs; trial 2 is the picked point (knee of the front)."""
+    """A tracker, a parent run and four trial runs; trial 2 is the picked point (knee of the front on the default cost)."""
     tracker = Tracker(wf.tracking.uri, wf.tracking.experiment)
     parent = tracker.start_run("sweep", "sweep", {}, {})
     rows = [(1, student_accuracy - 0.30, 1_000.0), (2, student_accuracy, 3_000.0), (3, student_accuracy + 0.005, 9_000.0), (4, student_accuracy - 0.1, 9_500.0)]
-    trials = pd.DataFrame(rows, columns=["trial", "test_accuracy", "size_bytes"])
+    trials = pd.DataFrame(rows, columns=["trial", "test_accuracy", wf.sweep.cost_metric])
+    trials["size_bytes"] = [500.0, 2_000.0, 1_500.0, 4_000.0]  # the estimate ranks trials 2 and 3 the other way round
     trials["run_id"] = [tracker.start_run(f"t{t}", f"trial-{t}", {}, {}, parent_run_id=parent) for t, _, _ in rows]
     return tracker, parent, trials
 
@@ -254,6 +255,7 @@ def test_select_and_export_publishes_the_picked_trial_as_champion(student, digit
     assert artifacts == {"selection/pareto.png", "selection/report.md"}
     report = result.report.read_text()
     assert "**passed**" in report and "version 1 (alias `champion`)" in report and result.selection.explanation in report
+    assert "Spearman rank correlation of `size_bytes` (estimate) with `int8_gzip_bytes` (measured): 0.800 over 4 finished trials" in report
     assert result.plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

@@ -8,9 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from lepton_ray import metrics
 from lepton_ray.config import SelectionConfig
 from lepton_ray.errors import ConfigError, SelectionError
-from lepton_ray.deploy.pareto import POLICIES, pareto_front, select
+from lepton_ray.deploy.pareto import POLICIES, completed, pareto_front, select
 
 COST = "size_bytes"
 
@@ -171,3 +172,14 @@ def test_every_policy_picks_a_point_of_the_front(seed: int):
     ]
     for cfg in configs:
         assert select(trials, COST, 1.0, cfg).trial in front_trials
+
+
+def test_a_trial_whose_int8_file_loses_more_than_the_tolerance_on_val_is_never_on_the_front_nor_picked():
+    """The front holds only points whose shipped artifact holds them (`int8_val_accuracy` against `best_val_accuracy`)."""
+    trials = table([(0, 0.95, 10_000), (1, 0.97, 12_000), (2, 0.90, 5_000)])
+    trials[metrics.BEST_VAL_ACCURACY] = [0.95, 0.97, 0.90]
+    trials[metrics.INT8_VAL_ACCURACY] = [0.945, 0.90, np.nan]  # trial 1's file drops 7 points; trial 2 predates the figure
+    assert completed(trials, COST, max_int8_drop_points=1.0)["trial"].tolist() == [0, 2]
+    assert completed(trials, COST)["trial"].tolist() == [0, 1, 2]
+    assert select(trials, COST, 0.99, SelectionConfig(policy="knee"), max_int8_drop_points=1.0).trial != 1
+    assert select(trials, COST, 0.99, SelectionConfig(policy="max_accuracy_under_cost", options={"budget": 20_000}), max_int8_drop_points=1.0).trial == 0

@@ -108,26 +108,63 @@ def test_bf16_mixed_precision_trial_trains_under_autocast_and_ships_fp32_weights
     assert {value.dtype for value in student.values() if value.is_floating_point()} == {torch.float32}
 
 
-def test_a_quantized_trial_times_the_int8_graph_it_ships(tmp_path, monkeypatch):
-    """latency_ms is the cost of the exported model: for a b-bit student its int8 ONNX, not its fp32 graph."""
-    import onnx
+@pytest.fixture(scope="module", params=[None, 4], ids=["float", "4bit"])
+def measured_trial(request, tmp_path_factory):
+    """A finished trial (float or 4-bit QAT), its final report, and a copy of the int8 file it exported and measured."""
+    import shutil
 
-    import lepton_ray.compress.cost as cost
+    import lepton_ray.export.int8 as int8
 
-    timed = []
-    real_measure = cost.measure_latency_ms
+    folder = tmp_path_factory.mktemp("measured")
+    real_export = int8.export_int8
+    exported = []
 
-    def record(onnx_path, *args, **kwargs):
-        timed.append(sorted({node.op_type for node in onnx.load(str(onnx_path)).graph.node}))
-        return real_measure(onnx_path, *args, **kwargs)
+    def keep_a_copy(*args, **kwargs):
+        files = real_export(*args, **kwargs)
+        exported.append(shutil.copy(files.int8, folder / f"exported-{len(exported)}.onnx"))
+        return files
 
-    monkeypatch.setattr(cost, "measure_latency_ms", record)
     config = _loop_config(epochs=2)
-    config["workflow"]["compression"]["quantization"]["bits"] = 4
+    config["workflow"]["compression"]["quantization"]["bits"] = request.param
     reports = []
-    run_trial(config, InProcessSession(tmp_path, reports.append, CPU))
-    assert len(timed) == 1 and "QuantizeLinear" in timed[0] and "DequantizeLinear" in timed[0]
-    assert reports[-1][metrics.LATENCY_MS] > 0 and reports[-1][metrics.BITS] == 4
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(int8, "export_int8", keep_a_copy)
+        run_trial(config, InProcessSession(folder / "trial", reports.append, CPU))
+    assert len(exported) == 1, "one export per finished trial"
+    return config, reports[-1], exported[0]
+
+
+def test_a_trials_int8_file_bytes_equal_the_size_of_the_file_it_exports(measured_trial):
+    import gzip
+    from pathlib import Path
+
+    _, report, int8_file = measured_trial
+    assert report[metrics.INT8_FILE_BYTES] == Path(int8_file).stat().st_size
+    assert report[metrics.INT8_GZIP_BYTES] == len(gzip.compress(Path(int8_file).read_bytes(), compresslevel=9, mtime=0))
+
+
+def test_a_trials_int8_val_accuracy_equals_an_independent_ort_evaluation_of_its_file_on_the_val_split(measured_trial):
+    import onnxruntime as ort
+
+    config, report, int8_file = measured_trial
+    images, labels = config["data"].val.tensors
+    session = ort.InferenceSession(str(int8_file), providers=["CPUExecutionProvider"])
+    logits = session.run(None, {session.get_inputs()[0].name: images.numpy()})[0]
+    assert report[metrics.INT8_VAL_ACCURACY] == pytest.approx(float((logits.argmax(axis=1) == labels.numpy()).mean()), abs=1e-12)
+
+
+def test_a_trials_latency_figures_and_their_spreads_are_positive_and_finite(measured_trial):
+    import math
+
+    _, report, _ = measured_trial
+    for name in (metrics.LATENCY_MS, metrics.LATENCY_IQR_MS, metrics.LATENCY_BATCH_MS, metrics.LATENCY_BATCH_IQR_MS):
+        assert 0 < report[name] < 1000 and math.isfinite(report[name]), name
+
+
+def test_a_trial_keeps_the_estimates_next_to_the_measured_figures(measured_trial):
+    config, report, _ = measured_trial
+    assert set(metrics.ESTIMATES) <= set(report)
+    assert report[metrics.BITS] == (config["workflow"]["compression"]["quantization"]["bits"] or 32)
 
 
 def test_a_teacher_cache_too_big_for_the_object_store_is_read_from_its_file_and_matches_the_live_teacher(tmp_path):

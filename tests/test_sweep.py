@@ -57,7 +57,8 @@ def test_small_sweep_logs_children_matches_leaderboard_and_records_failing_trial
     assert by_trial.loc[1, "status"] == "FAILED" and "diverged" in by_trial.loc[1, f"tags.{ERROR_TAG}"]
     assert list(by_trial.loc[[2, 3], "status"]) == ["FINISHED", "FINISHED"]
     finished = runs[runs["status"] == "FINISHED"]
-    for name in (metrics.TEST_ACCURACY, metrics.SIZE_BYTES, metrics.MACS, metrics.BOPS, metrics.LATENCY_MS, metrics.SPARSITY, metrics.BITS, metrics.TEACHER_TEST_ACCURACY):
+    measured = (metrics.INT8_FILE_BYTES, metrics.INT8_GZIP_BYTES, metrics.LATENCY_IQR_MS, metrics.LATENCY_BATCH_MS, metrics.INT8_VAL_ACCURACY)
+    for name in (metrics.TEST_ACCURACY, metrics.SIZE_BYTES, metrics.MACS, metrics.BOPS, metrics.LATENCY_MS, metrics.SPARSITY, metrics.BITS, metrics.TEACHER_TEST_ACCURACY, *measured):
         assert finished[f"metrics.{name}"].notna().all(), name
     assert (finished["params.training.epochs"] == "2").all()
 

@@ -1,16 +1,17 @@
-"""Cost figures of a (compressed) student: parameters, stored size, MACs, BOPs, ONNX Runtime latency.
+"""Cost figures of a (compressed) student: estimates from the torch module, and figures measured on its int8 file.
 
-Pure torch + ONNX Runtime, no Ray or MLflow. MACs are measured with torch's FlopCounterMode
-(conv and matmul), not a per-layer formula, so new layer types are counted without code here.
+Estimates (`static_cost`): parameters, non-zeros, sparsity, `size_bytes` (weights packed at b bits,
+zeros skipped), MACs, BOPs: what the student would cost in a format that packs bits and skips zeros.
+The file a student ships as is not such a format: its int8 ONNX file stores every weight as one
+byte, so measured figures (`shipped_cost`) come from that file: its bytes, its gzip bytes, ONNX
+Runtime latency. MACs are measured with torch's FlopCounterMode (conv and matmul), not a per-layer
+formula, so new layer types are counted without code here. No Ray or MLflow.
 """
 
 from __future__ import annotations
 
-import statistics
-import tempfile
-import time
+import gzip
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -19,12 +20,12 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from lepton_ray import metrics
 from lepton_ray.compress.layers import weight_layers
-from lepton_ray.export.onnx_graph import INPUT_NAME, export_fp32_onnx
 
 FLOAT_BITS = 32
-LATENCY_WARMUP = 5
-LATENCY_REPEATS = 30
-"""Timed runs per batch size; the median over them is robust to the odd scheduler hiccup."""
+GZIP_LEVEL = 9
+LATENCY_ROUNDS = 200
+LATENCY_SECONDS = 1.0
+"""A trial times its file for at most `LATENCY_ROUNDS` rounds or about this long, whichever comes first."""
 
 
 def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
@@ -63,7 +64,8 @@ def _other_parameters(model: nn.Module) -> list[torch.Tensor]:
 
 
 def static_cost(model: nn.Module, input_shape: tuple[int, ...], weight_bits: int = FLOAT_BITS, activation_bits: int = FLOAT_BITS) -> dict[str, float]:
-    """Params, non-zeros, sparsity, size in bytes, MACs and BOPs of `model` as it would be stored and run.
+    """Estimates: params, non-zeros, sparsity, packed size in bytes, MACs and BOPs of `model` in a format that
+    stores `weight_bits` per weight and skips zeros (the int8 file does neither; `shipped_cost` measures it).
 
     Size: conv/linear weights as `stored_weight_bits`; every other parameter (biases, norms) at
     32 bits; buffers (BatchNorm running statistics) are not counted, they fold into the conv at export. Sparsity is over conv/linear weights. BOPs = MACs * weight_bits * activation_bits * density.
@@ -87,36 +89,34 @@ def static_cost(model: nn.Module, input_shape: tuple[int, ...], weight_bits: int
     }
 
 
-def measure_latency_ms(onnx_path: Path, input_shape: tuple[int, ...], batch_size: int, repeats: int = LATENCY_REPEATS) -> tuple[float, float]:
-    """(batch-1, batch-`batch_size`) median milliseconds per run in ONNX Runtime (CPU, default threads), after warm-up."""
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    medians = []
-    for batch in (1, batch_size):
-        feed = {INPUT_NAME: np.random.default_rng(0).standard_normal((batch, *input_shape), dtype=np.float32)}
-        for _ in range(LATENCY_WARMUP):
-            session.run(None, feed)
-        timings = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            session.run(None, feed)
-            timings.append((time.perf_counter() - start) * 1000.0)
-        medians.append(statistics.median(timings))
-    return medians[0], medians[1]
+def gzip_bytes(data: bytes) -> int:
+    """Bytes of `data` gzip-compressed at level 9: what a download costs (HTTP `Content-Encoding: gzip`, zip app packages)."""
+    return len(gzip.compress(data, compresslevel=GZIP_LEVEL, mtime=0))
 
 
-def trial_cost(
-    model: nn.Module, input_shape: tuple[int, ...], weight_bits: int, activation_bits: int, latency_batch_size: int | None,
-    shipped_onnx: Callable[[Path], Path] | None = None,
-) -> dict[str, float]:
-    """All cost figures of a finalized student, keyed by metric name, with its ONNX Runtime latency when a
-    batch size is given: of the graph `shipped_onnx(folder)` writes (the int8 export of a quantized
-    student), else of its fp32 ONNX."""
-    cost = static_cost(model, input_shape, weight_bits, activation_bits)
-    if latency_batch_size is None:
-        return cost
-    with tempfile.TemporaryDirectory() as folder:
-        onnx_path = shipped_onnx(Path(folder)) if shipped_onnx else export_fp32_onnx(model, input_shape, Path(folder) / "student.onnx")
-        latency_ms, latency_batch_ms = measure_latency_ms(onnx_path, input_shape, latency_batch_size)
-    return {**cost, metrics.LATENCY_MS: latency_ms, metrics.LATENCY_BATCH_MS: latency_batch_ms}
+def file_cost(path: Path) -> dict[str, float]:
+    """The int8 file's bytes and gzip bytes."""
+    data = Path(path).read_bytes()
+    return {metrics.INT8_FILE_BYTES: len(data), metrics.INT8_GZIP_BYTES: gzip_bytes(data)}
+
+
+def median_and_iqr(values: list[float]) -> tuple[float, float]:
+    """(median, interquartile range) of timings."""
+    lower, median, upper = np.percentile(values, [25, 50, 75])
+    return float(median), float(upper - lower)
+
+
+def latency_cost(path: Path, input_shape: tuple[int, ...], batch_size: int, rounds: int = LATENCY_ROUNDS, seconds: float = LATENCY_SECONDS) -> dict[str, float]:
+    """ONNX Runtime ms per forward of the file at batch 1 and `batch_size`: medians and interquartile ranges,
+    from rounds that alternate the two batch sizes on one session (both see the same machine load)."""
+    from lepton_ray.export.runtime import batch_size_timings  # here: onnxruntime is not needed to build a student
+
+    timings = batch_size_timings(path, input_shape, (1, batch_size), rounds, seconds)
+    single_ms, single_iqr = median_and_iqr(timings[1])
+    batch_ms, batch_iqr = median_and_iqr(timings[batch_size])
+    return {metrics.LATENCY_MS: single_ms, metrics.LATENCY_IQR_MS: single_iqr, metrics.LATENCY_BATCH_MS: batch_ms, metrics.LATENCY_BATCH_IQR_MS: batch_iqr}
+
+
+def shipped_cost(int8_path: Path, input_shape: tuple[int, ...], latency_batch_size: int) -> dict[str, float]:
+    """Cost figures measured on the int8 ONNX file a student ships as, keyed by metric name."""
+    return {**file_cost(int8_path), **latency_cost(int8_path, input_shape, latency_batch_size)}

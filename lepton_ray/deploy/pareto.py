@@ -101,22 +101,38 @@ def parse_options(options_type: type[BaseModel], options: dict[str, Any]) -> Bas
         raise ConfigError(f"selection.options.{key}: {first['msg']} (got {first.get('input')!r})") from None
 
 
-def completed(trials: pd.DataFrame, cost_column: str) -> pd.DataFrame:
-    """Rows with a finite accuracy and cost: the only ones a policy may pick."""
+def artifact_holds(trials: pd.DataFrame, max_drop_points: float) -> np.ndarray:
+    """Rows whose int8 file, run in ONNX Runtime on the validation split, is at most `max_drop_points` below
+    the trial's own validation accuracy (the publish step's check, on val); rows without the figure pass."""
+    if metrics.INT8_VAL_ACCURACY not in trials.columns or metrics.BEST_VAL_ACCURACY not in trials.columns:
+        return np.ones(len(trials), dtype=bool)
+    int8_accuracy = trials[metrics.INT8_VAL_ACCURACY].to_numpy(dtype=float)
+    drop_points = (trials[metrics.BEST_VAL_ACCURACY].to_numpy(dtype=float) - int8_accuracy) * 100
+    return np.isnan(int8_accuracy) | (drop_points <= max_drop_points + 1e-9)
+
+
+def completed(trials: pd.DataFrame, cost_column: str, max_int8_drop_points: float | None = None) -> pd.DataFrame:
+    """Rows with a finite accuracy and cost, and (given `max_int8_drop_points`) an int8 file that holds the
+    trial's accuracy (`artifact_holds`): the only ones on the front and the only ones a policy may pick."""
     for column in ("trial", ACCURACY, cost_column):
         if column not in trials.columns:
             raise SelectionError(f"trials table has no column {column!r}; columns: {', '.join(map(str, trials.columns))}")
-    values = trials[[ACCURACY, cost_column]].to_numpy(dtype=float)
-    return trials[np.isfinite(values).all(axis=1)].reset_index(drop=True)
+    keep = np.isfinite(trials[[ACCURACY, cost_column]].to_numpy(dtype=float)).all(axis=1)
+    if max_int8_drop_points is not None:
+        keep &= artifact_holds(trials, max_int8_drop_points)
+    return trials[keep].reset_index(drop=True)
 
 
-def select(trials: pd.DataFrame, cost_column: str, teacher_accuracy: float, cfg: SelectionConfig) -> Selection:
+def select(trials: pd.DataFrame, cost_column: str, teacher_accuracy: float, cfg: SelectionConfig, max_int8_drop_points: float | None = None) -> Selection:
     """Apply the workflow's policy to the completed trials; `SelectionError` when none qualifies."""
     policy = POLICIES.get(cfg.policy)
     options = parse_options(policy.options_type, cfg.options)
-    candidates = completed(trials, cost_column)
+    candidates = completed(trials, cost_column, max_int8_drop_points)
     if candidates.empty:
-        raise SelectionError(f"selection.policy {cfg.policy!r}: no completed trial with {ACCURACY} and {cost_column}; nothing to select")
+        raise SelectionError(
+            f"selection.policy {cfg.policy!r}: no completed trial with {ACCURACY} and {cost_column}"
+            f"{'' if max_int8_drop_points is None else ' whose int8 file holds its validation accuracy'}; nothing to select"
+        )
     return policy.select(candidates, cost_column, teacher_accuracy, options)
 
 

@@ -22,9 +22,8 @@ from lepton_ray.config import WorkflowConfig, parse_workflow
 from lepton_ray.deploy.pareto import ACCURACY, Selection, completed, pareto_front, select
 from lepton_ray.deploy.report import plot_pareto, write_report
 from lepton_ray.errors import CheckpointError
-from lepton_ray.export.int8 import (
-    Int8Checks, Int8Files, calibration_images, dataset_images, export_int8, measure_int8, ort_session, verify_int8,
-)
+from lepton_ray.export.int8 import Int8Checks, Int8Files, calibration_images, export_int8, measure_int8, verify_int8
+from lepton_ray.export.runtime import dataset_images, ort_session
 from lepton_ray.export.onnx_graph import INPUT_NAME, OUTPUT_NAME
 from lepton_ray.trial.files import STUDENT_FILE, load_student, newest_student_file, trial_run_name
 
@@ -115,8 +114,8 @@ def select_and_export(
     the report still says why). See the module docstring for the export route.
     """
     cost_column = wf.sweep.cost_metric
-    selection = select(trials, cost_column, teacher_accuracy, wf.selection)
-    candidates = completed(trials, cost_column)
+    selection = select(trials, cost_column, teacher_accuracy, wf.selection, wf.export.tolerance)
+    candidates = completed(trials, cost_column, wf.export.tolerance)
     on_front = pareto_front(candidates[ACCURACY].to_numpy(), candidates[cost_column].to_numpy())
     _tag_trials(tracker, parent_run_id, candidates, on_front, selection)
     out_dir = Path(out_dir)
@@ -134,7 +133,7 @@ def select_and_export(
         tags = {"lepton.trial": str(selection.trial), "lepton.selection": selection.explanation, "lepton.sweep_run_id": parent_run_id}
         published = publish(files, dataset_images(data.test, [0])[0], tracker, parent_run_id, wf.tracking.model_name, tags)
     finally:
-        report = write_report(out_dir / "report.md", candidates, cost_column, on_front, selection, teacher_accuracy, files, checks, published)
+        report = write_report(out_dir / "report.md", candidates, cost_column, on_front, selection, teacher_accuracy, files, checks, published, trials)
         tracker.log_artifacts(parent_run_id, [report], "selection")
     return ExportResult(selection, files, checks, published, plot, report)
 

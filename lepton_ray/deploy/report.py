@@ -1,6 +1,8 @@
 """The selection report: a Pareto plot (PNG) and a short Markdown page, written to local files.
 
 Pure file output; the caller logs the files to MLflow. Accuracies are fractions, shown as such.
+Estimated figures (`metrics.ESTIMATES`) are labelled as such, and the page says how well the
+estimated size ranked the trials by what their int8 files really cost (Spearman).
 """
 
 from __future__ import annotations
@@ -12,11 +14,47 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from lepton_ray.deploy.pareto import ACCURACY, Selection, format_cost
+from lepton_ray import metrics
+from lepton_ray.deploy.pareto import ACCURACY, Selection, completed, format_cost
 
 if TYPE_CHECKING:
     from lepton_ray.export.int8 import Int8Checks, Int8Files
     from lepton_ray.deploy.publish import Published
+
+
+UNCHANGED_FILE_KNOBS = (
+    "Knobs that change nothing in the shipped file: unstructured sparsity (`compression.pruning.sparsity`) and the bit-width "
+    "(`compression.quantization.bits`: a b-bit grid is stored as int8) leave `int8_file_bytes` and int8 latency as they are "
+    "and lower only `int8_gzip_bytes`; channel pruning, low-rank and the student's width change the file."
+)
+REPORTED_COLUMNS = (metrics.INT8_VAL_ACCURACY, metrics.INT8_GZIP_BYTES, metrics.INT8_FILE_BYTES, metrics.LATENCY_MS, metrics.SIZE_BYTES)
+"""Shown in the report's leaderboard next to the accuracy and the cost the front was drawn against."""
+
+
+def label(metric: str) -> str:
+    """A metric's name, marked when it is an estimate from the torch student rather than measured on the int8 file."""
+    return f"{metric} (estimate)" if metric in metrics.ESTIMATES else metric
+
+
+def spearman(x: np.ndarray, y: np.ndarray) -> float:
+    """Spearman rank correlation: Pearson's r of the ranks (ties get their average rank); NaN under 3 pairs or a constant side."""
+    ranks_x = pd.Series(np.asarray(x, dtype=float)).rank().to_numpy()
+    ranks_y = pd.Series(np.asarray(y, dtype=float)).rank().to_numpy()
+    if len(ranks_x) < 3 or ranks_x.std() == 0 or ranks_y.std() == 0:
+        return math.nan
+    return float(np.corrcoef(ranks_x, ranks_y)[0, 1])
+
+
+def cost_agreement_markdown(trials: pd.DataFrame) -> str:
+    """How the estimate `size_bytes` ranks the finished trials against the bytes measured on their int8 files."""
+    lines = []
+    for measured in (metrics.INT8_GZIP_BYTES, metrics.INT8_FILE_BYTES):
+        if {metrics.SIZE_BYTES, measured} <= set(trials.columns):
+            pairs = trials[[metrics.SIZE_BYTES, measured]].astype(float).dropna()
+            rho = spearman(pairs[metrics.SIZE_BYTES].to_numpy(), pairs[measured].to_numpy())
+            lines.append(f"- Spearman rank correlation of `{metrics.SIZE_BYTES}` (estimate) with `{measured}` (measured): "
+                         f"{'n/a' if math.isnan(rho) else f'{rho:.3f}'} over {len(pairs)} finished trials")
+    return "\n".join([*lines, f"- {UNCHANGED_FILE_KNOBS}"])
 
 
 def plot_pareto(trials: pd.DataFrame, cost_column: str, on_front: np.ndarray, selection: Selection, teacher_accuracy: float, path: Path) -> Path:
@@ -35,7 +73,7 @@ def plot_pareto(trials: pd.DataFrame, cost_column: str, on_front: np.ndarray, se
                  linewidths=2, label=f"picked: trial {selection.trial}", zorder=4)
     if math.isfinite(teacher_accuracy):
         axes.axhline(teacher_accuracy, color="0.2", linestyle="--", linewidth=1, label=f"teacher {teacher_accuracy:.3f}")
-    axes.set_xlabel(cost_column)
+    axes.set_xlabel(label(cost_column) if cost_column in metrics.ESTIMATES else f"{cost_column} (measured on the int8 file)")
     axes.set_ylabel(ACCURACY)
     axes.set_title(f"{selection.policy}: {len(front)} of {len(trials)} trials on the front", fontsize=10)
     axes.grid(alpha=0.3)
@@ -49,13 +87,22 @@ def plot_pareto(trials: pd.DataFrame, cost_column: str, on_front: np.ndarray, se
 
 
 def leaderboard_markdown(trials: pd.DataFrame, cost_column: str, on_front: np.ndarray, selection: Selection) -> str:
-    """Trials by accuracy (best first): a Markdown table with front membership and the pick."""
+    """Trials by accuracy (best first): a Markdown table with the int8 file's figures, front membership and the pick."""
     table = trials.assign(on_front=on_front).sort_values([ACCURACY, cost_column], ascending=[False, True], kind="stable")
-    lines = [f"| trial | {ACCURACY} | {cost_column} | on front | picked |", "|---:|---:|---:|:---:|:---:|"]
-    for trial, accuracy, cost, front in table[["trial", ACCURACY, cost_column, "on_front"]].itertuples(index=False, name=None):
-        picked = "**yes**" if trial == selection.trial else ""
-        lines.append(f"| {trial} | {accuracy:.4f} | {format_cost(cost)} | {'yes' if front else ''} | {picked} |")
+    extra = [name for name in REPORTED_COLUMNS if name in table.columns and name != cost_column]
+    headers = [ACCURACY, label(cost_column), *map(label, extra)]
+    lines = [f"| trial | {' | '.join(headers)} | on front | picked |", "|---:|" + "---:|" * len(headers) + ":---:|:---:|"]
+    for row in table.to_dict("records"):
+        picked = "**yes**" if row["trial"] == selection.trial else ""
+        values = [f"{row[ACCURACY]:.4f}", *(_cell(name, row[name]) for name in [cost_column, *extra])]
+        lines.append(f"| {row['trial']} | {' | '.join(values)} | {'yes' if row['on_front'] else ''} | {picked} |")
     return "\n".join(lines)
+
+
+def _cell(metric: str, value: float) -> str:
+    if value is None or not math.isfinite(float(value)):
+        return ""
+    return f"{value:.4f}" if metric == metrics.INT8_VAL_ACCURACY else format_cost(float(value))
 
 
 def export_markdown(files: "Int8Files", checks: "Int8Checks", published: "Published | None") -> str:
@@ -82,15 +129,22 @@ def export_markdown(files: "Int8Files", checks: "Int8Checks", published: "Publis
 
 def write_report(
     path: Path, trials: pd.DataFrame, cost_column: str, on_front: np.ndarray, selection: Selection, teacher_accuracy: float,
-    files: "Int8Files", checks: "Int8Checks", published: "Published | None",
+    files: "Int8Files", checks: "Int8Checks", published: "Published | None", sweep_trials: pd.DataFrame | None = None,
 ) -> Path:
+    """The page: pick, plot, leaderboard of the candidate `trials`, estimate against measured cost over
+    `sweep_trials` (all of the sweep's trials; default: the candidates), export checks."""
+    sweep_trials = trials if sweep_trials is None else sweep_trials
     teacher = f"{teacher_accuracy:.4f}" if math.isfinite(teacher_accuracy) else "unknown"
+    left_off = len(completed(sweep_trials, cost_column)) - len(trials)
+    held = f" {left_off} finished trial(s) left off the front: their int8 file lost more than `export.tolerance` on the validation split." if left_off else ""
     text = "\n\n".join([
         "# Selection and int8 export",
-        f"Policy `{selection.policy}` on {cost_column}: {selection.explanation}. Teacher test accuracy: {teacher}.",
+        f"Policy `{selection.policy}` on {label(cost_column)}: {selection.explanation}. Teacher test accuracy: {teacher}.{held}",
         "![Pareto front](pareto.png)",
         "## Leaderboard",
         leaderboard_markdown(trials, cost_column, on_front, selection),
+        "## Estimated and measured cost",
+        cost_agreement_markdown(sweep_trials),
         "## Export checks",
         export_markdown(files, checks, published),
     ])

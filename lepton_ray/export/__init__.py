@@ -1,5 +1,6 @@
 """The file a student ships as: fp32 ONNX and graph plumbing (`onnx_graph.py`), the int8 QDQ export and
-its checks in ONNX Runtime (`int8.py`). Trials build it to time it; `deploy/` publishes it."""
+its checks (`int8.py`), running it in ONNX Runtime: accuracy, interleaved latency (`runtime.py`). Every trial
+builds it to measure it; `deploy/` publishes the pick's."""
 
 from lepton_ray.export.int8 import export_int8
 

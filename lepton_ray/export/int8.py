@@ -11,7 +11,6 @@ the quantizer's. `deploy/publish.py` registers a model only after every check pa
 from __future__ import annotations
 
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,8 +26,8 @@ from torch.utils.data import Dataset
 
 from lepton_ray.config import MAX_WEIGHT_BITS, ExportConfig
 from lepton_ray.errors import ExportError
-from lepton_ray.export.onnx_graph import INPUT_NAME, OUTPUT_NAME, compact_graph, export_fp32_onnx
-from lepton_ray.data.batches import iterate_batches
+from lepton_ray.export.onnx_graph import INPUT_NAME, compact_graph, export_fp32_onnx
+from lepton_ray.export.runtime import dataset_images, measure_latency, onnx_accuracy, ort_session
 
 
 FP32_FILE = "student.fp32.onnx"
@@ -43,8 +42,6 @@ GRID_TOLERANCE = 1e-3
 FLOAT_COMPUTE_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul", "FusedConv", "FusedGemm", "FusedMatMul"})
 """Ops that, left in the ORT-optimized int8 graph, mean a Q/DQ pair was not fused (slower than fp32)."""
 COMPACT_CHECK_IMAGES = 64
-LATENCY_SECONDS = 2.0
-"""Time spent timing one batch size; rounds stop early when it is used up."""
 
 
 # ---- fp32 and int8 files ---------------------------------------------------------------------
@@ -212,56 +209,12 @@ def check_weight_grid(fp32_path: Path, int8_path: Path, weight_bits: int) -> int
     return max_code
 
 
-# ---- checks in ONNX Runtime ---------------------------------------------------------------------
-
-def ort_session(path: Path) -> ort.InferenceSession:
-    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-
-
-def dataset_images(dataset: Dataset, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(images, labels) of the given samples, stacked."""
-    batches = list(iterate_batches(dataset, indices, 256, torch.device("cpu")))
-    return torch.cat([batch.images for batch in batches]), torch.cat([batch.labels for batch in batches])
-
+# ---- checks in ONNX Runtime (`runtime.py` runs the files) -----------------------------------------
 
 def calibration_images(dataset: Dataset, count: int, seed: int) -> torch.Tensor:
     """A seeded random sample of `count` training images (all of them when the set is smaller)."""
     order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:count]
     return dataset_images(dataset, sorted(order.tolist()))[0]
-
-
-def onnx_accuracy(path: Path, dataset: Dataset, batch_size: int = 256) -> float:
-    """Top-1 accuracy (fraction) of an ONNX classifier in ONNX Runtime over the whole split."""
-    session = ort_session(path)
-    images, labels = dataset_images(dataset, list(range(len(dataset))))
-    correct = 0
-    for start in range(0, len(images), batch_size):
-        logits = session.run([OUTPUT_NAME], {INPUT_NAME: images[start : start + batch_size].numpy()})[0]
-        correct += int((logits.argmax(axis=1) == labels[start : start + batch_size].numpy()).sum())
-    return correct / max(len(labels), 1)
-
-
-def measure_latency(models: dict[str, Path], input_shape: tuple[int, ...], batch_size: int, max_rounds: int = 200, seconds: float = LATENCY_SECONDS) -> dict[str, float]:
-    """Median ms per forward of each model, timed in interleaved rounds after warm-up.
-
-    Interleaving (A, B, A, B, ...) exposes every model to the same machine load; timings taken
-    one model after the other varied up to 2.3x here (STACK.md).
-    """
-    sessions = {name: ort_session(path) for name, path in models.items()}
-    feed = {INPUT_NAME: np.random.default_rng(0).standard_normal((batch_size, *input_shape), dtype=np.float32)}
-    for session in sessions.values():
-        for _ in range(3):
-            session.run(None, feed)
-    timings: dict[str, list[float]] = {name: [] for name in sessions}
-    deadline = time.perf_counter() + seconds
-    for round_index in range(max_rounds):
-        for name, session in sessions.items():
-            start = time.perf_counter()
-            session.run(None, feed)
-            timings[name].append((time.perf_counter() - start) * 1000)
-        if round_index >= 4 and time.perf_counter() > deadline:
-            break
-    return {name: float(np.median(values)) for name, values in timings.items()}
 
 
 @dataclass(frozen=True)

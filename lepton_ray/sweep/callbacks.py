@@ -17,8 +17,8 @@ from lepton_ray.trial.sessions import CHECKPOINT_PATH_KEY
 
 LOGGED_METRICS = {
     metrics.EPOCH, metrics.TRAIN_LOSS, metrics.VAL_ACCURACY, metrics.VAL_LOSS, metrics.TEST_ACCURACY,
-    metrics.PARAMS, metrics.NONZERO_PARAMS, metrics.SPARSITY, metrics.BITS, metrics.SIZE_BYTES,
-    metrics.MACS, metrics.BOPS, metrics.LATENCY_MS, metrics.LATENCY_BATCH_MS, metrics.BEST_VAL_ACCURACY, metrics.BEST_EPOCH, metrics.DIVERGED,
+    *metrics.ESTIMATES, metrics.BITS, metrics.INT8_FILE_BYTES, metrics.INT8_GZIP_BYTES, metrics.LATENCY_MS, metrics.LATENCY_IQR_MS,
+    metrics.LATENCY_BATCH_MS, metrics.LATENCY_BATCH_IQR_MS, metrics.INT8_VAL_ACCURACY, metrics.BEST_VAL_ACCURACY, metrics.BEST_EPOCH, metrics.DIVERGED,
     metrics.RESTARTS, metrics.IMAGES_PER_S, metrics.SETUP_S, metrics.COMPUTE_S,
 }
 

@@ -42,7 +42,7 @@ def existing_sweep(wf: WorkflowConfig) -> tuple[SweepOutcome, Tracker]:
     if parent_run_id is None:
         raise TrackingError(f"tracking.experiment: no sweep run for {paths.root} in {wf.tracking.experiment!r} at {redact(uri)}; check tracking.uri and the experiment")
     teacher_accuracy = tracker.client.get_run(parent_run_id).data.metrics.get(metrics.TEACHER_TEST_ACCURACY, math.nan)
-    return SweepOutcome(parent_run_id, paths, trials_frame(tracker, parent_run_id, wf.sweep.cost_metric), teacher_accuracy), tracker
+    return SweepOutcome(parent_run_id, paths, trials_frame(tracker, parent_run_id, wf.sweep.cost_metric, wf.export.tolerance), teacher_accuracy), tracker
 
 
 def select_export_publish(wf: WorkflowConfig, outcome: SweepOutcome, data: "DataSplits", tracker: Tracker, log: Callable[[str], None]) -> ExportResult:

@@ -93,7 +93,7 @@ def _read_trials(tracker, parent_run_id: str, wf: WorkflowConfig, paths: SweepPa
     """The leaderboard from MLflow; an unreachable server is one clear line (the trials are safe on disk)."""
 
     try:
-        return trials_frame(tracker, parent_run_id, wf.sweep.cost_metric)
+        return trials_frame(tracker, parent_run_id, wf.sweep.cost_metric, wf.export.tolerance)
     except Exception as err:  # MLflow raises several types for a server that went away
         tracker.report_unlogged()
         raise TrackingError(

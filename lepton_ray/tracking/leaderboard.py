@@ -1,17 +1,24 @@
-"""The leaderboard: a sweep's trials read back from MLflow as one pandas table."""
+"""The leaderboard: a sweep's trials read back from MLflow as one pandas table.
+
+Measured figures (on each trial's int8 file) come first; estimates from the torch student
+(`metrics.ESTIMATES`) are printed with an "~" in front of their name.
+"""
 
 from __future__ import annotations
 
 import pandas as pd
 
 from lepton_ray import metrics
-from lepton_ray.deploy.pareto import pareto_front
+from lepton_ray.config import SweepConfig
+from lepton_ray.deploy.pareto import artifact_holds, pareto_front
 from lepton_ray.tracking.tracker import ERROR_TAG, PARENT_TAG, STATUS_TAG, Tracker
 
 METRIC_COLUMNS = [
-    metrics.TEST_ACCURACY, metrics.BEST_VAL_ACCURACY, metrics.SIZE_BYTES, metrics.MACS, metrics.BOPS, metrics.LATENCY_MS,
-    metrics.PARAMS, metrics.SPARSITY, metrics.BITS, metrics.EPOCH,
+    metrics.TEST_ACCURACY, metrics.BEST_VAL_ACCURACY, metrics.INT8_VAL_ACCURACY,
+    metrics.INT8_GZIP_BYTES, metrics.INT8_FILE_BYTES, metrics.LATENCY_MS, metrics.LATENCY_IQR_MS, metrics.LATENCY_BATCH_MS, metrics.LATENCY_BATCH_IQR_MS,
+    metrics.SIZE_BYTES, metrics.MACS, metrics.BOPS, metrics.PARAMS, metrics.SPARSITY, metrics.BITS, metrics.EPOCH,
 ]
+ESTIMATE_MARK = "~"
 
 
 def latest_sweep_run_id(tracker: Tracker) -> str | None:
@@ -19,8 +26,11 @@ def latest_sweep_run_id(tracker: Tracker) -> str | None:
     return runs[0].info.run_id if runs else None
 
 
-def trials_frame(tracker: Tracker, parent_run_id: str, cost_metric: str = metrics.SIZE_BYTES) -> pd.DataFrame:
-    """One row per trial run of the sweep: trial number, status, knobs, metrics, error, on_front."""
+def trials_frame(
+    tracker: Tracker, parent_run_id: str, cost_metric: str = SweepConfig.model_fields["cost_metric"].default, max_int8_drop_points: float | None = None,
+) -> pd.DataFrame:
+    """One row per trial run of the sweep: trial number, status, knobs, metrics, error, on_front (given
+    `max_int8_drop_points`, only trials whose int8 file holds their accuracy can be on it: `pareto.artifact_holds`)."""
     import mlflow
 
     runs = mlflow.search_runs(experiment_ids=[tracker.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}'", max_results=10_000)
@@ -34,6 +44,8 @@ def trials_frame(tracker: Tracker, parent_run_id: str, cost_metric: str = metric
         table[name] = runs.get(f"metrics.{name}", pd.Series(float("nan"), index=runs.index))
     table["error"] = runs.get(f"tags.{ERROR_TAG}", pd.Series("", index=runs.index)).fillna("")
     finished = table["status"] == "finished"
+    if max_int8_drop_points is not None:
+        finished &= artifact_holds(table, max_int8_drop_points)
     table["on_front"] = False
     if finished.any():
         table.loc[finished, "on_front"] = pareto_front(table.loc[finished, metrics.TEST_ACCURACY].to_numpy(), table.loc[finished, cost_metric].to_numpy())
@@ -51,4 +63,5 @@ def format_table(table: pd.DataFrame, cost_metric: str, sort: str | None = None,
             raise ConfigError(f"--sort: unknown column {sort!r}; choose one of {', '.join(view.columns)}")
         view = view.sort_values(sort, ascending=sort in (cost_metric, *metrics.COST_METRICS))
     columns = [c for c in view.columns if c not in ("run_id",)]
-    return view[columns].to_string(index=False, float_format=lambda v: f"{v:.4g}")
+    shown = view[columns].rename(columns={name: ESTIMATE_MARK + name for name in metrics.ESTIMATES})
+    return shown.to_string(index=False, float_format=lambda v: f"{v:.4g}") + f"\n({ESTIMATE_MARK}: estimated from the torch student, not measured on its int8 file)"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import math
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -18,7 +19,7 @@ import torch
 from torch import nn
 
 from lepton_ray import metrics
-from lepton_ray.compress.cost import trial_cost
+from lepton_ray.compress.cost import shipped_cost, static_cost
 from lepton_ray.compress.pipeline import Compression
 from lepton_ray.config import WorkflowConfig, parse_workflow
 from lepton_ray.data.batches import Batch, augment_view, iterate_batches, on_device, train_indices, world
@@ -121,35 +122,35 @@ def set_up_student(
 
 
 def _finish(wf: WorkflowConfig, student: nn.Module, compression: Compression, best: dict[str, Any], data: DataSplits, device: torch.device) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Test the best fully-compressed student as it will ship, then bake its compression and cost it."""
+    """Test the best fully-compressed student, bake its compression, estimate its cost, and (rank 0, so
+    ONNX Runtime runs uncontended) export it to the int8 file it would ship and measure that file."""
     module = unwrap(student)
     module.load_state_dict(best["student"])
     test_accuracy, _ = evaluate(module, data.test, wf.training.batch_size, device)
     final = compression.finalize(copy.deepcopy(module).cpu())
     bits = wf.compression.quantization.bits or 32
-    latency_batch_size = wf.export.latency_batch_size if world()[0] == 0 else None  # one rank times ORT, uncontended
-    cost = trial_cost(
-        final, data.input_shape, bits, wf.compression.quantization.activation_bits if bits < 32 else 32, latency_batch_size,
-        shipped_onnx=_int8_export(final, data, wf) if bits < 32 else None,
-    )
-    final_metrics = {metrics.TEST_ACCURACY: test_accuracy, metrics.BEST_VAL_ACCURACY: best["val_accuracy"], metrics.BEST_EPOCH: best["epoch"], **cost}
+    estimates = static_cost(final, data.input_shape, bits, wf.compression.quantization.activation_bits if bits < 32 else 32)
+    measured = _measure_shipped_file(final, data, wf, bits) if world()[0] == 0 else {}
+    final_metrics = {metrics.TEST_ACCURACY: test_accuracy, metrics.BEST_VAL_ACCURACY: best["val_accuracy"], metrics.BEST_EPOCH: best["epoch"], **estimates, **measured}
     payload = model_payload(final, wf.student.name, wf.student.options, data, metrics={k: float(v) for k, v in final_metrics.items()}, workflow=wf.to_dict())
     return final_metrics, payload
 
 
 TRIAL_CALIBRATION_SAMPLES = 64
-"""Calibration images for the int8 graph a quantized trial is timed on (the final export uses `export.calibration_samples`)."""
+"""Calibration images for the int8 file a trial measures (the final export uses `export.calibration_samples`)."""
 
 
-def _int8_export(final: nn.Module, data: DataSplits, wf: WorkflowConfig):
-    """The int8 ONNX export a quantized student ships as, written into a folder: what its latency is measured on."""
+def _measure_shipped_file(final: nn.Module, data: DataSplits, wf: WorkflowConfig, weight_bits: int) -> dict[str, float]:
+    """The int8 ONNX export of a finalized student (the publish step's route, float or quantized), measured:
+    its bytes, gzip bytes and ORT latency (`shipped_cost`), and its accuracy in ORT on the validation split."""
     from lepton_ray.export.int8 import calibration_images, export_int8  # here, not at the top: ORT's quantizer adds ~1 s to every worker's start
+    from lepton_ray.export.runtime import onnx_accuracy
 
-    def write(folder: Path) -> Path:
-        images = calibration_images(data.train, TRIAL_CALIBRATION_SAMPLES, wf.data.seed)
-        return export_int8(final, data.input_shape, images.cpu(), wf.compression.quantization.bits, folder).int8
-
-    return write
+    images = calibration_images(data.train, TRIAL_CALIBRATION_SAMPLES, wf.data.seed).cpu()
+    with tempfile.TemporaryDirectory(prefix="lepton-shipped-") as folder:
+        int8_path = export_int8(final, data.input_shape, images, weight_bits, Path(folder)).int8
+        measured = shipped_cost(int8_path, data.input_shape, wf.export.latency_batch_size)
+        return {**measured, metrics.INT8_VAL_ACCURACY: onnx_accuracy(int8_path, data.val)}
 
 
 def build_objective(wf: WorkflowConfig, student: nn.Module, teachers: Teachers, example: torch.Tensor) -> DistillationObjective:
