@@ -13,6 +13,7 @@ import json
 import math
 import os
 import platform
+import subprocess
 import sys
 import tempfile
 import time
@@ -71,9 +72,21 @@ def result_path(name: str, quick: bool) -> Path:
     return RESULTS / f"{name}{'.quick' if quick else ''}.json"
 
 
+def measured_commit() -> str:
+    """The commit the figures were measured on, '+dirty' when the working tree had changes to tracked files."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], capture_output=True, text=True, cwd=REPO).stdout.strip()
+
+    commit = git("rev-parse", "HEAD") or "unknown"
+    return commit + ("+dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
+
+
 def write_result(name: str, payload: dict[str, Any], quick: bool) -> dict[str, Any]:
-    """Write `results/<name>.json` with the machine description and date; returns what was written."""
-    full = {"benchmark": name, "quick": quick, "measured_at": time.strftime("%Y-%m-%d %H:%M:%S %z"), "machine": describe_machine(), **payload}
+    """Write `results/<name>.json` with the commit, the machine description and the date; returns what was written."""
+    full = {
+        "benchmark": name, "quick": quick, "measured_at": time.strftime("%Y-%m-%d %H:%M:%S %z"), "commit": measured_commit(),
+        "machine": describe_machine(), **payload,
+    }
     path = result_path(name, quick)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(full, indent=2) + "\n")

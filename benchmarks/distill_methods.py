@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import REPO, RESULTS, train_student
+from benchmarks.common import REPO, RESULTS, measured_commit, train_student
 from lepton_ray import metrics
 from lepton_ray.config import WorkflowConfig, load_workflow
 from lepton_ray.data.datasets import build_data
@@ -77,7 +77,7 @@ def run(seeds: list[int], label_fraction: float, epochs: int) -> dict[str, objec
         results[row] = {**summary(accuracies), "workflow": path.name, "alpha": wf.distillation.alpha if teachers else 0.0, "losses": losses, "seconds": time.perf_counter() - started}
         print(f"  {row:<16} {results[row]['mean']:.4f} +- {results[row]['std']:.4f}  ({results[row]['seconds']:.0f} s)", flush=True)
     setting = {"data": "digits", "label_fraction": label_fraction, "student_epochs": epochs, "seeds": seeds, "torch_threads": torch.get_num_threads()}
-    return {"setting": setting, "teacher_test_accuracy": teacher_accuracy, "methods": results}
+    return {"setting": setting, "commit": measured_commit(), "teacher_test_accuracy": teacher_accuracy, "methods": results}
 
 
 def table(report: dict[str, object]) -> str:
