@@ -34,6 +34,7 @@ def tiny_net() -> nn.Sequential:
     for bn in (net[1], net[7]):
         bn.running_mean.fill_(7.0)
         bn.running_var.fill_(9.0)
+        bn.num_batches_tracked.fill_(50)  # as after training: a cumulative average that is not reset keeps mostly these
         nn.init.uniform_(bn.weight, 0.5, 2.0)
         nn.init.uniform_(bn.bias, -1.0, 1.0)
     return net
@@ -189,28 +190,42 @@ def test_a_pruned_low_rank_qat_student_scores_in_eval_mode_what_it_scores_with_b
     assert _test_accuracy(shipped, test_set, batch_statistics=False) >= with_batch_statistics - 0.01
 
 
-def test_the_trial_reestimates_after_set_up_before_every_evaluation_and_on_the_finalized_student(tmp_path, monkeypatch):
+def recording(events: list[tuple[str, int]], name: str, real):
+    """`real`, logging (name, id of the plain module it was given first) on each call."""
     from lepton_ray.models.features import unwrap
+
+    def call(*args, **kwargs):
+        events.append((name, id(unwrap(args[0]))))
+        return real(*args, **kwargs)
+
+    return call
+
+
+def test_the_trial_reestimates_after_set_up_before_every_evaluation_and_on_the_finalized_student(tmp_path, monkeypatch):
     from lepton_ray.trial import loop
 
     events: list[tuple[str, int]] = []
-
-    def recorded(name, real, model_arg=0):
-        def call(*args, **kwargs):
-            events.append((name, id(unwrap(args[model_arg]))))
-            return real(*args, **kwargs)
-
-        return call
-
-    monkeypatch.setattr(loop, "reestimate_batchnorm", recorded("reestimate", loop.reestimate_batchnorm))
-    monkeypatch.setattr(loop, "train_epoch", recorded("train", loop.train_epoch))
-    monkeypatch.setattr(loop, "evaluate", recorded("evaluate", loop.evaluate))
-    monkeypatch.setattr(loop, "trial_cost", recorded("cost", loop.trial_cost))
+    for name in ("reestimate_batchnorm", "train_epoch", "evaluate", "trial_cost"):
+        monkeypatch.setattr(loop, name, recording(events, name, getattr(loop, name)))
     _compressed_trial(tmp_path, epochs=2)
     student = events[0][1]
-    assert events[:2] == [("reestimate", student), ("train", student)], "after the structural steps, before training"
+    assert events[:2] == [("reestimate_batchnorm", student), ("train_epoch", student)], "after the structural steps, before training"
     evaluations = [i for i, (name, _) in enumerate(events) if name == "evaluate"]
     assert len(evaluations) == 3, "one validation per epoch and the test"
-    assert all(events[i - 1] == ("reestimate", events[i][1]) for i in evaluations)
-    (cost,) = [i for i, (name, _) in enumerate(events) if name == "cost"]
-    assert events[cost - 1] == ("reestimate", events[cost][1]) and events[cost][1] != student, "the finalized copy, before its figures"
+    assert all(events[i - 1] == ("reestimate_batchnorm", events[i][1]) for i in evaluations)
+    (cost,) = [i for i, (name, _) in enumerate(events) if name == "trial_cost"]
+    assert events[cost - 1] == ("reestimate_batchnorm", events[cost][1]) and events[cost][1] != student, "the finalized copy, before its figures"
+
+
+def test_teacher_training_reestimates_before_each_validation(monkeypatch):
+    from lepton_ray.config import DataConfig, TeacherConfig
+    from lepton_ray.data.datasets import build_data
+    from lepton_ray.trial import teacher
+
+    events: list[tuple[str, int]] = []
+    for name in ("reestimate_batchnorm", "evaluate"):
+        monkeypatch.setattr(teacher, name, recording(events, name, getattr(teacher, name)))
+    data = build_data(DataConfig(name="synthetic", options={"num_samples": 200}))
+    teacher.train_teacher(TeacherConfig(name="cnn_small", train={"epochs": 2}), data, seed=0, fingerprint_value="f")
+    names = [name for name, _ in events]
+    assert names == ["reestimate_batchnorm", "evaluate"] * 2 + ["evaluate"], "the test evaluation loads best-val weights, re-estimated with them"
