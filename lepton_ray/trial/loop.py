@@ -1,8 +1,10 @@
 """The one training loop: distill + compress + evaluate + report, run by every DDP worker.
 
 Read top to bottom: build data, teachers and student; compression hooks at named points
-(`prepare`, `on_epoch_start`, `is_final`, `finalize`); one report per epoch; the last
-report carries the test accuracy and cost figures of the best fully-compressed student.
+(`prepare`, `on_epoch_start`, `is_final`, `finalize`); BatchNorm statistics re-estimated on
+training batches after the structural steps, before each evaluation that picks or reports a
+student, and on the finalized student; one report per epoch; the last report carries the test
+accuracy and cost figures of the best fully-compressed student.
 The epoch functions (`trial/epoch.py`) also train teachers in-process (no Ray, no DDP).
 """
 
@@ -13,7 +15,7 @@ import math
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
@@ -29,6 +31,7 @@ from lepton_ray.distill.teacher_cache import TeacherCache
 from lepton_ray.models.features import capture_features, unwrap
 from lepton_ray.models.saved import load_teacher_module, model_payload
 from lepton_ray.models.zoo import build_model
+from lepton_ray.trial.batchnorm import reestimate_batchnorm
 from lepton_ray.trial.epoch import Precision, Teachers, build_optimizer, evaluate, teacher_outputs, train_epoch
 from lepton_ray.trial.files import DIVERGED_FILE, STUDENT_FILE, TRIAL_STATE_FILE, newest_readable_state
 from lepton_ray.trial.sessions import RayTrainSession, TrialSession
@@ -65,6 +68,7 @@ def run_trial(loop_config: dict[str, Any], session: TrialSession) -> None:
     data = trial_data(wf, loop_config, device)
     teachers = teacher_source(wf, loop_config, device)
     student, compression, objective, optimizer, precision = set_up_student(wf, data, teachers, session.prepare_model, device)
+    reestimate_batchnorm(student, train_batches(wf, data, 0, device))  # channel pruning / low-rank changed what each BatchNorm sees
     state = _restore(student, objective, optimizer, compression, session)
     best = state["best"]
     timing = {metrics.SETUP_S: time.perf_counter() - entered, metrics.COMPUTE_S: 0.0}
@@ -77,6 +81,7 @@ def run_trial(loop_config: dict[str, Any], session: TrialSession) -> None:
         batches = iterate_batches(data.train, shard, wf.training.batch_size, device, view)
         train_loss = train_epoch(student, teachers, objective, batches, optimizer, precision)
         images_per_s = len(shard) * world()[1] / (time.perf_counter() - epoch_started)
+        reestimate_batchnorm(student, iterate_batches(data.train, shard, wf.training.batch_size, device, view))  # val accuracy picks `best`
         val_accuracy, val_loss = evaluate(student, data.val, wf.training.batch_size, device)
         timing[metrics.COMPUTE_S] += time.perf_counter() - epoch_started
         epoch_metrics = {
@@ -126,14 +131,22 @@ def _finish(wf: WorkflowConfig, student: nn.Module, compression: Compression, be
     ONNX Runtime runs uncontended) export it to the int8 file it would ship and measure that file."""
     module = unwrap(student)
     module.load_state_dict(best["student"])
+    reestimate_batchnorm(module, train_batches(wf, data, wf.training.epochs - 1, device))
     test_accuracy, _ = evaluate(module, data.test, wf.training.batch_size, device)
     final = compression.finalize(copy.deepcopy(module).cpu())
+    reestimate_batchnorm(final, train_batches(wf, data, wf.training.epochs - 1, torch.device("cpu")))  # activation fake-quant is gone
     bits = wf.compression.quantization.bits or 32
     estimates = static_cost(final, data.input_shape, bits, wf.compression.quantization.activation_bits if bits < 32 else 32)
     measured = _measure_shipped_file(final, data, wf, bits) if world()[0] == 0 else {}
     final_metrics = {metrics.TEST_ACCURACY: test_accuracy, metrics.BEST_VAL_ACCURACY: best["val_accuracy"], metrics.BEST_EPOCH: best["epoch"], **estimates, **measured}
     payload = model_payload(final, wf.student.name, wf.student.options, data, metrics={k: float(v) for k, v in final_metrics.items()}, workflow=wf.to_dict())
     return final_metrics, payload
+
+
+def train_batches(wf: WorkflowConfig, data: DataSplits, epoch: int, device: torch.device) -> Iterator[Batch]:
+    """This rank's training batches of `epoch` as the loop draws them: the epoch's shard and augmentation view."""
+    view = augment_view(wf.data.augment, len(data.train), epoch, wf.data.seed)
+    return iterate_batches(data.train, train_indices(len(data.train), epoch, wf.training.seed), wf.training.batch_size, device, view)
 
 
 TRIAL_CALIBRATION_SAMPLES = 64

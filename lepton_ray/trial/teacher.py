@@ -22,6 +22,7 @@ from lepton_ray.distill.losses import DistillationObjective
 from lepton_ray.models.zoo import build_model
 from lepton_ray.data.batches import iterate_batches, train_indices
 from lepton_ray.models.saved import load_teacher_module, model_payload
+from lepton_ray.trial.batchnorm import reestimate_batchnorm
 from lepton_ray.trial.epoch import Precision, evaluate, train_epoch
 
 
@@ -94,9 +95,10 @@ def train_teacher(cfg: TeacherConfig, data: DataSplits, seed: int, fingerprint_v
     precision = Precision("fp32", device)
     best_accuracy, best_state = -1.0, None
     for epoch in range(cfg.train.epochs):
-        batches = iterate_batches(data.train, train_indices(len(data.train), epoch, seed), cfg.train.batch_size, device)
-        train_epoch(model, [], objective, batches, optimizer, precision)
+        shard = train_indices(len(data.train), epoch, seed)
+        train_epoch(model, [], objective, iterate_batches(data.train, shard, cfg.train.batch_size, device), optimizer, precision)
         scheduler.step()
+        reestimate_batchnorm(model, iterate_batches(data.train, shard, cfg.train.batch_size, device))  # the best-val weights keep these statistics
         val_accuracy, _ = evaluate(model, data.val, 256, device)
         if val_accuracy > best_accuracy:
             best_accuracy, best_state = val_accuracy, {k: v.detach().clone() for k, v in model.state_dict().items()}
