@@ -161,6 +161,23 @@ def test_a_trials_latency_figures_and_their_spreads_are_positive_and_finite(meas
         assert 0 < report[name] < 1000 and math.isfinite(report[name]), name
 
 
+def test_a_trials_reported_test_accuracy_is_that_of_the_student_file_it_saves(measured_trial):
+    """The reported figure is measured on the finalized student (baked weights, BatchNorm re-estimated),
+    which is what `student.pt` holds and the publish step exports."""
+    from pathlib import Path
+
+    from lepton_ray.checkpoints import load_safe
+    from lepton_ray.config import parse_workflow
+    from lepton_ray.trial.epoch import evaluate
+    from lepton_ray.trial.files import load_student, newest_student_file
+
+    config, report, int8_file = measured_trial
+    payload = load_safe(newest_student_file(Path(int8_file).parent / "trial"), "student")
+    student = load_student(parse_workflow(payload["workflow"]), payload)
+    accuracy, _ = evaluate(student, config["data"].test, 256, CPU)
+    assert report[metrics.TEST_ACCURACY] == accuracy == payload["metrics"][metrics.TEST_ACCURACY]
+
+
 def test_a_trial_keeps_the_estimates_next_to_the_measured_figures(measured_trial):
     config, report, _ = measured_trial
     assert set(metrics.ESTIMATES) <= set(report)

@@ -127,14 +127,15 @@ def set_up_student(
 
 
 def _finish(wf: WorkflowConfig, student: nn.Module, compression: Compression, best: dict[str, Any], data: DataSplits, device: torch.device) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Test the best fully-compressed student, bake its compression, estimate its cost, and (rank 0, so
-    ONNX Runtime runs uncontended) export it to the int8 file it would ship and measure that file."""
+    """Bake the best fully-compressed student's compression, test that finalized student (what `student.pt`
+    holds and the export ships), estimate its cost, and (rank 0, so ONNX Runtime runs uncontended) export
+    it to the int8 file it would ship and measure that file."""
     module = unwrap(student)
     module.load_state_dict(best["student"])
-    reestimate_batchnorm(module, train_batches(wf, data, wf.training.epochs - 1, device))
-    test_accuracy, _ = evaluate(module, data.test, wf.training.batch_size, device)
-    final = compression.finalize(copy.deepcopy(module).cpu())
-    reestimate_batchnorm(final, train_batches(wf, data, wf.training.epochs - 1, torch.device("cpu")))  # activation fake-quant is gone
+    final = compression.finalize(copy.deepcopy(module))
+    reestimate_batchnorm(final, train_batches(wf, data, wf.training.epochs - 1, device))  # activation fake-quant is gone
+    test_accuracy, _ = evaluate(final, data.test, wf.training.batch_size, device)  # the student as saved and shipped
+    final = final.cpu()
     bits = wf.compression.quantization.bits or 32
     estimates = static_cost(final, data.input_shape, bits, wf.compression.quantization.activation_bits if bits < 32 else 32)
     measured = _measure_shipped_file(final, data, wf, bits) if world()[0] == 0 else {}
