@@ -74,7 +74,7 @@ CASES = [
     Bad("unknown selection option", "selection.options.budgett: unknown option", overrides={"selection.options": {"budgett": 1}}),
     Bad("unknown data option", "data.options.zoom", "train", overrides={"data.options": {"zoom": 2}}),
     Bad("data option of the wrong type", "data.options", overrides={"data.name": "synthetic", "data.options": {"num_samples": "many"}}),
-    Bad("unknown model option", "student.options", overrides={"student.options": {"width": 3}}),
+    Bad("unknown model option", "student.options", overrides={"student.options": {"no_such_option": 3}}),
     # files
     Bad("teacher checkpoint missing", "teacher.checkpoint: file", "train", overrides={"teacher.checkpoint": "{tmp}/nope.pt"}),
     Bad("teacher checkpoint truncated", "teacher.checkpoint: ", overrides={"teacher.checkpoint": "{tmp}/cut.pt"}, files={"cut.pt": b"PK\x03\x04 truncated"}),
