@@ -205,7 +205,7 @@ def test_the_trial_reestimates_after_set_up_before_every_evaluation_and_on_the_f
     from lepton_ray.trial import loop
 
     events: list[tuple[str, int]] = []
-    for name in ("reestimate_batchnorm", "train_epoch", "evaluate", "trial_cost"):
+    for name in ("reestimate_batchnorm", "train_epoch", "evaluate", "static_cost"):
         monkeypatch.setattr(loop, name, recording(events, name, getattr(loop, name)))
     _compressed_trial(tmp_path, epochs=2)
     student = events[0][1]
@@ -213,8 +213,9 @@ def test_the_trial_reestimates_after_set_up_before_every_evaluation_and_on_the_f
     evaluations = [i for i, (name, _) in enumerate(events) if name == "evaluate"]
     assert len(evaluations) == 3, "one validation per epoch and the test"
     assert all(events[i - 1] == ("reestimate_batchnorm", events[i][1]) for i in evaluations)
-    (cost,) = [i for i, (name, _) in enumerate(events) if name == "trial_cost"]
-    assert events[cost - 1] == ("reestimate_batchnorm", events[cost][1]) and events[cost][1] != student, "the finalized copy, before its figures"
+    (cost,) = [i for i, (name, _) in enumerate(events) if name == "static_cost"]
+    finalized = events[cost][1]
+    assert finalized != student and events[evaluations[-1]][1] == finalized, "the test figure and the costs are of the finalized copy"
 
 
 def test_teacher_training_reestimates_before_each_validation(monkeypatch):

@@ -70,7 +70,7 @@ def test_a_study_write_refused_by_a_full_disk_stops_new_trials_and_leaves_the_tr
         raise optuna.exceptions.StorageInternalError("An exception is raised during the commit.") from sqlite3.OperationalError("database or disk is full")
 
     monkeypatch.setattr(study, "tell", full)
-    searcher.on_trial_complete("tune-a", {metrics.TEST_ACCURACY: 0.9, metrics.BEST_VAL_ACCURACY: 0.9, metrics.SIZE_BYTES: 100.0})
+    searcher.on_trial_complete("tune-a", {metrics.TEST_ACCURACY: 0.9, metrics.BEST_VAL_ACCURACY: 0.9, metrics.INT8_GZIP_BYTES: 100.0})
     assert searcher.storage_full
     assert searcher.suggest("tune-b") == Searcher.FINISHED
     assert [t.state.name for t in study.trials] == ["RUNNING"]
@@ -84,7 +84,7 @@ def test_a_study_write_refused_by_a_full_disk_stops_new_trials_and_leaves_the_tr
 
     monkeypatch.setattr(other, "tell", broken)
     with pytest.raises(ValueError, match="unrelated"):
-        unrelated.on_trial_complete("tune-c", {metrics.TEST_ACCURACY: 0.9, metrics.BEST_VAL_ACCURACY: 0.9, metrics.SIZE_BYTES: 100.0})
+        unrelated.on_trial_complete("tune-c", {metrics.TEST_ACCURACY: 0.9, metrics.BEST_VAL_ACCURACY: 0.9, metrics.INT8_GZIP_BYTES: 100.0})
     assert not unrelated.storage_full
 
 
@@ -100,7 +100,7 @@ def test_a_trial_stopped_early_by_the_scheduler_is_pruned_and_never_completes(tm
     searcher.suggest("stopped")
     searcher.suggest("finished")
     searcher.on_trial_complete("stopped", {metrics.EPOCH: 2, metrics.VAL_ACCURACY: 0.5})
-    final = {metrics.EPOCH: 8, metrics.TEST_ACCURACY: 0.9, metrics.BEST_VAL_ACCURACY: 0.91, metrics.SIZE_BYTES: 4000.0}
+    final = {metrics.EPOCH: 8, metrics.TEST_ACCURACY: 0.9, metrics.BEST_VAL_ACCURACY: 0.91, metrics.INT8_GZIP_BYTES: 4000.0}
     searcher.on_trial_complete("finished", final)
     assert [t.state.name for t in study.trials] == ["PRUNED", "COMPLETE"]
     assert study.trials[1].values == [0.91, 4000.0]

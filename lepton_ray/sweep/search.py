@@ -144,7 +144,7 @@ class StudySearcher(Searcher):
         """COMPLETE only with the final metrics of a finished trial; early-stopped -> PRUNED."""
         if error or not result:
             return optuna.trial.TrialState.FAIL, None
-        if metrics.TEST_ACCURACY not in result or result.get("diverged"):
+        if metrics.TEST_ACCURACY not in result or result.get(metrics.DIVERGED):
             return optuna.trial.TrialState.PRUNED, None
         return optuna.trial.TrialState.COMPLETE, [float(result[metrics.BEST_VAL_ACCURACY]), float(result[self.cost_metric])]
 
