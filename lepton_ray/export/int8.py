@@ -32,11 +32,6 @@ from lepton_ray.export.runtime import dataset_images, measure_latency, onnx_accu
 
 FP32_FILE = "student.fp32.onnx"
 INT8_FILE = "student.int8.onnx"
-FLOAT_STUDENT_WEIGHT_BITS = MAX_WEIGHT_BITS
-"""A float student's weights are rounded to 7-bit codes (|code| <= 63, ORT's `reduce_range`): on x86 CPUs
-without VNNI (AVX2 only), ORT's u8 x s8 kernels add pairs of products in int16, which saturates for
-codes up to 127, so an 8-bit file computes something else there than its QDQ math (measured on an AVX2
-EPYC: a float MLP lost 1 of 60 test images at 8 bits, none at 7; see `config.MAX_WEIGHT_BITS`)."""
 GRID_TOLERANCE = 1e-3
 """Largest |dequantized - fp32| weight error, in units of the channel's scale, for weights on a grid."""
 FLOAT_COMPUTE_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul", "FusedConv", "FusedGemm", "FusedMatMul"})
@@ -65,8 +60,11 @@ def _output_channel_axis(node: onnx.NodeProto) -> int:
 
 
 def shipped_weight_bits(weight_bits: int) -> int:
-    """Bits of the int8 file's weight codes: a QAT student's own grid, a float student's 7."""
-    return weight_bits if weight_bits <= MAX_WEIGHT_BITS else FLOAT_STUDENT_WEIGHT_BITS
+    """Bits of the int8 file's weight codes: a QAT student's own grid; a float student's weights are rounded
+    to `config.MAX_WEIGHT_BITS` (7, |code| <= 63, ORT's `reduce_range`): on x86 CPUs without VNNI, ORT's
+    u8 x s8 kernels add pairs of products in int16, which saturates for codes up to 127 (measured on an
+    AVX2 EPYC: a float MLP lost 1 of 60 test images at 8 bits, none at 7)."""
+    return min(weight_bits, MAX_WEIGHT_BITS)
 
 
 def grid_overrides(model: onnx.ModelProto, weight_bits: int) -> dict[str, list[dict[str, Any]]]:
@@ -117,7 +115,7 @@ def export_int8(student: nn.Module, input_shape: tuple[int, ...], calibration_im
 
     `weight_bits` <= 7 declares the student's weights already on that symmetric per-channel grid
     (baked by QAT) and the export fails if they are not; above 7 (a float student) the weights
-    are rounded to `FLOAT_STUDENT_WEIGHT_BITS` (7).
+    are rounded to `MAX_WEIGHT_BITS` (7).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
