@@ -81,7 +81,7 @@ def run_trial(loop_config: dict[str, Any], session: TrialSession) -> None:
         batches = iterate_batches(data.train, shard, wf.training.batch_size, device, view)
         train_loss = train_epoch(student, teachers, objective, batches, optimizer, precision)
         images_per_s = len(shard) * world()[1] / (time.perf_counter() - epoch_started)
-        reestimate_batchnorm(student, iterate_batches(data.train, shard, wf.training.batch_size, device, view))  # val accuracy picks `best`
+        reestimate_batchnorm(student, train_batches(wf, data, epoch, device))  # val accuracy picks `best`
         val_accuracy, val_loss = evaluate(student, data.val, wf.training.batch_size, device)
         timing[metrics.COMPUTE_S] += time.perf_counter() - epoch_started
         epoch_metrics = {
