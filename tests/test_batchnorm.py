@@ -103,14 +103,14 @@ def test_activation_fake_quant_ranges_are_unchanged_by_the_reestimation_pass():
     assert all(observer.training for observer in observers), "modes restored"
 
 
-def _rank_reestimates(rank: int, world_size: int, folder: str) -> None:
-    """One of two gloo ranks: its own half of the images, the student wrapped in DDP as the trial wraps it."""
+def _rank_reestimates(rank: int, world_size: int, folder: str, rank_without_batches: int = -1) -> None:
+    """One of two gloo ranks: its own half of the images (none on `rank_without_batches`), the student wrapped in DDP as the trial wraps it."""
     dist.init_process_group("gloo", init_method=f"file://{folder}/init", rank=rank, world_size=world_size)
     try:
         torch.set_num_threads(1)
         net = nn.parallel.DistributedDataParallel(tiny_net())
         images = torch.randn(2, 24, 2, 6, 6, generator=torch.Generator().manual_seed(1)) * 3 + 1
-        reestimate_batchnorm(net, as_batches(images[rank], 8))
+        reestimate_batchnorm(net, [] if rank == rank_without_batches else as_batches(images[rank], 8))
         buffers = {name: tensor for name, tensor in net.module.state_dict().items() if "running" in name or "tracked" in name}
         torch.save(buffers, f"{folder}/rank{rank}.pt")
     finally:
@@ -129,6 +129,18 @@ def test_under_two_ranks_the_batchnorm_buffers_are_identical_and_average_both_sh
     for prefix, (mean, variance) in zip(("1", "7"), expected):
         torch.testing.assert_close(ranks[0][f"{prefix}.running_mean"], mean, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(ranks[0][f"{prefix}.running_var"], variance, rtol=1e-5, atol=1e-5)
+
+
+def test_a_rank_without_batches_joins_the_average_and_takes_the_other_ranks_statistics(tmp_path):
+    """A shard can run dry (fewer batches than ranks): that rank must still join the all-reduce, or the others hang."""
+    mp.spawn(_rank_reestimates, args=(2, str(tmp_path), 1), nprocs=2)
+    ranks = [torch.load(tmp_path / f"rank{rank}.pt", weights_only=True) for rank in range(2)]
+    images = torch.randn(2, 24, 2, 6, 6, generator=torch.Generator().manual_seed(1)) * 3 + 1
+    expected = hand_statistics(tiny_net(), as_batches(images[0], 8))
+    for prefix, (mean, variance) in zip(("1", "7"), expected):
+        for rank in ranks:
+            torch.testing.assert_close(rank[f"{prefix}.running_mean"], mean, rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(rank[f"{prefix}.running_var"], variance, rtol=1e-5, atol=1e-5)
 
 
 # ---- in the trial loop ------------------------------------------------------------------------

@@ -49,13 +49,19 @@ def reestimate_batchnorm(model: nn.Module, batches: Iterable[Batch], max_samples
     """
     module = unwrap(model)
     layers = batchnorm_layers(module)
-    batches = iter(batches)
-    first = next(batches, None) if layers else None
-    if first is None:  # nothing to re-estimate, or no batch to do it with: keep the statistics
+    if not layers:
         return 0
+    batches = iter(batches)
+    first = next(batches, None)
+    seen = 0 if first is None else _forward_in_train_mode(module, layers, itertools.chain([first], batches), max(1, max_samples // world()[1]))
+    _average_across_ranks(layers, seen)  # every rank joins, one without batches too (its weight is 0)
+    return seen
+
+
+def _forward_in_train_mode(module: nn.Module, layers: list[_BatchNorm], batches: Iterable[Batch], budget: int) -> int:
+    """Reset the statistics and forward whole batches until `budget` images, BatchNorm alone in train mode."""
     modes = [(submodule, submodule.training) for submodule in module.modules()]
     momenta = [layer.momentum for layer in layers]
-    budget = max(1, max_samples // world()[1])
     seen = 0
     try:
         module.eval()
@@ -64,7 +70,7 @@ def reestimate_batchnorm(model: nn.Module, batches: Iterable[Batch], max_samples
             layer.momentum = None  # cumulative average over the batches, not an EMA
             layer.train()
         with torch.no_grad():
-            for batch in itertools.chain([first], batches):
+            for batch in batches:
                 module(batch.images)
                 seen += len(batch.images)
                 if seen >= budget:
@@ -74,19 +80,22 @@ def reestimate_batchnorm(model: nn.Module, batches: Iterable[Batch], max_samples
             layer.momentum = momentum
         for submodule, training in modes:
             submodule.training = training
-    _average_across_ranks(layers)
     return seen
 
 
-def _average_across_ranks(layers: list[_BatchNorm]) -> None:
-    """Mean of every rank's running mean and variance, in one all-reduce (ranks saw equally many batches)."""
+def _average_across_ranks(layers: list[_BatchNorm], seen: int) -> None:
+    """Every rank's running mean and variance averaged, weighted by the images each forwarded, in one
+    all-reduce; a rank that forwarded none takes the others' values. Nothing changes when no rank forwarded any."""
     _, world_size = world()
     if world_size == 1:
         return
     stats = [tensor for layer in layers for tensor in (layer.running_mean, layer.running_var)]
     device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else stats[0].device
-    flat = torch.cat([tensor.detach().double().flatten() for tensor in stats]).to(device)
+    weighted = [tensor.detach().double().flatten() * seen for tensor in stats]
+    flat = torch.cat([*weighted, torch.tensor([float(seen)], dtype=torch.float64)]).to(device)
     dist.all_reduce(flat)
-    flat /= world_size
-    for tensor, averaged in zip(stats, flat.split([tensor.numel() for tensor in stats])):
+    total = float(flat[-1])
+    if total == 0:
+        return
+    for tensor, averaged in zip(stats, (flat[:-1] / total).split([tensor.numel() for tensor in stats])):
         tensor.copy_(averaged.view_as(tensor))

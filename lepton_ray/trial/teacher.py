@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -64,7 +65,7 @@ def prepare_teachers(wf: WorkflowConfig, data: DataSplits, log=print) -> list[Te
             if cfg.train is None:
                 raise CheckpointError(f"{field}.checkpoint: file {str(path)!r} not found; pass a saved teacher or add a 'train' block")
             log(f"training teacher {cfg.name} ({cfg.train.epochs} epochs) -> {path}")
-            payload = train_teacher(cfg, data, wf.training.seed, wanted)
+            payload = train_teacher(cfg, data, wf.training.seed, wanted, log)
             save_atomic(payload, path)
         check_teacher_fits(payload, data, field)
         teachers.append(Teacher(payload, path, file_sha256(path)))
@@ -83,9 +84,11 @@ def check_teacher_fits(payload: dict[str, Any], data: DataSplits, field: str) ->
         raise CheckpointError(f"{field}.checkpoint: weights do not fit model {payload.get('model')!r} ({str(err)[:160]})") from None
 
 
-def train_teacher(cfg: TeacherConfig, data: DataSplits, seed: int, fingerprint_value: str) -> dict[str, Any]:
-    """Plain supervised training in this process with the trial's own epoch function; keeps the best-val weights."""
+def train_teacher(cfg: TeacherConfig, data: DataSplits, seed: int, fingerprint_value: str, log=print) -> dict[str, Any]:
+    """Plain supervised training in this process with the trial's own epoch function; keeps the best-val weights.
+    One line per epoch: on real data a teacher trains for many minutes."""
     assert cfg.train is not None
+    started = time.perf_counter()
     torch.manual_seed(seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = build_model(cfg, data.input_shape, data.num_classes, field="teacher").to(device)
@@ -102,6 +105,8 @@ def train_teacher(cfg: TeacherConfig, data: DataSplits, seed: int, fingerprint_v
         val_accuracy, _ = evaluate(model, data.val, 256, device)
         if val_accuracy > best_accuracy:
             best_accuracy, best_state = val_accuracy, {k: v.detach().clone() for k, v in model.state_dict().items()}
+        log(f"  teacher epoch {epoch + 1}/{cfg.train.epochs}: val accuracy {val_accuracy:.4f} ({time.perf_counter() - started:.0f} s)")
     model.load_state_dict(best_state)
     test_accuracy, _ = evaluate(model, data.test, 256, device)
-    return model_payload(model, cfg.name, cfg.options, data, test_accuracy=test_accuracy, val_accuracy=best_accuracy, fingerprint=fingerprint_value)
+    return model_payload(model, cfg.name, cfg.options, data, test_accuracy=test_accuracy, val_accuracy=best_accuracy, fingerprint=fingerprint_value,
+                         train_seconds=time.perf_counter() - started)
