@@ -1,0 +1,236 @@
+"""Fashion-MNIST end to end: the teacher, the dense student labels-only vs KD (seeds), a sweep's front on
+the measured cost of the int8 file, and the champion's int8 file in ONNX Runtime on the 10k test images.
+
+    .venv/bin/python -m benchmarks.fashion_mnist [--quick]    # writes benchmarks/results/fashion_mnist.{json,md}
+
+Needs the four Fashion-MNIST idx files: `apt-get install dataset-fashion-mnist` (Debian) or `--data-root`.
+The teacher is trained once through the product's teacher stage and cached under runs/teachers/. The
+dense students run through the trial's own loop in this process (teacher outputs from the sweep's
+teacher cache). The sweep is the real `lepton-ray sweep` command (Ray, MLflow in a SQLite file under
+the benchmark's folder); its last stage (select, export, publish) then runs here, as the command runs it.
+Every trial's saved student is then re-tested in PyTorch and as an int8 file in ONNX Runtime.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from benchmarks.common import REPO, RESULTS, Figure, format_table, train_student, write_result
+from lepton_ray import metrics
+from lepton_ray.compress.cost import file_cost
+from lepton_ray.config import WorkflowConfig, load_workflow
+from lepton_ray.data.datasets import DataSplits, build_data
+from lepton_ray.deploy.publish import student_loader
+from lepton_ray.deploy.report import spearman
+from lepton_ray.export.int8 import calibration_images, export_int8
+from lepton_ray.export.runtime import onnx_accuracy
+from lepton_ray.models.saved import load_teacher_module
+from lepton_ray.sweep.results import existing_sweep, select_export_publish
+from lepton_ray.trial.epoch import evaluate
+from lepton_ray.trial.teacher import prepare_teachers
+from lepton_ray.trial.trainer import sweep_teacher_cache
+
+NAME = "fashion_mnist"
+WORKFLOW = REPO / "workflows" / "fashion_mnist.yaml"
+PUBLISHED = {
+    "2 conv + pooling, < 100k parameters": 0.925, "ResNet18": 0.949, "MobileNet": 0.950,
+}
+"""Test accuracy of published baselines: the benchmark table of github.com/zalandoresearch/fashion-mnist (README)."""
+QUICK = {"training.epochs": 1, "teacher.train.epochs": 1, "sweep.num_samples": 2, "resources.max_concurrent_trials": 1}
+LABELS_ONLY, KD = "labels only (alpha=0)", "kd"
+
+
+def bench_workflow(folder: Path, quick: bool, data_root: Path | None, extra: dict[str, Any] | None = None) -> tuple[WorkflowConfig, dict[str, Any]]:
+    """The shipped workflow writing under `folder` (runs, MLflow); the teacher cached in the repo's runs/teachers/."""
+    teacher_file = REPO / "runs" / "teachers" / f"fashion_mnist_cnn_large{'.quick' if quick else ''}.pt"
+    overrides = {"output_dir": str(folder), "tracking.uri": f"sqlite:///{folder}/mlflow.db", "teacher.checkpoint": str(teacher_file),
+                 **({"data.root": str(data_root)} if data_root else {}), **(QUICK if quick else {}), **(extra or {})}
+    return load_workflow(WORKFLOW, overrides), overrides
+
+
+def dense_students(overrides: dict[str, Any], data: DataSplits, teachers: list[torch.nn.Module], cache: Any, seeds: list[int]) -> dict[str, Any]:
+    """The workflow's student at full width, uncompressed (a float student ships with 7-bit int8 codes), per seed."""
+    rows: dict[str, Any] = {}
+    for row, alpha in ((LABELS_ONLY, 0.0), (KD, load_workflow(WORKFLOW, overrides).distillation.alpha)):
+        runs = []
+        for seed in seeds:
+            seeded = load_workflow(WORKFLOW, {**overrides, "distillation.alpha": alpha, "training.seed": seed})
+            started = time.perf_counter()
+            final = train_student(seeded, data, teachers if alpha else [], cache if alpha else None)
+            runs.append({"seed": seed, "seconds": time.perf_counter() - started, **{k: final[k] for k in (
+                metrics.TEST_ACCURACY, metrics.INT8_VAL_ACCURACY, metrics.BEST_VAL_ACCURACY, metrics.INT8_GZIP_BYTES, metrics.INT8_FILE_BYTES, metrics.LATENCY_MS)}})
+            print(f"  {row} seed {seed}: test {runs[-1][metrics.TEST_ACCURACY]:.4f} ({runs[-1]['seconds']:.0f} s)", flush=True)
+        accuracies = [run[metrics.TEST_ACCURACY] for run in runs]
+        rows[row] = {"runs": runs, "mean": statistics.mean(accuracies), "std": statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0}
+    return rows
+
+
+def run_sweep(overrides: dict[str, Any]) -> float:
+    """`lepton-ray sweep --no-export` on the workflow, as a user runs it; its wall seconds."""
+    command = [str(Path(sys.executable).parent / "lepton-ray"), "sweep", str(WORKFLOW), "--no-export"]
+    for key, value in overrides.items():
+        command += ["--set", f"{key}={value}"]
+    started = time.perf_counter()
+    subprocess.run(command, cwd=REPO, check=True)
+    return time.perf_counter() - started
+
+
+def retest_trials(wf: WorkflowConfig, trials: Any, data: DataSplits, trials_root: Path, out: Path) -> list[dict[str, Any]]:
+    """Each finished trial's saved student: PyTorch test accuracy next to the reported one, and its int8 file's ORT test accuracy."""
+    load = student_loader(trials_root)
+    images = calibration_images(data.train, wf.export.calibration_samples, wf.data.seed)
+    rows = []
+    for _, row in trials[trials["status"] == "finished"].iterrows():
+        student, saved = load(row.to_dict())
+        pytorch_accuracy, _ = evaluate(student, data.test, 512, torch.device("cpu"))
+        files = export_int8(student, data.input_shape, images, int(saved.get(metrics.BITS, 32)), out / f"trial{int(row['trial'])}")
+        rows.append({
+            "trial": int(row["trial"]), "reported_test_accuracy": float(row[metrics.TEST_ACCURACY]), "pytorch_test_accuracy": pytorch_accuracy,
+            "int8_ort_test_accuracy": onnx_accuracy(files.int8, data.test), "int8_val_accuracy": float(row[metrics.INT8_VAL_ACCURACY]),
+            **file_cost(files.int8),
+        })
+    return rows
+
+
+def front_figures(trials: Any, cost: str, dense_accuracy: float, dense_cost: float) -> dict[str, Any]:
+    """The front on the measured cost; its span; the cheapest front point within 1 pt of the dense KD student."""
+    finished = trials[trials["on_front"]].sort_values(cost)
+    points = [{"trial": int(r["trial"]), "test_accuracy": float(r[metrics.TEST_ACCURACY]), cost: float(r[cost]),
+               "cheaper_than_dense": dense_cost / float(r[cost]), "loss_vs_dense_points": (dense_accuracy - float(r[metrics.TEST_ACCURACY])) * 100,
+               **{k: r[k] for k in trials.columns if k.startswith(("student.", "compression.", "distillation."))}} for _, r in finished.iterrows()]
+    within = [p["cheaper_than_dense"] for p in points if p["loss_vs_dense_points"] <= 1.0]
+    costs = [p[cost] for p in points]
+    return {"points": points, "span": max(costs) / min(costs) if costs else float("nan"),
+            "cheapest_within_1pt_of_dense": max(within) if within else float("nan")}
+
+
+def estimate_agreement(trials: Any, measured: str) -> dict[str, float]:
+    """Spearman rank correlation of each estimate with the measured cost over the finished trials."""
+    done = trials[trials["status"] == "finished"]
+    return {estimate: spearman(done[estimate].to_numpy(dtype=float), done[measured].to_numpy(dtype=float))
+            for estimate in metrics.ESTIMATES if estimate in done.columns}
+
+
+def run(quick: bool, seeds: list[int], data_root: Path | None) -> dict[str, Any]:
+    folder = REPO / "runs" / f"bench-{NAME}{'-quick' if quick else ''}"
+    wf, overrides = bench_workflow(folder, quick, data_root)
+    started = time.perf_counter()
+    data = build_data(wf.data)
+    load_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    (teacher,) = prepare_teachers(wf, data)
+    teacher_seconds = time.perf_counter() - started
+    cache, _ = sweep_teacher_cache(wf, [teacher], data, folder)
+    dense = dense_students({**overrides, "output_dir": str(folder / "dense")}, data, [load_teacher_module(teacher.payload)], cache, seeds)
+
+    sweep_seconds = run_sweep(overrides)
+    outcome, tracker = existing_sweep(wf)
+    started = time.perf_counter()
+    exported = select_export_publish(wf, outcome, data, tracker, print)
+    export_seconds = time.perf_counter() - started
+    trials = outcome.trials
+    cost = wf.sweep.cost_metric
+    kd_runs = dense[KD]["runs"]
+    dense_cost = statistics.median(r[cost] for r in kd_runs)
+    checks = exported.checks
+    champion = exported.selection.row
+    return {
+        "setting": {"workflow": str(WORKFLOW.relative_to(REPO)), "overrides": {k: v for k, v in overrides.items() if k not in ("output_dir", "tracking.uri")},
+                    "seeds": seeds, "train_samples": len(data.train), "val_samples": len(data.val), "test_samples": len(data.test),
+                    "torch_threads": torch.get_num_threads(), "cost_metric": cost},
+        "published_test_accuracy": PUBLISHED,
+        "data_load_seconds": load_seconds,
+        "teacher": {"test_accuracy": teacher.test_accuracy, "parameters": sum(t.numel() for k, t in teacher.payload["state_dict"].items() if "running" not in k and "tracked" not in k), "seconds_this_run": teacher_seconds,
+                    "trained_this_run": teacher_seconds > 10, "train_seconds": teacher.payload.get("train_seconds")},
+        "dense_student": dense,
+        "kd_gain_points": (dense[KD]["mean"] - dense[LABELS_ONLY]["mean"]) * 100,
+        "sweep": {"trials": len(trials), "finished": int((trials["status"] == "finished").sum()), "wall_seconds": sweep_seconds,
+                  "select_export_publish_seconds": export_seconds,
+                  "spearman_estimate_vs_measured": estimate_agreement(trials, cost)},
+        "front": front_figures(trials, cost, dense[KD]["mean"], dense_cost),
+        "dense_kd_student_cost": dense_cost,
+        "champion": {"trial": int(champion["trial"]), "explanation": exported.selection.explanation, "trial_test_accuracy": checks.trial_accuracy,
+                     "int8_ort_test_accuracy": checks.int8_accuracy, "fp32_onnx_test_accuracy": checks.fp32_accuracy, "drop_points": checks.drop_points,
+                     **file_cost(exported.files.int8), "fp32_onnx_bytes": checks.fp32_bytes,
+                     "latency_ms": {str(b): v for b, v in checks.latency_ms.items()}, "published": exported.published.model_uri if exported.published else None},
+        "trials": retest_trials(wf, trials, data, outcome.paths.trials, folder / "retest"),
+    }
+
+
+def figures(payload: dict[str, Any]) -> list[Figure]:
+    trials = payload["trials"]
+    champion = payload["champion"]
+    return [
+        Figure(NAME, "teacher test accuracy", payload["teacher"]["test_accuracy"], at_least=0.93),
+        Figure(NAME, "KD gain over labels only, dense student (pt)", payload["kd_gain_points"]),
+        Figure(NAME, "champion int8 ORT test accuracy", champion["int8_ort_test_accuracy"], at_least=0.90),
+        Figure(NAME, "champion trial minus int8 accuracy (pt)", champion["drop_points"], at_most=1.0),
+        Figure(NAME, "front measured-cost span (x)", payload["front"]["span"], at_least=3.0),
+        Figure(NAME, "front point cheaper than dense KD student within 1 pt (x)", payload["front"]["cheapest_within_1pt_of_dense"], at_least=2.0),
+        Figure(NAME, "max |PyTorch - reported| over trials (pt)", max(abs(t["pytorch_test_accuracy"] - t["reported_test_accuracy"]) * 100 for t in trials), at_most=0.0),
+        Figure(NAME, "max reported - int8 ORT over trials (pt)", max((t["reported_test_accuracy"] - t["int8_ort_test_accuracy"]) * 100 for t in trials), at_most=1.0),
+    ]
+
+
+def markdown(payload: dict[str, Any]) -> str:
+    """The results page: figures, dense students, front, champion, every trial re-tested."""
+    dense, sweep, champion, cost = payload["dense_student"], payload["sweep"], payload["champion"], payload["setting"]["cost_metric"]
+    teacher = payload["teacher"]
+    lines = [
+        "# Fashion-MNIST end to end", "",
+        f"Measured at commit `{payload['commit']}` on {payload['machine']['cpu_model']} ({payload['machine']['logical_cores']} cores), "
+        f"{payload['measured_at']}, by `python -m benchmarks.fashion_mnist`{' --quick (smoke run)' if payload['quick'] else ''}.", "",
+        format_table(["figure", "value", "goal", "pass/fail"], [f.row()[1:] for f in figures(payload)]), "",
+        f"## Teacher and published baselines (test accuracy, {payload['setting']['test_samples']:,} test images)", "",
+        format_table(["model", "test accuracy"], [[f"this teacher: cnn_large, {teacher['parameters']} parameters", f"{teacher['test_accuracy']:.4f}"],
+                                                  *[[name, f"{value:.3f}"] for name, value in payload["published_test_accuracy"].items()]]), "",
+        "## Dense student (cnn_small [32, 64], no compression): labels only vs KD", "",
+        format_table(["student", "test accuracy mean +- sd", "per seed", f"{cost} (median)"], [
+            [name, f"{row['mean']:.4f} +- {row['std']:.4f}", ", ".join(f"{r[metrics.TEST_ACCURACY]:.4f}" for r in row["runs"]),
+             f"{statistics.median(r[cost] for r in row['runs']):,.0f}"] for name, row in dense.items()]), "",
+        f"KD gain: {payload['kd_gain_points']:+.2f} pt (seeds {payload['setting']['seeds']}).", "",
+        f"## Sweep: {sweep['trials']} trials ({sweep['finished']} finished), {sweep['wall_seconds'] / 60:.1f} min wall for `lepton-ray sweep --no-export`, "
+        f"{sweep['select_export_publish_seconds']:.0f} s for select + export + publish", "",
+        f"Front on `{cost}` (measured on each trial's int8 file); the dense KD student costs {payload['dense_kd_student_cost']:,.0f}:", "",
+        format_table(["trial", "test accuracy", cost, "x cheaper than dense", "pt below dense"], [
+            [str(p["trial"]), f"{p['test_accuracy']:.4f}", f"{p[cost]:,.0f}", f"{p['cheaper_than_dense']:.2f}", f"{p['loss_vs_dense_points']:+.2f}"]
+            for p in payload["front"]["points"]]), "",
+        "Rank correlation (Spearman) of each estimate with the measured cost over the finished trials: "
+        + ", ".join(f"{name} {value:.2f}" for name, value in sweep["spearman_estimate_vs_measured"].items()) + ".", "",
+        "## Champion", "",
+        f"{champion['explanation']}", "",
+        f"Trial test accuracy {champion['trial_test_accuracy']:.4f}; int8 ONNX Runtime {champion['int8_ort_test_accuracy']:.4f} on the {payload['setting']['test_samples']:,} test images "
+        f"(fp32 ONNX {champion['fp32_onnx_test_accuracy']:.4f}); int8 file {champion[metrics.INT8_FILE_BYTES]:,} bytes, gzip {champion[metrics.INT8_GZIP_BYTES]:,} bytes "
+        f"(fp32 ONNX {champion['fp32_onnx_bytes']:,} bytes); latency ms fp32/int8: "
+        + ", ".join(f"batch {b}: {v['fp32']:.3f}/{v['int8']:.3f}" for b, v in champion["latency_ms"].items()) + ".", "",
+        "## Every trial re-tested: saved student in PyTorch and its int8 file in ONNX Runtime (test split)", "",
+        format_table(["trial", "reported", "PyTorch", "int8 ORT", "int8 ORT (val, logged)", "int8 gzip bytes"], [
+            [str(t["trial"]), f"{t['reported_test_accuracy']:.4f}", f"{t['pytorch_test_accuracy']:.4f}", f"{t['int8_ort_test_accuracy']:.4f}",
+             f"{t['int8_val_accuracy']:.4f}", f"{t[metrics.INT8_GZIP_BYTES]:,}"] for t in payload["trials"]]), "",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smoke run: 1 epoch, 2 trials, 1 seed")
+    parser.add_argument("--seeds", type=int, default=3, help="dense-student seeds 0..N-1")
+    parser.add_argument("--data-root", type=Path, default=None, help="folder of the four idx files (default: the workflow's)")
+    args = parser.parse_args(argv)
+    payload = write_result(NAME, run(args.quick, list(range(1 if args.quick else args.seeds)), args.data_root), args.quick)
+    page = RESULTS / f"{NAME}{'.quick' if args.quick else ''}.md"
+    page.write_text(markdown(payload))
+    print(f"wrote {page.relative_to(REPO)}")
+    return payload
+
+
+if __name__ == "__main__":
+    main()
