@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import pickle
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -70,10 +71,12 @@ def load_safe(path: Path, field: str = "checkpoint") -> dict[str, Any]:
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        reason = str(err).strip().splitlines()[0][:160]
-        raise CheckpointError(f"{field}: {path} holds objects that are not plain weights ({reason}); refusing to load it") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as err:
-        raise CheckpointError(f"{field}: {path} is truncated or not a torch checkpoint ({str(err)[:160]}); re-create it") from None
+        named = re.search(r"GLOBAL ([\w.]+)", str(err))
+        what = f"it names the Python object {named[1]}, which loading would call" if named else "it is a pickle the weights-only loader does not accept"
+        raise CheckpointError(f"{field}: {path} holds objects that are not plain weights ({what}); refusing to load it: save tensors and plain containers only, as lepton-ray does") from None
+    except Exception as err:  # a text or empty file fails in the unpickler with KeyError, IndexError, EOFError, ...
+        reason = str(err).strip().splitlines()[0][:160] if str(err).strip() else "no data"
+        raise CheckpointError(f"{field}: {path} is empty, truncated or not a torch checkpoint ({type(err).__name__}: {reason}); re-create it") from None
     if not isinstance(loaded, dict):
         raise CheckpointError(f"{field}: {path} does not hold a checkpoint mapping; re-create it with lepton-ray")
     return loaded

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from lepton_ray import metrics
 from lepton_ray.config import SearchSpace, WorkflowConfig, apply_overrides, load_search_space, parse_workflow
@@ -37,21 +37,72 @@ def check_names(wf: WorkflowConfig) -> None:
             raise ConfigError(f"sweep.constraints.{name}: unknown metric; constrain one of {', '.join(metrics.COST_METRICS)}")
 
 
-def check_files(wf: WorkflowConfig) -> None:
-    for index, teacher in enumerate([wf.teacher, *wf.extra_teachers]):
-        field = "teacher" if index == 0 else f"extra_teachers.{index - 1}"
-        if teacher.train is None and teacher.checkpoint is not None and not Path(teacher.checkpoint).is_file():
-            raise ConfigError(f"{field}.checkpoint: file {str(teacher.checkpoint)!r} not found; fix the path or add a 'train' block")
+def check_paths(wf: WorkflowConfig) -> None:
+    """Where the run will write: `output_dir` a folder (or one that can be created) and the run folder
+    a folder inside it. Nothing is created here."""
+    writable_folder("output_dir", wf.output_dir)
+    if wf.run_dir.exists() and not wf.run_dir.is_dir():
+        raise ConfigError(f"name: {str(wf.run_dir)!r} is a file, so the run folder cannot be created there; rename the workflow or move the file")
+
+
+def writable_folder(field: str, folder: Path) -> None:
+    """`folder` is a folder, or can be created: its nearest existing ancestor is a writable folder."""
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"{field}: {str(folder)!r} is a file, not a folder; point {field} at a folder (created if missing)")
+    existing = next(path for path in [folder, *folder.absolute().parents] if path.exists())
+    if not existing.is_dir():
+        raise ConfigError(f"{field}: {str(existing)!r} is a file, so {str(folder)!r} cannot be created; point {field} elsewhere")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"{field}: folder {str(existing)!r} is not writable; point {field} at a folder you can write to")
+
+
+def check_tracking(wf: WorkflowConfig) -> None:
+    """The URI parses and names a store, and its server answers (the same check `train` makes before MLflow starts)."""
+    from lepton_ray.tracking.uris import check_reachable, tracking_uri
+
+    check_reachable(tracking_uri(wf.tracking.uri))
+
+
+def check_methods(wf: WorkflowConfig) -> None:
+    """Each compressor and loss builds from its config, so its own option checks (and those needing the
+    teacher count) run here, without a model: cheap enough for every search-space edge."""
+    from lepton_ray.compress.pipeline import Compression
+    from lepton_ray.distill.losses import DistillationObjective
+
+    Compression(wf.compression, wf.training.epochs)
+    for loss in DistillationObjective(wf.distillation).losses:
+        loss.check_teachers(1 + len(wf.extra_teachers))
+
+
+def check_teachers(wf: WorkflowConfig) -> Callable[[Any], None]:
+    """Each teacher file is a file that loads weights-only and holds a teacher; where one will be trained,
+    its folder can be created. Returns the check of the loaded teachers against the data splits."""
+    from lepton_ray.trial.teacher import check_teacher_fits, locate_teacher
+
+    sources = [locate_teacher(wf, index, cfg) for index, cfg in enumerate([wf.teacher, *wf.extra_teachers])]
+    for source, cfg in zip(sources, [wf.teacher, *wf.extra_teachers]):
+        if source.payload is None and cfg.checkpoint is not None and source.path == Path(cfg.checkpoint):
+            writable_folder(f"{source.field}.checkpoint", source.path.parent)
+
+    def fit_the_data(data: Any) -> None:
+        for source in sources:
+            if source.payload is not None:
+                check_teacher_fits(source.payload, data, source.field)
+
+    return fit_the_data
 
 
 def check_data_and_models(wf: WorkflowConfig) -> None:
-    """Build the data splits (files present, options known), each model and the losses once (options,
-    layer names and feature shapes known), so a trial never fails on what the workflow says."""
+    """Build the data splits (files present, options known), check the teacher files against them, build
+    each model and the losses once (options, layer names and feature shapes known), so a trial never
+    fails on what the workflow says."""
     from lepton_ray.data.datasets import build_data
     from lepton_ray.models.zoo import build_model
 
+    teachers_fit = check_teachers(wf)
     with _option_values("data.options", f"data set {wf.data.name!r}"):
         data = build_data(wf.data)
+    teachers_fit(data)
     models = []
     for field, spec in [("student", wf.student), ("teacher", wf.teacher)] + [(f"extra_teachers.{i}", t) for i, t in enumerate(wf.extra_teachers)]:
         with _option_values(f"{field}.options", f"model {spec.name!r} on inputs {list(data.input_shape)}"):
@@ -118,17 +169,43 @@ def search_space_for(wf: WorkflowConfig) -> SearchSpace | None:
 
 
 def check_search_space(wf: WorkflowConfig, space: SearchSpace) -> None:
-    """Every knob must name a workflow field, and each edge of its range (each choice) must give a valid
-    workflow, registry names included (e.g. a loss name searched as `distillation.losses.0.name`)."""
+    """Every knob must name a workflow field, and its whole range must give valid workflows: each edge
+    (each choice), registry names and method options included (e.g. a loss name searched as
+    `distillation.losses.0.name`), and for a float range a value between integers too, which an
+    integer field refuses."""
     raw = wf.to_dict()
     for path, param in space.params.items():
         values: list[Any] = param.choices if param.type == "categorical" else [param.low, param.high]
         for value in values:
             try:
-                check_names(parse_workflow(apply_overrides(raw, {path: value})))
+                check_parsed(parse_workflow(apply_overrides(raw, {path: value})))
             except ConfigError as err:
                 raise ConfigError(f"search_space.params.{path}: value {value!r} gives an invalid workflow ({err})") from None
+        if param.type == "float":
+            inner = fractional_value_inside(param.low, param.high)
+            try:
+                parse_workflow(apply_overrides(raw, {path: inner}))
+            except ConfigError:
+                raise ConfigError(
+                    f"search_space.params.{path}: a float range samples values such as {inner:.4g}, which the field refuses "
+                    "(it takes whole numbers); use type: int"
+                ) from None
     check_baseline_trials(wf, space)
+
+
+def fractional_value_inside(low: float, high: float) -> float:
+    """A value strictly inside (low, high) that is not a whole number (a float range always holds one)."""
+    for share in (0.5, 0.382, 0.618, 0.1):
+        value = low + (high - low) * share
+        if low < value < high and not float(value).is_integer():
+            return value
+    return low + (high - low) / 3
+
+
+def check_parsed(wf: WorkflowConfig) -> None:
+    """The checks that need no files, data or models: registry names and each method's own option checks."""
+    check_names(wf)
+    check_methods(wf)
 
 
 def check_baseline_trials(wf: WorkflowConfig, space: SearchSpace) -> None:
@@ -154,11 +231,13 @@ def local_cluster_size() -> tuple[float, float]:
 
 
 def check_workflow(wf: WorkflowConfig, cluster: tuple[float, float] | None = None) -> SearchSpace | None:
-    """Run every check; returns the parsed search space (None when the workflow names none)."""
-    check_names(wf)
-    check_files(wf)
-    check_data_and_models(wf)
+    """Run every check, before anything is started or written (`validate`, and `train`/`sweep` before Ray
+    and MLflow); returns the parsed search space (None when the workflow names none)."""
+    check_parsed(wf)
+    check_paths(wf)
+    check_tracking(wf)
     check_resources(wf, *(cluster or (None, None)))
+    check_data_and_models(wf)
     space = search_space_for(wf)
     if space is not None:
         check_search_space(wf, space)

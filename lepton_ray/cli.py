@@ -11,18 +11,20 @@ import yaml
 
 from lepton_ray.errors import LeptonError
 
-EXIT_BAD_INPUT = 2
-
 
 def parse_set(items: list[str]) -> dict[str, Any]:
     """`--set training.epochs=3` -> {"training.epochs": 3}; values are parsed as YAML scalars."""
+    from lepton_ray.config import UniqueKeyLoader
+
     overrides = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key or "" in key.split("."):
             raise LeptonError(f"--set: expected KEY=VALUE with a dotted KEY such as training.epochs, got {item!r}")
         try:
-            overrides[key] = yaml.safe_load(value)
+            overrides[key] = yaml.load(value, Loader=UniqueKeyLoader)
+        except LeptonError as err:
+            raise LeptonError(f"--set {key}: {err}") from None
         except yaml.YAMLError as err:
             first_line = str(err).strip().splitlines()[0]
             raise LeptonError(f"--set {key}: value {value!r} is not a plain YAML scalar or list ({first_line}); quote it or remove tags") from None
@@ -241,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
         return handler(args)
     except LeptonError as err:
         print(f"lepton-ray: error: {err}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return err.exit_code
 
 
 if __name__ == "__main__":

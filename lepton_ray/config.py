@@ -7,6 +7,7 @@ run code); every error becomes a `ConfigError` naming the field and the allowed 
 from __future__ import annotations
 
 import copy
+import posixpath
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
@@ -154,6 +155,14 @@ class TrackingConfig(_Strict):
     experiment: str = Field("lepton-ray", min_length=1)
     model_name: str = Field("lepton-student", min_length=1)
 
+    @field_validator("model_name")
+    @classmethod
+    def _registrable(cls, value: str) -> str:
+        """MLflow's own rules for registered-model names, checked here so a sweep never ends on them."""
+        if not value.strip() or "/" in value or ":" in value or posixpath.normpath(value) != value or value.startswith("."):
+            raise ValueError("not a valid MLflow registered-model name (no '/', ':', blank or dot-only names); use e.g. digits-student")
+        return value
+
 
 class SweepConfig(_Strict):
     space: Path | None = None
@@ -204,10 +213,19 @@ class WorkflowConfig(_Strict):
     selection: SelectionConfig = SelectionConfig()
     export: ExportConfig = ExportConfig()
 
+    @field_validator("name")
+    @classmethod
+    def _a_folder_inside_output_dir(cls, value: str) -> str:
+        if set(value) == {"."}:
+            raise ValueError("names the output folder itself or its parent; use a plain folder name such as digits_kd")
+        return value
+
     @model_validator(mode="after")
     def _epochs_in_range(self) -> "WorkflowConfig":
         epochs = self.training.epochs
         pruning = self.compression.pruning
+        if pruning.start_epoch >= epochs:
+            raise ValueError(f"compression.pruning.start_epoch must be < training.epochs={epochs}, got {pruning.start_epoch}")
         if pruning.end_epoch is not None and not pruning.start_epoch <= pruning.end_epoch < epochs:
             raise ValueError(
                 f"compression.pruning.end_epoch must be in [start_epoch={pruning.start_epoch}, "
@@ -271,13 +289,38 @@ class SearchSpace(_Strict):
     params: dict[str, ParamSpec] = Field(min_length=1)
 
 
+MAX_INPUT_BYTES = 1 << 20
+"""Configs are a few KB; a larger file is a mistake, refused before parsing (a 50 MB one took 26 s and 1.5 GB)."""
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """The safe loader, refusing a key given twice in one mapping (a `ConfigError`; plain YAML lets the second silently win)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<: *anchor`, whose keys this mapping may override
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, (list, dict)):
+                continue  # unhashable: the safe loader's own error names it
+            if key in seen:
+                raise ConfigError(f"key {key!r} is given twice in one mapping (line {key_node.start_mark.line + 1}); keep one of them")
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
 def read_yaml(path: Path, what: str) -> dict[str, Any]:
-    """Load a YAML mapping with the safe loader; tags that would run code are refused."""
+    """Load a YAML mapping with the safe loader; tags that would run code, duplicate keys and oversized files are refused."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{what}: file {str(path)!r} not found; pass the path of an existing YAML file")
+    if path.stat().st_size > MAX_INPUT_BYTES:
+        raise ConfigError(f"{what}: {path} is {path.stat().st_size / 2**20:.1f} MiB, over the {MAX_INPUT_BYTES >> 20} MiB limit for a YAML config; check that this is the right file")
     try:
-        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        loaded = yaml.load(path.read_text(encoding="utf-8"), Loader=UniqueKeyLoader)
+    except ConfigError as err:  # a duplicate key
+        raise ConfigError(f"{what}: {path}: {err}") from None
     except yaml.YAMLError as err:
         first_line = str(err).strip().splitlines()[0]
         raise ConfigError(f"{what}: {path} is not valid plain YAML ({first_line}); remove tags and fix the syntax") from None

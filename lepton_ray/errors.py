@@ -4,6 +4,14 @@
 class LeptonError(Exception):
     """Base for errors caused by user input; the message names the field and the fix."""
 
+    exit_code = 2
+
+
+class TrialsFailedError(LeptonError):
+    """The run itself failed: every trial of a `train` or `sweep` ended with an error."""
+
+    exit_code = 1
+
 
 class ConfigError(LeptonError):
     """A workflow or search-space file is invalid."""

@@ -23,6 +23,9 @@ DIVERGED = "diverged"
 STORAGE_FULL = "storage_full"
 """Reported (set to 1) by a trial whose storage filled up: not the knobs' fault, so the trial is left
 to `--resume` instead of being told to Optuna as failed."""
+INPUT_ERROR = "input_error"
+"""Reported (the error's one line) by a trial that failed on its input, e.g. a model name the trial's process
+does not know: it would fail the same way again, so it is failed without Ray retrying it."""
 IMAGES_PER_S = "images_per_s"
 """Training throughput of the epoch, all ranks together (train step only, no evaluation)."""
 SETUP_S = "setup_s"

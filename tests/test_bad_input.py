@@ -4,11 +4,15 @@ no Ray cluster, no sweep folder. Also the GPU arithmetic of the resource check."
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import io
+import os
+import pickle
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from lepton_ray.checks import check_resources
 from lepton_ray.cli import main
@@ -34,11 +38,35 @@ class Bad:
     text: str | bytes | None = None
     """Workflow file content, replacing the written workflow."""
     files: dict[str, bytes] = field(default_factory=dict)
+    """Files written into the tmp folder first ({tmp} filled in); each must be unchanged afterwards."""
     env: dict[str, str] = field(default_factory=dict)
+    append: str = ""
+    """Text appended to the written workflow file."""
 
 
 SPACE_HEAD = "params:\n  distillation.alpha: {type: float, low: 0.1, high: 0.9}\n"
 PYTHON_TAG = "!!python/object/apply:os.system ['touch {tmp}/pwned']"
+
+
+PICKLE_MARKER = Path("/tmp/lepton_ray_bad_input_pickle_ran")
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return (os.system, (f"touch {PICKLE_MARKER}",))
+
+
+def torch_bytes(obj: Any) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
+
+
+HOSTILE_PICKLE = pickle.dumps({"model": "cnn_large", "state_dict": _RunsCode()}, protocol=2)
+BARE_STATE_DICT = torch_bytes({"features.0.weight": torch.zeros(4, 1, 3, 3)})
+"""A user's own teacher weights without the architecture: what a teacher file must hold is missing."""
+UNKNOWN_ARCHITECTURE = torch_bytes({"model": "resnet9000", "options": {}, "input_shape": [1, 8, 8], "num_classes": 10, "state_dict": {}})
+TRAIN_BLOCK = {"epochs": 1}
 
 CASES = [
     # wrong keys, types and ranges
@@ -132,7 +160,53 @@ CASES = [
     Bad("--set with an empty path part", "--set: expected KEY=VALUE with a dotted KEY", args=("--set", "training..epochs=3")),
     Bad("--set value with a python tag", "--set teacher: value", "train", args=("--set", f"teacher={PYTHON_TAG}")),
     Bad("--set value not YAML", "--set training.epochs: value '[1'", args=("--set", "training.epochs=[1")),
+    Bad("--set value with a key twice", "--set data.options: key 'zoom' is given twice", "train", args=("--set", "data.options={zoom: 1, zoom: 2}")),
+    # more of the same kind as the issue's table (below)
+    Bad("a key twice inside a block", "key 'epochs' is given twice in one mapping (line 2)", text="name: x\ntraining: {epochs: 3, epochs: 4}\n"),
+    Bad("search space knob twice", "key 'distillation.alpha' is given twice", space=SPACE_HEAD + "  distillation.alpha: {type: float, low: 0.2, high: 0.3}\n"),
+    Bad("search space file over 1 MiB", "sweep.space: ", space="#" * (1 << 20) + "\n" + SPACE_HEAD),
+    Bad("name '.'", "name: names the output folder itself", "train", overrides={"name": "."}),
+    Bad("output_dir inside a file", "output_dir: ", overrides={"output_dir": "{tmp}/notes.txt/runs"}, files={"notes.txt": b"x"}),
+    Bad("run folder is a file", "name: ", "train", overrides={"output_dir": "{tmp}/out", "name": "taken"}, files={"out/taken": b"x"}),
+    Bad("model name with a colon", "tracking.model_name: not a valid MLflow registered-model name", overrides={"tracking.model_name": "team:student"}),
+    Bad("sqlite URI without a file", "tracking.uri: sqlite:/// names no database file", "train", overrides={"tracking.uri": "sqlite:///"}),
+    Bad("teacher to train into a path below a file", "teacher.checkpoint: ", "train",
+        overrides={"teacher.checkpoint": "{tmp}/notes.txt/teacher.pt", "teacher.train": TRAIN_BLOCK}, files={"notes.txt": b"x"}),
+    Bad("extra teacher checkpoint is a folder", "extra_teachers.0.checkpoint: ", overrides={"extra_teachers": [{"name": "cnn_small", "checkpoint": "{tmp}"}]}),
+    Bad("teacher file of a bare state_dict", "teacher.checkpoint: ", "train", overrides={"teacher.checkpoint": "{tmp}/mine.pt"}, files={"mine.pt": BARE_STATE_DICT}),
+    Bad("teacher file of an unknown architecture", "teacher.checkpoint: weights do not fit model 'resnet9000'", overrides={"teacher.checkpoint": "{tmp}/mine.pt"},
+        files={"mine.pt": UNKNOWN_ARCHITECTURE}),
+    Bad("pruning start past the epochs with no pruning", "compression.pruning.start_epoch: must be < training.epochs=3, got 9", "train",
+        overrides={"compression.pruning.start_epoch": 9, "training.epochs": 3}),
+    Bad("float range on the training batch size", "search_space.params.training.batch_size: a float range", space="params:\n  training.batch_size: {type: float, low: 16, high: 64}\n"),
 ]
+
+TABLE = [
+    # the issue's table: each refused by `validate` and by `train`, before anything starts
+    Bad("teacher file empty", "is empty, truncated or not a torch checkpoint", overrides={"teacher.checkpoint": "{tmp}/empty.pt"}, files={"empty.pt": b""}),
+    Bad("teacher file is text", "is empty, truncated or not a torch checkpoint", overrides={"teacher.checkpoint": "{tmp}/t.pt"}, files={"t.pt": b"see ../teachers\n"}),
+    Bad("teacher file a pickle with code", "names the Python object posix.system, which loading would call); refusing to load it: save tensors",
+        overrides={"teacher.checkpoint": "{tmp}/evil.pt"}, files={"evil.pt": HOSTILE_PICKLE}),
+    Bad("teacher checkpoint a folder", "teacher.checkpoint: ", overrides={"teacher.checkpoint": "{tmp}"}),
+    Bad("teacher checkpoint a folder, with a train block", "is a folder, not a file", overrides={"teacher.checkpoint": "{tmp}", "teacher.train": TRAIN_BLOCK}),
+    Bad("output_dir an existing file", "output_dir: ", overrides={"output_dir": "{tmp}/notes.txt"}, files={"notes.txt": b"x"}),
+    Bad("name ..", "name: names the output folder itself or its parent", overrides={"name": ".."}),
+    Bad("model name a/b", "tracking.model_name: not a valid MLflow registered-model name", overrides={"tracking.model_name": "a/b"}),
+    Bad("sqlite URI with two slashes", "tracking.uri: sqlite://mlflow.db names no database file; a SQLite URI has three slashes",
+        overrides={"tracking.uri": "sqlite://mlflow.db"}),
+    Bad("pruning starts after the last epoch", "compression.pruning.start_epoch: must be < training.epochs=8, got 12",
+        overrides={"compression.pruning.sparsity": 0.5, "compression.pruning.start_epoch": 12}),
+    Bad("multi_teacher weights for 3 teachers with one", "distillation.losses.0.options.weights: 3 weights for 1 teachers",
+        overrides={"distillation.losses": [{"name": "multi_teacher", "options": {"weights": [0.5, 0.3, 0.2]}}]}),
+    Bad("float range on training.epochs", "search_space.params.training.epochs: a float range samples values such as",
+        space="params:\n  training.epochs: {type: float, low: 2, high: 6}\n"),
+    Bad("top-level key twice", "key 'training' is given twice", append="training: {epochs: 3}\n"),
+    Bad("tracking server unreachable (validate too)", "tracking.uri: cannot reach MLflow at http://127.0.0.1:", overrides={"tracking.uri": "http://127.0.0.1:{port}"}),
+    Bad("workflow over 1 MiB", "MiB limit for a YAML config", append="#" * (1 << 20) + "\n"),
+    Bad("user's own teacher file next to a train block", "lacks 'model', 'options', 'input_shape', 'num_classes', 'state_dict'); lepton-ray never overwrites it",
+        overrides={"teacher.checkpoint": "{tmp}/mine.pt", "teacher.train": TRAIN_BLOCK}, files={"mine.pt": BARE_STATE_DICT}),
+]
+CASES += [replace(case, name=f"{case.name} [{command}]", command=command) for case in TABLE for command in ("validate", "train")]
 
 
 @pytest.fixture
@@ -171,13 +245,18 @@ def test_bad_input_exits_2_with_one_line_naming_the_field_and_starts_nothing(
     import ray
 
     port = free_port()
+    PICKLE_MARKER.unlink(missing_ok=True)
     for name, content in case.files.items():
-        (tmp_path / name).write_bytes(content)
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(content.replace(b"{tmp}", str(tmp_path).encode()))
+    written = {name: (tmp_path / name).read_bytes() for name in case.files}
     overrides = {"teacher.checkpoint": str(teacher_checkpoint), "teacher.train": None, **fill(case.overrides, tmp_path, port)}
     if case.space is not None:
         (tmp_path / "space.yaml").write_text(fill(case.space, tmp_path, port))
         overrides["sweep.space"] = str(tmp_path / "space.yaml")
     workflow = write_workflow(overrides)
+    with workflow.open("a") as handle:
+        handle.write(case.append)
     if case.text is not None:
         text = fill(case.text, tmp_path, port)
         workflow.write_bytes(text if isinstance(text, bytes) else text.encode())
@@ -195,12 +274,13 @@ def test_bad_input_exits_2_with_one_line_naming_the_field_and_starts_nothing(
     assert not ray.is_initialized()
     assert not (tmp_path / "mlflow.db").exists() and not list(tmp_path.rglob("mlruns"))
     assert not (tmp_path / "runs").exists(), "no sweep folder, study or teacher was written"
-    assert not (tmp_path / "pwned").exists(), "a YAML tag ran code"
+    assert not (tmp_path / "pwned").exists() and not PICKLE_MARKER.exists(), "a YAML tag or a pickle ran code"
+    assert {name: (tmp_path / name).read_bytes() for name in case.files} == written, "a file the user pointed to was changed"
 
 
-def test_corpus_covers_both_commands_and_at_least_thirty_cases():
+def test_corpus_covers_every_command_and_at_least_thirty_cases():
     commands = {case.argv[0] if case.argv else case.command for case in CASES}
-    assert len(CASES) >= 30 and {"train", "sweep"} <= commands
+    assert len(CASES) >= 30 and {"validate", "train", "sweep"} <= commands
 
 
 def test_help_still_exits_0(capsys):

@@ -85,6 +85,11 @@ def test_staged_job_holds_the_package_and_the_resolved_workflow(write_workflow, 
         ("tracking.uri=sqlite:///mlflow.db", "tracking.uri"),
         ("teacher.checkpoint=teachers/t.pt", "teacher.checkpoint"),
         ("training.epochs=0", "training.epochs"),
+        ("tracking.uri=sqlite://mlflow.db", "tracking.uri"),
+        ("tracking.model_name=a/b", "tracking.model_name"),
+        ("name=..", "name"),
+        ("compression.pruning.start_epoch=99", "compression.pruning.start_epoch"),
+        ("distillation.losses=[{name: multi_teacher, options: {weights: [1, 2]}}]", "distillation.losses.0.options.weights"),
     ],
 )
 def test_submit_rejects_bad_input_before_contacting_any_cluster(write_workflow, capsys, override, field):

@@ -63,10 +63,12 @@ def local_store_path(uri: str) -> Path | None:
 
 
 def check_for_cluster(wf: WorkflowConfig) -> SearchSpace | None:
-    """The checks that hold anywhere; files and data are checked again by the job, on the cluster."""
-    from lepton_ray.checks import check_names, check_resources, check_search_space, search_space_for
+    """The checks that hold anywhere; files, data and the tracking server are checked by the job, on the cluster."""
+    from lepton_ray.checks import check_parsed, check_resources, check_search_space, search_space_for
+    from lepton_ray.tracking.uris import check_uri_form
 
-    check_names(wf)
+    check_parsed(wf)
+    check_uri_form(wf.tracking.uri)
     check_resources(wf, None, None)
     check_cluster_paths(wf)
     space = search_space_for(wf)

@@ -103,6 +103,9 @@ def close_trial_run(tracker: Tracker, run_id: str, result: dict[str, Any]) -> No
     if result.get(metrics.STORAGE_FULL):
         tracker.finish(run_id, "KILLED", error="storage full: interrupted, continues from its last checkpoint on --resume")
         return
+    if result.get(metrics.INPUT_ERROR):
+        tracker.finish(run_id, "FAILED", error=str(result[metrics.INPUT_ERROR]))
+        return
     if metrics.TEST_ACCURACY not in result:
         tracker.finish(run_id, "KILLED", error="stopped early by the scheduler (pruned); not eligible for the front")
         return
@@ -146,7 +149,11 @@ def last_error_line(trial) -> str:
     text = ""
     if trial.error_file and Path(trial.error_file).is_file():
         text = Path(trial.error_file).read_text()
-    text = text or trial.get_error() or ""
+    return error_line(text or trial.get_error() or "")
+
+
+def error_line(text: Any) -> str:
+    """The last exception line of a traceback or error text."""
     lines = [line.strip() for line in str(text).splitlines() if line.strip()]
     exception_lines = [line for line in lines if "Error:" in line or "Exception:" in line]
     return (exception_lines or lines or ["unknown error"])[-1][:2000]

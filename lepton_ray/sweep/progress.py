@@ -32,6 +32,8 @@ class SweepProgress(Callback):
         result = trial.last_result or {}
         if result.get(metrics.STORAGE_FULL):
             self.interrupted += 1
+        elif result.get(metrics.INPUT_ERROR):
+            self.failed += 1
         elif metrics.TEST_ACCURACY in result:
             self.points.append((float(result[metrics.TEST_ACCURACY]), float(result[self.cost_metric])))
         else:

@@ -12,8 +12,8 @@ from lepton_ray import metrics
 from lepton_ray.cluster.ray_runtime import init_ray
 from lepton_ray.config import SearchSpace, WorkflowConfig, apply_overrides
 from lepton_ray.data.datasets import build_data
-from lepton_ray.errors import StorageFullError, TrackingError
-from lepton_ray.sweep.callbacks import MlflowTrialLogger, close_runs_of_finished_trials
+from lepton_ray.errors import StorageFullError, TrackingError, TrialsFailedError
+from lepton_ray.sweep.callbacks import MlflowTrialLogger, close_runs_of_finished_trials, error_line
 from lepton_ray.sweep.paths import SweepPaths, check_storage, sweep_paths
 from lepton_ray.sweep.progress import SweepProgress
 from lepton_ray.sweep.results import SweepOutcome, select_export_publish
@@ -57,14 +57,19 @@ def run_sweep(
         close_runs_left_open(tracker, parent_run_id, study, paths, log)
     remaining = num_samples - finished_count(study)
     log(f"sweep {paths.root}: {num_samples - remaining}/{num_samples} trials already finished; MLflow {redact(uri)}, experiment {wf.tracking.experiment!r}")
+    failures: list[str] = []
     if remaining > 0:
-        _run_tuner(wf, shared_workflow, space, paths, study, remaining, teachers, data, tracker, parent_run_id, sweep_key, tags, address, log)
+        failures = _run_tuner(wf, shared_workflow, space, paths, study, remaining, teachers, data, tracker, parent_run_id, sweep_key, tags, address, log)
     trials = _read_trials(tracker, parent_run_id, wf, paths)
     log(format_table(trials, wf.sweep.cost_metric))
     outcome = SweepOutcome(parent_run_id, paths, trials, teachers[0].test_accuracy)
+    if remaining > 0 and len(failures) == remaining:
+        what = "the trial" if space is None else f"all {remaining} trials"
+        tracker.finish(parent_run_id, "FAILED", error=failures[0])
+        tracker.report_unlogged()
+        raise TrialsFailedError(f"{what} failed, the first with: {failures[0]} (details under {paths.trials})")
     try:
         if select_and_export:
-
             outcome.selection = select_export_publish(wf, outcome, data, tracker, log)
     except Exception as err:
         tracker.finish(parent_run_id, "FAILED", error=f"{type(err).__name__}: {err}")
@@ -102,7 +107,8 @@ def _read_trials(tracker, parent_run_id: str, wf: WorkflowConfig, paths: SweepPa
         ) from None
 
 
-def _run_tuner(wf, shared_workflow, space, paths, study, remaining, teachers, data, tracker, parent_run_id, sweep_key, tags, address, log) -> None:
+def _run_tuner(wf, shared_workflow, space, paths, study, remaining, teachers, data, tracker, parent_run_id, sweep_key, tags, address, log) -> list[str]:
+    """Run the trials still to run; returns one error line per trial that failed."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
@@ -148,3 +154,14 @@ def _run_tuner(wf, shared_workflow, space, paths, study, remaining, teachers, da
             f"storage: no space left under {paths.root}; completed trials and checkpoints are intact; free space (or set output_dir "
             "to a larger volume) and run the same command with --resume"
         )
+    return failure_lines(results)
+
+
+def failure_lines(results) -> list[str]:
+    """One line per failed trial of a Tune `ResultGrid`: an error raised, or an input error it reported (never retried)."""
+    lines = []
+    for result in results:
+        reported = (result.metrics or {}).get(metrics.INPUT_ERROR)
+        if result.error is not None or reported:
+            lines.append(str(reported) if reported else error_line(result.error))
+    return lines

@@ -142,7 +142,7 @@ class StudySearcher(Searcher):
 
     def outcome(self, result: dict | None, error: bool) -> tuple[optuna.trial.TrialState, list[float] | None]:
         """COMPLETE only with the final metrics of a finished trial; early-stopped -> PRUNED."""
-        if error or not result:
+        if error or not result or result.get(metrics.INPUT_ERROR):
             return optuna.trial.TrialState.FAIL, None
         if metrics.TEST_ACCURACY not in result or result.get(metrics.DIVERGED):
             return optuna.trial.TrialState.PRUNED, None

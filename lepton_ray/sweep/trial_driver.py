@@ -8,6 +8,7 @@ from typing import Any
 from lepton_ray import metrics
 from lepton_ray.checkpoints import is_storage_full
 from lepton_ray.config import WorkflowConfig, apply_overrides, parse_workflow
+from lepton_ray.errors import LeptonError
 from lepton_ray.sweep.search import NUMBER_KEY
 from lepton_ray.trial.files import finished_trial_metrics, trial_run_name
 from lepton_ray.trial.loop import run_trial
@@ -28,14 +29,13 @@ def trial_driver(config: dict[str, Any], base_workflow: dict[str, Any], inputs: 
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    overrides = {key: value for key, value in config.items() if key != NUMBER_KEY}
-    wf = parse_workflow(apply_overrides(base_workflow, overrides))
     name = trial_run_name(config[NUMBER_KEY])
     already = finished_trial_metrics(Path(trials_root) / name)
     if already is not None:
         tune.report(already)
         return
     try:
+        wf = checked_workflow(base_workflow, config)
         if runs_in_process(wf):
             session = InProcessSession(Path(trials_root) / name, on_report=tune.report)
             run_trial(inputs.loop_config(wf), session)
@@ -43,11 +43,24 @@ def trial_driver(config: dict[str, Any], base_workflow: dict[str, Any], inputs: 
         else:
             final_metrics = build_trainer(wf, inputs, Path(trials_root), name, [TuneReportCallback()]).fit().metrics or {}
     except Exception as err:
-        if not is_storage_full(err):
+        if is_storage_full(err):
+            tune.report({metrics.STORAGE_FULL: 1})  # the searcher leaves the trial to --resume; the driver stops the sweep
+        elif isinstance(err, LeptonError):
+            tune.report({metrics.INPUT_ERROR: f"{type(err).__name__}: {err}"})  # failed without a retry: it would fail again
+        else:
             raise
-        tune.report({metrics.STORAGE_FULL: 1})  # the searcher leaves the trial to --resume; the driver stops the sweep
         return
     raise_if_diverged(final_metrics)
+
+
+def checked_workflow(base_workflow: dict[str, Any], config: dict[str, Any]) -> WorkflowConfig:
+    """The trial's workflow, checked in this process before any worker starts: a name registered only in
+    the sweep's driver process (a plugin it imported) is unknown here, and would fail every worker."""
+    from lepton_ray.checks import check_parsed
+
+    wf = parse_workflow(apply_overrides(base_workflow, {key: value for key, value in config.items() if key != NUMBER_KEY}))
+    check_parsed(wf)
+    return wf
 
 
 def runs_in_process(wf: WorkflowConfig) -> bool:

@@ -41,12 +41,31 @@ STORE_SCHEMES = ("http", "https", "sqlite", "file", "postgresql", "mysql", "mssq
 """URI schemes MLflow has a tracking store for (`postgresql+psycopg2` counts as `postgresql`)."""
 
 
-def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
-    """Fail before any trial starts when the tracking URI is unusable or its server does not answer."""
-    from_env = " (set by $MLFLOW_TRACKING_URI, which overrides the workflow)" if os.environ.get("MLFLOW_TRACKING_URI") == uri else ""
+def _from_env(uri: str) -> str:
+    return " (set by $MLFLOW_TRACKING_URI, which overrides the workflow)" if os.environ.get("MLFLOW_TRACKING_URI") == uri else ""
+
+
+def check_uri_form(uri: str) -> None:
+    """What holds wherever the URI is used (here or on a cluster): a known store scheme, a SQLite URI naming a file."""
     scheme = uri.split("://", 1)[0].split("+", 1)[0] if "://" in uri else "file"
     if scheme not in STORE_SCHEMES:
-        raise TrackingError(f"tracking.uri: {redact(uri)} has no MLflow tracking store for scheme {scheme!r}; use one of {', '.join(STORE_SCHEMES)}{from_env}")
+        raise TrackingError(f"tracking.uri: {redact(uri)} has no MLflow tracking store for scheme {scheme!r}; use one of {', '.join(STORE_SCHEMES)}{_from_env(uri)}")
+    if uri.startswith("sqlite:") and (not uri.startswith("sqlite:///") or not uri.removeprefix("sqlite:///")):
+        shown = "sqlite:///" + (uri.removeprefix("sqlite:").lstrip("/") or "mlflow.db")
+        raise TrackingError(
+            f"tracking.uri: {redact(uri)} names no database file; a SQLite URI has three slashes before a relative path "
+            f"and four before an absolute one, e.g. {shown}{_from_env(uri)}"
+        )
+
+
+DEFAULT_REACH_TIMEOUT_S = 3.0
+"""A server that has not answered /health by then is down for a sweep's purposes; keeps `validate` fast."""
+
+
+def check_reachable(uri: str, timeout_s: float = DEFAULT_REACH_TIMEOUT_S) -> None:
+    """Fail before any trial starts when the tracking URI is unusable or its server does not answer."""
+    from_env = _from_env(uri)
+    check_uri_form(uri)
     if uri.startswith("sqlite:///"):
         db_path = Path(uri.removeprefix("sqlite:///"))
         if not db_path.parent.exists() and str(db_path.parent) not in ("", "."):

@@ -18,7 +18,7 @@ import torch
 from lepton_ray.checkpoints import load_safe, save_atomic
 from lepton_ray.config import DataConfig, TeacherConfig, WorkflowConfig
 from lepton_ray.data.datasets import DataSplits
-from lepton_ray.errors import CheckpointError
+from lepton_ray.errors import CheckpointError, ConfigError
 from lepton_ray.distill.losses import DistillationObjective
 from lepton_ray.models.zoo import build_model
 from lepton_ray.data.batches import iterate_batches, train_indices
@@ -38,8 +38,65 @@ class Teacher:
         return float(self.payload.get("test_accuracy", float("nan")))
 
 
-def teacher_path(wf: WorkflowConfig, index: int, cfg: TeacherConfig) -> Path:
-    return cfg.checkpoint or wf.run_dir / f"teacher{index}-{cfg.name}.pt"
+TEACHER_KEYS = ("model", "options", "input_shape", "num_classes", "state_dict")
+"""What a teacher file must hold (`models.saved.model_payload`); a bare state_dict lacks the architecture."""
+
+
+@dataclass(frozen=True)
+class TeacherSource:
+    """Where one teacher comes from: `payload` read from `path`, or None when a teacher is to be trained
+    and saved at `path`, which then holds no file, or is the product's own file in the run folder."""
+
+    field: str
+    path: Path
+    payload: dict[str, Any] | None
+    note: str = ""
+    """Why the teacher is not the file `checkpoint` names, for the log."""
+
+
+def locate_teacher(wf: WorkflowConfig, index: int, cfg: TeacherConfig) -> TeacherSource:
+    """Never overwrites a file the user pointed to: a `train` block trains only where `checkpoint` names no
+    file. A teacher lepton-ray trained for other settings (its `fingerprint` differs) is kept, and the one
+    for these settings lives in the run folder; a file without a fingerprint is the user's and used as it is."""
+    field = "teacher" if index == 0 else f"extra_teachers.{index - 1}"
+    wanted = fingerprint(cfg, wf.data, wf.training.seed)
+    if cfg.checkpoint is None:
+        return _own_teacher(wf.run_dir / f"teacher{index}-{cfg.name}.pt", field, wanted)
+    path = Path(cfg.checkpoint)
+    if path.exists() and not path.is_file():
+        raise CheckpointError(f"{field}.checkpoint: {str(path)!r} is a folder, not a file; point it at a teacher file such as {path / (cfg.name + '.pt')}")
+    if not path.exists():
+        if cfg.train is None:
+            raise CheckpointError(f"{field}.checkpoint: file {str(path)!r} not found; fix the path or add a 'train' block")
+        return TeacherSource(field, path, None)
+    payload = load_teacher_file(path, field, kept=cfg.train is not None)
+    if cfg.train is None or payload.get("fingerprint") == wanted:
+        return TeacherSource(field, path, payload)
+    if "fingerprint" not in payload:
+        return TeacherSource(field, path, payload, f"{field}.checkpoint: using your teacher {path} as it is; the 'train' block applies only where no file exists")
+    own = _own_teacher(wf.run_dir / f"teacher{index}-{cfg.name}-{wanted}.pt", field, wanted)
+    note = f"{field}.checkpoint: {path} was trained for other settings (teacher, data or training.seed); it is kept, and this workflow's teacher is {own.path}"
+    return TeacherSource(field, own.path, own.payload, note)
+
+
+def _own_teacher(path: Path, field: str, wanted: str) -> TeacherSource:
+    """A teacher file in the run folder, the product's own: reused when trained for these settings, else trained again."""
+    payload = load_teacher_file(path, field) if path.is_file() else None
+    return TeacherSource(field, path, payload if payload is not None and payload.get("fingerprint") == wanted else None)
+
+
+def load_teacher_file(path: Path, field: str, kept: bool = False) -> dict[str, Any]:
+    """A teacher payload loaded weights-only; `kept`: the file stays as it is even though a 'train' block is present."""
+    never_overwritten = f"; lepton-ray never overwrites it: delete it or point {field}.checkpoint at a new file to train a teacher there"
+    try:
+        payload = load_safe(path, f"{field}.checkpoint")
+    except CheckpointError as err:
+        raise CheckpointError(f"{err}{never_overwritten if kept else ''}") from None
+    missing = [key for key in TEACHER_KEYS if key not in payload]
+    if missing:
+        fix = never_overwritten if kept else "; pass a teacher saved by lepton-ray or add a 'train' block with a new checkpoint path"
+        raise CheckpointError(f"{field}.checkpoint: {path} is not a lepton-ray teacher file (it lacks {', '.join(map(repr, missing))}){fix}")
+    return payload
 
 
 def fingerprint(cfg: TeacherConfig, data: DataConfig, seed: int) -> str:
@@ -55,33 +112,32 @@ def file_sha256(path: Path) -> str:
 def prepare_teachers(wf: WorkflowConfig, data: DataSplits, log=print) -> list[Teacher]:
     teachers = []
     for index, cfg in enumerate([wf.teacher, *wf.extra_teachers]):
-        field = "teacher" if index == 0 else f"extra_teachers.{index - 1}"
-        path = teacher_path(wf, index, cfg)
-        wanted = fingerprint(cfg, wf.data, wf.training.seed)
-        payload = load_safe(path, f"{field}.checkpoint") if path.is_file() else None
-        if payload is not None and cfg.train is not None and payload.get("fingerprint") != wanted:
-            payload = None
+        source = locate_teacher(wf, index, cfg)
+        if source.note:
+            log(source.note)
+        payload = source.payload
         if payload is None:
-            if cfg.train is None:
-                raise CheckpointError(f"{field}.checkpoint: file {str(path)!r} not found; pass a saved teacher or add a 'train' block")
-            log(f"training teacher {cfg.name} ({cfg.train.epochs} epochs) -> {path}")
-            payload = train_teacher(cfg, data, wf.training.seed, wanted, log)
-            save_atomic(payload, path)
-        check_teacher_fits(payload, data, field)
-        teachers.append(Teacher(payload, path, file_sha256(path)))
+            assert cfg.train is not None  # locate_teacher refuses a missing file without a 'train' block
+            log(f"training teacher {cfg.name} ({cfg.train.epochs} epochs) -> {source.path}")
+            payload = train_teacher(cfg, data, wf.training.seed, fingerprint(cfg, wf.data, wf.training.seed), log)
+            save_atomic(payload, source.path)
+        check_teacher_fits(payload, data, source.field)
+        teachers.append(Teacher(payload, source.path, file_sha256(source.path)))
     return teachers
 
 
 def check_teacher_fits(payload: dict[str, Any], data: DataSplits, field: str) -> None:
-    if payload.get("num_classes") != data.num_classes or list(payload.get("input_shape", [])) != list(data.input_shape):
+    shape = payload.get("input_shape")
+    if payload.get("num_classes") != data.num_classes or not isinstance(shape, (list, tuple)) or list(shape) != list(data.input_shape):
         raise CheckpointError(
             f"{field}.checkpoint: teacher was saved for input {payload.get('input_shape')} with {payload.get('num_classes')} classes, "
             f"but the data has {list(data.input_shape)} and {data.num_classes}; use a teacher trained on this data"
         )
     try:
         load_teacher_module(payload)
-    except (KeyError, RuntimeError) as err:
-        raise CheckpointError(f"{field}.checkpoint: weights do not fit model {payload.get('model')!r} ({str(err)[:160]})") from None
+    except (KeyError, RuntimeError, TypeError, ValueError, ConfigError) as err:
+        reason = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"{field}.checkpoint: weights do not fit model {payload.get('model')!r} ({reason}); use a teacher saved by lepton-ray for it") from None
 
 
 def train_teacher(cfg: TeacherConfig, data: DataSplits, seed: int, fingerprint_value: str, log=print) -> dict[str, Any]:

@@ -43,6 +43,10 @@ class DistillationLoss(nn.Module):
     needs_every_teacher_logit: bool = False
     """True when a top-k teacher cache would change the loss (it keeps the top-k probabilities exact, not every logit)."""
 
+    def check_teachers(self, count: int) -> None:
+        """Called with the number of teachers (`teacher` plus `extra_teachers`) before anything trains, so
+        options that depend on it are refused by `validate`, not at a trial's first batch."""
+
     def setup(self, student_shapes: dict[str, torch.Size], teacher_shapes: dict[str, torch.Size]) -> None:
         """Called once with the captured feature shapes, before DDP wrapping (build adapters here)."""
 

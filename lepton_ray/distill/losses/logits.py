@@ -43,8 +43,8 @@ class MultiTeacherKD(DistillationLoss):
     p = sum_i w_i softmax(t_i/T) with sum_i w_i = 1, then T^2 * KL(p || softmax(s/T)), batch mean.
     `weights`: one non-negative weight per teacher (workflow `teacher` then `extra_teachers`), normalised
     to sum 1; default equal. `weighting: confidence`: per sample, w_i = max_c softmax(t_i)_c (at T=1,
-    the teacher's own confidence) normalised over teachers. The teacher count is only known from the
-    batch, so a `weights` list of the wrong length is rejected at the first forward.
+    the teacher's own confidence) normalised over teachers. A `weights` list of the wrong length is
+    refused by `check_teachers` (run by `validate` and again at each forward).
     """
 
     def __init__(self, weights: list[float] | None = None, weighting: str = "fixed") -> None:
@@ -58,17 +58,20 @@ class MultiTeacherKD(DistillationLoss):
         self.weights = weights
         self.weighting = weighting
 
+    def check_teachers(self, count: int) -> None:
+        if self.weights is not None and len(self.weights) != count:
+            raise ConfigError(
+                f"{self.field}.options.weights: {len(self.weights)} weights for {count} teachers "
+                "(teacher + extra_teachers); give one weight per teacher"
+            )
+
     def teacher_weights(self, teacher_logits: list[torch.Tensor]) -> torch.Tensor:
         """(teachers, batch, 1) weights that sum to 1 over teachers for every sample."""
         count, batch = len(teacher_logits), teacher_logits[0].shape[0]
         if self.weighting == "confidence":
             confidence = torch.stack([F.softmax(logits.float(), dim=-1).amax(dim=-1) for logits in teacher_logits])
             return (confidence / confidence.sum(dim=0, keepdim=True)).unsqueeze(-1)
-        if self.weights is not None and len(self.weights) != count:
-            raise ConfigError(
-                f"{self.field}.options.weights: {len(self.weights)} weights for {count} teachers "
-                "(teacher + extra_teachers); give one weight per teacher"
-            )
+        self.check_teachers(count)
         fixed = torch.tensor(self.weights or [1.0] * count, dtype=torch.float32, device=teacher_logits[0].device)
         return (fixed / fixed.sum()).view(count, 1, 1).expand(count, batch, 1)
 

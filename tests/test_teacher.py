@@ -1,0 +1,100 @@
+"""The teacher stage: a teacher is trained and saved only where no file exists; a file the user pointed to
+is never overwritten (training is faked: these tests are about which file is read and written)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from lepton_ray.config import DataConfig, load_workflow
+from lepton_ray.data.datasets import build_data
+from lepton_ray.errors import CheckpointError
+from lepton_ray.models.saved import model_payload
+from lepton_ray.models.zoo import build_model
+from lepton_ray.trial import teacher
+from lepton_ray.trial.teacher import fingerprint, prepare_teachers
+
+from conftest import QUICKSTART
+
+
+@pytest.fixture(scope="module")
+def data():
+    return build_data(DataConfig())
+
+
+@pytest.fixture
+def trained(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Replaces teacher training by an untrained model of the right shape; lists the epochs of each training."""
+    runs: list[int] = []
+
+    def train(cfg, data, seed, fingerprint_value, log=print):
+        runs.append(cfg.train.epochs)
+        model = build_model(cfg, data.input_shape, data.num_classes, field="teacher")
+        return model_payload(model, cfg.name, cfg.options, data, test_accuracy=0.5, fingerprint=fingerprint_value)
+
+    monkeypatch.setattr(teacher, "train_teacher", train)
+    return runs
+
+
+def workflow(tmp_path: Path, epochs: int = 15, train: bool = True):
+    return load_workflow(QUICKSTART, {
+        "output_dir": str(tmp_path / "runs"), "teacher.checkpoint": str(tmp_path / "teachers" / "large.pt"),
+        "teacher.train": {"epochs": epochs} if train else None,
+    })
+
+
+def test_a_teacher_is_trained_and_saved_where_no_file_exists_and_reused_after(tmp_path, data, trained):
+    wf = workflow(tmp_path)
+    (first,) = prepare_teachers(wf, data, log=lambda _: None)
+    assert first.path == tmp_path / "teachers" / "large.pt" and first.payload["fingerprint"] == fingerprint(wf.teacher, wf.data, wf.training.seed)
+    (again,) = prepare_teachers(wf, data, log=lambda _: None)
+    assert trained == [15] and again.sha256 == first.sha256
+
+
+def test_a_teacher_trained_for_other_settings_is_kept_and_this_workflows_own_goes_to_the_run_folder(tmp_path, data, trained):
+    prepare_teachers(workflow(tmp_path, epochs=15), data, log=lambda _: None)
+    pointed = tmp_path / "teachers" / "large.pt"
+    before = pointed.read_bytes()
+    changed = workflow(tmp_path, epochs=3)
+    lines: list[str] = []
+    (own,) = prepare_teachers(changed, data, log=lines.append)
+    assert pointed.read_bytes() == before, "the file teacher.checkpoint names was overwritten"
+    assert own.path.parent == changed.run_dir and fingerprint(changed.teacher, changed.data, changed.training.seed) in own.path.name
+    assert any("it is kept" in line for line in lines)
+    prepare_teachers(changed, data, log=lambda _: None)
+    assert trained == [15, 3], "the run folder's teacher is reused, not trained again"
+
+
+def test_a_users_own_teacher_next_to_a_train_block_is_used_as_it_is(tmp_path, data, trained):
+    pointed = tmp_path / "teachers" / "large.pt"
+    pointed.parent.mkdir()
+    model = build_model(workflow(tmp_path).teacher, data.input_shape, data.num_classes)
+    torch.save(model_payload(model, "cnn_large", {}, data), pointed)  # saved by the user: no fingerprint
+    before = pointed.read_bytes()
+    lines: list[str] = []
+    (used,) = prepare_teachers(workflow(tmp_path), data, log=lines.append)
+    assert trained == [] and used.path == pointed and pointed.read_bytes() == before
+    assert any("using your teacher" in line for line in lines)
+
+
+@pytest.mark.parametrize("content", [b"", b"weights are in the other folder\n", "bare state_dict"])
+def test_an_unusable_file_next_to_a_train_block_is_refused_and_left_as_it_is(tmp_path, data, trained, content):
+    pointed = tmp_path / "teachers" / "large.pt"
+    pointed.parent.mkdir()
+    if content == "bare state_dict":
+        torch.save({"features.0.weight": torch.zeros(2, 1, 3, 3)}, pointed)
+    else:
+        pointed.write_bytes(content)
+    before = pointed.read_bytes()
+    with pytest.raises(CheckpointError, match="lepton-ray never overwrites it: delete it or point teacher.checkpoint at a new file"):
+        prepare_teachers(workflow(tmp_path), data, log=lambda _: None)
+    assert trained == [] and pointed.read_bytes() == before
+
+
+def test_a_folder_named_as_the_teacher_checkpoint_is_refused_before_any_training(tmp_path, data, trained):
+    wf = load_workflow(QUICKSTART, {"output_dir": str(tmp_path / "runs"), "teacher.checkpoint": str(tmp_path)})
+    with pytest.raises(CheckpointError, match="is a folder, not a file"):
+        prepare_teachers(wf, data, log=lambda _: None)
+    assert trained == []
