@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.common import REPO, RESULTS, Figure, format_table, train_student, write_result
+from benchmarks.common import REPO, RESULTS, Figure, format_table, measured_commit, train_student, write_result
 from lepton_ray import metrics
 from lepton_ray.compress.cost import file_cost
 from lepton_ray.config import WorkflowConfig, load_workflow
@@ -120,6 +120,7 @@ def estimate_agreement(trials: Any, measured: str) -> dict[str, float]:
 
 
 def run(quick: bool, seeds: list[int], data_root: Path | None) -> dict[str, Any]:
+    commit = measured_commit()  # at the start: the run takes an hour, the tree may move meanwhile
     folder = REPO / "runs" / f"bench-{NAME}{'-quick' if quick else ''}"
     wf, overrides = bench_workflow(folder, quick, data_root)
     started = time.perf_counter()
@@ -143,6 +144,7 @@ def run(quick: bool, seeds: list[int], data_root: Path | None) -> dict[str, Any]
     checks = exported.checks
     champion = exported.selection.row
     return {
+        "commit": commit,
         "setting": {"workflow": str(WORKFLOW.relative_to(REPO)), "overrides": {k: v for k, v in overrides.items() if k not in ("output_dir", "tracking.uri")},
                     "seeds": seeds, "train_samples": len(data.train), "val_samples": len(data.val), "test_samples": len(data.test),
                     "torch_threads": torch.get_num_threads(), "cost_metric": cost},
