@@ -61,3 +61,22 @@ def test_train_whose_only_trial_fails_on_a_model_the_trial_process_does_not_know
     assert main(["train", str(path)]) == 1
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last.startswith("lepton-ray: error: the trial failed, the first with: ConfigError: student.name: unknown model 'driver_only_cnn'"), last
+
+
+def test_the_sweeps_default_log_still_pickles_after_ray_train_patched_print(monkeypatch):
+    """Ray Train's workers replace `builtins.print` (patch_print_function); a test, or an in-process trial, that
+    ran worker code leaves it replaced, and Tune pickles the sweep's callbacks: a default bound to `print` then fails."""
+    import builtins
+    import inspect
+
+    from ray import cloudpickle
+
+    from lepton_ray.sweep.progress import SweepProgress
+    from lepton_ray.sweep.runner import run_sweep
+    from lepton_ray.trial.teacher import prepare_teachers
+
+    monkeypatch.setattr(builtins, "print", lambda *args, **kwargs: None)
+    for default in (inspect.signature(run_sweep).parameters["log"].default, inspect.signature(prepare_teachers).parameters["log"].default):
+        assert cloudpickle.loads(cloudpickle.dumps(default)) is default
+    progress = cloudpickle.loads(cloudpickle.dumps(SweepProgress(2, 0, metrics.INT8_GZIP_BYTES)))
+    assert progress.total == 2

@@ -9,12 +9,13 @@ from ray.tune import Callback
 
 from lepton_ray import metrics
 from lepton_ray.deploy.pareto import pareto_front
+from lepton_ray.console import echo
 
 
 class SweepProgress(Callback):
     """Prints one status line at most every `interval_s`: done/running/failed, best accuracy, front size, ETA."""
 
-    def __init__(self, total: int, already_done: int, cost_metric: str, interval_s: float = 10.0, log: Callable[[str], None] = print) -> None:
+    def __init__(self, total: int, already_done: int, cost_metric: str, interval_s: float = 10.0, log: Callable[[str], None] = echo) -> None:
         self.total = total
         self.already_done = already_done
         self.cost_metric = cost_metric

@@ -27,6 +27,7 @@ from lepton_ray.tracking.write_queue import PENDING_PREFIX
 from lepton_ray.trial.files import finished_trial_metrics, trial_run_name
 from lepton_ray.trial.teacher import prepare_teachers
 from lepton_ray.trial.trainer import put_trial_inputs
+from lepton_ray.console import echo
 
 
 def run_sweep(
@@ -35,7 +36,7 @@ def run_sweep(
     resume: bool = False,
     address: str | None = None,
     select_and_export: bool = False,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] = echo,
 ) -> SweepOutcome:
     """Run (or resume) the workflow's sweep; with no search space, one trial of the workflow as written."""
 

@@ -25,6 +25,7 @@ from lepton_ray.data.batches import iterate_batches, train_indices
 from lepton_ray.models.saved import load_teacher_module, model_payload
 from lepton_ray.trial.batchnorm import reestimate_batchnorm
 from lepton_ray.trial.epoch import Precision, evaluate, train_epoch
+from lepton_ray.console import echo
 
 
 @dataclass(frozen=True)
@@ -109,7 +110,7 @@ def file_sha256(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def prepare_teachers(wf: WorkflowConfig, data: DataSplits, log=print) -> list[Teacher]:
+def prepare_teachers(wf: WorkflowConfig, data: DataSplits, log=echo) -> list[Teacher]:
     teachers = []
     for index, cfg in enumerate([wf.teacher, *wf.extra_teachers]):
         source = locate_teacher(wf, index, cfg)
@@ -140,7 +141,7 @@ def check_teacher_fits(payload: dict[str, Any], data: DataSplits, field: str) ->
         raise CheckpointError(f"{field}.checkpoint: weights do not fit model {payload.get('model')!r} ({reason}); use a teacher saved by lepton-ray for it") from None
 
 
-def train_teacher(cfg: TeacherConfig, data: DataSplits, seed: int, fingerprint_value: str, log=print) -> dict[str, Any]:
+def train_teacher(cfg: TeacherConfig, data: DataSplits, seed: int, fingerprint_value: str, log=echo) -> dict[str, Any]:
     """Plain supervised training in this process with the trial's own epoch function; keeps the best-val weights.
     One line per epoch: on real data a teacher trains for many minutes."""
     assert cfg.train is not None
