@@ -194,7 +194,7 @@ def markdown(payload: dict[str, Any]) -> str:
         f"## Teacher and published baselines (test accuracy, {payload['setting']['test_samples']:,} test images)", "",
         format_table(["model", "test accuracy"], [[f"this teacher: cnn_large, {teacher['parameters']} parameters", f"{teacher['test_accuracy']:.4f}"],
                                                   *[[name, f"{value:.3f}"] for name, value in payload["published_test_accuracy"].items()]]), "",
-        "## Dense student (cnn_small [32, 64], no compression): labels only vs KD", "",
+        "## Dense student (the workflow's cnn_small at width 1, no compression): labels only vs KD", "",
         format_table(["student", "test accuracy mean +- sd", "per seed", f"{cost} (median)"], [
             [name, f"{row['mean']:.4f} +- {row['std']:.4f}", ", ".join(f"{r[metrics.TEST_ACCURACY]:.4f}" for r in row["runs"]),
              f"{statistics.median(r[cost] for r in row['runs']):,.0f}"] for name, row in dense.items()]), "",
