@@ -102,10 +102,10 @@ def retest_trials(wf: WorkflowConfig, trials: Any, data: DataSplits, trials_root
 
 def front_figures(trials: Any, cost: str, dense_accuracy: float, dense_cost: float) -> dict[str, Any]:
     """The front on the measured cost; its span; the cheapest front point within 1 pt of the dense KD student."""
-    finished = trials[trials["on_front"]].sort_values(cost)
+    front = trials[trials["on_front"]].sort_values(cost)
     points = [{"trial": int(r["trial"]), "test_accuracy": float(r[metrics.TEST_ACCURACY]), cost: float(r[cost]),
                "cheaper_than_dense": dense_cost / float(r[cost]), "loss_vs_dense_points": (dense_accuracy - float(r[metrics.TEST_ACCURACY])) * 100,
-               **{k: r[k] for k in trials.columns if k.startswith(("student.", "compression.", "distillation."))}} for _, r in finished.iterrows()]
+               **{k: r[k] for k in trials.columns if k.startswith(("student.", "compression.", "distillation."))}} for _, r in front.iterrows()]
     within = [p["cheaper_than_dense"] for p in points if p["loss_vs_dense_points"] <= 1.0]
     costs = [p[cost] for p in points]
     return {"points": points, "span": max(costs) / min(costs) if costs else float("nan"),
@@ -126,6 +126,7 @@ def run(quick: bool, seeds: list[int], data_root: Path | None) -> dict[str, Any]
     started = time.perf_counter()
     data = build_data(wf.data)
     load_seconds = time.perf_counter() - started
+    trained_this_run = not Path(wf.teacher.checkpoint).is_file()
     started = time.perf_counter()
     (teacher,) = prepare_teachers(wf, data)
     teacher_seconds = time.perf_counter() - started
@@ -151,7 +152,7 @@ def run(quick: bool, seeds: list[int], data_root: Path | None) -> dict[str, Any]
         "published_test_accuracy": PUBLISHED,
         "data_load_seconds": load_seconds,
         "teacher": {"test_accuracy": teacher.test_accuracy, "parameters": sum(t.numel() for k, t in teacher.payload["state_dict"].items() if "running" not in k and "tracked" not in k), "seconds_this_run": teacher_seconds,
-                    "trained_this_run": teacher_seconds > 10, "train_seconds": teacher.payload.get("train_seconds")},
+                    "trained_this_run": trained_this_run, "train_seconds": teacher.payload.get("train_seconds")},
         "dense_student": dense,
         "kd_gain_points": (dense[KD]["mean"] - dense[LABELS_ONLY]["mean"]) * 100,
         "sweep": {"trials": len(trials), "finished": int((trials["status"] == "finished").sum()), "wall_seconds": sweep_seconds,
