@@ -50,7 +50,7 @@ LABELS_ONLY, KD = "labels only (alpha=0)", "kd"
 
 def bench_workflow(folder: Path, quick: bool, data_root: Path | None, extra: dict[str, Any] | None = None) -> tuple[WorkflowConfig, dict[str, Any]]:
     """The shipped workflow writing under `folder` (runs, MLflow); the teacher cached in the repo's runs/teachers/."""
-    teacher_file = REPO / "runs" / "teachers" / f"fashion_mnist_cnn_large{'.quick' if quick else ''}.pt"
+    teacher_file = REPO / Path(load_workflow(WORKFLOW).teacher.checkpoint).with_suffix(".quick.pt" if quick else ".pt")
     overrides = {"output_dir": str(folder), "tracking.uri": f"sqlite:///{folder}/mlflow.db", "teacher.checkpoint": str(teacher_file),
                  **({"data.root": str(data_root)} if data_root else {}), **(QUICK if quick else {}), **(extra or {})}
     return load_workflow(WORKFLOW, overrides), overrides

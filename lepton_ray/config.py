@@ -52,9 +52,12 @@ class ModelSpec(_Strict):
 
 
 class TeacherTrainConfig(_Strict):
+    """Supervised training of a teacher in-process (Adam, cosine learning rate, best-val weights kept)."""
+
     epochs: int = Field(20, ge=1)
     lr: float = Field(2e-3, gt=0)
     batch_size: int = Field(64, ge=1)
+    augment: AugmentConfig | None = Field(None, description="the teacher's own augmentation (the student's is data.augment)")
 
 
 class TeacherConfig(ModelSpec):
@@ -85,6 +88,7 @@ class TrainingConfig(_Strict):
     batch_size: int = Field(64, ge=1)
     lr: float = Field(2e-3, gt=0, le=10)
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    lr_schedule: Literal["constant", "cosine"] = Field("constant", description="cosine: lr decays to 0 over training.epochs (see trial/epoch.py: epoch_lr)")
     weight_decay: float = Field(0.0, ge=0)
     momentum: float = Field(0.9, ge=0, lt=1)
     seed: int = 0

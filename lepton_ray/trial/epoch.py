@@ -7,6 +7,7 @@ step function in the package.
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import dataclass
 from typing import Iterator, Union
 
@@ -125,6 +126,20 @@ def evaluate(model: nn.Module, dataset: Dataset, batch_size: int, device: torch.
             count += len(labels)
     correct, loss_sum, count = all_reduce_sums(correct, loss_sum, count, device=device)
     return correct / max(count, 1), loss_sum / max(count, 1)
+
+
+def epoch_lr(base_lr: float, schedule: str, epoch: int, epochs: int) -> float:
+    """The learning rate of a whole epoch. `cosine` takes the cosine curve from `base_lr` to 0 at the
+    epoch's midpoint, so the first epoch trains near `base_lr` and the last near 0; a function of the
+    epoch alone, so a resumed trial continues on the same curve with no scheduler state to restore."""
+    if schedule == "constant":
+        return base_lr
+    return base_lr * 0.5 * (1.0 + math.cos(math.pi * (epoch + 0.5) / epochs))
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
 
 
 def build_optimizer(cfg: TrainingConfig, params: list[nn.Parameter]) -> torch.optim.Optimizer:

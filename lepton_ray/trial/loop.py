@@ -32,7 +32,7 @@ from lepton_ray.models.features import capture_features, unwrap
 from lepton_ray.models.saved import load_teacher_module, model_payload
 from lepton_ray.models.zoo import build_model
 from lepton_ray.trial.batchnorm import reestimate_batchnorm
-from lepton_ray.trial.epoch import Precision, Teachers, build_optimizer, evaluate, teacher_outputs, train_epoch
+from lepton_ray.trial.epoch import Precision, Teachers, build_optimizer, epoch_lr, evaluate, set_lr, teacher_outputs, train_epoch
 from lepton_ray.trial.files import DIVERGED_FILE, STUDENT_FILE, TRIAL_STATE_FILE, newest_readable_state
 from lepton_ray.trial.sessions import RayTrainSession, TrialSession
 
@@ -76,6 +76,7 @@ def run_trial(loop_config: dict[str, Any], session: TrialSession) -> None:
     for epoch in range(state["next_epoch"], wf.training.epochs):
         epoch_started = time.perf_counter()
         compression.on_epoch_start(unwrap(student), epoch)
+        set_lr(optimizer, epoch_lr(wf.training.lr, wf.training.lr_schedule, epoch, wf.training.epochs))
         view = augment_view(wf.data.augment, len(data.train), epoch, wf.data.seed)
         shard = train_indices(len(data.train), epoch, wf.training.seed)
         batches = iterate_batches(data.train, shard, wf.training.batch_size, device, view)

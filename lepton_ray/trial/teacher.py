@@ -21,10 +21,10 @@ from lepton_ray.data.datasets import DataSplits
 from lepton_ray.errors import CheckpointError, ConfigError
 from lepton_ray.distill.losses import DistillationObjective
 from lepton_ray.models.zoo import build_model
-from lepton_ray.data.batches import iterate_batches, train_indices
+from lepton_ray.data.batches import augment_view, iterate_batches, train_indices
 from lepton_ray.models.saved import load_teacher_module, model_payload
 from lepton_ray.trial.batchnorm import reestimate_batchnorm
-from lepton_ray.trial.epoch import Precision, evaluate, train_epoch
+from lepton_ray.trial.epoch import Precision, epoch_lr, evaluate, set_lr, train_epoch
 from lepton_ray.console import echo
 
 
@@ -102,7 +102,10 @@ def load_teacher_file(path: Path, field: str, kept: bool = False) -> dict[str, A
 
 def fingerprint(cfg: TeacherConfig, data: DataConfig, seed: int) -> str:
     """Identifies what a trained teacher was trained on, so a changed workflow retrains it."""
-    described = {"teacher": cfg.model_dump(mode="json", exclude={"checkpoint"}), "data": data.model_dump(mode="json"), "seed": seed}
+    teacher = cfg.model_dump(mode="json", exclude={"checkpoint"})
+    if teacher.get("train") and teacher["train"].get("augment") is None:
+        del teacher["train"]["augment"]  # added later: teachers trained before it keep their fingerprint
+    described = {"teacher": teacher, "data": data.model_dump(mode="json"), "seed": seed}
     return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -150,15 +153,15 @@ def train_teacher(cfg: TeacherConfig, data: DataSplits, seed: int, fingerprint_v
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = build_model(cfg, data.input_shape, data.num_classes, field="teacher").to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, cfg.train.epochs)
     objective = DistillationObjective.hard_labels_only()
     precision = Precision("fp32", device)
     best_accuracy, best_state = -1.0, None
     for epoch in range(cfg.train.epochs):
+        set_lr(optimizer, epoch_lr(cfg.train.lr, "cosine", epoch, cfg.train.epochs))
         shard = train_indices(len(data.train), epoch, seed)
-        train_epoch(model, [], objective, iterate_batches(data.train, shard, cfg.train.batch_size, device), optimizer, precision)
-        scheduler.step()
-        reestimate_batchnorm(model, iterate_batches(data.train, shard, cfg.train.batch_size, device))  # the best-val weights keep these statistics
+        view = augment_view(cfg.train.augment, len(data.train), epoch, seed)
+        train_epoch(model, [], objective, iterate_batches(data.train, shard, cfg.train.batch_size, device, view), optimizer, precision)
+        reestimate_batchnorm(model, iterate_batches(data.train, shard, cfg.train.batch_size, device, view))  # the best-val weights keep these statistics
         val_accuracy, _ = evaluate(model, data.val, 256, device)
         if val_accuracy > best_accuracy:
             best_accuracy, best_state = val_accuracy, {k: v.detach().clone() for k, v in model.state_dict().items()}
