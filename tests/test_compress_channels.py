@@ -41,6 +41,16 @@ def test_cnn_small_loses_half_of_each_hidden_width():
     assert pruned.classifier[-1].in_features == 8 and pruned.classifier[-1].out_features == 10
 
 
+def test_a_2x2_pooled_head_loses_four_inputs_per_removed_channel_and_rebuilds_from_its_state_dict():
+    dense, pruned = _channel_pruned("cnn_small", (1, 8, 8), {"channels": [8, 16], "pool_size": 2})
+    assert dense.classifier[-1].in_features == 16 * 4
+    assert pruned.features[-1][0].out_channels == 8 and pruned.classifier[-1].in_features == 8 * 4
+    rebuilt = resize_to_state_dict(MODELS.get("cnn_small")((1, 8, 8), 10, channels=[8, 16], pool_size=2), pruned.state_dict())
+    rebuilt.load_state_dict(pruned.state_dict())
+    images = torch.randn(3, 1, 8, 8)
+    assert torch.equal(rebuilt.eval()(images), pruned.eval()(images))
+
+
 @pytest.mark.parametrize("name,shape,options", CASES[1:], ids=[case[0] for case in CASES[1:]])
 def test_fresh_model_resized_to_a_pruned_state_dict_loads_it_and_gives_identical_outputs(name, shape, options):
     _, pruned = _channel_pruned(name, shape, options)

@@ -98,3 +98,20 @@ def test_a_folder_named_as_the_teacher_checkpoint_is_refused_before_any_training
     with pytest.raises(CheckpointError, match="is a folder, not a file"):
         prepare_teachers(wf, data, log=lambda _: None)
     assert trained == []
+
+
+def test_a_teacher_file_trained_before_teacher_train_augment_existed_keeps_its_fingerprint():
+    wf = load_workflow(QUICKSTART)
+    assert fingerprint(wf.teacher, wf.data, wf.training.seed) == "36a06c208ec9d930"  # what 09ecd06 wrote into the quickstart's teacher
+    augmented = load_workflow(QUICKSTART, {"teacher.train.augment": {"hflip": True, "crop_padding": 1}})
+    assert fingerprint(augmented.teacher, augmented.data, augmented.training.seed) != "36a06c208ec9d930"
+
+
+def test_teacher_train_augment_changes_what_the_teacher_learns_from(data):
+    plain = load_workflow(QUICKSTART, {"teacher.train.epochs": 1})
+    augmented = load_workflow(QUICKSTART, {"teacher.train.epochs": 1, "teacher.train.augment": {"hflip": True, "crop_padding": 1}})
+    weights = [teacher.train_teacher(wf.teacher, data, 0, "-", log=lambda _: None)["state_dict"] for wf in (plain, augmented)]
+    again = teacher.train_teacher(augmented.teacher, data, 0, "-", log=lambda _: None)["state_dict"]
+    first_conv = next(key for key in weights[0] if key.endswith("weight"))
+    assert not torch.equal(weights[0][first_conv], weights[1][first_conv])
+    assert torch.equal(weights[1][first_conv], again[first_conv])  # replayed views: the same teacher twice

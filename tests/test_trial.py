@@ -15,7 +15,7 @@ from lepton_ray.data.datasets import build_data
 from lepton_ray.models.zoo import build_model
 from lepton_ray.data.batches import iterate_batches, train_indices
 from lepton_ray.models.saved import load_teacher_module
-from lepton_ray.trial.epoch import Precision, build_optimizer, evaluate, train_epoch
+from lepton_ray.trial.epoch import Precision, build_optimizer, epoch_lr, evaluate, train_epoch
 from lepton_ray.trial.loop import build_objective
 
 from conftest import QUICKSTART
@@ -120,3 +120,25 @@ def test_distillation_from_a_good_teacher_beats_hard_labels_alone_over_seeds(tea
     hard_only = [_train_student(teacher, 0.0, seed, 0.08) for seed in seeds]
     assert np.mean(distilled) - np.mean(hard_only) > 0.10, (distilled, hard_only)
     assert min(distilled) > max(hard_only), (distilled, hard_only)
+
+
+def test_cosine_lr_schedule_decays_from_the_base_rate_to_near_zero_and_constant_stays():
+    rates = [epoch_lr(0.01, "cosine", epoch, 6) for epoch in range(6)]
+    assert all(a > b for a, b in zip(rates, rates[1:]))
+    assert rates[0] > 0.0095 and rates[-1] < 0.0005
+    assert [epoch_lr(0.01, "constant", epoch, 6) for epoch in range(6)] == [0.01] * 6
+
+
+def test_a_trial_trains_each_epoch_at_its_scheduled_rate(tmp_path):
+    from lepton_ray.trial.loop import run_trial
+    from lepton_ray.trial.sessions import InProcessSession
+
+    wf = load_workflow(QUICKSTART, {"training.epochs": 3, "training.lr_schedule": "cosine", "distillation.alpha": 0.0, "compression": {},
+                                    "output_dir": str(tmp_path)})
+    rates: list[float] = []  # read from each epoch's checkpoint when it is reported (older ones are pruned)
+
+    def on_report(report: dict) -> None:
+        rates.append(load_safe(Path(report["checkpoint_path"]) / "trial_state.pt")["optimizer"]["param_groups"][0]["lr"])
+
+    run_trial({"workflow": wf.to_dict(), "teachers": [], "data": build_data(wf.data), "teacher_cache": None}, InProcessSession(tmp_path, on_report, CPU))
+    assert rates == pytest.approx([epoch_lr(wf.training.lr, "cosine", epoch, 3) for epoch in range(3)])
