@@ -96,6 +96,8 @@ def check_data_and_models(wf: WorkflowConfig) -> None:
     """Build the data splits (files present, options known), check the teacher files against them, build
     each model and the losses once (options, layer names and feature shapes known), so a trial never
     fails on what the workflow says."""
+    import torch
+
     from lepton_ray.data.datasets import build_data
     from lepton_ray.models.zoo import build_model
 
@@ -107,7 +109,10 @@ def check_data_and_models(wf: WorkflowConfig) -> None:
     for field, spec in [("student", wf.student), ("teacher", wf.teacher)] + [(f"extra_teachers.{i}", t) for i, t in enumerate(wf.extra_teachers)]:
         with _option_values(f"{field}.options", f"model {spec.name!r} on inputs {list(data.input_shape)}"):
             models.append(build_model(spec, data.input_shape, data.num_classes, field=field))
-            models[-1](data.train[0][0].unsqueeze(0))
+            logits = models[-1](data.train[0][0].unsqueeze(0))
+        if not isinstance(logits, torch.Tensor) or tuple(logits.shape) != (1, data.num_classes):
+            shape = list(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+            raise ConfigError(f"{field}.name: model {spec.name!r} maps one image to {shape}; it must return logits of shape (N, {data.num_classes})")
     check_losses(wf, models[0], models[1:], data.train[0][0].unsqueeze(0))
 
 
@@ -203,7 +208,11 @@ def fractional_value_inside(low: float, high: float) -> float:
 
 
 def check_parsed(wf: WorkflowConfig) -> None:
-    """The checks that need no files, data or models: registry names and each method's own option checks."""
+    """The checks that need no data or models: the user's code imports, registry names (import paths
+    resolve), and each method's own option checks."""
+    from lepton_ray.user_code import load_user_code
+
+    load_user_code(wf.user_code)
     check_names(wf)
     check_methods(wf)
 

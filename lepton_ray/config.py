@@ -204,6 +204,10 @@ class ExportConfig(_Strict):
 class WorkflowConfig(_Strict):
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
     output_dir: Path = Path("runs")
+    user_code: list[Path] = Field(
+        default_factory=list,
+        description="your .py files or package folders; name their factories as module:attribute (lepton_ray/user_code.py)",
+    )
     data: DataConfig = DataConfig()
     teacher: TeacherConfig
     extra_teachers: list[TeacherConfig] = Field(default_factory=list)
