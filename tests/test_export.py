@@ -7,6 +7,7 @@ A digits `cnn_small` is trained in-process for a few epochs and its weights are 
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections import Counter
 
 import numpy as np
@@ -265,7 +266,7 @@ def test_int8_model_that_loses_accuracy_is_never_registered(student, digits, mlf
     tracker, parent, trials = sweep_runs(wf, accuracy)
     # Calibrating on images 100x too small clips every real activation: a broken int8 model.
     train_images, train_labels = digits.train.tensors
-    corrupt = DataSplits(TensorDataset(train_images * 0.01, train_labels), digits.val, digits.test, digits.num_classes, digits.input_shape)
+    corrupt = dataclasses.replace(digits, train=TensorDataset(train_images * 0.01, train_labels))
     with pytest.raises(ExportError, match=r"int8 model accuracy 0\.\d{4} .* pt below the trial's 0\.\d{4}"):
         select_and_export(wf, trials, 0.99, loader_for(model, 2), corrupt, tracker, parent, tmp_path / "export")
     assert tracker.client.search_model_versions("name = 'digits-student-broken'") == []

@@ -14,6 +14,7 @@ import copy
 import math
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -188,7 +189,7 @@ def trial_data(wf: WorkflowConfig, loop_config: dict[str, Any], device: torch.de
     """The sweep's splits from the object store when it put them there (no per-trial preparation), on `device`."""
     ref = loop_config.get("data")
     data = resolve(ref) if ref is not None else build_data(wf.data)
-    return DataSplits(on_device(data.train, device), on_device(data.val, device), on_device(data.test, device), data.num_classes, data.input_shape)
+    return replace(data, train=on_device(data.train, device), val=on_device(data.val, device), test=on_device(data.test, device))
 
 
 def teacher_source(wf: WorkflowConfig, loop_config: dict[str, Any], device: torch.device) -> Teachers:
