@@ -158,13 +158,15 @@ TRIAL_CALIBRATION_SAMPLES = 64
 
 def _measure_shipped_file(final: nn.Module, data: DataSplits, wf: WorkflowConfig, weight_bits: int) -> dict[str, float]:
     """The int8 ONNX export of a finalized student (the publish step's route, float or quantized), measured:
-    its bytes, gzip bytes and ORT latency (`shipped_cost`), and its accuracy in ORT on the validation split."""
+    its bytes, gzip bytes and ORT latency (`shipped_cost`), and its accuracy in ORT on the validation split.
+    The file carries its input contract as a shipped one does (only the trial and sweep ids are left out)."""
     from lepton_ray.export.int8 import calibration_images, export_int8  # here, not at the top: ORT's quantizer adds ~1 s to every worker's start
+    from lepton_ray.export.metadata import artifact_metadata
     from lepton_ray.export.runtime import onnx_accuracy
 
     images = calibration_images(data.train, TRIAL_CALIBRATION_SAMPLES, wf.data.seed).cpu()
     with tempfile.TemporaryDirectory(prefix="lepton-shipped-") as folder:
-        int8_path = export_int8(final, data.input_shape, images, weight_bits, Path(folder)).int8
+        int8_path = export_int8(final, data.input_shape, images, weight_bits, Path(folder), artifact_metadata(data.contract, wf.name)).int8
         measured = shipped_cost(int8_path, data.input_shape, wf.export.latency_batch_size)
         return {**measured, metrics.INT8_VAL_ACCURACY: onnx_accuracy(int8_path, data.val)}
 
