@@ -218,6 +218,7 @@ def test_cifar_normalisation_uses_the_training_split_without_its_validation_part
             count = 100 if train else 20
             self.data = np.random.default_rng(count).integers(0, 256, (count, 32, 32, 3), dtype=np.uint8)
             self.targets = (np.arange(count) % 10).tolist()
+            self.classes = [f"c{index}" for index in range(10)]
 
     monkeypatch.setattr(torchvision.datasets, "CIFAR10", FakeCIFAR10)
     cfg = DataConfig(name="cifar10", root=tmp_path)

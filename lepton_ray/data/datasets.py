@@ -18,6 +18,7 @@ import torch
 from torch.utils.data import Dataset, Subset, TensorDataset
 
 from lepton_ray.config import DataConfig
+from lepton_ray.data.contract import DataContract
 from lepton_ray.errors import ConfigError, DataError
 from lepton_ray.registry import Registry
 
@@ -30,6 +31,15 @@ class DataSplits:
     num_classes: int
     input_shape: tuple[int, int, int]
     """(channels, height, width) of one sample."""
+    contract: DataContract
+    """How raw inputs become these tensors, and the class names: what the exported files carry."""
+
+    def __post_init__(self) -> None:
+        if tuple(self.contract.input_shape) != tuple(self.input_shape) or len(self.contract.class_names) != self.num_classes:
+            raise DataError(
+                f"DataSplits.contract of {self.contract.dataset!r}: shape {self.contract.input_shape} and {len(self.contract.class_names)} "
+                f"class names, but the splits have {tuple(self.input_shape)} and {self.num_classes} classes; build the contract from the same data"
+            )
 
 
 UNLABELED = -1
@@ -56,6 +66,8 @@ class TensorData:
     test_labels: Any = None
     num_classes: int | None = None
     """Default: the largest label + 1."""
+    class_names: list[str] | None = None
+    """In label order; written into the exported files (default: "0", "1", ...)."""
 
 
 def user_data_factory(load: Callable[..., Any], name: str) -> DataFactory:
@@ -90,9 +102,13 @@ def _splits_of(data: TensorData, cfg: DataConfig, name: str) -> DataSplits:
     num_classes = data.num_classes or largest + 1
     if int(labels.min()) < 0 or largest >= num_classes:
         raise ConfigError(f"data.name: {name} returned labels outside 0..{num_classes - 1}; labels must be class indices")
+    names = data.class_names or [str(index) for index in range(num_classes)]
+    if len(names) != num_classes:
+        raise ConfigError(f"data.name: {name} returned {len(names)} class_names for {num_classes} classes; give one name per class")
+    contract = DataContract.unnormalised(name, tuple(images.shape[1:]), names, f"the images {name} returns, in its units", None, 1.0)
     if test:
-        return _official_test_splits(images, labels, *test, cfg, num_classes)
-    return _tensor_splits(images, labels, cfg, num_classes)
+        return _official_test_splits(images, labels, *test, cfg, contract)
+    return _tensor_splits(images, labels, cfg, contract)
 
 
 def _as_images(values: Any, name: str, what: str) -> torch.Tensor:
@@ -162,38 +178,40 @@ class _HiddenLabels(Dataset):
         return image, UNLABELED if index in self.hidden else label
 
 
-def _tensor_splits(images: torch.Tensor, labels: torch.Tensor, cfg: DataConfig, num_classes: int, normalise: bool = True) -> DataSplits:
+def _tensor_splits(images: torch.Tensor, labels: torch.Tensor, cfg: DataConfig, contract: DataContract, normalise: bool = True) -> DataSplits:
     """Seeded stratified train/val/test out of one pool of images (for sets without an official test split)."""
     train, val, test, hidden = _split_indices(labels.numpy(), cfg, with_test=True)
-    return _assemble(images, labels, train, val, hidden, (images[test], labels[test]), num_classes, normalise)
+    return _assemble(images, labels, train, val, hidden, (images[test], labels[test]), contract, normalise)
 
 
 def _official_test_splits(
     train_images: torch.Tensor, train_labels: torch.Tensor, test_images: torch.Tensor, test_labels: torch.Tensor,
-    cfg: DataConfig, num_classes: int,
+    cfg: DataConfig, contract: DataContract,
 ) -> DataSplits:
     """Seeded stratified train/val carved out of an official training set; the official test set is the test split."""
     train, val, _, hidden = _split_indices(train_labels.numpy(), cfg, with_test=False)
-    return _assemble(train_images, train_labels, train, val, hidden, (test_images, test_labels), num_classes, normalise=True)
+    return _assemble(train_images, train_labels, train, val, hidden, (test_images, test_labels), contract, normalise=True)
 
 
 def _assemble(
     images: torch.Tensor, labels: torch.Tensor, train: np.ndarray, val: np.ndarray, hidden: np.ndarray,
-    test: tuple[torch.Tensor, torch.Tensor], num_classes: int, normalise: bool,
+    test: tuple[torch.Tensor, torch.Tensor], contract: DataContract, normalise: bool,
 ) -> DataSplits:
     """In-memory splits, scaled by the per-channel mean/std of the training split only, so that no
-    validation or test statistic leaks into what the model sees while training."""
+    validation or test statistic leaks into what the model sees while training; the contract records them."""
     split_images = [images[train], images[val], test[0]]
     if normalise:
         mean = split_images[0].mean(dim=(0, 2, 3), keepdim=True)
         std = split_images[0].std(dim=(0, 2, 3), keepdim=True)
         split_images = [(part - mean) / std for part in split_images]
+        contract = contract.with_statistics(mean.flatten().tolist(), std.flatten().tolist())
     return DataSplits(
         TensorDataset(split_images[0], _hide_labels(labels, hidden)[train]),
         TensorDataset(split_images[1], labels[val]),
         TensorDataset(split_images[2], test[1]),
-        num_classes,
+        len(contract.class_names),
         tuple(images.shape[1:]),
+        contract,
     )
 
 
@@ -205,7 +223,10 @@ def digits(cfg: DataConfig) -> DataSplits:
     _options(cfg, {})
     bunch = load_digits()
     images = torch.tensor(bunch.images, dtype=torch.float32).unsqueeze(1) / 16.0
-    return _tensor_splits(images, torch.tensor(bunch.target, dtype=torch.long), cfg, 10)
+    contract = DataContract.unnormalised(
+        "digits", images.shape[1:], [str(name) for name in bunch.target_names], "8x8 grey pixel intensities 0-16 (scikit-learn load_digits().images)", (0, 16), 1 / 16,
+    )
+    return _tensor_splits(images, torch.tensor(bunch.target, dtype=torch.long), cfg, contract)
 
 
 @DATASETS.register("synthetic")
@@ -218,7 +239,10 @@ def synthetic(cfg: DataConfig) -> DataSplits:
     prototypes = torch.randn((num_classes, *shape), generator=generator)
     labels = torch.arange(int(opts["num_samples"])) % num_classes
     noise = torch.randn((len(labels), *shape), generator=generator) * float(opts["noise"])
-    return _tensor_splits(prototypes[labels] + noise, labels, cfg, num_classes, normalise=False)
+    contract = DataContract.unnormalised(
+        "synthetic", shape, [f"class_{index}" for index in range(num_classes)], "generated prototypes plus Gaussian noise, used as they are", None, 1.0,
+    )
+    return _tensor_splits(prototypes[labels] + noise, labels, cfg, contract, normalise=False)
 
 
 def _cifar(cfg: DataConfig, dataset_cls_name: str, num_classes: int) -> DataSplits:
@@ -241,7 +265,12 @@ def _cifar(cfg: DataConfig, dataset_cls_name: str, num_classes: int) -> DataSpli
         images = torch.tensor(ds.data, dtype=torch.float32).permute(0, 3, 1, 2) / 255
         return images, torch.tensor(ds.targets, dtype=torch.long)
 
-    return _official_test_splits(*to_tensors(train_set), *to_tensors(test_set), cfg, num_classes)
+    contract = DataContract.unnormalised(
+        cfg.name, (3, 32, 32), list(train_set.classes), "32x32 RGB pixel values 0-255 (channels first: transpose torchvision's HWC)", (0, 255), 1 / 255,
+    )
+    if len(contract.class_names) != num_classes:
+        raise DataError(f"data.root: {dataset_cls_name} under {str(cfg.root)!r} names {len(contract.class_names)} classes, expected {num_classes}; replace its files")
+    return _official_test_splits(*to_tensors(train_set), *to_tensors(test_set), cfg, contract)
 
 
 @DATASETS.register("cifar10")
@@ -258,6 +287,9 @@ def cifar100(cfg: DataConfig) -> DataSplits:
 
 IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 """The four files of an (Fashion-)MNIST release, each plain or gzipped (`.gz`)."""
+
+FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+"""Zalando's label names, in label order."""
 
 FASHION_MNIST_DEBIAN = Path("/usr/share/datasets/fashion-mnist")
 """Where Debian's `dataset-fashion-mnist` package puts the files; used when `data.root` is not set."""
@@ -305,7 +337,7 @@ def _find_idx(folders: list[Path], name: str) -> Path:
     )
 
 
-def _idx_dataset(cfg: DataConfig, torchvision_name: str, default: Path | None = None) -> DataSplits:
+def _idx_dataset(cfg: DataConfig, torchvision_name: str, class_names: tuple[str, ...], default: Path | None = None) -> DataSplits:
     """(Fashion-)MNIST from idx files in `data.root` or torchvision's `<root>/<Name>/raw`: the official
     60k/10k split, validation carved from train, images (N, 1, 28, 28) in [0, 1] then normalised."""
     _options(cfg, {})
@@ -328,19 +360,20 @@ def _idx_dataset(cfg: DataConfig, torchvision_name: str, default: Path | None = 
         if labels.max(initial=0) >= 10:
             raise DataError(f"data.root: {str(labels_path)!r} has label {labels.max()}, expected 0-9; replace it with the original file")
         tensors += [torch.tensor(images, dtype=torch.float32).unsqueeze(1) / 255, torch.tensor(labels, dtype=torch.long)]
-    return _official_test_splits(*tensors, cfg, 10)
+    contract = DataContract.unnormalised(cfg.name, (1, 28, 28), list(class_names), "28x28 grey pixel values 0-255 (idx file bytes)", (0, 255), 1 / 255)
+    return _official_test_splits(*tensors, cfg, contract)
 
 
 @DATASETS.register("fashion_mnist")
 def fashion_mnist(cfg: DataConfig) -> DataSplits:
     """Zalando's Fashion-MNIST (28x28 grey clothing, 60k train / 10k test, 10 classes); default root: Debian's package folder."""
-    return _idx_dataset(cfg, "FashionMNIST", FASHION_MNIST_DEBIAN)
+    return _idx_dataset(cfg, "FashionMNIST", FASHION_MNIST_CLASSES, FASHION_MNIST_DEBIAN)
 
 
 @DATASETS.register("mnist")
 def mnist(cfg: DataConfig) -> DataSplits:
     """LeCun's MNIST handwritten digits (28x28 grey, 60k train / 10k test, 10 classes)."""
-    return _idx_dataset(cfg, "MNIST")
+    return _idx_dataset(cfg, "MNIST", tuple(str(digit) for digit in range(10)))
 
 
 @DATASETS.register("imagefolder")
@@ -356,14 +389,20 @@ def imagefolder(cfg: DataConfig) -> DataSplits:
     steps = [transforms.Resize((size, size))]
     if channels == 1:
         steps.append(transforms.Grayscale())
-    steps += [transforms.ToTensor(), transforms.Normalize([0.5] * channels, [0.5] * channels)]
+    mean = std = [0.5] * channels  # maps ToTensor's [0, 1] onto [-1, 1]
+    steps += [transforms.ToTensor(), transforms.Normalize(mean, std)]
     try:
         folder = torchvision.datasets.ImageFolder(str(cfg.root), transform=transforms.Compose(steps))
     except (FileNotFoundError, RuntimeError) as err:
         raise DataError(f"data.root: no images under {str(cfg.root)!r} ({err}); expected root/<class>/<image>") from None
     train, val, test, hidden = _split_indices(np.array(folder.targets), cfg, with_test=True)
+    colour = "grey" if channels == 1 else "RGB"
+    contract = DataContract.unnormalised(
+        "imagefolder", (channels, size, size), folder.classes, f"an image file, resized to {size}x{size} (bilinear) and converted to {colour}, pixel values 0-255",
+        (0, 255), 1 / 255,
+    ).with_statistics(mean, std)
     return DataSplits(
         Subset(_HiddenLabels(folder, set(hidden.tolist())), train.tolist()),
         Subset(folder, val.tolist()), Subset(folder, test.tolist()),
-        len(folder.classes), (channels, size, size),
+        len(folder.classes), (channels, size, size), contract,
     )

@@ -13,7 +13,7 @@ from __future__ import annotations
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 import onnx
@@ -26,6 +26,7 @@ from torch.utils.data import Dataset
 
 from lepton_ray.config import MAX_WEIGHT_BITS, ExportConfig
 from lepton_ray.errors import ExportError
+from lepton_ray.export.metadata import stamp
 from lepton_ray.export.onnx_graph import INPUT_NAME, compact_graph, export_fp32_onnx
 from lepton_ray.export.runtime import dataset_images, measure_latency, onnx_accuracy, ort_session
 
@@ -108,15 +109,22 @@ class Int8Files:
     weight_bits: int
     max_weight_code: int
     """Largest |int8 weight code|: at most 2^(b-1)-1 for a b-bit grid."""
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    """The `metadata_props` both files carry (`export/metadata.py`): input contract, class names, provenance."""
 
 
-def export_int8(student: nn.Module, input_shape: tuple[int, ...], calibration_images: torch.Tensor, weight_bits: int, out_dir: Path) -> Int8Files:
+def export_int8(
+    student: nn.Module, input_shape: tuple[int, ...], calibration_images: torch.Tensor, weight_bits: int, out_dir: Path,
+    metadata: Mapping[str, str] | None = None,
+) -> Int8Files:
     """fp32 ONNX -> pre-process -> static QDQ int8 (b-bit weight grid kept), checked; raises ExportError.
 
     `weight_bits` <= 7 declares the student's weights already on that symmetric per-channel grid
     (baked by QAT) and the export fails if they are not; above 7 (a float student) the weights
-    are rounded to `MAX_WEIGHT_BITS` (7).
+    are rounded to `MAX_WEIGHT_BITS` (7). Both files carry `metadata` (`export/metadata.artifact_metadata`:
+    how to preprocess raw inputs, the class names) so a deployer can run them without this code.
     """
+    metadata = dict(metadata or {})
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     fp32_path, int8_path = out_dir / FP32_FILE, out_dir / INT8_FILE
@@ -124,6 +132,8 @@ def export_int8(student: nn.Module, input_shape: tuple[int, ...], calibration_im
         raw = export_fp32_onnx(student.cpu(), input_shape, Path(scratch) / "raw.onnx")
         onnx.save(_strip_metadata(onnx.load(str(raw))), str(raw))
         quant_pre_process(str(raw), str(fp32_path))
+        if metadata:
+            onnx.save(stamp(onnx.load(str(fp32_path)), metadata), str(fp32_path))
         quantized = Path(scratch) / "quantized.onnx"
         images = calibration_images.float().cpu()
         quantize_static(
@@ -132,14 +142,14 @@ def export_int8(student: nn.Module, input_shape: tuple[int, ...], calibration_im
             extra_options={"TensorQuantOverrides": grid_overrides(onnx.load(str(fp32_path)), weight_bits), "QDQDisableWeightAdjustForInt32Bias": True},
         )
         max_code = check_weight_grid(fp32_path, quantized, weight_bits)
-        onnx.save(compact_graph(onnx.load(str(quantized))), str(int8_path))
+        onnx.save(stamp(compact_graph(onnx.load(str(quantized))), metadata), str(int8_path))
         check_same_outputs(quantized, int8_path, images[:COMPACT_CHECK_IMAGES])
     try:
         onnx.checker.check_model(str(int8_path), full_check=True)
     except onnx.checker.ValidationError as err:
         raise ExportError(f"int8 model {int8_path} fails onnx.checker: {str(err).splitlines()[0]}") from None
     check_int8_graph(int8_path)
-    return Int8Files(fp32_path, int8_path, weight_bits, max_code)
+    return Int8Files(fp32_path, int8_path, weight_bits, max_code, metadata)
 
 
 def check_same_outputs(reference: Path, compacted: Path, images: torch.Tensor) -> None:
