@@ -31,6 +31,13 @@ class DataSplits:
     input_shape: tuple[int, int, int]
     """(channels, height, width) of one sample."""
 
+    def summary(self) -> str:
+        """Images per split, classes, input shape: lengths only, no image is read."""
+        return (
+            f"{len(self.train)} train / {len(self.val)} val / {len(self.test)} test images, {self.num_classes} classes, "
+            f"input {'x'.join(map(str, self.input_shape))} (channels x height x width)"
+        )
+
 
 UNLABELED = -1
 """Label of training samples kept as a transfer set without labels (`data.label_fraction` < 1):
