@@ -41,6 +41,13 @@ class DataSplits:
                 f"class names, but the splits have {tuple(self.input_shape)} and {self.num_classes} classes; build the contract from the same data"
             )
 
+    def summary(self) -> str:
+        """Images per split, classes, input shape: lengths only, no image is read."""
+        return (
+            f"{len(self.train)} train / {len(self.val)} val / {len(self.test)} test images, {self.num_classes} classes, "
+            f"input {'x'.join(map(str, self.input_shape))} (channels x height x width)"
+        )
+
 
 UNLABELED = -1
 """Label of training samples kept as a transfer set without labels (`data.label_fraction` < 1):

@@ -15,7 +15,7 @@ from lepton_ray.data.datasets import build_data
 from lepton_ray.errors import StorageFullError, TrackingError, TrialsFailedError
 from lepton_ray.sweep.callbacks import MlflowTrialLogger, close_runs_of_finished_trials, error_line
 from lepton_ray.sweep.paths import SweepPaths, check_storage, sweep_paths
-from lepton_ray.sweep.progress import SweepProgress
+from lepton_ray.sweep.progress import EpochLines, SweepProgress
 from lepton_ray.sweep.results import SweepOutcome, select_export_publish
 from lepton_ray.sweep.search import StudySearcher, finished_count, open_study, sweep_id
 from lepton_ray.sweep.trial_driver import runs_in_process, trial_driver, trial_resources
@@ -131,6 +131,7 @@ def _run_tuner(wf, shared_workflow, space, paths, study, remaining, teachers, da
     callbacks = [
         MlflowTrialLogger(tracker, parent_run_id, sweep_key, shared_workflow, tags, {metrics.TEACHER_TEST_ACCURACY: teachers[0].test_accuracy}),
         SweepProgress(wf.sweep.num_samples if space is not None else 1, (wf.sweep.num_samples if space else 1) - remaining, wf.sweep.cost_metric, log=log),
+        *([EpochLines(wf.training.epochs, log)] if space is None else []),  # `train`: one trial, so its epochs are the progress
     ]
     searcher = StudySearcher(study, space, wf.sweep)
     tuner = tune.Tuner(
