@@ -14,7 +14,7 @@ from lepton_ray.errors import LeptonError
 
 def parse_set(items: list[str]) -> dict[str, Any]:
     """`--set training.epochs=3` -> {"training.epochs": 3}; values are parsed as YAML scalars."""
-    from lepton_ray.config import UniqueKeyLoader
+    from lepton_ray.yaml_input import UniqueKeyLoader
 
     overrides = {}
     for item in items:
