@@ -208,12 +208,12 @@ def fractional_value_inside(low: float, high: float) -> float:
     return low + (high - low) / 3
 
 
-def check_parsed(wf: WorkflowConfig) -> None:
-    """The checks that need no data or models: the user's code imports, registry names (import paths
-    resolve), and each method's own option checks."""
+def check_parsed(wf: WorkflowConfig, on_worker: bool = False) -> None:
+    """The checks that need no data or models: the user's code imports (`on_worker`: from what Ray
+    shipped), registry names (import paths resolve), and each method's own option checks."""
     from lepton_ray.user_code import load_user_code
 
-    load_user_code(wf.user_code)
+    load_user_code(wf.user_code, on_worker)
     check_names(wf)
     check_methods(wf)
 

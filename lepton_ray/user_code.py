@@ -30,16 +30,16 @@ def module_name(path: Path) -> str:
     return path.stem if path.suffix == ".py" else path.name
 
 
-def load_user_code(paths: list[Path], field: str = "user_code") -> None:
-    """Import every `user_code` entry by its name. On a Ray worker the files may not exist at these paths:
-    there Ray's py_modules made the modules importable by name already, which is enough."""
+def load_user_code(paths: list[Path], on_worker: bool = False, field: str = "user_code") -> None:
+    """Import every `user_code` entry by its name. `on_worker`: a Ray worker, where the files may not
+    exist at these paths, and Ray's py_modules made the modules importable by name, which is enough."""
     for index, path in enumerate(paths):
         entry = f"{field}.{index}"
         path = Path(path)
         name = module_name(path)
         if not path.exists():
-            if importlib.util.find_spec(name) is not None:
-                continue  # shipped to this worker by Ray (py_modules) or installed
+            if on_worker and importlib.util.find_spec(name) is not None:
+                continue  # shipped to this worker by Ray (py_modules)
             raise ConfigError(f"{entry}: {str(path)!r} not found; list a .py file or a package folder holding your models or data")
         _import_from(path, name, entry)
 

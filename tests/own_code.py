@@ -102,12 +102,12 @@ def write_project(folder: Path, user: Path, overrides: dict[str, Any] | None = N
     return path
 
 
-def train_state_dict(data, width: int, epochs: int = 60) -> dict[str, torch.Tensor]:
+def train_state_dict(data, width: int, epochs: int = 60, module: str = MODELS_MODULE) -> dict[str, torch.Tensor]:
     """The user's own training: full-batch Adam on the normalised training split; only the weights are saved."""
     import importlib
 
     torch.manual_seed(0)
-    model = importlib.import_module(MODELS_MODULE).TinyNet(data.input_shape, data.num_classes, width=width)
+    model = importlib.import_module(module).TinyNet(data.input_shape, data.num_classes, width=width)
     images, labels = data.train.tensors[:2]
     optimizer = torch.optim.Adam(model.parameters(), lr=0.02)
     for _ in range(epochs):

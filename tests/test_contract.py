@@ -17,7 +17,8 @@ from onnx import TensorProto, helper
 
 from lepton_ray.config import DataConfig
 from lepton_ray.data.contract import DataContract
-from lepton_ray.data.datasets import FASHION_MNIST_CLASSES, IDX_FILES, DataSplits, _split_indices, build_data
+from lepton_ray.data.datasets import FASHION_MNIST_CLASSES, IDX_FILES, DataSplits, build_data
+from lepton_ray.data.splits import split_indices
 from lepton_ray.errors import DataError, ExportError
 from lepton_ray.export.metadata import (
     CLASS_NAMES_KEY, PREPROCESSING_KEY, SWEEP_RUN_KEY, TRIAL_KEY, WORKFLOW_KEY, artifact_metadata, describe, preprocessing, read_metadata, stamp,
@@ -37,7 +38,7 @@ def test_digits_raw_pixels_through_the_contract_are_the_test_tensors_bit_for_bit
 
     cfg = DataConfig()
     data, bunch = build_data(cfg), load_digits()
-    _, _, test, _ = _split_indices(bunch.target, cfg, with_test=True)
+    _, _, test, _ = split_indices(bunch.target, cfg, with_test=True)
     contract = data.contract
     assert (contract.dataset, contract.input_shape, contract.raw_range, contract.scale) == ("digits", (1, 8, 8), (0, 16), 1 / 16)
     assert contract.class_names == tuple("0123456789")

@@ -30,7 +30,8 @@ from lepton_ray.compress.quantize import round_onto_weight_grid
 from lepton_ray.config import (
     DataConfig, ExportConfig, ModelSpec, SelectionConfig, TeacherConfig, TeacherTrainConfig, TrackingConfig, WorkflowConfig, load_workflow,
 )
-from lepton_ray.data.datasets import DataSplits, _split_indices, build_data
+from lepton_ray.data.datasets import DataSplits, build_data
+from lepton_ray.data.splits import split_indices
 from lepton_ray.errors import ExportError
 from lepton_ray.export.int8 import INT8_FILE, CalibrationImages, Int8Checks, calibration_images, check_int8_graph, check_same_outputs, check_weight_grid, export_int8, int8_weights, measure_int8, verify_int8
 from lepton_ray.deploy.publish import FRONT_TAG, RAW_EXAMPLE_FILE
@@ -290,7 +291,7 @@ def raw_digits_test_split() -> tuple[np.ndarray, np.ndarray]:
     from sklearn.datasets import load_digits
 
     bunch = load_digits()
-    _, _, test, _ = _split_indices(bunch.target, DataConfig(), with_test=True)
+    _, _, test, _ = split_indices(bunch.target, DataConfig(), with_test=True)
     return bunch.images[test][:, None], bunch.target[test]
 
 

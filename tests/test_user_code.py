@@ -95,3 +95,27 @@ def test_a_sweep_with_two_ddp_workers_imports_the_users_code_on_every_worker_the
     assert "2/2 done (0 failed" in done.stdout
     export = tmp_path / "runs" / "own_code" / "sweep" / "export"
     assert (export / "student.int8.onnx").is_file() and "registered models:/own-code-student/1" in done.stdout
+
+
+def test_the_readme_example_validates_as_written(tmp_path, monkeypatch, capsys):
+    """The README's "Your own model and data" files, extracted verbatim, with a state_dict the user trained."""
+    import re
+    import shutil
+
+    from own_code import train_state_dict
+    from lepton_ray.user_code import load_user_code
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    files = dict(re.findall(r"```\w+\n# file: (\S+)\n(.*?)```", readme, flags=re.S))
+    assert set(files) == {"my_models.py", "my_data.py", "my_workflow.yaml"}
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    (tmp_path / "search_spaces").mkdir()
+    shutil.copy(Path(__file__).resolve().parents[1] / "search_spaces" / "quickstart.yaml", tmp_path / "search_spaces")
+    monkeypatch.chdir(tmp_path)
+    load_user_code([Path("my_models.py"), Path("my_data.py")])
+    data = build_data(DataConfig(name="my_data:load"))
+    torch.save(train_state_dict(data, width=32, module="my_models"), tmp_path / "my_teacher.pt")
+    assert main(["validate", "my_workflow.yaml"]) == 0
+    out = capsys.readouterr().out
+    assert "is valid" in out and "/ 300 test images, 10 classes" in out  # the data set's own test split

@@ -7,6 +7,7 @@ factory by import path (`data.name: "my_data:load"`) returning a `TensorData`.
 """
 
 from lepton_ray.data.contract import DataContract
-from lepton_ray.data.datasets import DATASETS, DataSplits, TensorData, build_data
+from lepton_ray.data.datasets import DATASETS, DataSplits, build_data
+from lepton_ray.data.user_data import TensorData
 
 __all__ = ["DATASETS", "DataContract", "DataSplits", "TensorData", "build_data"]

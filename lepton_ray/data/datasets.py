@@ -9,129 +9,22 @@ from __future__ import annotations
 
 import gzip
 import zlib
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Subset, TensorDataset
+from torch.utils.data import Subset
 
 from lepton_ray.config import DataConfig
 from lepton_ray.data.contract import DataContract
+from lepton_ray.data.splits import DataSplits, HiddenLabels, official_test_splits, split_indices, tensor_splits
+from lepton_ray.data.user_data import user_data_factory
 from lepton_ray.errors import ConfigError, DataError
 from lepton_ray.registry import Registry
 
 
-@dataclass(frozen=True)
-class DataSplits:
-    train: Dataset
-    val: Dataset
-    test: Dataset
-    num_classes: int
-    input_shape: tuple[int, int, int]
-    """(channels, height, width) of one sample."""
-    contract: DataContract
-    """How raw inputs become these tensors, and the class names: what the exported files carry."""
-
-    def __post_init__(self) -> None:
-        if tuple(self.contract.input_shape) != tuple(self.input_shape) or len(self.contract.class_names) != self.num_classes:
-            raise DataError(
-                f"DataSplits.contract of {self.contract.dataset!r}: shape {self.contract.input_shape} and {len(self.contract.class_names)} "
-                f"class names, but the splits have {tuple(self.input_shape)} and {self.num_classes} classes; build the contract from the same data"
-            )
-
-    def summary(self) -> str:
-        """Images per split, classes, input shape: lengths only, no image is read."""
-        return (
-            f"{len(self.train)} train / {len(self.val)} val / {len(self.test)} test images, {self.num_classes} classes, "
-            f"input {'x'.join(map(str, self.input_shape))} (channels x height x width)"
-        )
-
-
-UNLABELED = -1
-"""Label of training samples kept as a transfer set without labels (`data.label_fraction` < 1):
-distillation losses see them, the hard-label loss skips them."""
-
 DataFactory = Callable[[DataConfig], DataSplits]
-
-
-@dataclass(frozen=True)
-class TensorData:
-    """What your own data factory returns (`data.name: "my_data:load"`, called as `load(**data.options)`).
-
-    `images`: (N, C, H, W) or (N, H, W), any numeric dtype, in your raw units; `labels`: (N,) integers
-    in 0..num_classes-1; tensors or numpy arrays. Give `test_images`/`test_labels` when the data has its
-    own test split. lepton-ray carves validation (and test, when none is given) out of the training
-    images, seeded by `data.seed` and stratified, and normalises every split with the training split's
-    per-channel mean and std. A factory may return a `DataSplits` instead, to choose the splits itself.
-    """
-
-    images: Any
-    labels: Any
-    test_images: Any = None
-    test_labels: Any = None
-    num_classes: int | None = None
-    """Default: the largest label + 1."""
-    class_names: list[str] | None = None
-    """In label order; written into the exported files (default: "0", "1", ...)."""
-
-
-def user_data_factory(load: Callable[..., Any], name: str) -> DataFactory:
-    """Adapts a factory named by import path to the registry's `DataConfig -> DataSplits` contract."""
-
-    def build(cfg: DataConfig) -> DataSplits:
-        try:
-            made = load(**cfg.options)
-        except Exception as err:  # the user's code: whatever it raises is reported in one line
-            reason = (str(err).strip().splitlines() or [""])[0][:200]
-            raise ConfigError(f"data.name: {name} raised {type(err).__name__}: {reason}; fix the factory or data.options") from None
-        if isinstance(made, DataSplits):
-            return made
-        if not isinstance(made, TensorData):
-            raise ConfigError(f"data.name: {name} returned a {type(made).__name__}; return lepton_ray.data.TensorData(images, labels, ...) or DataSplits")
-        return _splits_of(made, cfg, name)
-
-    build.__doc__ = f"Your data factory {name} (TensorData -> seeded, stratified, normalised splits)."
-    return build
-
-
-def _splits_of(data: TensorData, cfg: DataConfig, name: str) -> DataSplits:
-    images, labels = _as_images(data.images, name, "images"), _as_labels(data.labels, name, "labels")
-    has_test = data.test_images is not None or data.test_labels is not None
-    test = (_as_images(data.test_images, name, "test_images"), _as_labels(data.test_labels, name, "test_labels")) if has_test else None
-    for (part_images, part_labels), what in [((images, labels), "images"), *([(test, "test_images")] if test else [])]:
-        if len(part_images) != len(part_labels):
-            raise ConfigError(f"data.name: {name} returned {len(part_images)} {what} but {len(part_labels)} labels; return one label per image")
-    if test and test[0].shape[1:] != images.shape[1:]:
-        raise ConfigError(f"data.name: {name} returned test images of shape {list(test[0].shape[1:])}, training images of {list(images.shape[1:])}; make them match")
-    largest = int(max(labels.max(), test[1].max() if test else 0))
-    num_classes = data.num_classes or largest + 1
-    if int(labels.min()) < 0 or largest >= num_classes:
-        raise ConfigError(f"data.name: {name} returned labels outside 0..{num_classes - 1}; labels must be class indices")
-    names = data.class_names or [str(index) for index in range(num_classes)]
-    if len(names) != num_classes:
-        raise ConfigError(f"data.name: {name} returned {len(names)} class_names for {num_classes} classes; give one name per class")
-    contract = DataContract.unnormalised(name, tuple(images.shape[1:]), names, f"the images {name} returns, in its units", None, 1.0)
-    if test:
-        return _official_test_splits(images, labels, *test, cfg, contract)
-    return _tensor_splits(images, labels, cfg, contract)
-
-
-def _as_images(values: Any, name: str, what: str) -> torch.Tensor:
-    images = torch.as_tensor(np.asarray(values)).float()
-    if images.ndim == 3:
-        images = images.unsqueeze(1)
-    if images.ndim != 4 or len(images) == 0:
-        raise ConfigError(f"data.name: {name} returned {what} of shape {list(images.shape)}; return (N, C, H, W) or (N, H, W) images")
-    return images
-
-
-def _as_labels(values: Any, name: str, what: str) -> torch.Tensor:
-    labels = np.asarray(values)
-    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
-        raise ConfigError(f"data.name: {name} returned {what} of shape {list(labels.shape)} and dtype {labels.dtype}; return (N,) integer class indices")
-    return torch.as_tensor(labels, dtype=torch.long)
 
 
 DATASETS: Registry[DataFactory] = Registry("data set", "data.name", imported=user_data_factory)
@@ -148,80 +41,6 @@ def _options(cfg: DataConfig, allowed: dict[str, object]) -> dict[str, object]:
     return {**allowed, **cfg.options}
 
 
-def _split_indices(labels: np.ndarray, cfg: DataConfig, with_test: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Seeded stratified split into train/val(/test), plus the train indices whose labels are hidden."""
-    from sklearn.model_selection import train_test_split
-
-    indices = np.arange(len(labels))
-    test = np.array([], dtype=int)
-    if with_test:
-        indices, test = train_test_split(indices, test_size=cfg.test_fraction, stratify=labels, random_state=cfg.seed)
-    val_share = cfg.val_fraction / (1 - cfg.test_fraction) if with_test else cfg.val_fraction
-    train, val = train_test_split(indices, test_size=val_share, stratify=labels[indices], random_state=cfg.seed)
-    hidden = np.array([], dtype=int)
-    if cfg.label_fraction < 1:
-        keep = max(int(round(len(train) * cfg.label_fraction)), len(np.unique(labels)))
-        _, hidden = train_test_split(train, train_size=keep, stratify=labels[train], random_state=cfg.seed)
-    return np.sort(train), np.sort(val), np.sort(test), hidden
-
-
-def _hide_labels(labels: torch.Tensor, hidden: np.ndarray) -> torch.Tensor:
-    masked = labels.clone()
-    masked[torch.as_tensor(hidden, dtype=torch.long)] = UNLABELED
-    return masked
-
-
-class _HiddenLabels(Dataset):
-    """Wraps a file-backed data set so that hidden training samples report label -1."""
-
-    def __init__(self, dataset: Dataset, hidden: set[int]) -> None:
-        self.dataset, self.hidden = dataset, hidden
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index: int):
-        image, label = self.dataset[index]
-        return image, UNLABELED if index in self.hidden else label
-
-
-def _tensor_splits(images: torch.Tensor, labels: torch.Tensor, cfg: DataConfig, contract: DataContract, normalise: bool = True) -> DataSplits:
-    """Seeded stratified train/val/test out of one pool of images (for sets without an official test split)."""
-    train, val, test, hidden = _split_indices(labels.numpy(), cfg, with_test=True)
-    return _assemble(images, labels, train, val, hidden, (images[test], labels[test]), contract, normalise)
-
-
-def _official_test_splits(
-    train_images: torch.Tensor, train_labels: torch.Tensor, test_images: torch.Tensor, test_labels: torch.Tensor,
-    cfg: DataConfig, contract: DataContract,
-) -> DataSplits:
-    """Seeded stratified train/val carved out of an official training set; the official test set is the test split."""
-    train, val, _, hidden = _split_indices(train_labels.numpy(), cfg, with_test=False)
-    return _assemble(train_images, train_labels, train, val, hidden, (test_images, test_labels), contract, normalise=True)
-
-
-def _assemble(
-    images: torch.Tensor, labels: torch.Tensor, train: np.ndarray, val: np.ndarray, hidden: np.ndarray,
-    test: tuple[torch.Tensor, torch.Tensor], contract: DataContract, normalise: bool,
-) -> DataSplits:
-    """In-memory splits, scaled by the per-channel mean/std of the training split only, so that no
-    validation or test statistic leaks into what the model sees while training; the contract records them."""
-    split_images = [images[train], images[val], test[0]]
-    if normalise:
-        mean = split_images[0].mean(dim=(0, 2, 3), keepdim=True)
-        std = split_images[0].std(dim=(0, 2, 3), keepdim=True)
-        split_images = [(part - mean) / std for part in split_images]
-        contract = contract.with_statistics(mean.flatten().tolist(), std.flatten().tolist())
-    return DataSplits(
-        TensorDataset(split_images[0], _hide_labels(labels, hidden)[train]),
-        TensorDataset(split_images[1], labels[val]),
-        TensorDataset(split_images[2], test[1]),
-        len(contract.class_names),
-        tuple(images.shape[1:]),
-        contract,
-    )
-
-
 @DATASETS.register("digits")
 def digits(cfg: DataConfig) -> DataSplits:
     """scikit-learn's bundled 8x8 digits (1,797 images, 10 classes), scaled to the training split's zero mean, unit std."""
@@ -233,7 +52,7 @@ def digits(cfg: DataConfig) -> DataSplits:
     contract = DataContract.unnormalised(
         "digits", images.shape[1:], [str(name) for name in bunch.target_names], "8x8 grey pixel intensities 0-16 (scikit-learn load_digits().images)", (0, 16), 1 / 16,
     )
-    return _tensor_splits(images, torch.tensor(bunch.target, dtype=torch.long), cfg, contract)
+    return tensor_splits(images, torch.tensor(bunch.target, dtype=torch.long), cfg, contract)
 
 
 @DATASETS.register("synthetic")
@@ -249,7 +68,7 @@ def synthetic(cfg: DataConfig) -> DataSplits:
     contract = DataContract.unnormalised(
         "synthetic", shape, [f"class_{index}" for index in range(num_classes)], "generated prototypes plus Gaussian noise, used as they are", None, 1.0,
     )
-    return _tensor_splits(prototypes[labels] + noise, labels, cfg, contract, normalise=False)
+    return tensor_splits(prototypes[labels] + noise, labels, cfg, contract, normalise=False)
 
 
 def _cifar(cfg: DataConfig, dataset_cls_name: str, num_classes: int) -> DataSplits:
@@ -277,7 +96,7 @@ def _cifar(cfg: DataConfig, dataset_cls_name: str, num_classes: int) -> DataSpli
     )
     if len(contract.class_names) != num_classes:
         raise DataError(f"data.root: {dataset_cls_name} under {str(cfg.root)!r} names {len(contract.class_names)} classes, expected {num_classes}; replace its files")
-    return _official_test_splits(*to_tensors(train_set), *to_tensors(test_set), cfg, contract)
+    return official_test_splits(*to_tensors(train_set), *to_tensors(test_set), cfg, contract)
 
 
 @DATASETS.register("cifar10")
@@ -368,7 +187,7 @@ def _idx_dataset(cfg: DataConfig, torchvision_name: str, class_names: tuple[str,
             raise DataError(f"data.root: {str(labels_path)!r} has label {labels.max()}, expected 0-9; replace it with the original file")
         tensors += [torch.tensor(images, dtype=torch.float32).unsqueeze(1) / 255, torch.tensor(labels, dtype=torch.long)]
     contract = DataContract.unnormalised(cfg.name, (1, 28, 28), list(class_names), "28x28 grey pixel values 0-255 (idx file bytes)", (0, 255), 1 / 255)
-    return _official_test_splits(*tensors, cfg, contract)
+    return official_test_splits(*tensors, cfg, contract)
 
 
 @DATASETS.register("fashion_mnist")
@@ -402,14 +221,14 @@ def imagefolder(cfg: DataConfig) -> DataSplits:
         folder = torchvision.datasets.ImageFolder(str(cfg.root), transform=transforms.Compose(steps))
     except (FileNotFoundError, RuntimeError) as err:
         raise DataError(f"data.root: no images under {str(cfg.root)!r} ({err}); expected root/<class>/<image>") from None
-    train, val, test, hidden = _split_indices(np.array(folder.targets), cfg, with_test=True)
+    train, val, test, hidden = split_indices(np.array(folder.targets), cfg, with_test=True)
     colour = "grey" if channels == 1 else "RGB"
     contract = DataContract.unnormalised(
         "imagefolder", (channels, size, size), folder.classes, f"an image file, resized to {size}x{size} (bilinear) and converted to {colour}, pixel values 0-255",
         (0, 255), 1 / 255,
     ).with_statistics(mean, std)
     return DataSplits(
-        Subset(_HiddenLabels(folder, set(hidden.tolist())), train.tolist()),
+        Subset(HiddenLabels(folder, set(hidden.tolist())), train.tolist()),
         Subset(folder, val.tolist()), Subset(folder, test.tolist()),
         len(folder.classes), (channels, size, size), contract,
     )
