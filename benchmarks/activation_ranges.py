@@ -139,6 +139,23 @@ def figures(payload: dict[str, Any]) -> list[Figure]:
             for method, values in overall.items() for stat in ("mean", "max")]
 
 
+def verdict_lines(payload: dict[str, Any]) -> list[str]:
+    """Per calibration size: are trained ranges closer by the issue's rule (smaller mean, max not larger), and per-student wins."""
+    overall, lines = payload["overall"], []
+    rows = [row for dataset in payload["datasets"].values() for row in dataset["students"]]
+    for count in payload["calibration_images"]:
+        trained, calibrated = (method_name(route, count) for route in ("trained", "calibrated"))
+        t, c = overall[trained], overall[calibrated]
+        closer = t["mean_abs_diff_points"] < c["mean_abs_diff_points"] and t["max_abs_diff_points"] <= c["max_abs_diff_points"]
+        diffs = [row["methods"][trained]["abs_diff_points"] - row["methods"][calibrated]["abs_diff_points"] for row in rows]
+        lines.append(
+            f"- {count} calibration images: trained ranges {'closer' if closer else 'not closer'} (smaller mean, max not larger): "
+            f"mean {t['mean_abs_diff_points']:.3f} vs {c['mean_abs_diff_points']:.3f} pt, max {t['max_abs_diff_points']:.3f} vs {c['max_abs_diff_points']:.3f} pt; "
+            f"per student trained closer {sum(d < -1e-9 for d in diffs)}, calibrated closer {sum(d > 1e-9 for d in diffs)}, equal {sum(abs(d) <= 1e-9 for d in diffs)}; "
+            f"logit RMSE {t['mean_logit_rmse']:.4f} vs {c['mean_logit_rmse']:.4f}.")
+    return lines
+
+
 def markdown(payload: dict[str, Any]) -> str:
     lines = [
         "# Int8 activation scales: calibrated vs trained ranges", "",
@@ -148,6 +165,7 @@ def markdown(payload: dict[str, Any]) -> str:
         "`calibrated_N`: every activation's scale calibrated on N training images (the export's route; the trial uses 64, "
         "publish 512). `trained_N`: each Conv/Linear input fixed to the range its QAT observer trained with, the rest "
         "calibrated on N images. Compared with the finalized PyTorch student on the test split.", "",
+        *verdict_lines(payload), "",
     ]
     headers = ["method", "mean abs(PyTorch - int8) pt", "sd", "max pt", "argmax agreement", "logit RMSE"]
     for label, summary in [*((name, dataset["summary"]) for name, dataset in payload["datasets"].items()), ("all students", payload["overall"])]:

@@ -4,7 +4,10 @@ The route measured to work on this stack (see STACK.md): fp32 ONNX from `torch.o
 (dynamo, dynamic batch), ORT's `quant_pre_process`, then `quantize_static` in QDQ format with
 per-channel int8 weights and uint8 activations calibrated on training images. Per-channel scale
 overrides put the weights on the student's own b-bit grid, so a 4- or 6-bit student's weights
-survive exactly. The file is then compacted (`onnx_graph.compact_graph`), checked bit-exact against
+survive exactly. Activation scales stay calibrated even for a QAT student: fixing each layer input to the range
+its fake-quant trained with (`input_ranges`) was measured no closer to the PyTorch student over 12 digits and
+Fashion-MNIST students (benchmarks/results/activation_ranges.md: within 1-3 test images either way, larger max
+difference with the trial's 64 images, larger logit RMSE). The file is then compacted (`onnx_graph.compact_graph`), checked bit-exact against
 the quantizer's. `deploy/publish.py` registers a model only after every check passed.
 """
 
