@@ -7,8 +7,8 @@ overrides put the weights on the student's own b-bit grid, so a 4- or 6-bit stud
 survive exactly. Activation scales stay calibrated even for a QAT student: fixing each layer input to the range
 its fake-quant trained with (`input_ranges`) was measured no closer to the PyTorch student over 12 digits and
 Fashion-MNIST students (benchmarks/results/activation_ranges.md: within 1-3 test images either way, larger max
-difference with the trial's 64 images, larger logit RMSE). The file is then compacted (`onnx_graph.compact_graph`), checked bit-exact against
-the quantizer's. `deploy/publish.py` registers a model only after every check passed.
+difference with the trial's 64 images, larger logit RMSE). The file is then compacted (`onnx_graph.compact_graph`),
+checked bit-exact against the quantizer's. `deploy/publish.py` registers a model only after every check passed.
 """
 
 from __future__ import annotations
