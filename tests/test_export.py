@@ -26,14 +26,17 @@ from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from lepton_ray.compress.quantize import round_onto_weight_grid
+from lepton_ray.compress.quantize import ActivationFQ, activation_qparams, install_fake_quant, round_onto_weight_grid, trained_input_ranges
 from lepton_ray.config import (
     DataConfig, ExportConfig, ModelSpec, SelectionConfig, TeacherConfig, TeacherTrainConfig, TrackingConfig, WorkflowConfig, load_workflow,
 )
 from lepton_ray.data.datasets import DataSplits, build_data
 from lepton_ray.data.splits import split_indices
 from lepton_ray.errors import ExportError
-from lepton_ray.export.int8 import INT8_FILE, CalibrationImages, Int8Checks, calibration_images, check_int8_graph, check_same_outputs, check_weight_grid, export_int8, int8_weights, measure_int8, verify_int8
+from lepton_ray.export.int8 import (
+    INT8_FILE, CalibrationImages, Int8Checks, activation_overrides, calibration_images, check_int8_graph, check_same_outputs, check_weight_grid,
+    export_int8, int8_input_qparams, int8_weights, measure_int8, verify_int8,
+)
 from lepton_ray.deploy.publish import FRONT_TAG, RAW_EXAMPLE_FILE
 from lepton_ray.distill.losses import DistillationObjective
 from lepton_ray.models.zoo import build_model
@@ -41,6 +44,7 @@ from lepton_ray.export.metadata import (
     DATASET_KEY, PREPROCESSING_KEY, SWEEP_RUN_KEY, TRIAL_KEY, WORKFLOW_KEY, class_names, preprocessing, read_metadata,
 )
 from lepton_ray.export.onnx_graph import INPUT_NAME, compact_graph
+from lepton_ray.export.runtime import onnx_accuracy
 from lepton_ray.deploy.publish import ExportResult, select_and_export
 from lepton_ray.tracking.tracker import Tracker
 from lepton_ray.data.batches import iterate_batches, train_indices
@@ -169,6 +173,41 @@ def test_float_student_gets_7bit_weights_and_is_refused_as_a_4bit_grid(float_stu
     check_weight_grid(files.fp32, files.int8, 32)
     with pytest.raises(ExportError, match="not on the declared 4-bit grid"):
         check_weight_grid(files.fp32, files.int8, BITS)
+
+
+def observed_input_ranges(model: nn.Module, images: torch.Tensor) -> dict[str, tuple[float, float]]:
+    """Each layer's input range as QAT's activation observers record it on these images (BatchNorm left in eval)."""
+    probe = copy.deepcopy(model).eval()
+    install_fake_quant(probe, BITS, activation_bits=8)
+    for observer in (module for module in probe.modules() if isinstance(module, ActivationFQ)):
+        observer.enabled = True
+        observer.train()
+    with torch.no_grad():
+        for batch in images.split(64):
+            probe(batch)
+    return trained_input_ranges(probe)
+
+
+def test_trained_input_ranges_set_the_int8_input_scales_and_other_layers_stay_calibrated(student, exported, digits, tmp_path):
+    model, trial_accuracy = student
+    images = calibration_images(digits.train, 512, 0)
+    ranges = {layer: span for layer, span in observed_input_ranges(model, images).items() if layer.startswith("features.")}
+    assert set(ranges) == {"features.0.0", "features.1.0"}
+    files = export_int8(model, digits.input_shape, images, BITS, tmp_path, input_ranges=ranges)
+    qparams = int8_input_qparams(files.int8)
+    for layer, (low, high) in ranges.items():
+        scale, zero_point = activation_qparams(torch.tensor(low), torch.tensor(high))
+        assert qparams[layer] == (np.float32(scale.item()), zero_point.item()), layer
+    assert qparams["classifier.1"] == int8_input_qparams(exported.int8)["classifier.1"], "no trained range: calibrated as before"
+    assert abs(onnx_accuracy(files.int8, digits.test) - trial_accuracy) * 100 <= ExportConfig().tolerance
+
+
+def test_input_ranges_naming_an_unknown_layer_or_an_empty_range_fail_with_one_line(exported):
+    fp32 = onnx.load(str(exported.fp32))
+    with pytest.raises(ExportError, match=r"no Conv/Gemm/MatMul with weight '<layer>.weight' .* \['features.9'\]"):
+        activation_overrides(fp32, {"features.9": (0.0, 1.0)})
+    with pytest.raises(ExportError, match=r"input_ranges\['features.1.0'\] = \(1.0, -1.0\) is not a finite \(min, max\)"):
+        activation_overrides(fp32, {"features.1.0": (1.0, -1.0)})
 
 
 def session_outputs(path, images: torch.Tensor, level: ort.GraphOptimizationLevel) -> np.ndarray:
