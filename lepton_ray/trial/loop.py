@@ -22,7 +22,8 @@ import torch
 from torch import nn
 
 from lepton_ray import metrics
-from lepton_ray.compress.cost import shipped_cost, static_cost
+from lepton_ray.compress.cost import static_cost
+from lepton_ray.export.shipped_cost import shipped_cost
 from lepton_ray.compress.pipeline import Compression
 from lepton_ray.config import WorkflowConfig, parse_workflow
 from lepton_ray.data.batches import Batch, augment_view, iterate_batches, on_device, train_indices, world
