@@ -167,11 +167,14 @@ class StudentRun:
         return train_epoch(self.student, self.teachers, self.objective, batches, self.optimizer, self.precision)
 
 
-def train_student(wf: WorkflowConfig, data: DataSplits, teachers: list[torch.nn.Module], teacher_cache: TeacherCache | None = None) -> dict[str, float]:
+def train_student(
+    wf: WorkflowConfig, data: DataSplits, teachers: list[torch.nn.Module], teacher_cache: TeacherCache | None = None, run_folder: Path | None = None,
+) -> dict[str, float]:
     """A whole trial on this process through the trial's own loop (`run_trial` with an in-process session
-    in a scratch folder, no Ray): its last report, i.e. the final metrics, or the diverged epoch's with `diverged: 1`."""
+    in a scratch folder, no Ray): its last report, i.e. the final metrics, or the diverged epoch's with `diverged: 1`.
+    A `run_folder` is kept: its newest checkpoint holds the trial state and the finalized student."""
     reports: list[dict[str, Any]] = []
     loop_config = {"workflow": wf.to_dict(), "teachers": teachers, "data": data, "teacher_cache": teacher_cache}
-    with tempfile.TemporaryDirectory(prefix="lepton-bench-") as folder:
-        run_trial(loop_config, InProcessSession(Path(folder), reports.append, CPU))
+    with tempfile.TemporaryDirectory(prefix="lepton-bench-") as scratch:
+        run_trial(loop_config, InProcessSession(Path(run_folder or scratch), reports.append, CPU))
     return {name: float(value) for name, value in reports[-1].items() if isinstance(value, (int, float))}

@@ -25,7 +25,7 @@ import torch
 
 from benchmarks.common import REPO, RESULTS, Figure, format_table, measured_commit, train_student, write_result
 from lepton_ray import metrics
-from lepton_ray.compress.cost import file_cost
+from lepton_ray.export.shipped_cost import file_cost
 from lepton_ray.config import WorkflowConfig, load_workflow
 from lepton_ray.data.datasets import DataSplits, build_data
 from lepton_ray.deploy.publish import student_loader

@@ -92,10 +92,12 @@ def check_teachers(wf: WorkflowConfig) -> Callable[[Any], None]:
     return fit_the_data
 
 
-def check_data_and_models(wf: WorkflowConfig) -> None:
+def check_data_and_models(wf: WorkflowConfig) -> Any:
     """Build the data splits (files present, options known), check the teacher files against them, build
     each model and the losses once (options, layer names and feature shapes known), so a trial never
-    fails on what the workflow says."""
+    fails on what the workflow says. Returns the splits (`DataSplits`)."""
+    import torch
+
     from lepton_ray.data.datasets import build_data
     from lepton_ray.models.zoo import build_model
 
@@ -107,8 +109,12 @@ def check_data_and_models(wf: WorkflowConfig) -> None:
     for field, spec in [("student", wf.student), ("teacher", wf.teacher)] + [(f"extra_teachers.{i}", t) for i, t in enumerate(wf.extra_teachers)]:
         with _option_values(f"{field}.options", f"model {spec.name!r} on inputs {list(data.input_shape)}"):
             models.append(build_model(spec, data.input_shape, data.num_classes, field=field))
-            models[-1](data.train[0][0].unsqueeze(0))
+            logits = models[-1](data.train[0][0].unsqueeze(0))
+        if not isinstance(logits, torch.Tensor) or tuple(logits.shape) != (1, data.num_classes):
+            shape = list(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+            raise ConfigError(f"{field}.name: model {spec.name!r} maps one image to {shape}; it must return logits of shape (N, {data.num_classes})")
     check_losses(wf, models[0], models[1:], data.train[0][0].unsqueeze(0))
+    return data
 
 
 @contextmanager
@@ -202,8 +208,12 @@ def fractional_value_inside(low: float, high: float) -> float:
     return low + (high - low) / 3
 
 
-def check_parsed(wf: WorkflowConfig) -> None:
-    """The checks that need no files, data or models: registry names and each method's own option checks."""
+def check_parsed(wf: WorkflowConfig, on_worker: bool = False) -> None:
+    """The checks that need no data or models: the user's code imports (`on_worker`: from what Ray
+    shipped), registry names (import paths resolve), and each method's own option checks."""
+    from lepton_ray.user_code import load_user_code
+
+    load_user_code(wf.user_code, on_worker)
     check_names(wf)
     check_methods(wf)
 
@@ -230,14 +240,17 @@ def local_cluster_size() -> tuple[float, float]:
     return float(os.cpu_count() or 1), float(torch.cuda.device_count())
 
 
-def check_workflow(wf: WorkflowConfig, cluster: tuple[float, float] | None = None) -> SearchSpace | None:
+def check_workflow(wf: WorkflowConfig, cluster: tuple[float, float] | None = None, on_data: Callable[[Any], None] | None = None) -> SearchSpace | None:
     """Run every check, before anything is started or written (`validate`, and `train`/`sweep` before Ray
-    and MLflow); returns the parsed search space (None when the workflow names none)."""
+    and MLflow); returns the parsed search space (None when the workflow names none). `on_data` gets the
+    splits the check built (`validate` summarises them without building them twice)."""
     check_parsed(wf)
     check_paths(wf)
     check_tracking(wf)
     check_resources(wf, *(cluster or (None, None)))
-    check_data_and_models(wf)
+    data = check_data_and_models(wf)
+    if on_data is not None:
+        on_data(data)
     space = search_space_for(wf)
     if space is not None:
         check_search_space(wf, space)

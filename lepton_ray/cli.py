@@ -14,7 +14,7 @@ from lepton_ray.errors import LeptonError
 
 def parse_set(items: list[str]) -> dict[str, Any]:
     """`--set training.epochs=3` -> {"training.epochs": 3}; values are parsed as YAML scalars."""
-    from lepton_ray.config import UniqueKeyLoader
+    from lepton_ray.yaml_input import UniqueKeyLoader
 
     overrides = {}
     for item in items:
@@ -31,37 +31,50 @@ def parse_set(items: list[str]) -> dict[str, Any]:
     return overrides
 
 
-def load_checked(args: argparse.Namespace, cluster: tuple[float, float] | None = None):
-    from lepton_ray.checks import check_workflow
+def load_workflow_args(args: argparse.Namespace):
     from lepton_ray.config import load_workflow
 
-    wf = load_workflow(Path(args.workflow), parse_set(args.set))
-    space = check_workflow(wf, cluster)
-    return wf, space
+    return load_workflow(Path(args.workflow), parse_set(args.set))
+
+
+def load_checked(args: argparse.Namespace):
+    from lepton_ray.checks import check_workflow
+
+    wf = load_workflow_args(args)
+    return wf, check_workflow(wf)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    wf, space = load_checked(args, _local_cluster(args))
+    from lepton_ray.checks import check_workflow, local_cluster_size
+    from lepton_ray.cluster.ray_runtime import cluster_address
+
+    wf = load_workflow_args(args)
+    summaries: list[str] = []
+    # Sized to this machine unless RAY_ADDRESS names a cluster to join (Ray checks resources there).
+    space = check_workflow(wf, None if cluster_address() else local_cluster_size(), on_data=lambda data: summaries.append(data.summary()))
     resolved = {"workflow": wf.to_dict(), "search_space": space.model_dump(mode="json") if space else None}
     print(yaml.safe_dump(resolved, sort_keys=False))
     print(f"ok: {args.workflow} is valid")
+    print(f"data: {wf.data.name}, {summaries[0]}")
     return 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from lepton_ray.sweep.api import check_run
     from lepton_ray.sweep.runner import run_sweep
 
-    wf, _ = load_checked(args, _local_cluster(args))
-    _check_cluster_reachable(args)
+    wf = load_workflow_args(args)
+    check_run(wf, args.address, "--address")
     run_sweep(wf, space=None, resume=False, address=args.address)
     return 0
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
+    from lepton_ray.sweep.api import check_run
     from lepton_ray.sweep.runner import run_sweep
 
-    wf, space = load_checked(args, _local_cluster(args))
-    _check_cluster_reachable(args)
+    wf = load_workflow_args(args)
+    space = check_run(wf, args.address, "--address")
     run_sweep(wf, space=space, resume=args.resume, address=args.address, select_and_export=not args.no_export)
     return 0
 
@@ -92,17 +105,28 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
-    from lepton_ray.config import ExportConfig
+    """Tracking URI, experiment, cost and tolerance from the workflow when one is given; the flags override it."""
+    from lepton_ray.config import ExportConfig, SweepConfig, TrackingConfig
     from lepton_ray.tracking.leaderboard import format_table, latest_sweep_run_id, trials_frame
     from lepton_ray.tracking.tracker import Tracker
     from lepton_ray.tracking.uris import tracking_uri
 
-    tracker = Tracker(tracking_uri(args.tracking_uri), args.experiment, create=False)
+    if args.workflow:
+        wf = load_workflow_args(args)
+        tracking, sweep, export = wf.tracking, wf.sweep, wf.export
+    elif args.set:
+        raise UsageError("--set: overrides a workflow's fields; give the WORKFLOW before it, or use --experiment/--tracking-uri")
+    else:
+        tracking, sweep, export = TrackingConfig(experiment=DEFAULT_EXPERIMENT), SweepConfig(), ExportConfig()
+    experiment = args.experiment or tracking.experiment
+    cost = args.cost or sweep.cost_metric
+    tracker = Tracker(tracking_uri(args.tracking_uri or tracking.uri), experiment, create=False)
     parent = args.sweep_run or latest_sweep_run_id(tracker)
     if parent is None:
-        raise LeptonError(f"--experiment: no sweep found in experiment {args.experiment!r}; run `lepton-ray sweep` first or pick another experiment")
-    table = trials_frame(tracker, parent, args.cost, ExportConfig.model_fields["tolerance"].default)
-    print(format_table(table, args.cost, sort=args.sort, pareto_only=args.pareto_only))
+        field = "--experiment" if args.experiment else "tracking.experiment"
+        raise LeptonError(f"{field}: no sweep found in experiment {experiment!r}; run `lepton-ray sweep` first or pick another experiment")
+    table = trials_frame(tracker, parent, cost, export.tolerance)
+    print(format_table(table, cost, sort=args.sort, pareto_only=args.pareto_only, all_columns=args.all_columns))
     for path in filter(None, [args.csv, args.json]):
         shown = table[table["on_front"]] if args.pareto_only else table
         shown.to_csv(path, index=False) if path == args.csv else shown.to_json(path, orient="records", indent=2)
@@ -112,9 +136,8 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
 
 def cmd_submit(args: argparse.Namespace) -> int:
     from lepton_ray.cluster import jobs
-    from lepton_ray.config import load_workflow
 
-    wf = load_workflow(Path(args.workflow), parse_set(args.set))
+    wf = load_workflow_args(args)
     space = jobs.check_for_cluster(wf)
     flags = ["--no-export"] * args.no_export + ["--resume"] * args.resume
     job_id = jobs.submit(wf, space, args.address, flags)
@@ -145,26 +168,23 @@ def cmd_stop(args: argparse.Namespace) -> int:
     return 0
 
 
-def _local_cluster(args: argparse.Namespace) -> tuple[float, float] | None:
-    """Size of the cluster this machine will start; None when joining one (Ray checks it then)."""
-    from lepton_ray.checks import local_cluster_size
-    from lepton_ray.cluster.ray_runtime import cluster_address
+def cmd_list(args: argparse.Namespace) -> int:
+    from lepton_ray.catalog import catalog
 
-    return None if cluster_address(getattr(args, "address", None)) else local_cluster_size()
-
-
-def _check_cluster_reachable(args: argparse.Namespace) -> None:
-    """A cluster to join must answer before the teacher stage and MLflow start (Ray itself would wait, then fail)."""
-    from lepton_ray.cluster.ray_runtime import check_reachable, cluster_address
-
-    address = cluster_address(args.address)
-    if address:
-        check_reachable(address, "--address" if args.address else "RAY_ADDRESS")
+    entries = catalog(args.kind)
+    width = max(len(name) for name, _ in entries)
+    for name, description in entries:
+        print(f"{name:<{width}}  {description}".rstrip())
+    return 0
 
 
-def _workflow_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("workflow", help="workflow YAML file, e.g. workflows/digits_quickstart.yaml")
+def _workflow_args(parser: argparse.ArgumentParser, optional: bool = False) -> None:
+    parser.add_argument("workflow", nargs="?" if optional else None, help="workflow YAML file, e.g. workflows/digits_quickstart.yaml")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a workflow field, e.g. training.epochs=3")
+
+
+DEFAULT_EXPERIMENT = "digits-quickstart"
+"""The experiment `leaderboard` reads without a workflow or --experiment: the quickstart's."""
 
 
 class UsageError(LeptonError):
@@ -180,7 +200,6 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     from lepton_ray import metrics
-    from lepton_ray.config import SweepConfig
 
     parser = _Parser(prog="lepton-ray", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -209,16 +228,22 @@ def build_parser() -> argparse.ArgumentParser:
         _workflow_args(command)
         command.set_defaults(handler=handler)
 
-    board = commands.add_parser("leaderboard", help="print a sweep's trials from MLflow")
-    board.add_argument("--experiment", default="digits-quickstart", help="MLflow experiment name")
-    board.add_argument("--tracking-uri", default="sqlite:///mlflow.db", help="MLflow URI ($MLFLOW_TRACKING_URI wins)")
+    board = commands.add_parser("leaderboard", help="print the latest sweep's trials from MLflow")
+    _workflow_args(board, optional=True)
+    board.add_argument("--experiment", default=None, help=f"MLflow experiment (default: the workflow's tracking.experiment, else {DEFAULT_EXPERIMENT})")
+    board.add_argument("--tracking-uri", default=None, help="MLflow URI (default: the workflow's tracking.uri; $MLFLOW_TRACKING_URI wins)")
     board.add_argument("--sweep-run", default=None, help="parent run id of the sweep (default: the latest sweep)")
-    board.add_argument("--cost", default=SweepConfig.model_fields["cost_metric"].default, choices=metrics.COST_METRICS, help="cost axis of the front")
-    board.add_argument("--sort", default=None, help="column to sort by (accuracy descending, costs ascending)")
+    board.add_argument("--cost", default=None, choices=metrics.COST_METRICS, help="cost axis of the front (default: the workflow's sweep.cost_metric)")
+    board.add_argument("--sort", default=None, help="column to sort by: any column, or accuracy / cost (accuracies descending, the rest ascending)")
+    board.add_argument("--all-columns", action="store_true", help="every figure and the error (default: trial, status, accuracy, cost, searched knobs, on_front)")
     board.add_argument("--pareto-only", action="store_true", help="show only trials on the accuracy/cost front")
     board.add_argument("--csv", default=None, help="also write the table to this CSV file")
     board.add_argument("--json", default=None, help="also write the table to this JSON file")
     board.set_defaults(handler=cmd_leaderboard)
+
+    listing = commands.add_parser("list", help="what is registered: models, losses, datasets, compressors or policies, with one line each")
+    listing.add_argument("kind", help="models, losses, datasets, compressors or policies")
+    listing.set_defaults(handler=cmd_list)
 
     address_help = "Ray dashboard of the cluster, e.g. http://127.0.0.1:8265 (via `ray dashboard cluster.yaml`)"
     submit = commands.add_parser("submit", help="run the sweep on a Ray cluster as a Ray Job")

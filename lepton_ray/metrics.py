@@ -14,6 +14,7 @@ BEST_EPOCH = "best_epoch"
 RESTARTS = "restarts"
 """Times the trial resumed from its own checkpoint (worker failure, driver --resume)."""
 TEACHER_TEST_ACCURACY = "teacher_test_accuracy"
+TEACHER_VAL_ACCURACY = "teacher_val_accuracy"
 EPOCHS_TRAINED = "epochs_trained"
 EPOCHS_REDONE = "epochs_redone"
 """On the sweep run: epochs trained by this driver, and how many of them a trial's run had already logged

@@ -99,3 +99,11 @@ def study_states(study_db: Path) -> list[str]:
             return [state for (state,) in db.execute("SELECT state FROM trials ORDER BY number")]
     except sqlite3.OperationalError:  # tables not created yet
         return []
+
+
+@pytest.fixture(scope="session")
+def own_code(tmp_path_factory) -> Path:
+    """A user's own model and data modules and a teacher state_dict outside the package (tests/own_code.py)."""
+    from own_code import write_user_files
+
+    return write_user_files(tmp_path_factory.mktemp("user"))

@@ -174,7 +174,7 @@ CASES = [
         overrides={"teacher.checkpoint": "{tmp}/notes.txt/teacher.pt", "teacher.train": TRAIN_BLOCK}, files={"notes.txt": b"x"}),
     Bad("extra teacher checkpoint is a folder", "extra_teachers.0.checkpoint: ", overrides={"extra_teachers": [{"name": "cnn_small", "checkpoint": "{tmp}"}]}),
     Bad("teacher file of a bare state_dict", "teacher.checkpoint: ", "train", overrides={"teacher.checkpoint": "{tmp}/mine.pt"}, files={"mine.pt": BARE_STATE_DICT}),
-    Bad("teacher file of an unknown architecture", "teacher.checkpoint: weights do not fit model 'resnet9000'", overrides={"teacher.checkpoint": "{tmp}/mine.pt"},
+    Bad("teacher file of an unknown architecture", "teacher.checkpoint: the file names model 'resnet9000' with options {}, which does not build", overrides={"teacher.checkpoint": "{tmp}/mine.pt"},
         files={"mine.pt": UNKNOWN_ARCHITECTURE}),
     Bad("pruning start past the epochs with no pruning", "compression.pruning.start_epoch: must be < training.epochs=3, got 9", "train",
         overrides={"compression.pruning.start_epoch": 9, "training.epochs": 3}),
@@ -203,7 +203,7 @@ TABLE = [
     Bad("top-level key twice", "key 'training' is given twice", append="training: {epochs: 3}\n"),
     Bad("tracking server unreachable (validate too)", "tracking.uri: cannot reach MLflow at http://127.0.0.1:", overrides={"tracking.uri": "http://127.0.0.1:{port}"}),
     Bad("workflow over 1 MiB", "MiB limit for a YAML config", append="#" * (1 << 20) + "\n"),
-    Bad("user's own teacher file next to a train block", "lacks 'model', 'options', 'input_shape', 'num_classes', 'state_dict'); lepton-ray never overwrites it",
+    Bad("user's own state_dict of another architecture next to a train block", "teacher.checkpoint: the weights do not fit model 'cnn_large' with options",
         overrides={"teacher.checkpoint": "{tmp}/mine.pt", "teacher.train": TRAIN_BLOCK}, files={"mine.pt": BARE_STATE_DICT}),
 ]
 CASES += [replace(case, name=f"{case.name} [{command}]", command=command) for case in TABLE for command in ("validate", "train")]

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from lepton_ray.compress.pipeline import Compression
-from lepton_ray.compress.quantize import ActivationFQ, WeightFQ
+from lepton_ray.compress.quantize import INPUT_QUANT, ActivationFQ, QuantizationAwareTraining, WeightFQ, trained_input_ranges
 from lepton_ray.config import CompressionConfig, PruningConfig, QuantizationConfig
 from lepton_ray.compress.cost import weight_tensors
 from lepton_ray.errors import ConfigError
@@ -106,3 +106,16 @@ def test_default_qat_start_is_two_thirds_of_the_epochs():
 def test_qat_start_past_the_run_is_a_config_error_naming_the_field():
     with pytest.raises(ConfigError, match="compression.quantization.start_epoch"):
         Compression(CompressionConfig(quantization=QuantizationConfig(bits=7, start_epoch=5)), 5)
+
+
+def test_trained_input_ranges_are_the_observers_of_layers_that_saw_data_and_empty_for_a_float_student():
+    model = cnn_small(SHAPE, 3)
+    assert trained_input_ranges(model) == {}
+    qat = QuantizationAwareTraining(QuantizationConfig(bits=4), epochs=3)
+    qat.prepare(model, torch.zeros(2, *SHAPE))
+    qat.on_epoch_start(model, 2)
+    assert trained_input_ranges(model) == {}, "no observer has seen data yet"
+    model.train()(torch.randn(4, *SHAPE))
+    observers = {name: getattr(layer, INPUT_QUANT) for name, layer in model.named_modules() if hasattr(layer, INPUT_QUANT)}
+    assert trained_input_ranges(model) == {name: (q.min_val.item(), q.max_val.item()) for name, q in observers.items()}
+    assert len(observers) == 3 and trained_input_ranges(qat.finalize(model)) == {}

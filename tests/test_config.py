@@ -9,6 +9,7 @@ import yaml
 
 from lepton_ray.cli import main
 from lepton_ray.config import apply_overrides, load_workflow, parse_search_space
+from lepton_ray.data.datasets import build_data
 from lepton_ray.errors import ConfigError
 
 from conftest import QUICKSTART, REPO
@@ -129,12 +130,16 @@ def test_set_overrides_reach_nested_fields_and_list_items():
         apply_overrides({"distillation": {"losses": [{}]}}, {"distillation.losses.5.name": "kd"})
 
 
-def test_validate_prints_the_resolved_config(capsys, write_workflow, teacher_checkpoint):
-    assert main(["validate", str(write_workflow({"teacher.checkpoint": str(teacher_checkpoint)}))]) == 0
+def test_validate_prints_the_resolved_config_and_the_size_of_each_data_split(capsys, write_workflow, teacher_checkpoint):
+    path = write_workflow({"teacher.checkpoint": str(teacher_checkpoint)})
+    assert main(["validate", str(path)]) == 0
     out = capsys.readouterr().out
     resolved = yaml.safe_load(out.split("ok:")[0])
     assert resolved["workflow"]["training"]["optimizer"] == "adam"
     assert "distillation.temperature" in resolved["search_space"]["params"]
+    data = build_data(load_workflow(path).data)
+    assert (len(data.train), len(data.val), len(data.test)) == (1167, 270, 360)
+    assert out.strip().splitlines()[-1] == "data: digits, 1167 train / 270 val / 360 test images, 10 classes, input 1x8x8 (channels x height x width)"
 
 
 def test_every_shipped_workflow_and_search_space_parses():

@@ -13,7 +13,8 @@ from torch import nn
 from lepton_ray import metrics
 from lepton_ray.compress.pipeline import Compression
 from lepton_ray.config import CompressionConfig, DataConfig, ModelSpec, PruningConfig
-from lepton_ray.compress.cost import count_macs, file_cost, latency_cost, median_and_iqr, shipped_cost, static_cost
+from lepton_ray.compress.cost import count_macs, static_cost
+from lepton_ray.export.shipped_cost import file_cost, latency_cost, median_and_iqr, shipped_cost
 from lepton_ray.compress.quantize import round_onto_weight_grid
 from lepton_ray.data.datasets import DataSplits, build_data
 from lepton_ray.export.int8 import calibration_images, export_int8

@@ -15,7 +15,8 @@ import torch
 
 from lepton_ray.data import datasets as data_module
 from lepton_ray.config import DataConfig
-from lepton_ray.data.datasets import IDX_FILES, UNLABELED, _split_indices, build_data
+from lepton_ray.data.datasets import IDX_FILES, build_data
+from lepton_ray.data.splits import UNLABELED, split_indices
 from lepton_ray.errors import ConfigError, DataError
 
 NUM_TRAIN, NUM_TEST = 100, 20
@@ -44,7 +45,7 @@ def write_release(folder: Path, gz: bool, seed: int = 0) -> dict[str, np.ndarray
 
 def train_statistics_reference(train_images: torch.Tensor, train_labels: np.ndarray, cfg: DataConfig):
     """Split indices and per-channel mean/std over exactly the training split, computed independently."""
-    train, val, _, _ = _split_indices(train_labels, cfg, with_test=False)
+    train, val, _, _ = split_indices(train_labels, cfg, with_test=False)
     pool = train_images[train]
     return train, val, pool.mean(dim=(0, 2, 3), keepdim=True), pool.std(dim=(0, 2, 3), keepdim=True)
 
@@ -218,6 +219,7 @@ def test_cifar_normalisation_uses_the_training_split_without_its_validation_part
             count = 100 if train else 20
             self.data = np.random.default_rng(count).integers(0, 256, (count, 32, 32, 3), dtype=np.uint8)
             self.targets = (np.arange(count) % 10).tolist()
+            self.classes = [f"c{index}" for index in range(10)]
 
     monkeypatch.setattr(torchvision.datasets, "CIFAR10", FakeCIFAR10)
     cfg = DataConfig(name="cifar10", root=tmp_path)

@@ -1,4 +1,5 @@
-"""Int8 export in ONNX Runtime: integer kernels, the b-bit grid kept exactly, accuracy guard, MLflow publishing.
+"""Int8 export in ONNX Runtime: integer kernels, the b-bit grid kept exactly, accuracy guard, MLflow publishing,
+and the artifact contract (the published files run on raw inputs from their own metadata).
 
 A digits `cnn_small` is trained in-process for a few epochs and its weights are rounded onto a
 4-bit per-channel grid here, as a QAT trial would bake them.
@@ -7,7 +8,12 @@ A digits `cnn_small` is trained in-process for a few epochs and its weights are 
 from __future__ import annotations
 
 import copy
+import dataclasses
+import json
+import re
 from collections import Counter
+from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import onnx
@@ -20,18 +26,26 @@ from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from lepton_ray.compress.quantize import round_onto_weight_grid
+from lepton_ray.compress.quantize import ActivationFQ, activation_qparams, install_fake_quant, round_onto_weight_grid, trained_input_ranges
 from lepton_ray.config import (
     DataConfig, ExportConfig, ModelSpec, SelectionConfig, TeacherConfig, TeacherTrainConfig, TrackingConfig, WorkflowConfig, load_workflow,
 )
 from lepton_ray.data.datasets import DataSplits, build_data
+from lepton_ray.data.splits import split_indices
 from lepton_ray.errors import ExportError
-from lepton_ray.export.int8 import CalibrationImages, Int8Checks, calibration_images, check_int8_graph, check_same_outputs, check_weight_grid, export_int8, int8_weights, measure_int8, verify_int8
-from lepton_ray.deploy.publish import FRONT_TAG
+from lepton_ray.export.int8 import (
+    INT8_FILE, CalibrationImages, Int8Checks, activation_overrides, calibration_images, check_int8_graph, check_same_outputs, check_weight_grid,
+    export_int8, int8_input_qparams, int8_weights, measure_int8, verify_int8,
+)
+from lepton_ray.deploy.publish import FRONT_TAG, RAW_EXAMPLE_FILE
 from lepton_ray.distill.losses import DistillationObjective
 from lepton_ray.models.zoo import build_model
+from lepton_ray.export.metadata import (
+    DATASET_KEY, PREPROCESSING_KEY, SWEEP_RUN_KEY, TRIAL_KEY, WORKFLOW_KEY, class_names, preprocessing, read_metadata,
+)
 from lepton_ray.export.onnx_graph import INPUT_NAME, compact_graph
-from lepton_ray.deploy.publish import select_and_export
+from lepton_ray.export.runtime import onnx_accuracy
+from lepton_ray.deploy.publish import ExportResult, select_and_export
 from lepton_ray.tracking.tracker import Tracker
 from lepton_ray.data.batches import iterate_batches, train_indices
 from lepton_ray.trial.epoch import Precision, evaluate, train_epoch
@@ -161,6 +175,41 @@ def test_float_student_gets_7bit_weights_and_is_refused_as_a_4bit_grid(float_stu
         check_weight_grid(files.fp32, files.int8, BITS)
 
 
+def observed_input_ranges(model: nn.Module, images: torch.Tensor) -> dict[str, tuple[float, float]]:
+    """Each layer's input range as QAT's activation observers record it on these images (BatchNorm left in eval)."""
+    probe = copy.deepcopy(model).eval()
+    install_fake_quant(probe, BITS, activation_bits=8)
+    for observer in (module for module in probe.modules() if isinstance(module, ActivationFQ)):
+        observer.enabled = True
+        observer.train()
+    with torch.no_grad():
+        for batch in images.split(64):
+            probe(batch)
+    return trained_input_ranges(probe)
+
+
+def test_trained_input_ranges_set_the_int8_input_scales_and_other_layers_stay_calibrated(student, exported, digits, tmp_path):
+    model, trial_accuracy = student
+    images = calibration_images(digits.train, 512, 0)
+    ranges = {layer: span for layer, span in observed_input_ranges(model, images).items() if layer.startswith("features.")}
+    assert set(ranges) == {"features.0.0", "features.1.0"}
+    files = export_int8(model, digits.input_shape, images, BITS, tmp_path, input_ranges=ranges)
+    qparams = int8_input_qparams(files.int8)
+    for layer, (low, high) in ranges.items():
+        scale, zero_point = activation_qparams(torch.tensor(low), torch.tensor(high))
+        assert qparams[layer] == (np.float32(scale.item()), zero_point.item()), layer
+    assert qparams["classifier.1"] == int8_input_qparams(exported.int8)["classifier.1"], "no trained range: calibrated as before"
+    assert abs(onnx_accuracy(files.int8, digits.test) - trial_accuracy) * 100 <= ExportConfig().tolerance
+
+
+def test_input_ranges_naming_an_unknown_layer_or_an_empty_range_fail_with_one_line(exported):
+    fp32 = onnx.load(str(exported.fp32))
+    with pytest.raises(ExportError, match=r"no Conv/Gemm/MatMul with weight '<layer>.weight' .* \['features.9'\]"):
+        activation_overrides(fp32, {"features.9": (0.0, 1.0)})
+    with pytest.raises(ExportError, match=r"input_ranges\['features.1.0'\] = \(1.0, -1.0\) is not a finite \(min, max\)"):
+        activation_overrides(fp32, {"features.1.0": (1.0, -1.0)})
+
+
 def session_outputs(path, images: torch.Tensor, level: ort.GraphOptimizationLevel) -> np.ndarray:
     options = ort.SessionOptions()
     options.graph_optimization_level = level
@@ -232,18 +281,33 @@ def loader_for(model: nn.Module, trial: int):
     return load_student
 
 
-def test_select_and_export_publishes_the_picked_trial_as_champion(student, digits, mlflow_uri, tmp_path):
-    import mlflow.pyfunc
+class Champion(NamedTuple):
+    wf: WorkflowConfig
+    tracker: Tracker
+    parent: str
+    trials: pd.DataFrame
+    result: ExportResult
 
+
+@pytest.fixture(scope="module")
+def champion(student, digits, mlflow_uri, tmp_path_factory) -> Champion:
+    """The knee trial of a made-up sweep, exported, verified and published once for the tests below."""
     model, accuracy = student
+    tmp_path = tmp_path_factory.mktemp("champion")
     wf = workflow(tmp_path, mlflow_uri, "digits-student", SelectionConfig(policy="knee"))
     tracker, parent, trials = sweep_runs(wf, accuracy)
     result = select_and_export(wf, trials, 0.99, loader_for(model, 2), digits, tracker, parent, tmp_path / "export")
+    return Champion(wf, tracker, parent, trials, result)
 
+
+def test_select_and_export_publishes_the_picked_trial_as_champion(champion, digits):
+    import mlflow.pyfunc
+
+    tracker, parent, trials, result = champion.tracker, champion.parent, champion.trials, champion.result
     assert result.selection.trial == 2
-    champion = tracker.client.get_model_version_by_alias("digits-student", "champion")
-    assert str(champion.version) == result.published.version == "1"
-    assert champion.tags["lepton.trial"] == "2"
+    champion_version = tracker.client.get_model_version_by_alias("digits-student", "champion")
+    assert str(champion_version.version) == result.published.version == "1"
+    assert champion_version.tags["lepton.trial"] == "2"
     assert [m.source_run_id for m in tracker.client.search_logged_models([tracker.experiment_id])] == [parent]
     loaded = mlflow.pyfunc.load_model("models:/digits-student@champion")
     images = digits.test.tensors[0][:8].numpy()
@@ -259,13 +323,73 @@ def test_select_and_export_publishes_the_picked_trial_as_champion(student, digit
     assert result.plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+# ---- the artifact contract: a deployer runs the champion from its metadata alone ----------------
+
+def raw_digits_test_split() -> tuple[np.ndarray, np.ndarray]:
+    """The test split as scikit-learn ships it (N, 1, 8, 8 pixel values 0-16) and its labels."""
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    _, _, test, _ = split_indices(bunch.target, DataConfig(), with_test=True)
+    return bunch.images[test][:, None], bunch.target[test]
+
+
+def run_as_the_report_says(report: str, model_file: Path, raw: np.ndarray) -> list[str]:
+    """Execute the report's onnxruntime snippet, which reads only the file's metadata, on `raw`."""
+    code = re.search(r"```python\n(.*?)```", report, re.S).group(1)
+    assert f'"{INT8_FILE}"' in code
+    namespace = {"raw": raw}
+    exec(code.replace(f'"{INT8_FILE}"', repr(str(model_file))), namespace)
+    return namespace["predicted"]
+
+
+def test_the_champions_files_run_on_raw_digits_from_their_metadata_alone_score_what_the_export_measured(champion, digits):
+    raw, labels = raw_digits_test_split()
+    assert raw.min() == 0 and raw.max() == 16 and np.array_equal(labels, digits.test.tensors[1].numpy())
+    report, files, checks = champion.result.report.read_text(), champion.result.files, champion.result.checks
+    for path, reported in ((files.int8, checks.int8_accuracy), (files.fp32, checks.fp32_accuracy)):
+        predicted = run_as_the_report_says(report, path, raw)
+        measured = ort.InferenceSession(str(path)).run(None, {INPUT_NAME: digits.test.tensors[0].numpy()})[0].argmax(axis=1)
+        assert predicted == [str(index) for index in measured], f"{path.name}: not the predictions the export measured"
+        assert np.mean(np.array(predicted) == labels.astype(str)) == pytest.approx(reported, abs=1e-12)
+
+
+def test_the_registered_champion_carries_a_description_signature_input_examples_and_its_contract_as_tags(champion, digits, tmp_path):
+    import mlflow
+    from mlflow.models import Model
+
+    version = champion.tracker.client.get_model_version_by_alias("digits-student", "champion")
+    file_metadata = read_metadata(champion.result.files.int8)
+    assert {key: version.tags.get(key) for key in file_metadata} == file_metadata
+    assert (file_metadata[DATASET_KEY], file_metadata[WORKFLOW_KEY], file_metadata[TRIAL_KEY], file_metadata[SWEEP_RUN_KEY]) == (
+        "digits", "digits-export", "2", champion.parent)
+    assert class_names(file_metadata) == [str(digit) for digit in range(10)]
+    assert "(raw * 0.0625 - mean[c]) / std[c]" in version.description and PREPROCESSING_KEY in version.description
+    assert f"extra_files/{RAW_EXAMPLE_FILE}" in version.description
+
+    local = Path(mlflow.artifacts.download_artifacts(f"models:/digits-student/{version.version}", dst_path=str(tmp_path)))
+    model = Model.load(str(local))
+    assert [(spec.type, spec.shape) for spec in model.signature.inputs.inputs] == [(np.dtype(np.float32), (-1, 1, 8, 8))]
+    assert [spec.shape for spec in model.signature.outputs.inputs] == [(-1, 10)]
+    assert read_metadata(local / "model.onnx") == file_metadata
+    example = np.asarray(model.load_input_example(str(local)))
+    assert np.array_equal(example, digits.test.tensors[0][:1].numpy()), "the logged example is model-ready"
+    raw_example = json.loads((local / "extra_files" / RAW_EXAMPLE_FILE).read_text())
+    raw = np.array(raw_example["raw"])
+    assert raw.dtype.kind == "i" and raw.shape == (1, 1, 8, 8) and 0 <= raw.min() and raw.max() <= 16
+    assert raw_example["label"] == str(int(digits.test.tensors[1][0]))
+    prep = preprocessing(file_metadata)
+    model_input = (raw.astype(np.float32) * np.float32(prep["scale"]) - np.float32(prep["mean"])) / np.float32(prep["std"])
+    assert np.array_equal(model_input, example), "the raw example maps onto the logged example through the contract"
+
+
 def test_int8_model_that_loses_accuracy_is_never_registered(student, digits, mlflow_uri, tmp_path):
     model, accuracy = student
     wf = workflow(tmp_path, mlflow_uri, "digits-student-broken", SelectionConfig(policy="max_accuracy_under_cost", options={"budget": 5_000}))
     tracker, parent, trials = sweep_runs(wf, accuracy)
     # Calibrating on images 100x too small clips every real activation: a broken int8 model.
     train_images, train_labels = digits.train.tensors
-    corrupt = DataSplits(TensorDataset(train_images * 0.01, train_labels), digits.val, digits.test, digits.num_classes, digits.input_shape)
+    corrupt = dataclasses.replace(digits, train=TensorDataset(train_images * 0.01, train_labels))
     with pytest.raises(ExportError, match=r"int8 model accuracy 0\.\d{4} .* pt below the trial's 0\.\d{4}"):
         select_and_export(wf, trials, 0.99, loader_for(model, 2), corrupt, tracker, parent, tmp_path / "export")
     assert tracker.client.search_model_versions("name = 'digits-student-broken'") == []

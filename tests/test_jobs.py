@@ -28,6 +28,7 @@ from lepton_ray.cli import main
 from lepton_ray.config import load_search_space, load_workflow
 from lepton_ray.cluster.jobs import SPACE_FILE, WORKFLOW_FILE, check_for_cluster, local_store_path, stage_job
 
+from own_code import write_project
 from test_sweep import TINY
 
 BIN = Path(sys.executable).parent
@@ -207,6 +208,16 @@ def test_submitted_sweep_succeeds_on_the_head_and_its_trials_are_in_mlflow(ray_h
     # The trials ran on our head, not on a cluster the job started by itself: their Tune actors logged there.
     worker_logs = ray_head.temp_dir.glob("session_*/logs/worker-*.out")
     assert any(b":actor_name:trial_driver" in log.read_bytes() for log in worker_logs)
+
+
+@pytest.mark.ray
+def test_a_users_own_code_travels_with_the_job_and_its_ddp_workers_on_the_head_import_it(ray_head, tmp_path, own_code):
+    """Student and data factory from the user's files, teacher from their state_dict: staged into the job,
+    then shipped by the job's driver to its 2 DDP workers per trial (runtime_env py_modules)."""
+    path = write_project(tmp_path, own_code, {"training.epochs": 1})
+    done = cli(ray_head, "submit", str(path), "--address", ray_head.address, "--follow", "--no-export", timeout=400)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    assert "2/2 done (0 failed" in done.stdout and "SUCCEEDED" in done.stdout
 
 
 @pytest.mark.ray

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import ast
 import importlib
+import inspect
 import re
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -204,3 +207,19 @@ def test_the_public_entry_points_import_from_their_documented_paths():
 
     assert {"digits", "synthetic"} <= set(DATASETS.names()) and "cnn_small" in MODELS.names() and "kd" in LOSSES.names()
     assert "knee" in POLICIES.names() and COMPRESSORS and callable(select) and callable(export_int8) and callable(run_sweep)
+
+
+def test_importing_lepton_ray_loads_neither_ray_nor_torch():
+    """Notebook users import the package before they call it; the sweep's imports come on first use."""
+    code = "import sys, lepton_ray; print(sorted({'ray', 'torch', 'mlflow'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=PACKAGE.parent, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_lepton_ray_sweep_is_callable_with_the_entry_points_signature_and_still_the_sweep_package():
+    from lepton_ray.sweep.api import dotted_overrides, sweep
+    from lepton_ray.sweep.runner import run_sweep
+
+    assert callable(lepton_ray.sweep) and inspect.signature(lepton_ray.sweep) == inspect.signature(sweep)
+    assert lepton_ray.sweep.run_sweep is run_sweep and importlib.import_module("lepton_ray.sweep") is lepton_ray.sweep
+    assert dotted_overrides({"training__epochs": 2, "distillation__losses__0__weight": 0.5}) == {"training.epochs": 2, "distillation.losses.0.weight": 0.5}

@@ -8,7 +8,8 @@ import torch
 
 from lepton_ray.data.batches import AugmentView, iterate_batches
 from lepton_ray.config import DataConfig, ModelSpec
-from lepton_ray.data.datasets import UNLABELED, build_data
+from lepton_ray.data.datasets import build_data
+from lepton_ray.data.splits import UNLABELED
 from lepton_ray.models.zoo import MODELS, build_model
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -21,25 +22,33 @@ from test_sweep import TINY
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _pids() -> set[int]:
-    return {int(name) for name in os.listdir("/proc") if name.isdigit()}
+OWNER_VAR = "LEPTON_TEST_OWNER"
+"""Set in the drivers this test starts; Ray's daemons and workers inherit it, so the test kills only its own."""
 
 
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
+def _owned(marker: str) -> list[int]:
+    owned = []
+    for name in os.listdir("/proc"):
+        if name.isdigit() and int(name) != os.getpid():
+            try:
+                if f"{OWNER_VAR}={marker}".encode() in Path(f"/proc/{name}/environ").read_bytes().split(b"\0"):
+                    owned.append(int(name))
+            except OSError:
+                pass  # gone, or not ours to read
+    return owned
 
 
-def _kill_new_ray_processes(before: set[int]) -> None:
-    """Ray daemons the killed driver started (they can outlive it): killed by PID, nothing else."""
-    for pid in _pids() - before:
-        if "ray" in _cmdline(pid) and pid != os.getpid():
+def _kill_owned(marker: str, timeout_s: float = 60) -> None:
+    """Ray daemons the killed driver started (they can outlive it): killed until none is left, nothing else
+    (a benchmark or another test's Ray on the same machine keeps running)."""
+    deadline = time.monotonic() + timeout_s
+    while (pids := _owned(marker)) and time.monotonic() < deadline:
+        for pid in pids:
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+        time.sleep(0.2)
 
 
 def _sweep_command(workflow: Path, *extra: str) -> list[str]:
@@ -55,9 +64,9 @@ def test_killed_driver_resumes_to_exactly_num_samples_with_one_run_per_trial(wri
     workflow = write_workflow({**TINY, **slower, "sweep.num_samples": num_samples})
     wf = load_workflow(workflow)
     study_db = wf.run_dir / "sweep" / "study.db"
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    marker = secrets.token_hex(8)
+    env = {**os.environ, "PYTHONPATH": str(REPO), OWNER_VAR: marker}
 
-    before = _pids()
     driver_log = tmp_path / "driver.log"
     with driver_log.open("w") as log:
         driver = subprocess.Popen(_sweep_command(workflow), cwd=tmp_path, env=env, start_new_session=True, stdout=log, stderr=subprocess.STDOUT)
@@ -74,16 +83,14 @@ def test_killed_driver_resumes_to_exactly_num_samples_with_one_run_per_trial(wri
     finally:
         os.killpg(driver.pid, signal.SIGKILL)
         driver.wait()
-        time.sleep(2)
-        _kill_new_ray_processes(before)
+        _kill_owned(marker)
     interrupted = study_states(study_db)
     assert "RUNNING" in interrupted and len(interrupted) < num_samples + 1
 
-    before = _pids()
     try:
         resumed = subprocess.run(_sweep_command(workflow, "--resume"), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=420)
     finally:
-        _kill_new_ray_processes(before)
+        _kill_owned(marker)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
 
     assert study_states(study_db) == ["COMPLETE"] * num_samples

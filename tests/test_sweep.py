@@ -8,11 +8,13 @@ import mlflow
 import optuna
 import pytest
 
+import lepton_ray
 from lepton_ray import metrics
 from lepton_ray.checks import check_workflow
 from lepton_ray.cli import main
 from lepton_ray.config import load_workflow
 from lepton_ray.tracking.leaderboard import trials_frame
+from lepton_ray.sweep.results import SweepOutcome
 from lepton_ray.sweep.runner import run_sweep
 from lepton_ray.tracking.tracker import ERROR_TAG, PARENT_TAG, Tracker
 
@@ -26,6 +28,7 @@ TINY = {
     "training.epochs": 2,
     "sweep.num_samples": 3,
     "export.calibration_samples": 64,
+    "export.tolerance": 3.5,  # 60 test images: one is 1.67 pt, so 1.0 would refuse any single flip of the int8 grid
 }
 
 
@@ -74,6 +77,13 @@ def test_small_sweep_logs_children_matches_leaderboard_and_records_failing_trial
     study = optuna.load_study(study_name="sweep", storage=f"sqlite:///{outcome.paths.study}")
     assert [t.state.name for t in study.trials] == ["FAIL", "FAIL", "COMPLETE", "COMPLETE"]
 
+    # `lepton-ray leaderboard WORKFLOW`: the same sweep read back through the workflow's tracking settings.
+    capsys.readouterr()
+    assert main(["leaderboard", str(path), "--sort", "accuracy"]) == 0
+    header, *rows = [line.split() for line in capsys.readouterr().out.splitlines() if line and not line.startswith("(")]
+    assert header[:4] == ["trial", "status", metrics.TEST_ACCURACY, wf.sweep.cost_metric] and "training.lr" in header
+    assert [row[1] for row in rows] == ["finished", "finished", "failed", "failed"], "most accurate first, failed trials last"
+
     # `select` and `export` on the finished sweep: the pick's own checkpoint (with its own knobs) is
     # rebuilt, exported to int8, verified in ONNX Runtime and registered as champion.
     assert main(["select", str(path)]) == 0
@@ -85,13 +95,27 @@ def test_small_sweep_logs_children_matches_leaderboard_and_records_failing_trial
     assert champion.tags["lepton.trial"] == picked.split()[2].rstrip(":")
     assert (outcome.paths.root / "export" / "student.int8.onnx").is_file()
 
-    # Started over in the same folder (the user deleted it): new MLflow runs; the old sweep's runs stay as they were.
+    # Started over in the same folder (the user deleted it), from Python: `lepton_ray.sweep` with dotted
+    # overrides and `__` keywords runs it; new MLflow runs; the old sweep's runs stay as they were.
     shutil.rmtree(outcome.paths.root)
-    again_path = write_workflow({**TINY, **mlp_student, **good, "resources.num_workers": 1, "sweep.num_samples": 1, "sweep.space": str(space)}, name="again.yaml")
-    again = run_sweep(load_workflow(again_path), check_workflow(load_workflow(again_path)), log=lambda _: None)
+    again = lepton_ray.sweep(path, {**good, "sweep.baseline_trials": []}, sweep__num_samples=1, select_and_export=False, log=lambda _: None)
+    assert isinstance(again, SweepOutcome) and list(again.trials["status"]) == ["finished"]
     assert again.parent_run_id != outcome.parent_run_id
     new_runs = mlflow.search_runs(experiment_ids=[tracker.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{again.parent_run_id}'")
     assert len(new_runs) == 1 and new_runs["run_id"][0] not in set(runs["run_id"])
     assert tracker.client.get_run(again.parent_run_id).data.metrics[metrics.EPOCHS_REDONE] == 0
     old_runs = mlflow.search_runs(experiment_ids=[tracker.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{outcome.parent_run_id}'")
     assert sorted(old_runs["status"]) == sorted(runs["status"])
+
+
+@pytest.mark.ray
+def test_train_prints_one_line_per_epoch_with_train_loss_val_accuracy_and_throughput(ray_session, write_workflow, capsys):
+    path = write_workflow({**TINY, "resources.num_workers": 1})
+    assert main(["train", str(path)]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[train] ")]
+    assert [line.split(" | ")[0] for line in lines] == ["[train] epoch 1/2", "[train] epoch 2/2"]
+    for line in lines:
+        _, loss, accuracy, throughput = line.split(" | ")
+        assert loss.startswith("train_loss ") and float(loss.split()[1]) > 0
+        assert accuracy.startswith("val_accuracy ") and 0 <= float(accuracy.split()[1]) <= 1
+        assert throughput.endswith(" images/s") and float(throughput.split()[0]) > 0

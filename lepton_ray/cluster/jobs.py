@@ -83,12 +83,26 @@ def stage_job(wf: WorkflowConfig, space: SearchSpace | None, folder: Path, sweep
     shutil.copytree(package, folder / package.name, ignore=shutil.ignore_patterns(*STAGING_EXCLUDES))
     (folder / JOB_DIR).mkdir()
     workflow = wf.to_dict()
+    workflow["user_code"] = [stage_user_code(Path(path), folder) for path in wf.user_code]
     if space is not None:
         workflow["sweep"]["space"] = SPACE_FILE
         (folder / SPACE_FILE).write_text(yaml.safe_dump(space.model_dump(mode="json"), sort_keys=False))
     (folder / WORKFLOW_FILE).write_text(yaml.safe_dump(workflow, sort_keys=False))
     # `python -m` runs the staged package from the job's working_dir, installed or not on the node.
     return shlex.join(["python", "-m", "lepton_ray.cli", "sweep", WORKFLOW_FILE, *sweep_flags])
+
+
+def stage_user_code(path: Path, folder: Path) -> str:
+    """Copy one `user_code` entry to the top of the job's working_dir: the job's driver imports it from
+    there, and passes it on to every worker as py_modules. Returns the staged name."""
+    target = folder / path.name
+    if target.exists():
+        raise ConfigError(f"user_code: {path.name!r} appears twice or clashes with lepton-ray's own files in the job; rename it")
+    if path.is_dir():
+        shutil.copytree(path, target, ignore=shutil.ignore_patterns(*STAGING_EXCLUDES))
+    else:
+        shutil.copy2(path, target)
+    return path.name
 
 
 def cluster_token_header() -> dict[str, str]:

@@ -35,7 +35,7 @@ def check_reachable(address: str, field: str = "--address", timeout_s: float = 3
         raise ConfigError(f"{field}: no Ray cluster answers at {address} ({err.strerror or err}); start one with `ray start --head` or fix the address") from None
 
 
-def init_ray(address: str | None = None) -> None:
+def init_ray(address: str | None = None, py_modules: list[str] | None = None) -> None:
     """Join a running cluster, or start a local one whose dashboard and Jobs API listen on 127.0.0.1 only.
 
     Ray 2.60 turns token auth on for a new local cluster unless RAY_AUTH_MODE says otherwise, so the
@@ -43,7 +43,8 @@ def init_ray(address: str | None = None) -> None:
     docs/operations.md) refuse callers without the token in ~/.ray/auth_token. The dashboard stays on:
     without it Tune-stopped trials leak placement groups (STACK.md). Worker logs stay in Ray's
     session folder unless LEPTON_RAY_WORKER_LOGS=1; failures still reach the driver as exceptions
-    and land in MLflow.
+    and land in MLflow. `py_modules` (the workflow's `user_code`) go to every worker of this job
+    through its runtime_env; a process that already joined Ray keeps the runtime_env it joined with.
     """
     import ray
 
@@ -54,8 +55,9 @@ def init_ray(address: str | None = None) -> None:
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
     target = cluster_address(address)
     worker_logs = os.environ.get("LEPTON_RAY_WORKER_LOGS", "0") == "1"
+    runtime_env = {"py_modules": py_modules} if py_modules else None
     if target:
-        ray.init(address=target, logging_level="WARNING", log_to_driver=worker_logs)
+        ray.init(address=target, logging_level="WARNING", log_to_driver=worker_logs, runtime_env=runtime_env)
         return
     ray.init(
         num_cpus=os.cpu_count(),
@@ -63,6 +65,7 @@ def init_ray(address: str | None = None) -> None:
         dashboard_host="127.0.0.1",
         logging_level="WARNING",
         log_to_driver=worker_logs,
+        runtime_env=runtime_env,
     )
 
 

@@ -1,19 +1,16 @@
-"""Cost figures of a (compressed) student: estimates from the torch module, and figures measured on its int8 file.
+"""Cost figures of a (compressed) student estimated from the torch module (measured ones: `export/shipped_cost.py`).
 
 Estimates (`static_cost`): parameters, non-zeros, sparsity, `size_bytes` (weights packed at b bits,
 zeros skipped), MACs, BOPs: what the student would cost in a format that packs bits and skips zeros.
 The file a student ships as is not such a format: its int8 ONNX file stores every weight as one
-byte, so measured figures (`shipped_cost`) come from that file: its bytes, its gzip bytes, ONNX
+byte, so measured figures (`export/shipped_cost.py`) come from that file: its bytes, its gzip bytes, ONNX
 Runtime latency. MACs are measured with torch's FlopCounterMode (conv and matmul), not a per-layer
 formula, so new layer types are counted without code here. No Ray or MLflow.
 """
 
 from __future__ import annotations
 
-import gzip
-from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
@@ -22,9 +19,6 @@ from lepton_ray import metrics
 from lepton_ray.compress.layers import weight_layers
 
 FLOAT_BITS = 32
-GZIP_LEVEL = 9
-LATENCY_ROUNDS = 200
-LATENCY_SECONDS = 1.0
 """A trial times its file for at most `LATENCY_ROUNDS` rounds or about this long, whichever comes first."""
 
 
@@ -87,36 +81,3 @@ def static_cost(model: nn.Module, input_shape: tuple[int, ...], weight_bits: int
         metrics.MACS: macs,
         metrics.BOPS: macs * weight_bits * activation_bits * density,
     }
-
-
-def gzip_bytes(data: bytes) -> int:
-    """Bytes of `data` gzip-compressed at level 9: what a download costs (HTTP `Content-Encoding: gzip`, zip app packages)."""
-    return len(gzip.compress(data, compresslevel=GZIP_LEVEL, mtime=0))
-
-
-def file_cost(path: Path) -> dict[str, float]:
-    """The int8 file's bytes and gzip bytes."""
-    data = Path(path).read_bytes()
-    return {metrics.INT8_FILE_BYTES: len(data), metrics.INT8_GZIP_BYTES: gzip_bytes(data)}
-
-
-def median_and_iqr(values: list[float]) -> tuple[float, float]:
-    """(median, interquartile range) of timings."""
-    lower, median, upper = np.percentile(values, [25, 50, 75])
-    return float(median), float(upper - lower)
-
-
-def latency_cost(path: Path, input_shape: tuple[int, ...], batch_size: int, rounds: int = LATENCY_ROUNDS, seconds: float = LATENCY_SECONDS) -> dict[str, float]:
-    """ONNX Runtime ms per forward of the file at batch 1 and `batch_size`: medians and interquartile ranges,
-    from rounds that alternate the two batch sizes on one session (both see the same machine load)."""
-    from lepton_ray.export.runtime import batch_size_timings  # here: onnxruntime is not needed to build a student
-
-    timings = batch_size_timings(path, input_shape, (1, batch_size), rounds, seconds)
-    single_ms, single_iqr = median_and_iqr(timings[1])
-    batch_ms, batch_iqr = median_and_iqr(timings[batch_size])
-    return {metrics.LATENCY_MS: single_ms, metrics.LATENCY_IQR_MS: single_iqr, metrics.LATENCY_BATCH_MS: batch_ms, metrics.LATENCY_BATCH_IQR_MS: batch_iqr}
-
-
-def shipped_cost(int8_path: Path, input_shape: tuple[int, ...], latency_batch_size: int) -> dict[str, float]:
-    """Cost figures measured on the int8 ONNX file a student ships as, keyed by metric name."""
-    return {**file_cost(int8_path), **latency_cost(int8_path, input_shape, latency_batch_size)}

@@ -72,9 +72,7 @@ class ActivationFQ(nn.Module):
             self._observe(inputs.detach())
         elif not torch.isfinite(self.max_val):
             return inputs
-        low, high = self.min_val.clamp(max=0.0), self.max_val.clamp(min=0.0)
-        scale = ((high - low) / self.qmax).clamp_min(_MIN_SCALE)
-        zero_point = (-low / scale).round().clamp(0, self.qmax).to(torch.int32)
+        scale, zero_point = activation_qparams(self.min_val, self.max_val, self.qmax)
         return torch.fake_quantize_per_tensor_affine(inputs.float(), scale, zero_point, 0, self.qmax).to(inputs.dtype)
 
     def _observe(self, inputs: torch.Tensor) -> None:
@@ -82,6 +80,25 @@ class ActivationFQ(nn.Module):
         seen = torch.isfinite(self.max_val)
         self.min_val.copy_(torch.where(seen, torch.lerp(self.min_val, batch_min, OBSERVER_MOMENTUM), batch_min))
         self.max_val.copy_(torch.where(seen, torch.lerp(self.max_val, batch_max, OBSERVER_MOMENTUM), batch_max))
+
+
+def activation_qparams(min_val: torch.Tensor, max_val: torch.Tensor, qmax: int = 255) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, int32 zero point) of an affine [0, qmax] grid over [min, max] widened to include 0: the training
+    fake-quant's, and the int8 export's for a trained range (`export/int8.py: activation_overrides`)."""
+    low, high = min_val.clamp(max=0.0), max_val.clamp(min=0.0)
+    scale = ((high - low) / qmax).clamp_min(_MIN_SCALE)
+    return scale, (-low / scale).round().clamp(0, qmax).to(torch.int32)
+
+
+def trained_input_ranges(model: nn.Module) -> dict[str, tuple[float, float]]:
+    """Layer name -> (min, max) of its input as its activation fake-quant observed it in training; read it
+    before `finalize` removes the fake-quant. Empty for a float student; layers never observed are left out."""
+    ranges = {}
+    for name, layer in weight_layers(model):
+        observer = getattr(layer, INPUT_QUANT, None)
+        if observer is not None and torch.isfinite(observer.min_val) and torch.isfinite(observer.max_val):
+            ranges[name] = (float(observer.min_val), float(observer.max_val))
+    return ranges
 
 
 def _quantize_input(layer: nn.Module, args: tuple) -> tuple:

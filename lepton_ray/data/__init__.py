@@ -1,8 +1,13 @@
-"""Data: the data set registry (`datasets.py`) and the batching path trials read through (`batches.py`).
+"""Data: the data set registry (`datasets.py`), what a model trained on a set expects and means (`contract.py`),
+and the batching path trials read through (`batches.py`).
 
-Register a data set with `@DATASETS.register("name")` on a function `DataConfig -> DataSplits`.
+Register a data set with `@DATASETS.register("name")` on a function `DataConfig -> DataSplits`; its
+`DataSplits.contract` says how raw inputs become its tensors and names its classes. Or name your own
+factory by import path (`data.name: "my_data:load"`) returning a `TensorData`.
 """
 
+from lepton_ray.data.contract import DataContract
 from lepton_ray.data.datasets import DATASETS, DataSplits, build_data
+from lepton_ray.data.user_data import TensorData
 
-__all__ = ["DATASETS", "DataSplits", "build_data"]
+__all__ = ["DATASETS", "DataContract", "DataSplits", "TensorData", "build_data"]

@@ -9,35 +9,25 @@ from __future__ import annotations
 
 import gzip
 import zlib
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Subset, TensorDataset
+from torch.utils.data import Subset
 
 from lepton_ray.config import DataConfig
+from lepton_ray.data.contract import DataContract
+from lepton_ray.data.splits import DataSplits, HiddenLabels, official_test_splits, split_indices, tensor_splits
+from lepton_ray.data.user_data import user_data_factory
 from lepton_ray.errors import ConfigError, DataError
 from lepton_ray.registry import Registry
 
 
-@dataclass(frozen=True)
-class DataSplits:
-    train: Dataset
-    val: Dataset
-    test: Dataset
-    num_classes: int
-    input_shape: tuple[int, int, int]
-    """(channels, height, width) of one sample."""
-
-
-UNLABELED = -1
-"""Label of training samples kept as a transfer set without labels (`data.label_fraction` < 1):
-distillation losses see them, the hard-label loss skips them."""
-
 DataFactory = Callable[[DataConfig], DataSplits]
-DATASETS: Registry[DataFactory] = Registry("data set", "data.name")
+
+
+DATASETS: Registry[DataFactory] = Registry("data set", "data.name", imported=user_data_factory)
 
 
 def build_data(cfg: DataConfig) -> DataSplits:
@@ -51,78 +41,6 @@ def _options(cfg: DataConfig, allowed: dict[str, object]) -> dict[str, object]:
     return {**allowed, **cfg.options}
 
 
-def _split_indices(labels: np.ndarray, cfg: DataConfig, with_test: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Seeded stratified split into train/val(/test), plus the train indices whose labels are hidden."""
-    from sklearn.model_selection import train_test_split
-
-    indices = np.arange(len(labels))
-    test = np.array([], dtype=int)
-    if with_test:
-        indices, test = train_test_split(indices, test_size=cfg.test_fraction, stratify=labels, random_state=cfg.seed)
-    val_share = cfg.val_fraction / (1 - cfg.test_fraction) if with_test else cfg.val_fraction
-    train, val = train_test_split(indices, test_size=val_share, stratify=labels[indices], random_state=cfg.seed)
-    hidden = np.array([], dtype=int)
-    if cfg.label_fraction < 1:
-        keep = max(int(round(len(train) * cfg.label_fraction)), len(np.unique(labels)))
-        _, hidden = train_test_split(train, train_size=keep, stratify=labels[train], random_state=cfg.seed)
-    return np.sort(train), np.sort(val), np.sort(test), hidden
-
-
-def _hide_labels(labels: torch.Tensor, hidden: np.ndarray) -> torch.Tensor:
-    masked = labels.clone()
-    masked[torch.as_tensor(hidden, dtype=torch.long)] = UNLABELED
-    return masked
-
-
-class _HiddenLabels(Dataset):
-    """Wraps a file-backed data set so that hidden training samples report label -1."""
-
-    def __init__(self, dataset: Dataset, hidden: set[int]) -> None:
-        self.dataset, self.hidden = dataset, hidden
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index: int):
-        image, label = self.dataset[index]
-        return image, UNLABELED if index in self.hidden else label
-
-
-def _tensor_splits(images: torch.Tensor, labels: torch.Tensor, cfg: DataConfig, num_classes: int, normalise: bool = True) -> DataSplits:
-    """Seeded stratified train/val/test out of one pool of images (for sets without an official test split)."""
-    train, val, test, hidden = _split_indices(labels.numpy(), cfg, with_test=True)
-    return _assemble(images, labels, train, val, hidden, (images[test], labels[test]), num_classes, normalise)
-
-
-def _official_test_splits(
-    train_images: torch.Tensor, train_labels: torch.Tensor, test_images: torch.Tensor, test_labels: torch.Tensor,
-    cfg: DataConfig, num_classes: int,
-) -> DataSplits:
-    """Seeded stratified train/val carved out of an official training set; the official test set is the test split."""
-    train, val, _, hidden = _split_indices(train_labels.numpy(), cfg, with_test=False)
-    return _assemble(train_images, train_labels, train, val, hidden, (test_images, test_labels), num_classes, normalise=True)
-
-
-def _assemble(
-    images: torch.Tensor, labels: torch.Tensor, train: np.ndarray, val: np.ndarray, hidden: np.ndarray,
-    test: tuple[torch.Tensor, torch.Tensor], num_classes: int, normalise: bool,
-) -> DataSplits:
-    """In-memory splits, scaled by the per-channel mean/std of the training split only, so that no
-    validation or test statistic leaks into what the model sees while training."""
-    split_images = [images[train], images[val], test[0]]
-    if normalise:
-        mean = split_images[0].mean(dim=(0, 2, 3), keepdim=True)
-        std = split_images[0].std(dim=(0, 2, 3), keepdim=True)
-        split_images = [(part - mean) / std for part in split_images]
-    return DataSplits(
-        TensorDataset(split_images[0], _hide_labels(labels, hidden)[train]),
-        TensorDataset(split_images[1], labels[val]),
-        TensorDataset(split_images[2], test[1]),
-        num_classes,
-        tuple(images.shape[1:]),
-    )
-
-
 @DATASETS.register("digits")
 def digits(cfg: DataConfig) -> DataSplits:
     """scikit-learn's bundled 8x8 digits (1,797 images, 10 classes), scaled to the training split's zero mean, unit std."""
@@ -131,7 +49,10 @@ def digits(cfg: DataConfig) -> DataSplits:
     _options(cfg, {})
     bunch = load_digits()
     images = torch.tensor(bunch.images, dtype=torch.float32).unsqueeze(1) / 16.0
-    return _tensor_splits(images, torch.tensor(bunch.target, dtype=torch.long), cfg, 10)
+    contract = DataContract.unnormalised(
+        "digits", images.shape[1:], [str(name) for name in bunch.target_names], "8x8 grey pixel intensities 0-16 (scikit-learn load_digits().images)", (0, 16), 1 / 16,
+    )
+    return tensor_splits(images, torch.tensor(bunch.target, dtype=torch.long), cfg, contract)
 
 
 @DATASETS.register("synthetic")
@@ -144,7 +65,10 @@ def synthetic(cfg: DataConfig) -> DataSplits:
     prototypes = torch.randn((num_classes, *shape), generator=generator)
     labels = torch.arange(int(opts["num_samples"])) % num_classes
     noise = torch.randn((len(labels), *shape), generator=generator) * float(opts["noise"])
-    return _tensor_splits(prototypes[labels] + noise, labels, cfg, num_classes, normalise=False)
+    contract = DataContract.unnormalised(
+        "synthetic", shape, [f"class_{index}" for index in range(num_classes)], "generated prototypes plus Gaussian noise, used as they are", None, 1.0,
+    )
+    return tensor_splits(prototypes[labels] + noise, labels, cfg, contract, normalise=False)
 
 
 def _cifar(cfg: DataConfig, dataset_cls_name: str, num_classes: int) -> DataSplits:
@@ -167,7 +91,12 @@ def _cifar(cfg: DataConfig, dataset_cls_name: str, num_classes: int) -> DataSpli
         images = torch.tensor(ds.data, dtype=torch.float32).permute(0, 3, 1, 2) / 255
         return images, torch.tensor(ds.targets, dtype=torch.long)
 
-    return _official_test_splits(*to_tensors(train_set), *to_tensors(test_set), cfg, num_classes)
+    contract = DataContract.unnormalised(
+        cfg.name, (3, 32, 32), list(train_set.classes), "32x32 RGB pixel values 0-255 (channels first: transpose torchvision's HWC)", (0, 255), 1 / 255,
+    )
+    if len(contract.class_names) != num_classes:
+        raise DataError(f"data.root: {dataset_cls_name} under {str(cfg.root)!r} names {len(contract.class_names)} classes, expected {num_classes}; replace its files")
+    return official_test_splits(*to_tensors(train_set), *to_tensors(test_set), cfg, contract)
 
 
 @DATASETS.register("cifar10")
@@ -184,6 +113,9 @@ def cifar100(cfg: DataConfig) -> DataSplits:
 
 IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 """The four files of an (Fashion-)MNIST release, each plain or gzipped (`.gz`)."""
+
+FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+"""Zalando's label names, in label order."""
 
 FASHION_MNIST_DEBIAN = Path("/usr/share/datasets/fashion-mnist")
 """Where Debian's `dataset-fashion-mnist` package puts the files; used when `data.root` is not set."""
@@ -231,7 +163,7 @@ def _find_idx(folders: list[Path], name: str) -> Path:
     )
 
 
-def _idx_dataset(cfg: DataConfig, torchvision_name: str, default: Path | None = None) -> DataSplits:
+def _idx_dataset(cfg: DataConfig, torchvision_name: str, class_names: tuple[str, ...], default: Path | None = None) -> DataSplits:
     """(Fashion-)MNIST from idx files in `data.root` or torchvision's `<root>/<Name>/raw`: the official
     60k/10k split, validation carved from train, images (N, 1, 28, 28) in [0, 1] then normalised."""
     _options(cfg, {})
@@ -254,19 +186,20 @@ def _idx_dataset(cfg: DataConfig, torchvision_name: str, default: Path | None = 
         if labels.max(initial=0) >= 10:
             raise DataError(f"data.root: {str(labels_path)!r} has label {labels.max()}, expected 0-9; replace it with the original file")
         tensors += [torch.tensor(images, dtype=torch.float32).unsqueeze(1) / 255, torch.tensor(labels, dtype=torch.long)]
-    return _official_test_splits(*tensors, cfg, 10)
+    contract = DataContract.unnormalised(cfg.name, (1, 28, 28), list(class_names), "28x28 grey pixel values 0-255 (idx file bytes)", (0, 255), 1 / 255)
+    return official_test_splits(*tensors, cfg, contract)
 
 
 @DATASETS.register("fashion_mnist")
 def fashion_mnist(cfg: DataConfig) -> DataSplits:
     """Zalando's Fashion-MNIST (28x28 grey clothing, 60k train / 10k test, 10 classes); default root: Debian's package folder."""
-    return _idx_dataset(cfg, "FashionMNIST", FASHION_MNIST_DEBIAN)
+    return _idx_dataset(cfg, "FashionMNIST", FASHION_MNIST_CLASSES, FASHION_MNIST_DEBIAN)
 
 
 @DATASETS.register("mnist")
 def mnist(cfg: DataConfig) -> DataSplits:
     """LeCun's MNIST handwritten digits (28x28 grey, 60k train / 10k test, 10 classes)."""
-    return _idx_dataset(cfg, "MNIST")
+    return _idx_dataset(cfg, "MNIST", tuple(str(digit) for digit in range(10)))
 
 
 @DATASETS.register("imagefolder")
@@ -282,14 +215,20 @@ def imagefolder(cfg: DataConfig) -> DataSplits:
     steps = [transforms.Resize((size, size))]
     if channels == 1:
         steps.append(transforms.Grayscale())
-    steps += [transforms.ToTensor(), transforms.Normalize([0.5] * channels, [0.5] * channels)]
+    mean = std = [0.5] * channels  # maps ToTensor's [0, 1] onto [-1, 1]
+    steps += [transforms.ToTensor(), transforms.Normalize(mean, std)]
     try:
         folder = torchvision.datasets.ImageFolder(str(cfg.root), transform=transforms.Compose(steps))
     except (FileNotFoundError, RuntimeError) as err:
         raise DataError(f"data.root: no images under {str(cfg.root)!r} ({err}); expected root/<class>/<image>") from None
-    train, val, test, hidden = _split_indices(np.array(folder.targets), cfg, with_test=True)
+    train, val, test, hidden = split_indices(np.array(folder.targets), cfg, with_test=True)
+    colour = "grey" if channels == 1 else "RGB"
+    contract = DataContract.unnormalised(
+        "imagefolder", (channels, size, size), folder.classes, f"an image file, resized to {size}x{size} (bilinear) and converted to {colour}, pixel values 0-255",
+        (0, 255), 1 / 255,
+    ).with_statistics(mean, std)
     return DataSplits(
-        Subset(_HiddenLabels(folder, set(hidden.tolist())), train.tolist()),
+        Subset(HiddenLabels(folder, set(hidden.tolist())), train.tolist()),
         Subset(folder, val.tolist()), Subset(folder, test.tolist()),
-        len(folder.classes), (channels, size, size),
+        len(folder.classes), (channels, size, size), contract,
     )

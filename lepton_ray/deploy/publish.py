@@ -6,6 +6,7 @@ Kept apart from the export (which works on any module) so the export stays free 
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
@@ -20,9 +21,11 @@ from lepton_ray import metrics
 from lepton_ray.checkpoints import load_safe
 from lepton_ray.config import WorkflowConfig, parse_workflow
 from lepton_ray.deploy.pareto import ACCURACY, Selection, completed, pareto_front, select
-from lepton_ray.deploy.report import plot_pareto, write_report
+from lepton_ray.data.contract import DataContract
+from lepton_ray.deploy.report import plot_pareto, usage_markdown, write_report
 from lepton_ray.errors import CheckpointError
 from lepton_ray.export.int8 import Int8Checks, Int8Files, calibration_images, export_int8, measure_int8, verify_int8
+from lepton_ray.export.metadata import DATASET_KEY, SWEEP_RUN_KEY, TRIAL_KEY, WORKFLOW_KEY, artifact_metadata
 from lepton_ray.export.runtime import dataset_images, ort_session
 from lepton_ray.export.onnx_graph import INPUT_NAME, OUTPUT_NAME
 from lepton_ray.trial.files import STUDENT_FILE, load_student, newest_student_file, trial_run_name
@@ -35,6 +38,8 @@ if TYPE_CHECKING:
 
 
 CHAMPION_ALIAS = "champion"
+RAW_EXAMPLE_FILE = "raw_input_example.json"
+"""Shipped with the MLflow model: one test image in raw units, its label and what the int8 file predicts for it."""
 FRONT_TAG = "lepton.pareto_front"
 """Tag on each trial run of a published sweep: whether it is on the Pareto front."""
 
@@ -66,8 +71,31 @@ class Published:
     model_uri: str
 
 
-def publish(files: Int8Files, example_images: torch.Tensor, tracker: "Tracker", run_id: str, model_name: str, tags: dict[str, str]) -> Published:
-    """Log the int8 model (signature + input example) to `run_id`, register it, alias the new version `champion`.
+def write_raw_example(contract: DataContract, example: np.ndarray, label: int, predicted: int, path: Path) -> Path:
+    """One model-ready test image back in raw units, with its label and the int8 file's prediction, as JSON."""
+    raw = contract.to_raw(example)
+    names = contract.class_names
+    content = {
+        "raw": (raw.astype(int) if contract.raw_range is not None else raw).tolist(), "label": names[label], "predicted": names[predicted],
+        "note": "raw units; apply the formula in the model's lepton.preprocessing metadata before calling it",
+    }
+    path.write_text(json.dumps(content) + "\n")
+    return path
+
+
+def model_description(files: Int8Files) -> str:
+    """The registered version's description: provenance, then how to call it from its metadata alone."""
+    source = ", ".join(f"{key.removeprefix('lepton.')} `{files.metadata[key]}`" for key in (WORKFLOW_KEY, DATASET_KEY, TRIAL_KEY, SWEEP_RUN_KEY) if key in files.metadata)
+    return "\n\n".join([
+        f"int8 ONNX student ({source}). It takes preprocessed float32 input, not raw pixels.",
+        usage_markdown(files.metadata, "model.onnx"),
+        f"The logged input example is one test image already preprocessed; `extra_files/{RAW_EXAMPLE_FILE}` (in the model's artifacts) holds it in raw units with its label and this model's prediction.",
+    ])
+
+
+def publish(files: Int8Files, example: torch.Tensor, label: int, contract: DataContract, tracker: "Tracker", run_id: str, model_name: str, tags: dict[str, str]) -> Published:
+    """Log the int8 model to `run_id` (signature, a model-ready input example, the raw example file), register it
+    with a description and `tags` plus the file's metadata (its contract) as tags, alias the new version `champion`.
 
     Call only after `verify_int8` passed.
     """
@@ -77,16 +105,19 @@ def publish(files: Int8Files, example_images: torch.Tensor, tracker: "Tracker", 
 
     # log_model files the logged model under the *active* experiment (Default if none), not the run's.
     mlflow.set_experiment(experiment_id=tracker.experiment_id)
-    example = example_images[:1].float().numpy()
+    example = example[:1].float().cpu().numpy()
     output = ort_session(files.int8).run([OUTPUT_NAME], {INPUT_NAME: example})[0]
+    raw_example = write_raw_example(contract, example, label, int(output.argmax()), files.int8.parent / RAW_EXAMPLE_FILE)
     info = mlflow.onnx.log_model(
         onnx.load(str(files.int8)), name="int8_model", signature=infer_signature(example, output), input_example=example,
         registered_model_name=model_name, run_id=run_id, save_as_external_data=False, onnx_execution_providers=["CPUExecutionProvider"],
         pip_requirements=[f"onnx=={onnx.__version__}", f"onnxruntime=={ort.__version__}"],  # inferring them spawns a 10 s subprocess
+        extra_files=[str(raw_example)],
     )
     version = str(info.registered_model_version)
-    for key, value in tags.items():
+    for key, value in {**files.metadata, **tags}.items():
         tracker.client.set_model_version_tag(model_name, version, key, value)
+    tracker.client.update_model_version(model_name, version, description=model_description(files))
     tracker.client.set_registered_model_alias(model_name, CHAMPION_ALIAS, version)
     return Published(model_name, version, f"models:/{model_name}/{version}")
 
@@ -124,14 +155,17 @@ def select_and_export(
 
     student, student_metrics = load_student(selection.row)
     weight_bits = int(student_metrics.get(metrics.BITS, 32))
-    files = export_int8(student, data.input_shape, calibration_images(data.train, wf.export.calibration_samples, wf.data.seed), weight_bits, out_dir)
+    metadata = artifact_metadata(data.contract, wf.name, selection.trial, parent_run_id)
+    images = calibration_images(data.train, wf.export.calibration_samples, wf.data.seed)
+    files = export_int8(student, data.input_shape, images, weight_bits, out_dir, metadata)
     checks = measure_int8(files, data.test, data.input_shape, selection.row[ACCURACY], wf.export)
     tracker.log_metrics(parent_run_id, checks.as_metrics())
     published = None
     try:
         verify_int8(checks)
-        tags = {"lepton.trial": str(selection.trial), "lepton.selection": selection.explanation, "lepton.sweep_run_id": parent_run_id}
-        published = publish(files, dataset_images(data.test, [0])[0], tracker, parent_run_id, wf.tracking.model_name, tags)
+        tags = {"lepton.selection": selection.explanation}  # trial and sweep run id come with the file's metadata
+        example, label = dataset_images(data.test, [0])
+        published = publish(files, example, int(label[0]), data.contract, tracker, parent_run_id, wf.tracking.model_name, tags)
     finally:
         report = write_report(out_dir / "report.md", candidates, cost_column, on_front, selection, teacher_accuracy, files, checks, published, trials)
         tracker.log_artifacts(parent_run_id, [report], "selection")

@@ -16,8 +16,11 @@ import pandas as pd
 
 from lepton_ray import metrics
 from lepton_ray.deploy.pareto import ACCURACY, Selection, completed, format_cost
+from lepton_ray.export.metadata import CLASS_NAMES_KEY, PREPROCESSING_KEY, describe
 
 if TYPE_CHECKING:
+    from typing import Mapping
+
     from lepton_ray.export.int8 import Int8Checks, Int8Files
     from lepton_ray.deploy.publish import Published
 
@@ -127,6 +130,31 @@ def export_markdown(files: "Int8Files", checks: "Int8Checks", published: "Publis
     return "\n".join(lines)
 
 
+def usage_code(file_name: str) -> str:
+    """onnxruntime code that runs either shipped file on `raw` from the file's own metadata alone."""
+    return f"""\
+import json
+import numpy as np
+import onnxruntime as ort
+
+# raw: an (N, C, H, W) array in raw units, as prep["raw"] describes them
+session = ort.InferenceSession("{file_name}", providers=["CPUExecutionProvider"])
+meta = session.get_modelmeta().custom_metadata_map
+prep, class_names = json.loads(meta["{PREPROCESSING_KEY}"]), json.loads(meta["{CLASS_NAMES_KEY}"])
+channel = (1, -1, 1, 1)  # per-channel mean/std broadcast over N, H, W
+x = (np.asarray(raw, np.float32) * np.float32(prep["scale"]) - np.float32(prep["mean"]).reshape(channel)) / np.float32(prep["std"]).reshape(channel)
+logits = session.run([prep["output_name"]], {{prep["input_name"]: x}})[0]
+predicted = [class_names[i] for i in logits.argmax(axis=1)]
+"""
+
+
+def usage_markdown(metadata: "Mapping[str, str]", file_name: str) -> str:
+    """How to call the model: its input contract in one line and the onnxruntime code that applies it."""
+    if PREPROCESSING_KEY not in metadata:
+        return "- the files carry no input contract (exported without one): feed them as the trial's tensors were made"
+    return f"{describe(metadata)}\n\n```python\n{usage_code(file_name)}```"
+
+
 def write_report(
     path: Path, trials: pd.DataFrame, cost_column: str, on_front: np.ndarray, selection: Selection, teacher_accuracy: float,
     files: "Int8Files", checks: "Int8Checks", published: "Published | None", sweep_trials: pd.DataFrame | None = None,
@@ -147,6 +175,8 @@ def write_report(
         cost_agreement_markdown(sweep_trials),
         "## Export checks",
         export_markdown(files, checks, published),
+        "## How to call the model",
+        usage_markdown(files.metadata, files.int8.name),
     ])
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -4,8 +4,11 @@ The route measured to work on this stack (see STACK.md): fp32 ONNX from `torch.o
 (dynamo, dynamic batch), ORT's `quant_pre_process`, then `quantize_static` in QDQ format with
 per-channel int8 weights and uint8 activations calibrated on training images. Per-channel scale
 overrides put the weights on the student's own b-bit grid, so a 4- or 6-bit student's weights
-survive exactly. The file is then compacted (`onnx_graph.compact_graph`), checked bit-exact against
-the quantizer's. `deploy/publish.py` registers a model only after every check passed.
+survive exactly. Activation scales stay calibrated even for a QAT student: fixing each layer input to the range
+its fake-quant trained with (`input_ranges`) was measured no closer to the PyTorch student over 12 digits and
+Fashion-MNIST students (benchmarks/results/activation_ranges.md: within 1-3 test images either way, larger max
+difference with the trial's 64 images, larger logit RMSE). The file is then compacted (`onnx_graph.compact_graph`),
+checked bit-exact against the quantizer's. `deploy/publish.py` registers a model only after every check passed.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from __future__ import annotations
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 import onnx
@@ -24,8 +27,10 @@ from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantTy
 from torch import nn
 from torch.utils.data import Dataset
 
+from lepton_ray.compress.quantize import activation_qparams
 from lepton_ray.config import MAX_WEIGHT_BITS, ExportConfig
 from lepton_ray.errors import ExportError
+from lepton_ray.export.metadata import stamp
 from lepton_ray.export.onnx_graph import INPUT_NAME, compact_graph, export_fp32_onnx
 from lepton_ray.export.runtime import dataset_images, measure_latency, onnx_accuracy, ort_session
 
@@ -34,6 +39,7 @@ FP32_FILE = "student.fp32.onnx"
 INT8_FILE = "student.int8.onnx"
 GRID_TOLERANCE = 1e-3
 """Largest |dequantized - fp32| weight error, in units of the channel's scale, for weights on a grid."""
+WEIGHT_OPS = ("Conv", "Gemm", "MatMul")
 FLOAT_COMPUTE_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul", "FusedConv", "FusedGemm", "FusedMatMul"})
 """Ops that, left in the ORT-optimized int8 graph, mean a Q/DQ pair was not fused (slower than fp32)."""
 COMPACT_CHECK_IMAGES = 64
@@ -78,13 +84,40 @@ def grid_overrides(model: onnx.ModelProto, weight_bits: int) -> dict[str, list[d
     initializers = {init.name: init for init in model.graph.initializer}
     overrides: dict[str, list[dict[str, Any]]] = {}
     for node in model.graph.node:
-        if node.op_type not in ("Conv", "Gemm", "MatMul") or len(node.input) < 2 or node.input[1] not in initializers:
+        if node.op_type not in WEIGHT_OPS or len(node.input) < 2 or node.input[1] not in initializers:
             continue
         weight = numpy_helper.to_array(initializers[node.input[1]])
         axis = _output_channel_axis(node)
         scales = np.abs(np.moveaxis(weight, axis, 0).reshape(weight.shape[axis], -1)).max(axis=1) / qmax
         scales[scales == 0] = scales.max() if scales.max() > 0 else 1.0
         overrides[node.input[1]] = [{"axis": axis, "scale": np.float32(s), "zero_point": np.int8(0)} for s in scales]
+    return overrides
+
+
+def activation_overrides(model: onnx.ModelProto, input_ranges: Mapping[str, tuple[float, float]]) -> dict[str, list[dict[str, Any]]]:
+    """`TensorQuantOverrides` giving the input tensor of each layer with a trained range (layer name -> (min, max),
+    `quantize.trained_input_ranges`) the uint8 scale and zero point its fake-quant trained with.
+
+    A layer is found by its weight initializer `<layer>.weight`; a tensor feeding several layers gets the union of
+    their ranges. Activations without a trained range keep calibrated ones.
+    """
+    ranges: dict[str, tuple[float, float]] = {}
+    found = set()
+    for node in model.graph.node:
+        layer = node.input[1].removesuffix(".weight") if node.op_type in WEIGHT_OPS and len(node.input) >= 2 else None
+        if layer in input_ranges:
+            low, high = input_ranges[layer]
+            if not (np.isfinite(low) and np.isfinite(high) and low <= high):
+                raise ExportError(f"input_ranges[{layer!r}] = ({low}, {high}) is not a finite (min, max) with min <= max")
+            seen_low, seen_high = ranges.get(node.input[0], (low, high))
+            ranges[node.input[0]] = (min(low, seen_low), max(high, seen_high))
+            found.add(layer)
+    if missing := sorted(set(input_ranges) - found):
+        raise ExportError(f"input_ranges: no Conv/Gemm/MatMul with weight '<layer>.weight' in the exported graph for layer(s) {missing}; pass the student's own layer names")
+    overrides = {}
+    for tensor, (low, high) in ranges.items():
+        scale, zero_point = activation_qparams(torch.tensor(low), torch.tensor(high))
+        overrides[tensor] = [{"scale": np.array(scale.item(), np.float32), "zero_point": np.array(zero_point.item(), np.uint8)}]
     return overrides
 
 
@@ -108,15 +141,24 @@ class Int8Files:
     weight_bits: int
     max_weight_code: int
     """Largest |int8 weight code|: at most 2^(b-1)-1 for a b-bit grid."""
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    """The `metadata_props` both files carry (`export/metadata.py`): input contract, class names, provenance."""
 
 
-def export_int8(student: nn.Module, input_shape: tuple[int, ...], calibration_images: torch.Tensor, weight_bits: int, out_dir: Path) -> Int8Files:
+def export_int8(
+    student: nn.Module, input_shape: tuple[int, ...], calibration_images: torch.Tensor, weight_bits: int, out_dir: Path,
+    metadata: Mapping[str, str] | None = None, input_ranges: Mapping[str, tuple[float, float]] | None = None,
+) -> Int8Files:
     """fp32 ONNX -> pre-process -> static QDQ int8 (b-bit weight grid kept), checked; raises ExportError.
 
     `weight_bits` <= 7 declares the student's weights already on that symmetric per-channel grid
     (baked by QAT) and the export fails if they are not; above 7 (a float student) the weights
-    are rounded to `MAX_WEIGHT_BITS` (7).
+    are rounded to `MAX_WEIGHT_BITS` (7). Both files carry `metadata` (`export/metadata.artifact_metadata`:
+    how to preprocess raw inputs, the class names) so a deployer can run them without this code.
+    `input_ranges` (layer name -> trained (min, max)) fixes those layers' input scales
+    (`activation_overrides`); every other activation is calibrated on the images.
     """
+    metadata = dict(metadata or {})
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     fp32_path, int8_path = out_dir / FP32_FILE, out_dir / INT8_FILE
@@ -124,22 +166,26 @@ def export_int8(student: nn.Module, input_shape: tuple[int, ...], calibration_im
         raw = export_fp32_onnx(student.cpu(), input_shape, Path(scratch) / "raw.onnx")
         onnx.save(_strip_metadata(onnx.load(str(raw))), str(raw))
         quant_pre_process(str(raw), str(fp32_path))
+        if metadata:
+            onnx.save(stamp(onnx.load(str(fp32_path)), metadata), str(fp32_path))
         quantized = Path(scratch) / "quantized.onnx"
         images = calibration_images.float().cpu()
+        fp32_model = onnx.load(str(fp32_path))
+        overrides = grid_overrides(fp32_model, weight_bits) | activation_overrides(fp32_model, input_ranges or {})
         quantize_static(
             str(fp32_path), str(quantized), CalibrationImages(images), quant_format=QuantFormat.QDQ, per_channel=True,
             weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8,
-            extra_options={"TensorQuantOverrides": grid_overrides(onnx.load(str(fp32_path)), weight_bits), "QDQDisableWeightAdjustForInt32Bias": True},
+            extra_options={"TensorQuantOverrides": overrides, "QDQDisableWeightAdjustForInt32Bias": True},
         )
         max_code = check_weight_grid(fp32_path, quantized, weight_bits)
-        onnx.save(compact_graph(onnx.load(str(quantized))), str(int8_path))
+        onnx.save(stamp(compact_graph(onnx.load(str(quantized))), metadata), str(int8_path))
         check_same_outputs(quantized, int8_path, images[:COMPACT_CHECK_IMAGES])
     try:
         onnx.checker.check_model(str(int8_path), full_check=True)
     except onnx.checker.ValidationError as err:
         raise ExportError(f"int8 model {int8_path} fails onnx.checker: {str(err).splitlines()[0]}") from None
     check_int8_graph(int8_path)
-    return Int8Files(fp32_path, int8_path, weight_bits, max_code)
+    return Int8Files(fp32_path, int8_path, weight_bits, max_code, metadata)
 
 
 def check_same_outputs(reference: Path, compacted: Path, images: torch.Tensor) -> None:
@@ -182,6 +228,22 @@ def int8_weights(int8_path: Path) -> dict[str, tuple[np.ndarray, np.ndarray, int
         scales = numpy_helper.to_array(initializers[node.input[1]])
         weights[node.input[0].removesuffix("_quantized")] = (numpy_helper.to_array(codes), scales, axis)
     return weights
+
+
+def int8_input_qparams(int8_path: Path) -> dict[str, tuple[float, int]]:
+    """Layer name -> (scale, zero point) of its quantized input, read from the DequantizeLinear feeding each Conv/Gemm/MatMul."""
+    model = onnx.load(str(int8_path))
+    initializers = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
+    producers = {output: node for node in model.graph.node for output in node.output}
+    qparams = {}
+    for node in model.graph.node:
+        activation, weight = (producers.get(name) for name in node.input[:2]) if node.op_type in WEIGHT_OPS else (None, None)
+        if weight is None or activation is None or weight.op_type != "DequantizeLinear" or activation.op_type != "DequantizeLinear":
+            continue
+        zero_point = initializers[activation.input[2]] if len(activation.input) == 3 else 0
+        layer = weight.input[0].removesuffix("_quantized").removesuffix(".weight")
+        qparams[layer] = (float(initializers[activation.input[1]]), int(zero_point))
+    return qparams
 
 
 def check_weight_grid(fp32_path: Path, int8_path: Path, weight_bits: int) -> int:

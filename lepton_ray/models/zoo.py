@@ -1,7 +1,11 @@
 """Model registry: small CNNs/MLPs for digits-sized data and torchvision classifiers by name.
 
-Every factory takes (input_shape, num_classes, **options) and returns an untrained module;
-nothing is downloaded (torchvision models are built with `weights=None`).
+The factory contract, for ours and for yours (`student.name: "my_models:tiny_cnn"`, see
+`lepton_ray/user_code.py`): called as `factory(input_shape, num_classes, **options)` with
+`input_shape` = (channels, height, width) of one normalised sample and `options` the spec's
+`options:`, it returns an untrained `torch.nn.Module` mapping a float batch (N, C, H, W) to logits
+(N, num_classes). A class whose `__init__` takes those arguments is a factory too. Nothing is
+downloaded (torchvision models are built with `weights=None`).
 """
 
 from __future__ import annotations
@@ -17,15 +21,26 @@ from lepton_ray.registry import Registry
 
 InputShape = tuple[int, int, int]
 ModelFactory = Callable[..., nn.Module]
-MODELS: Registry[ModelFactory] = Registry("model", "model name")
+MODELS: Registry[ModelFactory] = Registry("model", "model name", imported=lambda factory, _name: factory)
 
 
 def build_model(spec: ModelSpec, input_shape: InputShape, num_classes: int, field: str = "student") -> nn.Module:
+    """The spec's model for this data; any failure of the factory is a one-line `ConfigError` naming the field."""
     factory = MODELS.get(spec.name, f"{field}.name")
     try:
-        return factory(tuple(input_shape), num_classes, **spec.options)
-    except TypeError as err:
-        raise ConfigError(f"{field}.options: {err}; check the option names for model {spec.name!r}") from None
+        model = factory(tuple(input_shape), num_classes, **spec.options)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"{field}.options: {_one_line(err)}; check the options of model {spec.name!r}") from None
+    except Exception as err:  # a user's factory may raise anything: report it, in one line
+        raise ConfigError(f"{field}.name: {spec.name} raised {type(err).__name__}: {_one_line(err)} for input {list(input_shape)}, {num_classes} classes; fix the factory") from None
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"{field}.name: {spec.name} returned a {type(model).__name__}, not a torch.nn.Module; return the model")
+    return model
+
+
+def _one_line(err: BaseException) -> str:
+    lines = str(err).strip().splitlines()
+    return lines[0][:200] if lines else type(err).__name__
 
 
 def count_params(model: nn.Module) -> int:

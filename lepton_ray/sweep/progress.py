@@ -1,4 +1,4 @@
-"""Live progress of a sweep in the driver: one status line per finished trial and every few seconds."""
+"""Live progress of a sweep in the driver: one status line per finished trial and every few seconds; one line per epoch for `train`."""
 
 from __future__ import annotations
 
@@ -67,4 +67,20 @@ class SweepProgress(Callback):
         self.log(
             f"[sweep] {done}/{self.total} done ({self.failed} failed, {self.pruned} pruned{interrupted}), {running} running | "
             f"best test_accuracy {best:.4f} | front size {front} | {elapsed:.0f}s elapsed, {eta}"
+        )
+
+
+class EpochLines(Callback):
+    """One line per epoch a trial reports: epoch, train loss, val accuracy, images/s (`lepton-ray train`)."""
+
+    def __init__(self, epochs: int, log: Callable[[str], None] = echo) -> None:
+        self.epochs = epochs
+        self.log = log
+
+    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        if metrics.EPOCH not in result or metrics.TRAIN_LOSS not in result:
+            return  # a trial finished before a resume reports its final metrics only
+        self.log(
+            f"[train] epoch {int(result[metrics.EPOCH])}/{self.epochs} | train_loss {result[metrics.TRAIN_LOSS]:.4f} | "
+            f"val_accuracy {result[metrics.VAL_ACCURACY]:.4f} | {result[metrics.IMAGES_PER_S]:.0f} images/s"
         )

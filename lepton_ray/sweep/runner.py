@@ -15,7 +15,7 @@ from lepton_ray.data.datasets import build_data
 from lepton_ray.errors import StorageFullError, TrackingError, TrialsFailedError
 from lepton_ray.sweep.callbacks import MlflowTrialLogger, close_runs_of_finished_trials, error_line
 from lepton_ray.sweep.paths import SweepPaths, check_storage, sweep_paths
-from lepton_ray.sweep.progress import SweepProgress
+from lepton_ray.sweep.progress import EpochLines, SweepProgress
 from lepton_ray.sweep.results import SweepOutcome, select_export_publish
 from lepton_ray.sweep.search import StudySearcher, finished_count, open_study, sweep_id
 from lepton_ray.sweep.trial_driver import runs_in_process, trial_driver, trial_resources
@@ -27,6 +27,7 @@ from lepton_ray.tracking.write_queue import PENDING_PREFIX
 from lepton_ray.trial.files import finished_trial_metrics, trial_run_name
 from lepton_ray.trial.teacher import prepare_teachers
 from lepton_ray.trial.trainer import put_trial_inputs
+from lepton_ray.user_code import py_modules
 from lepton_ray.console import echo
 
 
@@ -53,7 +54,7 @@ def run_sweep(
     tags = lineage_tags(wf, teachers)
     shared_workflow = apply_overrides(wf.to_dict(), {"tracking.uri": redact(uri)})  # trials never write to MLflow: no credentials
     parent_run_id = tracker.start_run(sweep_key, f"{wf.name}-{paths.root.name}", shared_workflow, {**tags, "lepton.kind": "sweep"})
-    tracker.log_metrics(parent_run_id, {metrics.TEACHER_TEST_ACCURACY: teachers[0].test_accuracy})
+    tracker.log_metrics(parent_run_id, {metrics.TEACHER_TEST_ACCURACY: teachers[0].test_accuracy, metrics.TEACHER_VAL_ACCURACY: teachers[0].val_accuracy})
     if resume:
         close_runs_left_open(tracker, parent_run_id, study, paths, log)
     remaining = num_samples - finished_count(study)
@@ -113,7 +114,7 @@ def _run_tuner(wf, shared_workflow, space, paths, study, remaining, teachers, da
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-    init_ray(address)
+    init_ray(address, py_modules(wf.user_code))
     if paths.tune.exists():
         shutil.rmtree(paths.tune)  # bookkeeping of an interrupted attempt; the study and trial runs are kept
     trainable = tune.with_parameters(
@@ -130,6 +131,7 @@ def _run_tuner(wf, shared_workflow, space, paths, study, remaining, teachers, da
     callbacks = [
         MlflowTrialLogger(tracker, parent_run_id, sweep_key, shared_workflow, tags, {metrics.TEACHER_TEST_ACCURACY: teachers[0].test_accuracy}),
         SweepProgress(wf.sweep.num_samples if space is not None else 1, (wf.sweep.num_samples if space else 1) - remaining, wf.sweep.cost_metric, log=log),
+        *([EpochLines(wf.training.epochs, log)] if space is None else []),  # `train`: one trial, so its epochs are the progress
     ]
     searcher = StudySearcher(study, space, wf.sweep)
     tuner = tune.Tuner(

@@ -59,7 +59,7 @@ def checked_workflow(base_workflow: dict[str, Any], config: dict[str, Any]) -> W
     from lepton_ray.checks import check_parsed
 
     wf = parse_workflow(apply_overrides(base_workflow, {key: value for key, value in config.items() if key != NUMBER_KEY}))
-    check_parsed(wf)
+    check_parsed(wf, on_worker=True)
     return wf
 
 

@@ -11,6 +11,7 @@ import pandas as pd
 from lepton_ray import metrics
 from lepton_ray.config import SweepConfig
 from lepton_ray.deploy.pareto import artifact_holds, pareto_front
+from lepton_ray.errors import ConfigError
 from lepton_ray.tracking.tracker import ERROR_TAG, PARENT_TAG, STATUS_TAG, Tracker
 
 METRIC_COLUMNS = [
@@ -52,16 +53,39 @@ def trials_frame(
     return table.sort_values("trial").reset_index(drop=True)
 
 
-def format_table(table: pd.DataFrame, cost_metric: str, sort: str | None = None, pareto_only: bool = False) -> str:
+TRIAL_COLUMNS = ("trial", "status", "run_id")
+TRAILING_COLUMNS = ("error", "on_front")
+
+
+def knob_columns(table: pd.DataFrame) -> list[str]:
+    """The searched parameters: every column `trials_frame` made from a trial's `knob.*` tags."""
+    known = {*TRIAL_COLUMNS, *METRIC_COLUMNS, *TRAILING_COLUMNS}
+    return [column for column in table.columns if column not in known]
+
+
+def sort_column(name: str, table: pd.DataFrame, cost_metric: str) -> str:
+    """A `--sort` value as a column of `table`: a column name (with or without its "~"), `accuracy` or `cost`."""
+    column = {"accuracy": metrics.ACCURACY_METRIC, "cost": cost_metric}.get(name, name.removeprefix(ESTIMATE_MARK))
+    if column not in table.columns or column == "run_id":
+        sortable = [c for c in table.columns if c != "run_id"]
+        raise ConfigError(f"--sort: unknown column {name!r}; sort by accuracy, cost or one of: {', '.join(sortable)}")
+    return column
+
+
+def format_table(table: pd.DataFrame, cost_metric: str, sort: str | None = None, pareto_only: bool = False, all_columns: bool = False) -> str:
+    """The trials as text. By default the key columns: trial, status, test accuracy, the cost, the searched
+    knobs, whether on the front; `all_columns` adds every figure and the error. Accuracies sort descending, the rest ascending."""
     if table.empty:
         return "(no trials)"
     view = table[table["on_front"]] if pareto_only else table
     if sort:
-        if sort not in view.columns:
-            from lepton_ray.errors import ConfigError
-
-            raise ConfigError(f"--sort: unknown column {sort!r}; choose one of {', '.join(view.columns)}")
-        view = view.sort_values(sort, ascending=sort in (cost_metric, *metrics.COST_METRICS))
-    columns = [c for c in view.columns if c not in ("run_id",)]
+        column = sort_column(sort, view, cost_metric)
+        view = view.sort_values(column, ascending=not (column.endswith("accuracy") or column == "on_front"), kind="stable")
+    key = ["trial", "status", metrics.ACCURACY_METRIC, cost_metric, *knob_columns(view), "on_front"]
+    columns = [c for c in view.columns if c != "run_id"] if all_columns else list(dict.fromkeys(key))
     shown = view[columns].rename(columns={name: ESTIMATE_MARK + name for name in metrics.ESTIMATES})
-    return shown.to_string(index=False, float_format=lambda v: f"{v:.4g}") + f"\n({ESTIMATE_MARK}: estimated from the torch student, not measured on its int8 file)"
+    notes = [f"{ESTIMATE_MARK}: estimated from the torch student, not measured on its int8 file"] if set(columns) & set(metrics.ESTIMATES) else []
+    if not all_columns:
+        notes.append(f"{len(view.columns) - 1 - len(columns)} more columns: lepton-ray leaderboard WORKFLOW --all-columns")
+    text = shown.to_string(index=False, float_format=lambda v: f"{v:.4g}")
+    return text + "".join(f"\n({note})" for note in notes)

@@ -14,6 +14,7 @@ import copy
 import math
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -21,7 +22,8 @@ import torch
 from torch import nn
 
 from lepton_ray import metrics
-from lepton_ray.compress.cost import shipped_cost, static_cost
+from lepton_ray.compress.cost import static_cost
+from lepton_ray.export.shipped_cost import shipped_cost
 from lepton_ray.compress.pipeline import Compression
 from lepton_ray.config import WorkflowConfig, parse_workflow
 from lepton_ray.data.batches import Batch, augment_view, iterate_batches, on_device, train_indices, world
@@ -157,13 +159,15 @@ TRIAL_CALIBRATION_SAMPLES = 64
 
 def _measure_shipped_file(final: nn.Module, data: DataSplits, wf: WorkflowConfig, weight_bits: int) -> dict[str, float]:
     """The int8 ONNX export of a finalized student (the publish step's route, float or quantized), measured:
-    its bytes, gzip bytes and ORT latency (`shipped_cost`), and its accuracy in ORT on the validation split."""
+    its bytes, gzip bytes and ORT latency (`shipped_cost`), and its accuracy in ORT on the validation split.
+    The file carries its input contract as a shipped one does (only the trial and sweep ids are left out)."""
     from lepton_ray.export.int8 import calibration_images, export_int8  # here, not at the top: ORT's quantizer adds ~1 s to every worker's start
+    from lepton_ray.export.metadata import artifact_metadata
     from lepton_ray.export.runtime import onnx_accuracy
 
     images = calibration_images(data.train, TRIAL_CALIBRATION_SAMPLES, wf.data.seed).cpu()
     with tempfile.TemporaryDirectory(prefix="lepton-shipped-") as folder:
-        int8_path = export_int8(final, data.input_shape, images, weight_bits, Path(folder)).int8
+        int8_path = export_int8(final, data.input_shape, images, weight_bits, Path(folder), artifact_metadata(data.contract, wf.name)).int8
         measured = shipped_cost(int8_path, data.input_shape, wf.export.latency_batch_size)
         return {**measured, metrics.INT8_VAL_ACCURACY: onnx_accuracy(int8_path, data.val)}
 
@@ -188,7 +192,7 @@ def trial_data(wf: WorkflowConfig, loop_config: dict[str, Any], device: torch.de
     """The sweep's splits from the object store when it put them there (no per-trial preparation), on `device`."""
     ref = loop_config.get("data")
     data = resolve(ref) if ref is not None else build_data(wf.data)
-    return DataSplits(on_device(data.train, device), on_device(data.val, device), on_device(data.test, device), data.num_classes, data.input_shape)
+    return replace(data, train=on_device(data.train, device), val=on_device(data.val, device), test=on_device(data.test, device))
 
 
 def teacher_source(wf: WorkflowConfig, loop_config: dict[str, Any], device: torch.device) -> Teachers:

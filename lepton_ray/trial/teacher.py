@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from lepton_ray.checkpoints import load_safe, save_atomic
-from lepton_ray.config import DataConfig, TeacherConfig, WorkflowConfig
+from lepton_ray.config import DataConfig, ModelSpec, TeacherConfig, WorkflowConfig
 from lepton_ray.data.datasets import DataSplits
 from lepton_ray.errors import CheckpointError, ConfigError
 from lepton_ray.distill.losses import DistillationObjective
@@ -38,9 +38,18 @@ class Teacher:
     def test_accuracy(self) -> float:
         return float(self.payload.get("test_accuracy", float("nan")))
 
+    @property
+    def val_accuracy(self) -> float:
+        return float(self.payload.get("val_accuracy", float("nan")))
+
 
 TEACHER_KEYS = ("model", "options", "input_shape", "num_classes", "state_dict")
-"""What a teacher file must hold (`models.saved.model_payload`); a bare state_dict lacks the architecture."""
+"""What a lepton-ray teacher file holds (`models.saved.model_payload`). A plain state_dict of your own
+(`torch.save(model.state_dict(), path)`) is a teacher too: `teacher.name`/`options` give its architecture
+and the data its input shape and classes."""
+
+STATE_DICT_KEYS = ("state_dict", "model_state_dict")
+"""Where common training scripts nest the weights in a checkpoint dict."""
 
 
 @dataclass(frozen=True)
@@ -70,7 +79,7 @@ def locate_teacher(wf: WorkflowConfig, index: int, cfg: TeacherConfig) -> Teache
         if cfg.train is None:
             raise CheckpointError(f"{field}.checkpoint: file {str(path)!r} not found; fix the path or add a 'train' block")
         return TeacherSource(field, path, None)
-    payload = load_teacher_file(path, field, kept=cfg.train is not None)
+    payload = load_teacher_file(path, field, kept=cfg.train is not None, spec=cfg)
     if cfg.train is None or payload.get("fingerprint") == wanted:
         return TeacherSource(field, path, payload)
     if "fingerprint" not in payload:
@@ -86,17 +95,42 @@ def _own_teacher(path: Path, field: str, wanted: str) -> TeacherSource:
     return TeacherSource(field, path, payload if payload is not None and payload.get("fingerprint") == wanted else None)
 
 
-def load_teacher_file(path: Path, field: str, kept: bool = False) -> dict[str, Any]:
-    """A teacher payload loaded weights-only; `kept`: the file stays as it is even though a 'train' block is present."""
+def load_teacher_file(path: Path, field: str, kept: bool = False, spec: TeacherConfig | None = None) -> dict[str, Any]:
+    """A teacher payload loaded weights-only: a lepton-ray teacher file, or (given the workflow's `spec`)
+    a plain state_dict, whose input shape and classes are those of the data (`fit_to_data`).
+    `kept`: the file stays as it is even though a 'train' block is present."""
     never_overwritten = f"; lepton-ray never overwrites it: delete it or point {field}.checkpoint at a new file to train a teacher there"
     try:
         payload = load_safe(path, f"{field}.checkpoint")
     except CheckpointError as err:
         raise CheckpointError(f"{err}{never_overwritten if kept else ''}") from None
+    weights = plain_state_dict(payload)
+    if weights is not None and spec is not None:
+        return {"model": spec.name, "options": dict(spec.options), "input_shape": None, "num_classes": None, "state_dict": weights}
     missing = [key for key in TEACHER_KEYS if key not in payload]
     if missing:
-        fix = never_overwritten if kept else "; pass a teacher saved by lepton-ray or add a 'train' block with a new checkpoint path"
-        raise CheckpointError(f"{field}.checkpoint: {path} is not a lepton-ray teacher file (it lacks {', '.join(map(repr, missing))}){fix}")
+        fix = never_overwritten if kept else f"; save your model's state_dict (torch.save(model.state_dict(), path)) and set {field}.name/options to its architecture, or add a 'train' block with a new checkpoint path"
+        raise CheckpointError(f"{field}.checkpoint: {path} is neither a lepton-ray teacher file nor a state_dict (it lacks {', '.join(map(repr, missing))}){fix}")
+    return payload
+
+
+def plain_state_dict(payload: Any) -> dict[str, Any] | None:
+    """The weights of a user's checkpoint: a name -> tensor dict, possibly under `state_dict` /
+    `model_state_dict`, with DDP's `module.` prefix dropped; None when it is not one (e.g. our own files)."""
+    if isinstance(payload, dict) and "model" not in payload:
+        nested = [payload[key] for key in STATE_DICT_KEYS if isinstance(payload.get(key), dict)]
+        payload = nested[0] if nested else payload
+    if not isinstance(payload, dict) or not payload or not all(isinstance(v, torch.Tensor) for v in payload.values()):
+        return None
+    if all(key.startswith("module.") for key in payload):
+        return {key[len("module."):]: value for key, value in payload.items()}
+    return payload
+
+
+def fit_to_data(payload: dict[str, Any], data: DataSplits) -> dict[str, Any]:
+    """A plain state_dict's payload gets the data's input shape and classes; lepton-ray files keep theirs."""
+    if payload.get("input_shape") is None:
+        return {**payload, "input_shape": list(data.input_shape), "num_classes": data.num_classes}
     return payload
 
 
@@ -125,23 +159,68 @@ def prepare_teachers(wf: WorkflowConfig, data: DataSplits, log=echo) -> list[Tea
             log(f"training teacher {cfg.name} ({cfg.train.epochs} epochs) -> {source.path}")
             payload = train_teacher(cfg, data, wf.training.seed, fingerprint(cfg, wf.data, wf.training.seed), log)
             save_atomic(payload, source.path)
+        payload = fit_to_data(payload, data)
         check_teacher_fits(payload, data, source.field)
+        if "val_accuracy" not in payload or "test_accuracy" not in payload:
+            payload = {**payload, **measured_on(payload, data, source, log)}
         teachers.append(Teacher(payload, source.path, file_sha256(source.path)))
     return teachers
 
 
+def measured_on(payload: dict[str, Any], data: DataSplits, source: TeacherSource, log=echo) -> dict[str, float]:
+    """Validation and test accuracy of a teacher that did not come with them (your own file), with a
+    warning near chance: the usual cause is a class order or input normalisation other than the data's."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    teacher = load_teacher_module(payload).to(device)
+    val_accuracy, _ = evaluate(teacher, data.val, 256, device)
+    test_accuracy, _ = evaluate(teacher, data.test, 256, device)
+    log(f"{source.field}: {source.path} scores {val_accuracy:.4f} on the validation split, {test_accuracy:.4f} on test")
+    if val_accuracy < 1.5 / data.num_classes:
+        log(
+            f"warning: {source.field} is near chance ({val_accuracy:.3f}, chance {1 / data.num_classes:.3f}): its class order or input "
+            "normalisation likely differs from this data's (images normalised by the training split's per-channel mean and std)"
+        )
+    return {"val_accuracy": val_accuracy, "test_accuracy": test_accuracy}
+
+
 def check_teacher_fits(payload: dict[str, Any], data: DataSplits, field: str) -> None:
+    """The teacher takes this data's input and gives its classes, and its weights fit its architecture,
+    checked layer by layer so that a mismatch names the layer."""
+    payload = fit_to_data(payload, data)
     shape = payload.get("input_shape")
     if payload.get("num_classes") != data.num_classes or not isinstance(shape, (list, tuple)) or list(shape) != list(data.input_shape):
         raise CheckpointError(
             f"{field}.checkpoint: teacher was saved for input {payload.get('input_shape')} with {payload.get('num_classes')} classes, "
             f"but the data has {list(data.input_shape)} and {data.num_classes}; use a teacher trained on this data"
         )
+    architecture = f"model {payload.get('model')!r} with options {payload.get('options') or {}}"
+    try:
+        model = build_model(ModelSpec(name=payload["model"], options=payload["options"]), tuple(shape), data.num_classes, field=field)
+    except ConfigError as err:
+        raise CheckpointError(f"{field}.checkpoint: the file names {architecture}, which does not build ({err})") from None
+    mismatches = weight_mismatches(model.state_dict(), payload["state_dict"])
+    if mismatches:
+        more = f"; {len(mismatches) - 2} more" if len(mismatches) > 2 else ""
+        raise CheckpointError(
+            f"{field}.checkpoint: the weights do not fit {architecture}: {'; '.join(mismatches[:2])}{more}; "
+            f"set {field}.name/options to the architecture the file was saved from"
+        )
     try:
         load_teacher_module(payload)
     except (KeyError, RuntimeError, TypeError, ValueError, ConfigError) as err:
         reason = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"{field}.checkpoint: weights do not fit model {payload.get('model')!r} ({reason}); use a teacher saved by lepton-ray for it") from None
+        raise CheckpointError(f"{field}.checkpoint: weights do not fit {architecture} ({reason}); use a teacher saved for it") from None
+
+
+def weight_mismatches(expected: dict[str, torch.Tensor], saved: dict[str, Any]) -> list[str]:
+    """One phrase per layer tensor that is missing, unexpected or of another shape in `saved`."""
+    shapes = [
+        f"{key} is {list(saved[key].shape)} in the file, {list(tensor.shape)} in the model"
+        for key, tensor in expected.items() if key in saved and hasattr(saved[key], "shape") and tuple(saved[key].shape) != tuple(tensor.shape)
+    ]
+    missing = [f"{key} is missing from the file" for key in expected if key not in saved]
+    unexpected = [f"{key} is in the file, not in the model" for key in saved if key not in expected]
+    return shapes + missing + unexpected
 
 
 def train_teacher(cfg: TeacherConfig, data: DataSplits, seed: int, fingerprint_value: str, log=echo) -> dict[str, Any]:

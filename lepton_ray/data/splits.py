@@ -1,0 +1,118 @@
+"""Seeded, stratified train/val/test splits held in memory, normalised with the training split's own
+statistics: what every data set (ours, or yours through `TensorData`) is turned into."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, TensorDataset
+
+from lepton_ray.config import DataConfig
+from lepton_ray.data.contract import DataContract
+from lepton_ray.errors import DataError
+
+
+@dataclass(frozen=True)
+class DataSplits:
+    train: Dataset
+    val: Dataset
+    test: Dataset
+    num_classes: int
+    input_shape: tuple[int, int, int]
+    """(channels, height, width) of one sample."""
+    contract: DataContract
+    """How raw inputs become these tensors, and the class names: what the exported files carry."""
+
+    def __post_init__(self) -> None:
+        if tuple(self.contract.input_shape) != tuple(self.input_shape) or len(self.contract.class_names) != self.num_classes:
+            raise DataError(
+                f"DataSplits.contract of {self.contract.dataset!r}: shape {self.contract.input_shape} and {len(self.contract.class_names)} "
+                f"class names, but the splits have {tuple(self.input_shape)} and {self.num_classes} classes; build the contract from the same data"
+            )
+
+    def summary(self) -> str:
+        """Images per split, classes, input shape: lengths only, no image is read."""
+        return (
+            f"{len(self.train)} train / {len(self.val)} val / {len(self.test)} test images, {self.num_classes} classes, "
+            f"input {'x'.join(map(str, self.input_shape))} (channels x height x width)"
+        )
+
+
+UNLABELED = -1
+"""Label of training samples kept as a transfer set without labels (`data.label_fraction` < 1):
+distillation losses see them, the hard-label loss skips them."""
+
+def split_indices(labels: np.ndarray, cfg: DataConfig, with_test: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Seeded stratified split into train/val(/test), plus the train indices whose labels are hidden."""
+    from sklearn.model_selection import train_test_split
+
+    indices = np.arange(len(labels))
+    test = np.array([], dtype=int)
+    if with_test:
+        indices, test = train_test_split(indices, test_size=cfg.test_fraction, stratify=labels, random_state=cfg.seed)
+    val_share = cfg.val_fraction / (1 - cfg.test_fraction) if with_test else cfg.val_fraction
+    train, val = train_test_split(indices, test_size=val_share, stratify=labels[indices], random_state=cfg.seed)
+    hidden = np.array([], dtype=int)
+    if cfg.label_fraction < 1:
+        keep = max(int(round(len(train) * cfg.label_fraction)), len(np.unique(labels)))
+        _, hidden = train_test_split(train, train_size=keep, stratify=labels[train], random_state=cfg.seed)
+    return np.sort(train), np.sort(val), np.sort(test), hidden
+
+
+def _hide_labels(labels: torch.Tensor, hidden: np.ndarray) -> torch.Tensor:
+    masked = labels.clone()
+    masked[torch.as_tensor(hidden, dtype=torch.long)] = UNLABELED
+    return masked
+
+
+class HiddenLabels(Dataset):
+    """Wraps a file-backed data set so that hidden training samples report label -1."""
+
+    def __init__(self, dataset: Dataset, hidden: set[int]) -> None:
+        self.dataset, self.hidden = dataset, hidden
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        image, label = self.dataset[index]
+        return image, UNLABELED if index in self.hidden else label
+
+
+def tensor_splits(images: torch.Tensor, labels: torch.Tensor, cfg: DataConfig, contract: DataContract, normalise: bool = True) -> DataSplits:
+    """Seeded stratified train/val/test out of one pool of images (for sets without an official test split)."""
+    train, val, test, hidden = split_indices(labels.numpy(), cfg, with_test=True)
+    return _assemble(images, labels, train, val, hidden, (images[test], labels[test]), contract, normalise)
+
+
+def official_test_splits(
+    train_images: torch.Tensor, train_labels: torch.Tensor, test_images: torch.Tensor, test_labels: torch.Tensor,
+    cfg: DataConfig, contract: DataContract,
+) -> DataSplits:
+    """Seeded stratified train/val carved out of an official training set; the official test set is the test split."""
+    train, val, _, hidden = split_indices(train_labels.numpy(), cfg, with_test=False)
+    return _assemble(train_images, train_labels, train, val, hidden, (test_images, test_labels), contract, normalise=True)
+
+
+def _assemble(
+    images: torch.Tensor, labels: torch.Tensor, train: np.ndarray, val: np.ndarray, hidden: np.ndarray,
+    test: tuple[torch.Tensor, torch.Tensor], contract: DataContract, normalise: bool,
+) -> DataSplits:
+    """In-memory splits, scaled by the per-channel mean/std of the training split only, so that no
+    validation or test statistic leaks into what the model sees while training; the contract records them."""
+    split_images = [images[train], images[val], test[0]]
+    if normalise:
+        mean = split_images[0].mean(dim=(0, 2, 3), keepdim=True)
+        std = split_images[0].std(dim=(0, 2, 3), keepdim=True)
+        split_images = [(part - mean) / std for part in split_images]
+        contract = contract.with_statistics(mean.flatten().tolist(), std.flatten().tolist())
+    return DataSplits(
+        TensorDataset(split_images[0], _hide_labels(labels, hidden)[train]),
+        TensorDataset(split_images[1], labels[val]),
+        TensorDataset(split_images[2], test[1]),
+        len(contract.class_names),
+        tuple(images.shape[1:]),
+        contract,
+    )

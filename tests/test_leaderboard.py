@@ -1,0 +1,88 @@
+"""`lepton-ray leaderboard`: read by the workflow's tracking settings, sorted by any column or alias, key columns
+by default. The sweeps are written straight into a SQLite MLflow store, as the sweep's callbacks log them."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from lepton_ray import metrics
+from lepton_ray.cli import main
+from lepton_ray.config import apply_overrides, load_workflow
+from lepton_ray.tracking.tracker import Tracker
+
+from conftest import QUICKSTART
+
+KNOB = "compression.pruning.sparsity"
+TRIALS = [  # (test accuracy, int8 gzip bytes, sparsity knob, status)
+    (0.90, 3000.0, "0.5", "FINISHED"),
+    (0.95, 5000.0, "0.1", "FINISHED"),
+    (None, None, "0.3", "FAILED"),
+]
+
+
+def log_sweep(uri: str, experiment: str, trials: list[tuple]) -> str:
+    """A parent sweep run and one child run per trial, with the tags and metrics `MlflowTrialLogger` writes."""
+    tracker = Tracker(uri, experiment)
+    parent = tracker.start_run("sweep-key", "sweep", {}, {"lepton.kind": "sweep"})
+    for number, (accuracy, gzip_bytes, sparsity, status) in enumerate(trials):
+        run_id = tracker.start_run(f"sweep-key/trial-{number:04d}", f"trial-{number:04d}", {}, {"optuna_trial": str(number), f"knob.{KNOB}": sparsity}, parent_run_id=parent)
+        if accuracy is not None:
+            tracker.log_metrics(run_id, {metrics.TEST_ACCURACY: accuracy, metrics.INT8_GZIP_BYTES: gzip_bytes, metrics.LATENCY_MS: 0.1, metrics.SIZE_BYTES: gzip_bytes / 2})
+        tracker.finish(run_id, status, error="ValueError: boom" if status == "FAILED" else None)
+    tracker.finish(parent)
+    return parent
+
+
+@pytest.fixture(scope="module")
+def logged_workflow(tmp_path_factory):
+    """The quickstart workflow pointed at one store holding its sweep (one store per module: creating one takes seconds)."""
+    folder = tmp_path_factory.mktemp("leaderboard")
+    path = folder / "workflow.yaml"
+    path.write_text(yaml.safe_dump(apply_overrides(yaml.safe_load(QUICKSTART.read_text()), {"tracking.uri": f"sqlite:///{folder / 'mlflow.db'}"})))
+    wf = load_workflow(path)
+    log_sweep(wf.tracking.uri, wf.tracking.experiment, TRIALS)
+    return path, wf
+
+
+def table_rows(out: str) -> list[list[str]]:
+    """The printed table's rows (header first), without the notes under it."""
+    return [line.split() for line in out.splitlines() if line.strip() and not line.startswith("(")]
+
+
+def test_leaderboard_of_a_workflow_reads_its_tracking_store_and_shows_the_key_columns(logged_workflow, capsys):
+    path, wf = logged_workflow
+    assert main(["leaderboard", str(path)]) == 0
+    header, *rows = table_rows(capsys.readouterr().out)
+    assert header == ["trial", "status", metrics.TEST_ACCURACY, wf.sweep.cost_metric, KNOB, "on_front"]
+    assert [row[:2] for row in rows] == [["0", "finished"], ["1", "finished"], ["2", "failed"]]
+
+    assert main(["leaderboard", str(path), "--all-columns"]) == 0
+    out = capsys.readouterr().out
+    assert metrics.LATENCY_MS in out and "~" + metrics.SIZE_BYTES in out and "ValueError: boom" in out
+
+
+@pytest.mark.parametrize("sort,order", [("accuracy", ["1", "0", "2"]), (metrics.TEST_ACCURACY, ["1", "0", "2"]), ("cost", ["0", "1", "2"]), ("~" + metrics.SIZE_BYTES, ["0", "1", "2"]), (KNOB, ["1", "2", "0"])])
+def test_leaderboard_sorts_by_any_column_or_alias_accuracy_first_and_the_rest_cheapest_first(logged_workflow, capsys, sort, order):
+    path, _ = logged_workflow
+    assert main(["leaderboard", str(path), "--sort", sort]) == 0
+    assert [row[0] for row in table_rows(capsys.readouterr().out)[1:]] == order
+
+
+def test_leaderboard_refuses_an_unknown_sort_column_in_one_line_listing_the_columns(logged_workflow, capsys):
+    path, _ = logged_workflow
+    assert main(["leaderboard", str(path), "--sort", "acc"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith("lepton-ray: error: --sort: unknown column 'acc'; sort by accuracy, cost or one of: trial, "), err
+    assert metrics.INT8_GZIP_BYTES in err and KNOB in err
+
+
+def test_leaderboard_flags_override_the_workflows_experiment_and_cost(logged_workflow, capsys):
+    path, wf = logged_workflow
+    log_sweep(wf.tracking.uri, "other", [(0.5, 100.0, "0.9", "FINISHED")])
+    assert main(["leaderboard", str(path), "--experiment", "other", "--cost", metrics.LATENCY_MS]) == 0
+    header, *rows = table_rows(capsys.readouterr().out)
+    assert metrics.LATENCY_MS in header and metrics.INT8_GZIP_BYTES not in header
+    assert rows == [["0", "finished", "0.5", "0.1", "0.9", "True"]]
+    assert main(["leaderboard", str(path), "--experiment", "missing"]) == 2
+    assert "--experiment: no MLflow experiment 'missing'" in capsys.readouterr().err

@@ -1,0 +1,121 @@
+"""Your own student, teacher and data by import path: validated at the edge, and run by Ray workers
+that import them from the files the workflow lists (runtime_env py_modules), not from the package."""
+
+from __future__ import annotations
+
+import importlib
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from lepton_ray.cli import main
+from lepton_ray.config import DataConfig, load_workflow
+from lepton_ray.data.datasets import build_data
+from lepton_ray.trial.teacher import prepare_teachers
+
+from own_code import DATA_MODULE, MODELS_MODULE, write_project
+
+
+@pytest.fixture
+def project(tmp_path: Path, own_code: Path) -> Path:
+    return write_project(tmp_path, own_code)
+
+
+def test_a_users_student_teacher_state_dict_and_data_factory_pass_validate(project, capsys):
+    assert main(["validate", str(project)]) == 0
+    assert "is valid" in capsys.readouterr().out
+
+
+def test_a_data_factory_keeps_its_own_test_split_and_gets_a_seeded_stratified_validation_split():
+    first, again = (build_data(DataConfig(name=f"{DATA_MODULE}:load", seed=3)) for _ in range(2))
+    assert len(first.test) == 300 and len(first.train) + len(first.val) == 1797 - 300
+    assert torch.equal(first.val.tensors[1], again.val.tensors[1])
+    assert first.input_shape == (1, 8, 8) and first.num_classes == 10
+    assert abs(float(first.train.tensors[0].mean())) < 1e-4  # normalised with the training split's own statistics
+    assert torch.bincount(first.val.tensors[1], minlength=10).min() >= 20  # stratified: every class in validation
+
+
+@pytest.mark.parametrize("override,message", [
+    ({"student.name": "no_such_module:Net"}, "student.name: no module 'no_such_module'; list its file under user_code"),
+    ({"student.name": f"{MODELS_MODULE}:Nope"}, f"student.name: module '{MODELS_MODULE}' has no 'Nope'"),
+    ({"student.name": f"{MODELS_MODULE}:not_a_model", "student.options": {}}, "returned a str, not a torch.nn.Module"),
+    ({"student.name": f"{MODELS_MODULE}:raises", "student.options": {}}, "student.name: own_code_models:raises raised RuntimeError: no GPU kernels"),
+    ({"student.name": f"{MODELS_MODULE}:three_logits", "student.options": {}}, "maps one image to [1, 3]; it must return logits of shape (N, 10)"),
+    ({"student.options": {"depth": 3}}, "student.options: "),
+    ({"data.name": f"{DATA_MODULE}:a_list"}, "data.name: own_code_data:a_list returned a list"),
+    ({"user_code": ["missing/models.py"]}, "user_code.0: 'missing/models.py' not found"),
+    ({"teacher.options": {"width": 16}}, "teacher.checkpoint: the weights do not fit model 'own_code_models:TinyNet' with options {'width': 16}: conv.weight is [32, 1, 3, 3] in the file, [16, 1, 3, 3] in the model"),
+])
+def test_a_broken_import_path_or_factory_is_one_line_naming_the_field_and_exit_2(tmp_path, own_code, capsys, override, message):
+    path = write_project(tmp_path, own_code, override)
+    assert main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1, err
+
+
+def test_a_users_teacher_is_measured_at_load_and_one_near_chance_is_flagged(project, tmp_path):
+    wf = load_workflow(project)
+    data = build_data(wf.data)
+    lines: list[str] = []
+    (teacher,) = prepare_teachers(wf, data, log=lines.append)
+    assert teacher.val_accuracy > 0.8 and teacher.test_accuracy > 0.8 and not any("near chance" in line for line in lines)
+    assert any(f"scores {teacher.val_accuracy:.4f} on the validation split" in line for line in lines)
+
+    shuffled = tmp_path / "untrained.pt"
+    torch.manual_seed(1)
+    torch.save({"model_state_dict": importlib.import_module(MODELS_MODULE).TinyNet((1, 8, 8), 10, width=32).state_dict()}, shuffled)
+    lines.clear()
+    (untrained,) = prepare_teachers(load_workflow(project, {"teacher.checkpoint": str(shuffled)}), data, log=lines.append)
+    assert untrained.val_accuracy < 0.15 and any("near chance" in line for line in lines)
+
+
+def test_submit_stages_the_users_files_next_to_the_package_and_names_them_there(project, tmp_path, own_code):
+    from lepton_ray.cluster.jobs import WORKFLOW_FILE, stage_job
+
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    stage_job(load_workflow(project), None, staging, [])
+    staged = yaml.safe_load((staging / WORKFLOW_FILE).read_text())
+    assert staged["user_code"] == [f"{MODELS_MODULE}.py", f"{DATA_MODULE}.py"]
+    assert (staging / f"{MODELS_MODULE}.py").read_text() == (own_code / f"{MODELS_MODULE}.py").read_text()
+
+
+@pytest.mark.ray
+def test_a_sweep_with_two_ddp_workers_imports_the_users_code_on_every_worker_then_selects_and_exports(project, tmp_path):
+    """Run as a user would, from a folder where the user's modules are not importable: only `user_code`
+    (the driver) and Ray's py_modules (the workers) can find them."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    done = subprocess.run([sys.executable, "-m", "lepton_ray.cli", "sweep", str(project)], cwd=elsewhere, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "2/2 done (0 failed" in done.stdout
+    export = tmp_path / "runs" / "own_code" / "sweep" / "export"
+    assert (export / "student.int8.onnx").is_file() and "registered models:/own-code-student/1" in done.stdout
+
+
+def test_the_readme_example_validates_as_written(tmp_path, monkeypatch, capsys):
+    """The README's "Your own model and data" files, extracted verbatim, with a state_dict the user trained."""
+    import re
+    import shutil
+
+    from own_code import train_state_dict
+    from lepton_ray.user_code import load_user_code
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    files = dict(re.findall(r"```\w+\n# file: (\S+)\n(.*?)```", readme, flags=re.S))
+    assert set(files) == {"my_models.py", "my_data.py", "my_workflow.yaml"}
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    (tmp_path / "search_spaces").mkdir()
+    shutil.copy(Path(__file__).resolve().parents[1] / "search_spaces" / "quickstart.yaml", tmp_path / "search_spaces")
+    monkeypatch.chdir(tmp_path)
+    load_user_code([Path("my_models.py"), Path("my_data.py")])
+    data = build_data(DataConfig(name="my_data:load"))
+    torch.save(train_state_dict(data, width=32, module="my_models"), tmp_path / "my_teacher.pt")
+    assert main(["validate", "my_workflow.yaml"]) == 0
+    out = capsys.readouterr().out
+    assert "is valid" in out and "/ 300 test images, 10 classes" in out  # the data set's own test split
