@@ -95,6 +95,11 @@ def py_modules(paths: list[Path]) -> list[str]:
     return [str(Path(path).resolve()) for path in paths if Path(path).exists()]
 
 
+def first_line(err: BaseException) -> str:
+    """An exception's message cut to one line (its type name when it has none): errors stay one line."""
+    lines = str(err).strip().splitlines()
+    return lines[0][:200] if lines else type(err).__name__
+
+
 def _one_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {text[0][:200]}" if text else type(err).__name__
+    return f"{type(err).__name__}: {first_line(err)}" if str(err).strip() else type(err).__name__

@@ -18,6 +18,7 @@ from torch import nn
 from lepton_ray.config import ModelSpec
 from lepton_ray.errors import ConfigError
 from lepton_ray.registry import Registry
+from lepton_ray.user_code import first_line
 
 InputShape = tuple[int, int, int]
 ModelFactory = Callable[..., nn.Module]
@@ -30,17 +31,12 @@ def build_model(spec: ModelSpec, input_shape: InputShape, num_classes: int, fiel
     try:
         model = factory(tuple(input_shape), num_classes, **spec.options)
     except (TypeError, ValueError) as err:
-        raise ConfigError(f"{field}.options: {_one_line(err)}; check the options of model {spec.name!r}") from None
+        raise ConfigError(f"{field}.options: {first_line(err)}; check the options of model {spec.name!r}") from None
     except Exception as err:  # a user's factory may raise anything: report it, in one line
-        raise ConfigError(f"{field}.name: {spec.name} raised {type(err).__name__}: {_one_line(err)} for input {list(input_shape)}, {num_classes} classes; fix the factory") from None
+        raise ConfigError(f"{field}.name: {spec.name} raised {type(err).__name__}: {first_line(err)} for input {list(input_shape)}, {num_classes} classes; fix the factory") from None
     if not isinstance(model, nn.Module):
         raise ConfigError(f"{field}.name: {spec.name} returned a {type(model).__name__}, not a torch.nn.Module; return the model")
     return model
-
-
-def _one_line(err: BaseException) -> str:
-    lines = str(err).strip().splitlines()
-    return lines[0][:200] if lines else type(err).__name__
 
 
 def count_params(model: nn.Module) -> int:
