@@ -5,7 +5,7 @@ the measured cost of the int8 file, and the champion's int8 file in ONNX Runtime
 
 Needs the four Fashion-MNIST idx files: `apt-get install dataset-fashion-mnist` (Debian) or `--data-root`.
 The teacher is trained once through the product's teacher stage and cached under runs/teachers/. The
-dense students run through the trial's own loop in this process (teacher outputs from the sweep's
+dense students run through the trial's own loop, two at a time in worker processes (teacher outputs from the sweep's
 teacher cache). The sweep is the real `lepton-ray sweep` command (Ray, MLflow in a SQLite file under
 the benchmark's folder); its last stage (select, export, publish) then runs here, as the command runs it.
 Every trial's saved student is then re-tested in PyTorch and as an int8 file in ONNX Runtime.
@@ -14,10 +14,13 @@ Every trial's saved student is then re-tested in PyTorch and as an int8 file in 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
+import shutil
 import statistics
 import subprocess
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +49,8 @@ PUBLISHED = {
 """Test accuracy of published baselines: the benchmark table of github.com/zalandoresearch/fashion-mnist (README)."""
 QUICK = {"training.epochs": 1, "teacher.train.epochs": 1, "sweep.num_samples": 2, "resources.max_concurrent_trials": 1}
 LABELS_ONLY, KD = "labels only (alpha=0)", "kd"
+DENSE_PROCESSES = 2
+"""Dense runs at a time: each is single-threaded, so two use the machine's 2 cores as the sweep's two trials do."""
 
 
 def bench_workflow(folder: Path, quick: bool, data_root: Path | None, extra: dict[str, Any] | None = None) -> tuple[WorkflowConfig, dict[str, Any]]:
@@ -56,21 +61,38 @@ def bench_workflow(folder: Path, quick: bool, data_root: Path | None, extra: dic
     return load_workflow(WORKFLOW, overrides), overrides
 
 
-def dense_students(overrides: dict[str, Any], data: DataSplits, teachers: list[torch.nn.Module], cache: Any, seeds: list[int]) -> dict[str, Any]:
-    """The workflow's student at full width, uncompressed (a float student ships with 7-bit int8 codes), per seed."""
-    rows: dict[str, Any] = {}
-    for row, alpha in ((LABELS_ONLY, 0.0), (KD, load_workflow(WORKFLOW, overrides).distillation.alpha)):
-        runs = []
-        for seed in seeds:
-            seeded = load_workflow(WORKFLOW, {**overrides, "distillation.alpha": alpha, "training.seed": seed})
-            started = time.perf_counter()
-            final = train_student(seeded, data, teachers if alpha else [], cache if alpha else None)
-            runs.append({"seed": seed, "seconds": time.perf_counter() - started, **{k: final[k] for k in (
-                metrics.TEST_ACCURACY, metrics.INT8_VAL_ACCURACY, metrics.BEST_VAL_ACCURACY, metrics.INT8_GZIP_BYTES, metrics.INT8_FILE_BYTES, metrics.LATENCY_MS)}})
-            print(f"  {row} seed {seed}: test {runs[-1][metrics.TEST_ACCURACY]:.4f} ({runs[-1]['seconds']:.0f} s)", flush=True)
+def dense_run(overrides: dict[str, Any], alpha: float, seed: int) -> dict[str, Any]:
+    """One dense student (in a worker process): the data, the cached teacher and its output cache read back from disk."""
+    torch.set_num_threads(1)
+    seeded = load_workflow(WORKFLOW, {**overrides, "distillation.alpha": alpha, "training.seed": seed})
+    data = build_data(seeded.data)
+    teachers, cache = [], None
+    if alpha:
+        (teacher,) = prepare_teachers(seeded, data)
+        cache, _ = sweep_teacher_cache(seeded, [teacher], data, Path(overrides["output_dir"]).parent)
+        teachers = [load_teacher_module(teacher.payload)]
+    started = time.perf_counter()
+    final = train_student(seeded, data, teachers, cache)
+    return {"seed": seed, "seconds": time.perf_counter() - started, **{k: final[k] for k in (
+        metrics.TEST_ACCURACY, metrics.INT8_VAL_ACCURACY, metrics.BEST_VAL_ACCURACY, metrics.INT8_GZIP_BYTES, metrics.INT8_FILE_BYTES, metrics.LATENCY_MS)}}
+
+
+def dense_students(overrides: dict[str, Any], seeds: list[int], processes: int) -> dict[str, Any]:
+    """The workflow's student at full width, uncompressed (a float student ships with 7-bit int8 codes), per seed;
+    `processes` runs at a time, one thread each (every run is single-threaded, as a sweep's trials are)."""
+    rows = {LABELS_ONLY: 0.0, KD: load_workflow(WORKFLOW, overrides).distillation.alpha}
+    jobs = [(row, alpha, seed) for row, alpha in rows.items() for seed in seeds]
+    with ProcessPoolExecutor(max_workers=processes, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {job: pool.submit(dense_run, overrides, job[1], job[2]) for job in jobs}
+        for (row, _, seed), future in futures.items():
+            run = future.result()
+            print(f"  {row} seed {seed}: test {run[metrics.TEST_ACCURACY]:.4f} ({run['seconds']:.0f} s)", flush=True)
+    out: dict[str, Any] = {}
+    for row in rows:
+        runs = [futures[job].result() for job in jobs if job[0] == row]
         accuracies = [run[metrics.TEST_ACCURACY] for run in runs]
-        rows[row] = {"runs": runs, "mean": statistics.mean(accuracies), "std": statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0}
-    return rows
+        out[row] = {"runs": runs, "mean": statistics.mean(accuracies), "std": statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0}
+    return out
 
 
 def run_sweep(overrides: dict[str, Any]) -> float:
@@ -122,6 +144,7 @@ def estimate_agreement(trials: Any, measured: str) -> dict[str, float]:
 def run(quick: bool, seeds: list[int], data_root: Path | None) -> dict[str, Any]:
     commit = measured_commit()  # at the start: the run takes an hour, the tree may move meanwhile
     folder = REPO / "runs" / f"bench-{NAME}{'-quick' if quick else ''}"
+    shutil.rmtree(folder, ignore_errors=True)  # the benchmark's own scratch folder: every run measures a fresh sweep
     wf, overrides = bench_workflow(folder, quick, data_root)
     started = time.perf_counter()
     data = build_data(wf.data)
@@ -130,8 +153,8 @@ def run(quick: bool, seeds: list[int], data_root: Path | None) -> dict[str, Any]
     started = time.perf_counter()
     (teacher,) = prepare_teachers(wf, data)
     teacher_seconds = time.perf_counter() - started
-    cache, _ = sweep_teacher_cache(wf, [teacher], data, folder)
-    dense = dense_students({**overrides, "output_dir": str(folder / "dense")}, data, [load_teacher_module(teacher.payload)], cache, seeds)
+    sweep_teacher_cache(wf, [teacher], data, folder)  # built once here, read back by the dense runs
+    dense = dense_students({**overrides, "output_dir": str(folder / "dense")}, seeds, processes=DENSE_PROCESSES)
 
     sweep_seconds = run_sweep(overrides)
     outcome, tracker = existing_sweep(wf)
