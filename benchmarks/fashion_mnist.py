@@ -38,7 +38,7 @@ from lepton_ray.export.runtime import onnx_accuracy
 from lepton_ray.models.saved import load_teacher_module
 from lepton_ray.sweep.results import existing_sweep, select_export_publish
 from lepton_ray.trial.epoch import evaluate
-from lepton_ray.trial.teacher import prepare_teachers
+from lepton_ray.trial.teacher import Teacher, prepare_teachers
 from lepton_ray.trial.trainer import sweep_teacher_cache
 
 NAME = "fashion_mnist"
@@ -61,29 +61,26 @@ def bench_workflow(folder: Path, quick: bool, data_root: Path | None, extra: dic
     return load_workflow(WORKFLOW, overrides), overrides
 
 
-def dense_run(overrides: dict[str, Any], alpha: float, seed: int) -> dict[str, Any]:
-    """One dense student (in a worker process): the data, the cached teacher and its output cache read back from disk."""
+def dense_run(overrides: dict[str, Any], alpha: float, seed: int, teacher: Teacher, cache_folder: Path) -> dict[str, Any]:
+    """One dense student (in a worker process): the data read again, the sweep's teacher as given (the teacher
+    stage would train a new one: its fingerprint holds the training seed), its output cache read back from disk."""
     torch.set_num_threads(1)
     seeded = load_workflow(WORKFLOW, {**overrides, "distillation.alpha": alpha, "training.seed": seed})
     data = build_data(seeded.data)
-    teachers, cache = [], None
-    if alpha:
-        (teacher,) = prepare_teachers(seeded, data)
-        cache, _ = sweep_teacher_cache(seeded, [teacher], data, Path(overrides["output_dir"]).parent)
-        teachers = [load_teacher_module(teacher.payload)]
+    cache = sweep_teacher_cache(seeded, [teacher], data, cache_folder)[0] if alpha else None
     started = time.perf_counter()
-    final = train_student(seeded, data, teachers, cache)
+    final = train_student(seeded, data, [load_teacher_module(teacher.payload)] if alpha else [], cache)
     return {"seed": seed, "seconds": time.perf_counter() - started, **{k: final[k] for k in (
         metrics.TEST_ACCURACY, metrics.INT8_VAL_ACCURACY, metrics.BEST_VAL_ACCURACY, metrics.INT8_GZIP_BYTES, metrics.INT8_FILE_BYTES, metrics.LATENCY_MS)}}
 
 
-def dense_students(overrides: dict[str, Any], seeds: list[int], processes: int) -> dict[str, Any]:
+def dense_students(overrides: dict[str, Any], teacher: Teacher, cache_folder: Path, seeds: list[int], processes: int) -> dict[str, Any]:
     """The workflow's student at full width, uncompressed (a float student ships with 7-bit int8 codes), per seed;
     `processes` runs at a time, one thread each (every run is single-threaded, as a sweep's trials are)."""
     rows = {LABELS_ONLY: 0.0, KD: load_workflow(WORKFLOW, overrides).distillation.alpha}
     jobs = [(row, alpha, seed) for row, alpha in rows.items() for seed in seeds]
     with ProcessPoolExecutor(max_workers=processes, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = {job: pool.submit(dense_run, overrides, job[1], job[2]) for job in jobs}
+        futures = {job: pool.submit(dense_run, overrides, job[1], job[2], teacher, cache_folder) for job in jobs}
         for (row, _, seed), future in futures.items():
             run = future.result()
             print(f"  {row} seed {seed}: test {run[metrics.TEST_ACCURACY]:.4f} ({run['seconds']:.0f} s)", flush=True)
@@ -154,7 +151,7 @@ def run(quick: bool, seeds: list[int], data_root: Path | None) -> dict[str, Any]
     (teacher,) = prepare_teachers(wf, data)
     teacher_seconds = time.perf_counter() - started
     sweep_teacher_cache(wf, [teacher], data, folder)  # built once here, read back by the dense runs
-    dense = dense_students({**overrides, "output_dir": str(folder / "dense")}, seeds, processes=DENSE_PROCESSES)
+    dense = dense_students({**overrides, "output_dir": str(folder / "dense")}, teacher, folder, seeds, processes=DENSE_PROCESSES)
 
     sweep_seconds = run_sweep(overrides)
     outcome, tracker = existing_sweep(wf)
@@ -248,10 +245,10 @@ def markdown(payload: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smoke run: 1 epoch, 2 trials, 1 seed")
-    parser.add_argument("--seeds", type=int, default=3, help="dense-student seeds 0..N-1")
+    parser.add_argument("--seeds", type=int, default=None, help="dense-student seeds 0..N-1 (default 3, 1 with --quick)")
     parser.add_argument("--data-root", type=Path, default=None, help="folder of the four idx files (default: the workflow's)")
     args = parser.parse_args(argv)
-    payload = write_result(NAME, run(args.quick, list(range(1 if args.quick else args.seeds)), args.data_root), args.quick)
+    payload = write_result(NAME, run(args.quick, list(range(args.seeds or (1 if args.quick else 3))), args.data_root), args.quick)
     page = RESULTS / f"{NAME}{'.quick' if args.quick else ''}.md"
     page.write_text(markdown(payload))
     print(f"wrote {page.relative_to(REPO)}")
