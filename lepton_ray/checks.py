@@ -254,4 +254,8 @@ def check_workflow(wf: WorkflowConfig, cluster: tuple[float, float] | None = Non
     space = search_space_for(wf)
     if space is not None:
         check_search_space(wf, space)
+    if wf.sweep.warm_start is not None:
+        from lepton_ray.sweep.warm_start import read_warm_start  # imports Ray Tune: only when asked
+
+        read_warm_start(wf.sweep.warm_start, space, wf.sweep)
     return space
