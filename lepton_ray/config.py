@@ -187,7 +187,9 @@ class SweepConfig(_Strict):
         metrics.INT8_GZIP_BYTES, description="the cost the search minimises and the front is drawn against; default: the "
         "measured gzip bytes of the trial's int8 file (what shipping it costs; size_bytes is only an estimate)",
     )
-    searcher: Literal["optuna", "random"] = "optuna"
+    searcher: str = Field(
+        "optuna", description="the Optuna sampler, by name (`lepton-ray list searchers`: tpe, gp, nsga2, random, ...); optuna: the default one"
+    )
     scheduler: Literal["none", "asha"] = "none"
     seed: int = 0
     constraints: dict[str, float] = Field(default_factory=dict, description="metric -> max value")

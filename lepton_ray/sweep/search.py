@@ -21,6 +21,7 @@ from ray.tune.search import Searcher
 from lepton_ray import metrics
 from lepton_ray.checkpoints import is_storage_full
 from lepton_ray.config import CategoricalParam, FloatParam, SearchSpace, SweepConfig
+from lepton_ray.sweep.samplers import make_sampler
 
 SWEEP_ID_ATTR = "sweep_id"
 """Study attribute naming this sweep: a sweep started again in a deleted folder gets new MLflow runs."""
@@ -46,27 +47,11 @@ def distribution(param) -> optuna.distributions.BaseDistribution:
     return optuna.distributions.IntDistribution(param.low, param.high, log=param.log, step=param.step)
 
 
-def constraint_values(trial: optuna.trial.FrozenTrial) -> list[float]:
-    """Optuna's contract: each value <= 0 means feasible."""
-    return trial.user_attrs.get("constraints", [1.0])
-
-
 def constraint_list(constraints: dict[str, float], result: dict | None) -> list[float]:
     """A trial's constraint values from its final metrics (None: infeasible)."""
     if not result:
         return [1.0] * max(len(constraints), 1)
     return [float(result[name]) - limit for name, limit in constraints.items()] or [0.0]
-
-
-def make_sampler(cfg: SweepConfig, trials_so_far: int = 0) -> optuna.samplers.BaseSampler:
-    """Seeded by `sweep.seed` plus the trials the study already holds: a resumed sweep continues the
-    sequence instead of replaying the first suggestions (which would re-run configurations)."""
-    seed = cfg.seed + trials_so_far
-    if cfg.searcher == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    startup = min(10, max(3, cfg.num_samples // 3))
-    constraints = constraint_values if cfg.constraints else None
-    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup, multivariate=True, constraints_func=constraints)
 
 
 def open_study(storage_dir: Path, cfg: SweepConfig, warm: WarmStart | None = None) -> optuna.Study:
