@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch.utils.data import TensorDataset
 
-from benchmarks.common import REPO, measured_commit, train_student, write_result
+from benchmarks.common import REPO, Figure, measured_commit, train_student, write_result
 from benchmarks.fashion_mnist import WORKFLOW, bench_workflow
 from lepton_ray import metrics
 from lepton_ray.config import load_workflow
@@ -138,6 +138,11 @@ def run(quick: bool, data_root: Path | None, teacher_file: Path | None, train_sa
         "dense_labels_only": rows[0],
         "configs": rows[1:],
     }
+
+
+def figures(payload: dict[str, Any]) -> list[Figure]:
+    """None of its own: the table is what `search_efficiency` replays, and its figures are there."""
+    return []
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
