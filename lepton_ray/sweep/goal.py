@@ -1,9 +1,11 @@
 """`sweep.stop_when`: end the sweep as soon as a finished trial meets the user's goal.
 
-A Ray Tune `Stopper`: when a trial's final result (the one with test accuracy and the measured
-costs) meets every bound, `stop_all` turns true; Tune stops asking for trials and stops the ones
-running (they reach Optuna as pruned, so they never enter the front). The met goal is written into
-the study, so `--resume` of a sweep that met its goal has nothing left to run.
+A Ray Tune `Stopper` that is also a `Callback`: when a trial's final result (the one with test
+accuracy and the measured costs) meets every bound, no new trial is asked for (the searcher checks
+`met`); once that trial has completed (stopping it at its final report would lose it), `stop_all`
+turns true and Tune stops the trials still running (they reach Optuna as pruned, so they never
+enter the front). The met goal is written into the study, so `--resume` of a sweep that met its
+goal has nothing left to run.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import optuna
-from ray.tune import Stopper
+from ray.tune import Callback, Stopper
 
 from lepton_ray import metrics
 from lepton_ray.config import StopWhen
@@ -51,8 +53,8 @@ def met_before(study: optuna.Study, goal: StopWhen | None) -> int | None:
     return int(recorded["trial"])
 
 
-class GoalStopper(Stopper):
-    """Watches every result; never stops a single trial, stops the sweep once the goal is met."""
+class GoalStopper(Stopper, Callback):
+    """Watches every result; never stops a single trial, stops the sweep once the trial that met the goal has completed."""
 
     def __init__(self, goal: StopWhen, cost_metric: str, study: optuna.Study, trial_number: Callable[[str], int | None]) -> None:
         self.goal = goal
@@ -60,16 +62,26 @@ class GoalStopper(Stopper):
         self.study = study
         self.trial_number = trial_number
         self.met: GoalMet | None = None
+        self.met_by: str | None = None
+        """Tune id of the trial that met the goal."""
+        self.met_trial_done = False
 
     def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
         if self.met is None and meets(self.goal, result, self.cost_metric):
             number = self.trial_number(trial_id)
             self.met = GoalMet(-1 if number is None else number, float(result[metrics.TEST_ACCURACY]), float(result[self.cost_metric]))
+            self.met_by = trial_id
             self.study.set_user_attr(MET_ATTR, {"goal": self.goal.model_dump(), "trial": self.met.trial})
         return False
 
     def stop_all(self) -> bool:
-        return self.met is not None
+        return self.met_trial_done
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        self.met_trial_done = self.met_trial_done or trial.trial_id == self.met_by
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        self.on_trial_complete(iteration, trials, trial)
 
     def summary(self, finished: int, total: int) -> str:
         met = self.met

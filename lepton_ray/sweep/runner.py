@@ -144,6 +144,9 @@ def _run_tuner(wf, shared_workflow, space, paths, study, remaining, teachers, da
     ]
     searcher = StudySearcher(study, space, wf.sweep)
     goal = GoalStopper(wf.sweep.stop_when, wf.sweep.cost_metric, study, searcher.live.get) if wf.sweep.stop_when else None
+    if goal is not None:
+        searcher.goal_met = lambda: goal.met is not None
+        callbacks.append(goal)
     tuner = tune.Tuner(
         tune.with_resources(trainable, trial_resources(wf)),
         tune_config=tune.TuneConfig(

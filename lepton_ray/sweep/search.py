@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import optuna
 from ray.tune.search import Searcher
@@ -105,13 +105,15 @@ class StudySearcher(Searcher):
         self.live: dict[str, int] = {}
         self.storage_full = False
         """Set when a trial reported `storage_full`: no new trials; the driver stops with a clear error."""
+        self.goal_met: Callable[[], bool] = lambda: False
+        """True once `sweep.stop_when` is met (`sweep/goal.py`): no new trials."""
 
     def set_search_properties(self, metric, mode, config, **spec) -> bool:
         return True
 
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
         """Interrupted trials first (same number, same params), then a fresh ask; nothing once storage is full."""
-        if self.storage_full:
+        if self.storage_full or self.goal_met():
             return Searcher.FINISHED
         with self._unless_storage_full():
             if self.interrupted:
