@@ -1,47 +1,59 @@
-"""Hypervolume of the Pareto front found by the Optuna searcher / by random search, equal trial budget.
+"""Searchers compared by replaying a measured grid: hypervolume at equal trial budgets, and trials to 90% of the known front.
 
-Both searchers run the quickstart search space (`search_spaces/quickstart.yaml`: temperature,
-alpha, sparsity, bits) through the sweep's own `StudySearcher` over `open_study` (TPE
-multi-objective or Optuna's RandomSampler, as `make_sampler` builds them), with the same sampler
-seed. Each trial trains in this process (world size 1, no Ray) with the trial's own functions and
-the sweep's teacher cache, for a few epochs; the objectives: best validation accuracy up, size_bytes
-down (pinned to the estimate rather than the quickstart's measured `int8_gzip_bytes`, so the saved
-results stay comparable; both searchers see the same axis). Hypervolume reference point: accuracy 0
-and the size of the dense fp32 student; reported as the share of that box ([0, 1] x [0, dense size]) the front dominates.
+The table is `benchmarks/search_grid.py`'s (Fashion-MNIST, every configuration of width x channel pruning x
+pruning x bits trained once). Each searcher is the sweep's own sampler (`lepton_ray/sweep/samplers.py`, built
+by `make_sampler` with the searcher's name, the sampler seed and the budget as `sweep.num_samples`) over a
+real in-memory Optuna study whose distributions hold exactly the grid's values (stepped floats, bits an int).
+The table answers each configuration asked with what it measured; objectives as the sweep's: best_val_accuracy
+up, int8_gzip_bytes down. Two trials are in flight, told first in, first out: every ask after the first sees
+the other trial still running, as in a sweep where Tune fills a freed slot at once (so the constant liar acts).
 
-    .venv/bin/python -m benchmarks.search_efficiency [--quick]    # writes benchmarks/results/search_efficiency.json
+Reference point: accuracy = the dense labels-only student's best_val_accuracy minus 5 pt; cost = that dense
+fp32 student's int8_gzip_bytes (the file an uncompressed float student ships). Hypervolume is normalised by
+the grid's own front: the table holds every configuration, so that front is the known one.
+
+    .venv/bin/python -m benchmarks.search_efficiency [--quick] [--grid FILE]    # writes benchmarks/results/search_efficiency.{json,md}
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
+import multiprocessing
 import statistics
-import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
 import optuna
 import torch
 
-from benchmarks.common import REPO, Figure, figures_table, format_table, quickstart_workflow, train_student, write_result
+from benchmarks.common import REPO, RESULTS, Figure, figures_table, format_table, result_path, write_result
 from lepton_ray import metrics
-from lepton_ray.config import SearchSpace, WorkflowConfig, apply_overrides, load_search_space, parse_workflow
-from lepton_ray.compress.cost import static_cost
-from lepton_ray.data.datasets import DataSplits, build_data
-from lepton_ray.models.zoo import build_model
-from lepton_ray.trial.teacher import prepare_teachers
-from lepton_ray.distill.teacher_cache import TeacherCache
-from lepton_ray.trial.trainer import sweep_teacher_cache
-from lepton_ray.models.saved import load_teacher_module
+from lepton_ray.config import SweepConfig
+from lepton_ray.sweep.samplers import SAMPLERS, make_sampler
 
 NAME = "search_efficiency"
-SPACE = REPO / "search_spaces" / "quickstart.yaml"
-SEARCHERS = ("optuna", "random")
-TORCH_THREADS = 1
-FULL = {"seeds": 3, "trials": 24, "epochs": 4}
-QUICK = {"seeds": 1, "trials": 4, "epochs": 2}
+ACCURACY, COST = metrics.BEST_VAL_ACCURACY, metrics.INT8_GZIP_BYTES
+REFERENCE_DROP = 0.05
+"""The reference accuracy is this far below the dense labels-only student's."""
+SHARE = 0.9
+"""Trials to reach this share of the known front's hypervolume."""
+CONCURRENT = 2
+"""Trials in flight, as the Fashion-MNIST workflow's `resources.max_concurrent_trials`."""
+FULL = {"seeds": 10, "budgets": (12, 24), "max_trials": 48}
+QUICK = {"seeds": 2, "budgets": (4, 8), "max_trials": 12}
+PROCESSES = 2
+SEARCHERS = [name for name in SAMPLERS.names() if name != "optuna"]
+"""Every registered searcher once (`optuna` is another name of the default)."""
+
+Outcome = tuple[float, float] | None
+"""(accuracy, cost) of a told trial; None where the configuration diverged (told as failed)."""
 
 
 def hypervolume_2d(accuracy: Sequence[float], cost: Sequence[float], reference: tuple[float, float]) -> float:
@@ -58,73 +70,202 @@ def hypervolume_2d(accuracy: Sequence[float], cost: Sequence[float], reference: 
     return area
 
 
-def search(
-    base: WorkflowConfig, space: SearchSpace, data: DataSplits, teacher: torch.nn.Module, cache: TeacherCache, searcher_name: str, seed: int, trials: int, folder: Path,
-) -> list[dict[str, Any]]:
-    """One sweep's worth of trials, asked and told through the sweep's searcher; its completed trials."""
-    from lepton_ray.sweep.search import NUMBER_KEY, StudySearcher, open_study  # imports Ray Tune
-
-    sweep = parse_workflow(apply_overrides(base.to_dict(), {"sweep.searcher": searcher_name, "sweep.seed": seed, "sweep.num_samples": trials})).sweep
-    study = open_study(folder / f"{searcher_name}-{seed}", sweep)
-    searcher = StudySearcher(study, space, sweep)
-    for index in range(trials):
-        trial_id = f"{searcher_name}-{seed}-{index}"
-        config = searcher.suggest(trial_id)
-        overrides = {path: value for path, value in config.items() if path != NUMBER_KEY}
-        searcher.on_trial_complete(trial_id, train_student(parse_workflow(apply_overrides(base.to_dict(), overrides)), data, [teacher], cache))
-    completed = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-    return [{"params": trial.params, metrics.BEST_VAL_ACCURACY: trial.values[0], metrics.SIZE_BYTES: trial.values[1]} for trial in completed]
+def _key(values: Sequence[float]) -> tuple[float, ...]:
+    """Grid values as a lookup key: a stepped float Optuna suggests may differ from the table's in the last bits."""
+    return tuple(round(float(value), 9) for value in values)
 
 
-def run(seeds: int, trials: int, epochs: int) -> dict[str, Any]:
-    torch.set_num_threads(TORCH_THREADS)
-    base = quickstart_workflow({"training.epochs": epochs, "sweep.cost_metric": metrics.SIZE_BYTES})
-    space = load_search_space(SPACE)
-    data = build_data(base.data)
-    teachers = prepare_teachers(base, data)
-    teacher = load_teacher_module(teachers[0].payload)
-    dense_size = static_cost(build_model(base.student, data.input_shape, data.num_classes), data.input_shape)[metrics.SIZE_BYTES]
-    reference = (0.0, dense_size)
-    runs = []
+def distribution(values: Sequence[float | int]) -> optuna.distributions.BaseDistribution:
+    """The Optuna distribution holding exactly these evenly spaced values: an int one for whole numbers
+    (bits: GPSampler models categoricals poorly), else a stepped float one."""
+    steps = {round(b - a, 9) for a, b in zip(values, values[1:])}
+    if len(steps) != 1 or min(steps) <= 0:
+        raise ValueError(f"grid values {list(values)} are not evenly spaced and increasing; a stepped distribution cannot hold exactly them")
+    step = steps.pop()
+    if all(isinstance(value, int) for value in values):
+        return optuna.distributions.IntDistribution(values[0], values[-1], step=int(step))
+    return optuna.distributions.FloatDistribution(values[0], values[-1], step=step)
+
+
+@dataclass(frozen=True)
+class GridTable:
+    """What a replay needs from `search_grid`'s payload: the searched knobs, each configuration's outcome, the reference point."""
+
+    distributions: dict[str, optuna.distributions.BaseDistribution]
+    """Knobs with more than one value in the grid (the others are fixed)."""
+    outcomes: dict[tuple[float, ...], Outcome]
+    reference: tuple[float, float]
+
+    @classmethod
+    def from_payload(cls, payload: dict[str, Any]) -> "GridTable":
+        searched = {path: values for path, values in payload["setting"]["grid"].items() if len(values) > 1}
+        outcomes = {
+            _key([row["knobs"][path] for path in searched]): None if row["diverged"] else (row[ACCURACY], row[COST]) for row in payload["configs"]
+        }
+        dense = payload["dense_labels_only"]
+        return cls({path: distribution(values) for path, values in searched.items()}, outcomes, (dense[ACCURACY] - REFERENCE_DROP, dense[COST]))
+
+    def outcome(self, params: dict[str, Any]) -> Outcome:
+        return self.outcomes[_key([params[path] for path in self.distributions])]
+
+    @cached_property
+    def known_hypervolume(self) -> float:
+        """Hypervolume of the grid's own front: every configuration is in the table, so no searcher finds more."""
+        return _area(list(self.outcomes.values()), self.reference)
+
+    def hypervolume(self, outcomes: Sequence[Outcome]) -> float:
+        """Hypervolume of these outcomes as a share of the known front's; NaN where no configuration beats the reference point."""
+        return _area(outcomes, self.reference) / self.known_hypervolume if self.known_hypervolume else math.nan
+
+
+def _area(outcomes: Sequence[Outcome], reference: tuple[float, float]) -> float:
+    finished = [outcome for outcome in outcomes if outcome is not None]
+    return hypervolume_2d([a for a, _ in finished], [c for _, c in finished], reference)
+
+
+def replay(table: GridTable, searcher: str, seed: int, trials: int, concurrent: int = CONCURRENT) -> list[Outcome]:
+    """One sweep of `trials` trials by the named searcher, the table answering; outcomes in the order told."""
+    study = optuna.create_study(directions=["maximize", "minimize"], sampler=make_sampler(SweepConfig(searcher=searcher, seed=seed, num_samples=trials)))
+    running: list[optuna.trial.Trial] = []
+    told: list[Outcome] = []
+
+    def tell_oldest() -> None:
+        trial = running.pop(0)
+        outcome = table.outcome(trial.params)
+        study.tell(trial, list(outcome) if outcome else None, state=optuna.trial.TrialState.COMPLETE if outcome else optuna.trial.TrialState.FAIL)
+        told.append(outcome)
+
+    for _ in range(trials):
+        if len(running) == concurrent:
+            tell_oldest()
+        running.append(study.ask(table.distributions))
+    while running:
+        tell_oldest()
+    return told
+
+
+def trials_to_share(table: GridTable, outcomes: Sequence[Outcome], share: float = SHARE) -> int | None:
+    """The number of told trials after which the hypervolume first reaches `share` of the known front's; None: never."""
+    return next((count for count in range(1, len(outcomes) + 1) if table.hypervolume(outcomes[:count]) >= share - 1e-12), None)
+
+
+def run_searcher(payload: dict[str, Any], searcher: str, seed: int, budgets: Sequence[int], max_trials: int) -> dict[str, Any]:
+    """One searcher and seed: normalised hypervolume after a sweep of each budget, and trials to 90% in a sweep of `max_trials`."""
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    table = GridTable.from_payload(payload)
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="search-efficiency-") as scratch:
-        cache, _ = sweep_teacher_cache(base, teachers, data, Path(scratch))  # built once, as a sweep does
-        for seed in range(seeds):
-            by_searcher = {}
-            for searcher_name in SEARCHERS:
-                completed = search(base, space, data, teacher, cache, searcher_name, seed, trials, Path(scratch))
-                area = hypervolume_2d([t[metrics.BEST_VAL_ACCURACY] for t in completed], [t[metrics.SIZE_BYTES] for t in completed], reference)
-                by_searcher[searcher_name] = {"hypervolume": area / dense_size, "completed": len(completed), "trials": completed}
-                print(f"  seed {seed} {searcher_name:<6} hypervolume {area / dense_size:.4f} ({len(completed)}/{trials} completed, {time.perf_counter() - started:.0f} s)", flush=True)
-            runs.append({"seed": seed, **by_searcher, "optuna_over_random": by_searcher["optuna"]["hypervolume"] / by_searcher["random"]["hypervolume"]})
-    ratios = [run["optuna_over_random"] for run in runs]
+    hypervolume = {str(budget): table.hypervolume(replay(table, searcher, seed, budget)) for budget in budgets}
+    return {"searcher": searcher, "seed": seed, "hypervolume": hypervolume,
+            "trials_to_90": trials_to_share(table, replay(table, searcher, seed, max_trials)), "seconds": time.perf_counter() - started}
+
+
+def mean_and_se(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and its standard error (NaN in, NaN out)."""
+    values = np.asarray(values, dtype=float)
+    return float(values.mean()), float(values.std(ddof=1) / math.sqrt(len(values))) if len(values) > 1 else 0.0
+
+
+def summarise(runs: list[dict[str, Any]], budgets: Sequence[int], max_trials: int) -> dict[str, Any]:
+    """Per searcher: hypervolume mean and standard error per budget, and trials to 90% (a miss counts as max_trials + 1)."""
+    out: dict[str, Any] = {}
+    for searcher in dict.fromkeys(run["searcher"] for run in runs):
+        own = [run for run in runs if run["searcher"] == searcher]
+        reached = [run["trials_to_90"] for run in own]
+        out[searcher] = {
+            "hypervolume": {str(b): dict(zip(("mean", "se"), mean_and_se([run["hypervolume"][str(b)] for run in own]))) for b in budgets},
+            "trials_to_90": {"per_seed": reached, "missed": reached.count(None), "mean": statistics.mean(t or max_trials + 1 for t in reached)},
+            "replay_seconds": sum(run["seconds"] for run in own),
+        }
+    return out
+
+
+def headline(summary: dict[str, Any], budget: int) -> dict[str, Any]:
+    """The best searcher other than random at `budget` against random: HV ratio, difference in standard errors, trials-to-90% ratio."""
+    best = max((name for name in summary if name != "random"), key=lambda name: summary[name]["hypervolume"][str(budget)]["mean"])
+    ours, theirs = summary[best]["hypervolume"][str(budget)], summary["random"]["hypervolume"][str(budget)]
+    difference_se = math.hypot(ours["se"], theirs["se"])
+    return {
+        "best": best, "budget": budget, "hypervolume_ratio": ours["mean"] / theirs["mean"],
+        "difference_in_se": (ours["mean"] - theirs["mean"]) / difference_se if difference_se else math.inf,
+        "trials_to_90_ratio": summary[best]["trials_to_90"]["mean"] / summary["random"]["trials_to_90"]["mean"] if math.isfinite(theirs["mean"]) else math.nan,
+    }
+
+
+def run(grid_file: Path, seeds: int, budgets: Sequence[int], max_trials: int, processes: int) -> dict[str, Any]:
+    grid = json.loads(grid_file.read_text())
+    table = GridTable.from_payload(grid)
+    if not table.known_hypervolume:
+        print(f"warning: no configuration of {grid_file.name} beats the reference point {table.reference}: every hypervolume is NaN")
+    started = time.perf_counter()
+    jobs = [(searcher, seed) for searcher in SEARCHERS for seed in range(seeds)]
+    with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"), initializer=torch.set_num_threads, initargs=(1,)) as pool:
+        futures = [pool.submit(run_searcher, grid, searcher, seed, budgets, max_trials) for searcher, seed in jobs]
+        runs = [future.result() for future in futures]
+    summary = summarise(runs, budgets, max_trials)
     return {
         "setting": {
-            "workflow": "workflows/digits_quickstart.yaml", "space": str(SPACE.relative_to(REPO)), "trials_per_search": trials,
-            "student_epochs": epochs, "sampler_seeds": list(range(seeds)), "torch_threads": TORCH_THREADS,
-            "objectives": f"{metrics.BEST_VAL_ACCURACY} up, {metrics.SIZE_BYTES} down",
-            "reference_point": {metrics.BEST_VAL_ACCURACY: reference[0], metrics.SIZE_BYTES: dense_size, "why": "accuracy 0; size of the dense fp32 student"},
-            "hypervolume_unit": "share of the box accuracy [0, 1] x size [0, dense fp32 size]",
+            "grid_file": str(grid_file.relative_to(REPO) if grid_file.is_relative_to(REPO) else grid_file), "grid_commit": grid["commit"],
+            "grid": grid["setting"]["grid"], "configurations": len(table.outcomes), "searched_knobs": {path: repr(d) for path, d in table.distributions.items()},
+            "objectives": f"{ACCURACY} up, {COST} down", "trials_in_flight": CONCURRENT, "sampler_seeds": list(range(seeds)),
+            "budgets": list(budgets), "max_trials": max_trials, "searchers": SEARCHERS,
+            "reference_point": {ACCURACY: table.reference[0], COST: table.reference[1], "why": (
+                f"accuracy: the dense labels-only student's {ACCURACY} ({grid['dense_labels_only'][ACCURACY]:.4f}) minus {REFERENCE_DROP * 100:g} pt; "
+                f"cost: that dense fp32 student's {COST} (its shipped int8 file)")},
+            "known_front_hypervolume": table.known_hypervolume,
+            "hypervolume_unit": "share of the known front's hypervolume (the grid's own front: every configuration is in the table)",
+            "trials_to_90": f"told trials until the hypervolume reaches {SHARE:g} of the known front's, in a sweep of {max_trials}; a miss counts as {max_trials + 1}",
         },
         "seconds": time.perf_counter() - started,
+        "summary": summary,
+        "headline": headline(summary, budgets[-1]),
         "runs": runs,
-        "optuna_over_random_mean": statistics.mean(ratios),
-        "optuna_over_random_std": statistics.stdev(ratios) if len(ratios) > 1 else 0.0,
     }
 
 
 def figures(payload: dict[str, Any]) -> list[Figure]:
-    seeds = len(payload["runs"])
-    return [Figure(NAME, f"Optuna / random hypervolume, {payload['setting']['trials_per_search']} trials (mean of {seeds} seeds)", payload["optuna_over_random_mean"])]
+    top = payload["headline"]
+    best, budget, seeds = top["best"], top["budget"], len(payload["setting"]["sampler_seeds"])
+    return [
+        Figure(NAME, f"{best} / random normalised hypervolume, {budget} trials (mean of {seeds} seeds)", top["hypervolume_ratio"], at_least=1.15),
+        Figure(NAME, f"{best} - random hypervolume, {budget} trials, in standard errors of the difference", top["difference_in_se"], at_least=2.0),
+        Figure(NAME, f"{best} / random trials to {SHARE:.0%} of the known front", top["trials_to_90_ratio"], at_most=0.5),
+    ]
+
+
+def markdown(payload: dict[str, Any]) -> str:
+    setting, summary = payload["setting"], payload["summary"]
+    budgets, max_trials = setting["budgets"], setting["max_trials"]
+    random_hv = {b: summary["random"]["hypervolume"][str(b)]["mean"] for b in budgets}
+    rows = [[name, *[f"{s['hypervolume'][str(b)]['mean']:.3f} +- {s['hypervolume'][str(b)]['se']:.3f}" for b in budgets],
+             f"{s['hypervolume'][str(budgets[-1])]['mean'] / random_hv[budgets[-1]]:.3f}",
+             f"{s['trials_to_90']['mean']:.1f} ({s['trials_to_90']['missed']} missed)", f"{s['replay_seconds']:.0f}"]
+            for name, s in sorted(summary.items(), key=lambda item: -item[1]["hypervolume"][str(budgets[-1])]["mean"])]
+    reference = setting["reference_point"]
+    return "\n".join([
+        "# Search efficiency: searchers replayed on a measured grid", "",
+        f"Measured at commit `{payload['commit']}` by `python -m benchmarks.search_efficiency{' --quick' if payload['quick'] else ''}`{' (smoke run)' if payload['quick'] else ''}; "
+        f"grid `{setting['grid_file']}` ({setting['configurations']} configurations, measured at `{setting['grid_commit']}`).", "",
+        figures_table(figures(payload)), "",
+        f"Normalised hypervolume (share of the known front's), mean +- standard error over {len(setting['sampler_seeds'])} sampler seeds; "
+        f"{setting['trials_in_flight']} trials in flight. Trials to {SHARE:.0%}: mean over seeds in sweeps of {max_trials}, a miss counted as {max_trials + 1}.", "",
+        format_table(["searcher", *[f"HV at {b} trials" for b in budgets], f"HV / random at {budgets[-1]}", f"trials to {SHARE:.0%}", "replay s"], rows), "",
+        f"Reference point: {ACCURACY} {reference[ACCURACY]:.4f}, {COST} {reference[COST]:,.0f} ({reference['why']}).", "",
+    ])
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help=f"smoke run: {QUICK}")
+    parser.add_argument("--quick", action="store_true", help=f"smoke run: {QUICK}, on search_grid.quick.json unless --grid")
+    parser.add_argument("--grid", type=Path, default=None, help="the table to replay (default: results/search_grid[.quick].json)")
+    parser.add_argument("--processes", type=int, default=PROCESSES)
     args = parser.parse_args(argv)
-    payload = write_result(NAME, run(**(QUICK if args.quick else FULL)), args.quick)
-    rows = [[str(run["seed"]), f"{run['optuna']['hypervolume']:.4f}", f"{run['random']['hypervolume']:.4f}", f"{run['optuna_over_random']:.4f}"] for run in payload["runs"]]
-    print(format_table(["sampler seed", "hypervolume optuna", "hypervolume random", "optuna / random"], rows))
+    grid_file = args.grid or result_path("search_grid", args.quick)
+    if not grid_file.is_file():
+        raise FileNotFoundError(f"{grid_file}: no grid table; build it with python -m benchmarks.search_grid{' --quick' if args.quick else ''}")
+    payload = write_result(NAME, run(grid_file, **(QUICK if args.quick else FULL), processes=args.processes), args.quick)
+    page = RESULTS / f"{NAME}{'.quick' if args.quick else ''}.md"
+    page.write_text(markdown(payload))
+    print(f"wrote {page.relative_to(REPO)}")
     print(figures_table(figures(payload)))
     return payload
 

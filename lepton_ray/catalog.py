@@ -46,12 +46,18 @@ def _policies() -> dict[str, object]:
     return {name: policy.select for name, policy in _entries(POLICIES).items()}
 
 
+def _searchers() -> dict[str, object]:
+    from lepton_ray.sweep.samplers import SAMPLERS
+
+    return _entries(SAMPLERS)
+
+
 def _entries(registry: Registry) -> dict[str, object]:
     return {name: registry.get(name) for name in registry.names()}
 
 
 KINDS: Registry[Callable[[], dict[str, object]]] = Registry("kind", "list")
-for _kind, _loader in {"models": _models, "losses": _losses, "datasets": _datasets, "compressors": _compressors, "policies": _policies}.items():
+for _kind, _loader in {"models": _models, "losses": _losses, "datasets": _datasets, "compressors": _compressors, "policies": _policies, "searchers": _searchers}.items():
     KINDS.register(_kind)(_loader)
 
 

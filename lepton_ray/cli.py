@@ -241,8 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
     board.add_argument("--json", default=None, help="also write the table to this JSON file")
     board.set_defaults(handler=cmd_leaderboard)
 
-    listing = commands.add_parser("list", help="what is registered: models, losses, datasets, compressors or policies, with one line each")
-    listing.add_argument("kind", help="models, losses, datasets, compressors or policies")
+    listing = commands.add_parser("list", help="what is registered: models, losses, datasets, compressors, policies or searchers, with one line each")
+    listing.add_argument("kind", help="models, losses, datasets, compressors, policies or searchers")
     listing.set_defaults(handler=cmd_list)
 
     address_help = "Ray dashboard of the cluster, e.g. http://127.0.0.1:8265 (via `ray dashboard cluster.yaml`)"

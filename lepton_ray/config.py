@@ -167,6 +167,19 @@ class TrackingConfig(_Strict):
         return value
 
 
+class StopWhen(_Strict):
+    """The sweep's goal: it ends as soon as a finished trial meets every bound given (`sweep/goal.py`)."""
+
+    min_accuracy: float | None = Field(None, ge=0, le=1, description="test accuracy at least this")
+    max_cost: float | None = Field(None, gt=0, description="sweep.cost_metric at most this (e.g. bytes of the gzipped int8 file)")
+
+    @model_validator(mode="after")
+    def _a_bound(self) -> "StopWhen":
+        if self.min_accuracy is None and self.max_cost is None:
+            raise ValueError("sets no bound; give min_accuracy, max_cost or both (e.g. {min_accuracy: 0.9, max_cost: 10000})")
+        return self
+
+
 class SweepConfig(_Strict):
     space: Path | None = None
     num_samples: int = Field(12, ge=1)
@@ -174,7 +187,9 @@ class SweepConfig(_Strict):
         metrics.INT8_GZIP_BYTES, description="the cost the search minimises and the front is drawn against; default: the "
         "measured gzip bytes of the trial's int8 file (what shipping it costs; size_bytes is only an estimate)",
     )
-    searcher: Literal["optuna", "random"] = "optuna"
+    searcher: str = Field(
+        "optuna", description="the Optuna sampler, by name (`lepton-ray list searchers`: tpe, gp, nsga2, random, ...); optuna: the default one"
+    )
     scheduler: Literal["none", "asha"] = "none"
     seed: int = 0
     constraints: dict[str, float] = Field(default_factory=dict, description="metric -> max value")
@@ -186,6 +201,11 @@ class SweepConfig(_Strict):
     )
     baseline_trials: list[dict[str, Scalar]] = Field(
         default_factory=list, description="knob values to try first (e.g. today's production settings)"
+    )
+    stop_when: StopWhen | None = Field(None, description="end the sweep as soon as a finished trial meets this goal")
+    warm_start: Path | None = Field(
+        None, description="another sweep's folder (runs/<name>/sweep): its front is tried first and its finished trials "
+        "join the sampler's history (same search-space knobs required)",
     )
 
 

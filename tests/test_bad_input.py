@@ -99,6 +99,7 @@ CASES = [
     Bad("hint on a missing layer", "distillation.losses.0.options: student layer 'features.99'", overrides={
         "distillation.losses": [{"name": "hint", "options": {"student_layer": "features.99", "teacher_layer": "features.1"}}]}),
     Bad("unknown selection policy", "selection.policy: unknown selection policy 'best'", overrides={"selection.policy": "best"}),
+    Bad("unknown searcher", "sweep.searcher: unknown searcher 'tpee'; did you mean 'tpe'?", overrides={"sweep.searcher": "tpee"}),
     Bad("unknown selection option", "selection.options.budgett: unknown option", overrides={"selection.options": {"budgett": 1}}),
     Bad("unknown data option", "data.options.zoom", "train", overrides={"data.options": {"zoom": 2}}),
     Bad("data option of the wrong type", "data.options", overrides={"data.name": "synthetic", "data.options": {"num_samples": "many"}}),

@@ -1,17 +1,19 @@
-"""The benchmark suite's pure helpers: hypervolume, training FLOPs, goal verdicts. No benchmark runs here."""
+"""The benchmark suite's pure helpers: hypervolume, the searchers' replay on a grid table, training FLOPs, goal verdicts.
+No benchmark runs here."""
 
 from __future__ import annotations
 
 import itertools
 import math
 
+import optuna
 import pytest
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks.common import Figure
-from benchmarks.search_efficiency import hypervolume_2d
+from benchmarks.search_efficiency import GridTable, distribution, headline, hypervolume_2d, replay, trials_to_share
 from benchmarks.throughput_vs_peak import training_flops
 from lepton_ray.compress.cost import count_macs
 
@@ -46,6 +48,84 @@ def test_hypervolume_matches_brute_force_on_random_points():
 def test_hypervolume_is_zero_without_points_better_than_the_reference():
     assert hypervolume_2d([], [], (0.0, 1.0)) == 0.0
     assert hypervolume_2d([0.9, math.nan, 0.1], [2.0, 0.5, 0.5], reference=(0.1, 1.0)) == 0.0
+
+
+WIDTH, BITS = "student.options.width", "compression.quantization.bits"
+SMALL_GRID = {(0.25, 4): (0.90, 20.0), (0.25, 7): (0.92, 35.0), (0.5, 4): (0.95, 40.0), (0.5, 7): (0.96, 80.0)}
+"""(width, bits) -> (best_val_accuracy, int8_gzip_bytes); all four on the front. Reference (0.85, 100): dense 0.90 - 5 pt."""
+SMALL_GRID_HYPERVOLUME = (35 - 20) * 0.05 + (40 - 35) * 0.07 + (80 - 40) * 0.10 + (100 - 80) * 0.11
+
+
+def grid_payload(outcomes: dict[tuple[float, int], tuple[float, float] | None]) -> dict:
+    """A `search_grid` payload: a channel-pruning knob with one value (fixed, not searched), width and bits searched."""
+    configs = [{"knobs": {WIDTH: width, "compression.channel_pruning.sparsity": 0.0, BITS: bits}, "diverged": outcome is None,
+                **({"best_val_accuracy": outcome[0], "int8_gzip_bytes": outcome[1]} if outcome else {})}
+               for (width, bits), outcome in outcomes.items()]
+    return {"setting": {"grid": {WIDTH: [0.25, 0.5], "compression.channel_pruning.sparsity": [0.0], BITS: [4, 7]}},
+            "dense_labels_only": {"best_val_accuracy": 0.90, "int8_gzip_bytes": 100.0, "diverged": False}, "configs": configs}
+
+
+def test_the_reference_point_is_5_points_below_the_dense_labels_only_student_at_its_cost():
+    table = GridTable.from_payload(grid_payload(SMALL_GRID))
+    assert table.reference == pytest.approx((0.85, 100.0))
+    assert set(table.distributions) == {WIDTH, BITS}, "a knob with one value is not searched"
+    assert table.known_hypervolume == pytest.approx(SMALL_GRID_HYPERVOLUME)
+
+
+def test_one_point_front_hypervolume_matches_hand_computation():
+    table = GridTable.from_payload(grid_payload(SMALL_GRID))
+    assert table.hypervolume([(0.95, 40.0)]) == pytest.approx((100 - 40) * (0.95 - 0.85) / SMALL_GRID_HYPERVOLUME)
+    assert table.hypervolume([None, (0.80, 10.0)]) == 0.0, "a failed trial and a point below the reference add nothing"
+
+
+def test_a_searcher_that_sees_every_configuration_reaches_the_known_front():
+    table = GridTable.from_payload(grid_payload(SMALL_GRID))
+    told = replay(table, "random", seed=0, trials=30)
+    assert len(told) == 30 and set(told) == set(SMALL_GRID.values())
+    assert table.hypervolume(told) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("searcher", ["tpe_liar4", "gp", "nsga2"])
+def test_replay_asks_only_grid_configurations_and_tells_diverged_ones_as_failed(searcher):
+    table = GridTable.from_payload(grid_payload({**SMALL_GRID, (0.5, 7): None}))
+    told = replay(table, searcher, seed=1, trials=8)
+    assert len(told) == 8 and set(told) <= {*SMALL_GRID.values(), None}
+    assert 0.0 < table.hypervolume(told) <= 1.0 + 1e-12
+
+
+def test_trials_to_share_counts_told_trials_until_the_share_is_reached():
+    table = GridTable.from_payload(grid_payload(SMALL_GRID))
+    # after (0.90, 20): 80 x 0.05 = 4.0 (0.55 of 7.3); adding (0.95, 40): 20 x 0.05 + 60 x 0.10 = 7.0 (0.96)
+    assert trials_to_share(table, [(0.90, 20.0), None, (0.95, 40.0)], share=0.9) == 3
+    assert trials_to_share(table, [(0.90, 20.0), (0.92, 35.0)], share=0.9) is None
+
+
+def test_stepped_distributions_hold_exactly_the_grid_values():
+    from benchmarks.search_grid import GRID, QUICK_GRID
+
+    assert distribution([4, 5, 6, 7]) == optuna.distributions.IntDistribution(4, 7)
+    assert distribution([0.0, 0.4, 0.8]) == optuna.distributions.FloatDistribution(0.0, 0.8, step=0.4)
+    with pytest.raises(ValueError, match="not evenly spaced"):
+        distribution([0.25, 0.5, 1.0])
+    for grid in (GRID, QUICK_GRID):
+        for values in grid.values():
+            if len(values) > 1:
+                searched = distribution(values)
+                held = [searched.low + k * searched.step for k in range(round((searched.high - searched.low) / searched.step) + 1)]
+                assert held == pytest.approx(values)
+
+
+def test_headline_compares_the_best_searcher_with_random_in_standard_errors():
+    summary = {
+        "random": {"hypervolume": {"24": {"mean": 0.6, "se": 0.03}}, "trials_to_90": {"mean": 40.0}},
+        "tpe": {"hypervolume": {"24": {"mean": 0.75, "se": 0.04}}, "trials_to_90": {"mean": 30.0}},
+        "gp": {"hypervolume": {"24": {"mean": 0.8, "se": 0.04}}, "trials_to_90": {"mean": 16.0}},
+    }
+    top = headline(summary, 24)
+    assert top["best"] == "gp"
+    assert top["hypervolume_ratio"] == pytest.approx(0.8 / 0.6)
+    assert top["difference_in_se"] == pytest.approx(0.2 / 0.05)
+    assert top["trials_to_90_ratio"] == pytest.approx(0.4)
 
 
 def test_training_flops_equal_forward_plus_backward_flops_counted_by_torch():

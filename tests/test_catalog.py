@@ -13,6 +13,7 @@ KNOWN = {
     "datasets": ("digits", "scikit-learn's bundled 8x8 digits"),
     "compressors": ("quantization", "Quantization-aware training"),
     "policies": ("knee", "The front point with the largest trade-off"),
+    "searchers": ("random", "Uniform random search"),
 }
 
 
@@ -37,4 +38,4 @@ def test_list_compressors_names_them_by_their_compression_field(capsys):
 def test_list_of_an_unknown_kind_exits_2_with_one_line_listing_the_kinds(capsys):
     assert main(["list", "modles"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err == "lepton-ray: error: list: unknown kind 'modles'; did you mean 'models'? (choose one of: compressors, datasets, losses, models, policies)"
+    assert err == "lepton-ray: error: list: unknown kind 'modles'; did you mean 'models'? (choose one of: compressors, datasets, losses, models, policies, searchers)"

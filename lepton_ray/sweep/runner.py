@@ -17,7 +17,9 @@ from lepton_ray.sweep.callbacks import MlflowTrialLogger, close_runs_of_finished
 from lepton_ray.sweep.paths import SweepPaths, check_storage, sweep_paths
 from lepton_ray.sweep.progress import EpochLines, SweepProgress
 from lepton_ray.sweep.results import SweepOutcome, select_export_publish
-from lepton_ray.sweep.search import StudySearcher, finished_count, open_study, sweep_id
+from lepton_ray.sweep.goal import GoalStopper, describe, met_before
+from lepton_ray.sweep.search import StudySearcher, finished_count, open_study, own_trials, sweep_id
+from lepton_ray.sweep.warm_start import read_warm_start
 from lepton_ray.sweep.trial_driver import runs_in_process, trial_driver, trial_resources
 from lepton_ray.tracking.leaderboard import format_table, trials_frame
 from lepton_ray.tracking.lineage import lineage_tags
@@ -49,7 +51,10 @@ def run_sweep(
     teachers = prepare_teachers(wf, data, log)
     num_samples = wf.sweep.num_samples if space is not None else 1
     tracker = Tracker(uri, wf.tracking.experiment)
-    study = open_study(paths.root, wf.sweep)
+    warm = read_warm_start(wf.sweep.warm_start, space, wf.sweep) if wf.sweep.warm_start and not paths.study.is_file() else None
+    study = open_study(paths.root, wf.sweep, warm)
+    if warm is not None:
+        log(warm.describe())
     sweep_key = paths.key(sweep_id(study))
     tags = lineage_tags(wf, teachers)
     shared_workflow = apply_overrides(wf.to_dict(), {"tracking.uri": redact(uri)})  # trials never write to MLflow: no credentials
@@ -59,6 +64,10 @@ def run_sweep(
         close_runs_left_open(tracker, parent_run_id, study, paths, log)
     remaining = num_samples - finished_count(study)
     log(f"sweep {paths.root}: {num_samples - remaining}/{num_samples} trials already finished; MLflow {redact(uri)}, experiment {wf.tracking.experiment!r}")
+    met = met_before(study, wf.sweep.stop_when)
+    if met is not None and remaining > 0:
+        log(f"stop_when was met by trial {met} ({describe(wf.sweep.stop_when, wf.sweep.cost_metric)}): nothing left to run")
+        remaining = 0
     failures: list[str] = []
     if remaining > 0:
         failures = _run_tuner(wf, shared_workflow, space, paths, study, remaining, teachers, data, tracker, parent_run_id, sweep_key, tags, address, log)
@@ -88,7 +97,7 @@ def close_runs_left_open(tracker, parent_run_id: str, study, paths: SweepPaths, 
 
     if parent_run_id.startswith(PENDING_PREFIX):
         return  # MLflow is down: nothing to read; the runs stay as they are until the next --resume
-    finished = {t.number: t.state.name for t in study.get_trials(deepcopy=False) if t.state.is_finished()}
+    finished = {t.number: t.state.name for t in own_trials(study) if t.state.is_finished()}
     closed = close_runs_of_finished_trials(
         tracker, parent_run_id, finished, lambda number: finished_trial_metrics(paths.trials / trial_run_name(number)),
     )
@@ -134,6 +143,10 @@ def _run_tuner(wf, shared_workflow, space, paths, study, remaining, teachers, da
         *([EpochLines(wf.training.epochs, log)] if space is None else []),  # `train`: one trial, so its epochs are the progress
     ]
     searcher = StudySearcher(study, space, wf.sweep)
+    goal = GoalStopper(wf.sweep.stop_when, wf.sweep.cost_metric, study, searcher.live.get) if wf.sweep.stop_when else None
+    if goal is not None:
+        searcher.goal_met = lambda: goal.met is not None
+        callbacks.append(goal)
     tuner = tune.Tuner(
         tune.with_resources(trainable, trial_resources(wf)),
         tune_config=tune.TuneConfig(
@@ -144,12 +157,14 @@ def _run_tuner(wf, shared_workflow, space, paths, study, remaining, teachers, da
             reuse_actors=True,  # a warm trial actor keeps torch and the package imported between trials
         ),
         run_config=tune.RunConfig(
-            name=paths.tune.name, storage_path=str(paths.root.resolve()), callbacks=callbacks, verbose=0,
+            name=paths.tune.name, storage_path=str(paths.root.resolve()), callbacks=callbacks, verbose=0, stop=goal,
             # In-process trials restart through Tune (from their own checkpoints); DDP trials through Ray Train.
             failure_config=tune.FailureConfig(max_failures=wf.resources.max_failures if runs_in_process(wf) else 0),
         ),
     )
     results = tuner.fit()
+    if goal is not None and goal.met is not None:
+        log(goal.summary(finished_count(study), wf.sweep.num_samples))
     if searcher.storage_full or any((result.metrics or {}).get(metrics.STORAGE_FULL) for result in results):
 
         tracker.finish(parent_run_id, "KILLED", error="storage full; continue with --resume")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import optuna
 from ray.tune.search import Searcher
@@ -21,12 +21,22 @@ from ray.tune.search import Searcher
 from lepton_ray import metrics
 from lepton_ray.checkpoints import is_storage_full
 from lepton_ray.config import CategoricalParam, FloatParam, SearchSpace, SweepConfig
+from lepton_ray.sweep.samplers import make_sampler
 
 SWEEP_ID_ATTR = "sweep_id"
 """Study attribute naming this sweep: a sweep started again in a deleted folder gets new MLflow runs."""
 NUMBER_KEY = "optuna_number"
 """Key of the Optuna trial number in every Tune trial config."""
 TUNE_ID_ATTR = "tune_trial_id"
+HISTORY_ATTR = "warm_start"
+"""User attribute of a trial another sweep lent as history (`sweep/warm_start.py`): the folder it came from."""
+
+if TYPE_CHECKING:
+    from lepton_ray.sweep.warm_start import WarmStart
+
+
+def is_history(trial: optuna.trial.FrozenTrial) -> bool:
+    return HISTORY_ATTR in trial.user_attrs
 
 
 def distribution(param) -> optuna.distributions.BaseDistribution:
@@ -37,24 +47,16 @@ def distribution(param) -> optuna.distributions.BaseDistribution:
     return optuna.distributions.IntDistribution(param.low, param.high, log=param.log, step=param.step)
 
 
-def constraint_values(trial: optuna.trial.FrozenTrial) -> list[float]:
-    """Optuna's contract: each value <= 0 means feasible."""
-    return trial.user_attrs.get("constraints", [1.0])
+def constraint_list(constraints: dict[str, float], result: dict | None) -> list[float]:
+    """A trial's constraint values from its final metrics (None: infeasible)."""
+    if not result:
+        return [1.0] * max(len(constraints), 1)
+    return [float(result[name]) - limit for name, limit in constraints.items()] or [0.0]
 
 
-def make_sampler(cfg: SweepConfig, trials_so_far: int = 0) -> optuna.samplers.BaseSampler:
-    """Seeded by `sweep.seed` plus the trials the study already holds: a resumed sweep continues the
-    sequence instead of replaying the first suggestions (which would re-run configurations)."""
-    seed = cfg.seed + trials_so_far
-    if cfg.searcher == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    startup = min(10, max(3, cfg.num_samples // 3))
-    constraints = constraint_values if cfg.constraints else None
-    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup, multivariate=True, constraints_func=constraints)
-
-
-def open_study(storage_dir: Path, cfg: SweepConfig) -> optuna.Study:
-    """Create the study (queueing `baseline_trials` first) or load the existing one."""
+def open_study(storage_dir: Path, cfg: SweepConfig, warm: WarmStart | None = None) -> optuna.Study:
+    """Create the study (queueing a warm start's front, then `baseline_trials`; adding the warm start's
+    history) or load the existing one."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage_dir.mkdir(parents=True, exist_ok=True)
     is_new = not (storage_dir / "study.db").exists()
@@ -67,8 +69,11 @@ def open_study(storage_dir: Path, cfg: SweepConfig) -> optuna.Study:
     study.sampler = make_sampler(cfg, len(study.get_trials(deepcopy=False)))
     if is_new:
         study.set_user_attr(SWEEP_ID_ATTR, uuid.uuid4().hex[:12])
+        for params in (warm.front if warm else []):
+            study.enqueue_trial(params)
         for params in cfg.baseline_trials:
             study.enqueue_trial(params, skip_if_exists=True)
+        study.add_trials(warm.history if warm else [])
     return study
 
 
@@ -77,9 +82,13 @@ def sweep_id(study: optuna.Study) -> str:
     return study.user_attrs.get(SWEEP_ID_ATTR, "")
 
 
+def own_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """The sweep's own trials: a warm start's history is only there for the sampler."""
+    return [trial for trial in study.get_trials(deepcopy=False) if not is_history(trial)]
+
+
 def finished_count(study: optuna.Study) -> int:
-    done = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL, optuna.trial.TrialState.PRUNED)
-    return len(study.get_trials(deepcopy=False, states=done))
+    return sum(1 for trial in own_trials(study) if trial.state.is_finished())
 
 
 class StudySearcher(Searcher):
@@ -96,13 +105,15 @@ class StudySearcher(Searcher):
         self.live: dict[str, int] = {}
         self.storage_full = False
         """Set when a trial reported `storage_full`: no new trials; the driver stops with a clear error."""
+        self.goal_met: Callable[[], bool] = lambda: False
+        """True once `sweep.stop_when` is met (`sweep/goal.py`): no new trials."""
 
     def set_search_properties(self, metric, mode, config, **spec) -> bool:
         return True
 
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
         """Interrupted trials first (same number, same params), then a fresh ask; nothing once storage is full."""
-        if self.storage_full:
+        if self.storage_full or self.goal_met():
             return Searcher.FINISHED
         with self._unless_storage_full():
             if self.interrupted:
@@ -149,9 +160,7 @@ class StudySearcher(Searcher):
         return optuna.trial.TrialState.COMPLETE, [float(result[metrics.BEST_VAL_ACCURACY]), float(result[self.cost_metric])]
 
     def constraint_list(self, result: dict | None) -> list[float]:
-        if not result:
-            return [1.0] * max(len(self.constraints), 1)
-        return [float(result[name]) - limit for name, limit in self.constraints.items()] or [0.0]
+        return constraint_list(self.constraints, result)
 
     def _set_attr(self, number: int, key: str, value: Any) -> None:
         """User attrs on a trial known by number (Optuna's public API needs the live Trial object)."""

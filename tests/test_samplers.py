@@ -1,0 +1,93 @@
+"""The searcher registry: every sampler runs the sweep's two-objective study; names as a workflow gives them."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+
+from lepton_ray.config import SweepConfig
+from lepton_ray.errors import ConfigError
+from lepton_ray.sweep.samplers import DEFAULT_SEARCHER, SAMPLERS, make_sampler
+
+GRID = {
+    "student.options.width": [0.25, 0.5, 0.75, 1.0], "compression.channel_pruning.sparsity": [0.0, 0.25, 0.5],
+    "compression.pruning.sparsity": [0.0, 0.4, 0.8], "compression.quantization.bits": [4, 5, 6, 7],
+}
+GRID_SPACE = {
+    "student.options.width": optuna.distributions.FloatDistribution(0.25, 1.0, step=0.25),
+    "compression.channel_pruning.sparsity": optuna.distributions.FloatDistribution(0.0, 0.5, step=0.25),
+    "compression.pruning.sparsity": optuna.distributions.FloatDistribution(0.0, 0.8, step=0.4),
+    "compression.quantization.bits": optuna.distributions.IntDistribution(4, 7),
+}
+"""The grid's values as the distributions `benchmarks/search_efficiency.py` replays it with."""
+
+
+def objectives(params: dict) -> list[float]:
+    """A smooth stand-in: wider and less compressed is more accurate and costs more."""
+    kept = params["student.options.width"] * (1 - params["compression.channel_pruning.sparsity"])
+    accuracy = 0.6 + 0.3 * kept - 0.05 * params["compression.pruning.sparsity"] ** 2 + 0.005 * params["compression.quantization.bits"]
+    return [accuracy, kept * (1 - 0.6 * params["compression.pruning.sparsity"]) * params["compression.quantization.bits"]]
+
+
+def run_study(cfg: SweepConfig, trials: int) -> list[dict]:
+    """`trials` asked and told with two in flight, as a sweep's two concurrent trials; the params in the order asked."""
+    study = optuna.create_study(directions=["maximize", "minimize"], sampler=make_sampler(cfg))
+    running, asked = [], []
+    for _ in range(trials):
+        if len(running) == 2:
+            trial = running.pop(0)
+            study.tell(trial, objectives(trial.params))
+        running.append(study.ask(GRID_SPACE))
+        asked.append(running[-1].params)
+    return asked
+
+
+@pytest.mark.parametrize("name", SAMPLERS.names())
+def test_every_searcher_suggests_grid_values_past_its_random_start_with_trials_running(name):
+    asked = run_study(SweepConfig(searcher=name, seed=0, num_samples=8), trials=8)
+    assert len(asked) == 8
+    for params in asked:
+        for path, values in GRID.items():
+            assert any(params[path] == pytest.approx(value) for value in values), (path, params[path])
+
+
+@pytest.mark.parametrize("name", ["tpe", "tpe_liar4", "nsga2", "random"])
+def test_the_same_seed_gives_the_same_suggestions(name):
+    cfg = SweepConfig(searcher=name, seed=3, num_samples=12)
+    assert run_study(cfg, trials=7) == run_study(cfg, trials=7)
+
+
+def test_optuna_names_the_default_searcher_and_suggests_what_it_does():
+    assert DEFAULT_SEARCHER in SAMPLERS
+    assert run_study(SweepConfig(searcher="optuna", seed=1), 7) == run_study(SweepConfig(searcher=DEFAULT_SEARCHER, seed=1), 7)
+    assert SweepConfig().searcher == "optuna", "existing workflows keep their searcher"
+
+
+def test_an_unknown_searcher_is_one_line_naming_the_field_and_the_choices():
+    with pytest.raises(ConfigError) as caught:
+        make_sampler(SweepConfig(searcher="tpee"))
+    message = str(caught.value)
+    assert message.startswith("sweep.searcher: unknown searcher 'tpee'; did you mean 'tpe'?")
+    assert all(name in message for name in SAMPLERS.names()) and "\n" not in message
+
+
+def test_the_workflow_check_refuses_an_unknown_searcher_before_anything_runs():
+    from lepton_ray.checks import check_names
+    from lepton_ray.config import load_workflow
+
+    from conftest import QUICKSTART
+
+    check_names(load_workflow(QUICKSTART, {"sweep.searcher": "gp"}))
+    with pytest.raises(ConfigError, match="sweep.searcher: unknown searcher 'bayes'"):
+        check_names(load_workflow(QUICKSTART, {"sweep.searcher": "bayes"}))
+
+
+@pytest.mark.parametrize("name", ["tpe", "tpe_liar6", "gp", "nsga2"])
+def test_searchers_with_constraints_read_them_from_each_trial(name):
+    """With `sweep.constraints` the sampler reads each trial's constraint values (the sweep sets them as a user attribute)."""
+    study = optuna.create_study(directions=["maximize", "minimize"], sampler=make_sampler(SweepConfig(searcher=name, seed=0, constraints={"int8_gzip_bytes": 1.0})))
+    for _ in range(7):
+        trial = study.ask(GRID_SPACE)
+        trial.set_user_attr("constraints", [trial.params["compression.quantization.bits"] - 5.5])
+        study.tell(trial, objectives(trial.params))
+    assert len(study.trials) == 7
