@@ -23,7 +23,6 @@ def check_names(wf: WorkflowConfig) -> None:
     from lepton_ray.distill.losses import LOSSES
     from lepton_ray.models.zoo import MODELS
     from lepton_ray.deploy.pareto import POLICIES, parse_options
-    from lepton_ray.sweep.samplers import SAMPLERS
 
     DATASETS.get(wf.data.name)
     for field, name in [("student.name", wf.student.name), ("teacher.name", wf.teacher.name)] + [
@@ -33,7 +32,6 @@ def check_names(wf: WorkflowConfig) -> None:
     for index, spec in enumerate(wf.distillation.losses):
         LOSSES.get(spec.name, f"distillation.losses.{index}.name")
     parse_options(POLICIES.get(wf.selection.policy).options_type, wf.selection.options)
-    SAMPLERS.get(wf.sweep.searcher)
     for name in wf.sweep.constraints:
         if name not in metrics.COST_METRICS:
             raise ConfigError(f"sweep.constraints.{name}: unknown metric; constrain one of {', '.join(metrics.COST_METRICS)}")
@@ -256,8 +254,4 @@ def check_workflow(wf: WorkflowConfig, cluster: tuple[float, float] | None = Non
     space = search_space_for(wf)
     if space is not None:
         check_search_space(wf, space)
-    if wf.sweep.warm_start is not None:
-        from lepton_ray.sweep.warm_start import read_warm_start  # imports Ray Tune: only when asked
-
-        read_warm_start(wf.sweep.warm_start, space, wf.sweep)
     return space

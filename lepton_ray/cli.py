@@ -47,11 +47,13 @@ def load_checked(args: argparse.Namespace):
 def cmd_validate(args: argparse.Namespace) -> int:
     from lepton_ray.checks import check_workflow, local_cluster_size
     from lepton_ray.cluster.ray_runtime import cluster_address
+    from lepton_ray.sweep.checks import check_sweep
 
     wf = load_workflow_args(args)
     summaries: list[str] = []
     # Sized to this machine unless RAY_ADDRESS names a cluster to join (Ray checks resources there).
     space = check_workflow(wf, None if cluster_address() else local_cluster_size(), on_data=lambda data: summaries.append(data.summary()))
+    check_sweep(wf, space)
     resolved = {"workflow": wf.to_dict(), "search_space": space.model_dump(mode="json") if space else None}
     print(yaml.safe_dump(resolved, sort_keys=False))
     print(f"ok: {args.workflow} is valid")

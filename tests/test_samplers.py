@@ -72,14 +72,14 @@ def test_an_unknown_searcher_is_one_line_naming_the_field_and_the_choices():
 
 
 def test_the_workflow_check_refuses_an_unknown_searcher_before_anything_runs():
-    from lepton_ray.checks import check_names
+    from lepton_ray.sweep.checks import check_sweep
     from lepton_ray.config import load_workflow
 
     from conftest import QUICKSTART
 
-    check_names(load_workflow(QUICKSTART, {"sweep.searcher": "gp"}))
+    check_sweep(load_workflow(QUICKSTART, {"sweep.searcher": "gp"}), None)
     with pytest.raises(ConfigError, match="sweep.searcher: unknown searcher 'bayes'"):
-        check_names(load_workflow(QUICKSTART, {"sweep.searcher": "bayes"}))
+        check_sweep(load_workflow(QUICKSTART, {"sweep.searcher": "bayes"}), None)
 
 
 @pytest.mark.parametrize("name", ["tpe", "tpe_liar6", "gp", "nsga2"])

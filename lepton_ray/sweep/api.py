@@ -49,9 +49,11 @@ def check_run(wf: WorkflowConfig, address: str | None, address_field: str) -> Se
     to join answering (Ray itself would wait, then fail after the teacher stage and MLflow started)."""
     from lepton_ray.checks import check_workflow, local_cluster_size
     from lepton_ray.cluster.ray_runtime import check_reachable, cluster_address
+    from lepton_ray.sweep.checks import check_sweep
 
     joining = cluster_address(address)
     space = check_workflow(wf, None if joining else local_cluster_size())
+    check_sweep(wf, space)
     if joining:
         check_reachable(joining, address_field if address else "RAY_ADDRESS")
     return space
