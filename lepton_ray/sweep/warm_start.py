@@ -23,6 +23,7 @@ from lepton_ray import metrics
 from lepton_ray.config import SearchSpace, SweepConfig
 from lepton_ray.deploy.pareto import pareto_front
 from lepton_ray.errors import ConfigError
+from lepton_ray.sweep.paths import SweepPaths
 from lepton_ray.sweep.search import HISTORY_ATTR, constraint_list, distribution
 from lepton_ray.trial.files import finished_trial_metrics, trial_run_name
 
@@ -46,7 +47,7 @@ class WarmStart:
 def sweep_folder(path: Path) -> Path:
     """The folder holding the other sweep's study.db: the path itself or its `sweep/` subfolder."""
     for folder in (path, path / "sweep"):
-        if (folder / "study.db").is_file():
+        if SweepPaths(folder).study.is_file():
             return folder
     raise ConfigError(f"{FIELD}: no sweep under {path} (no study.db); point it at another sweep's folder, e.g. runs/<workflow name>/sweep")
 
@@ -55,7 +56,7 @@ def finished_trials(folder: Path) -> list[optuna.trial.FrozenTrial]:
     """The other study's completed trials, read from a copy (loading a study may write to its file)."""
     with tempfile.TemporaryDirectory(prefix="lepton-warm-start-") as scratch:
         copy = Path(scratch) / "study.db"
-        shutil.copyfile(folder / "study.db", copy)
+        shutil.copyfile(SweepPaths(folder).study, copy)
         storage = optuna.storages.RDBStorage(f"sqlite:///{copy}")
         try:
             study = optuna.load_study(study_name="sweep", storage=storage)
@@ -90,7 +91,7 @@ def read_warm_start(path: Path, space: SearchSpace | None, cfg: SweepConfig) -> 
     distributions = {path: distribution(param) for path, param in space.params.items()}
     history, points, left_out = [], [], 0
     for trial in trials:
-        final = finished_trial_metrics(folder / "trials" / trial_run_name(trial.number)) or {}
+        final = finished_trial_metrics(SweepPaths(folder).trials / trial_run_name(trial.number)) or {}
         usable = all(_inside(distributions[k], v) for k, v in trial.params.items()) and all(
             name in final for name in (metrics.BEST_VAL_ACCURACY, metrics.TEST_ACCURACY, cfg.cost_metric, *cfg.constraints))
         if not usable:
