@@ -173,8 +173,15 @@ def train_student(
     """A whole trial on this process through the trial's own loop (`run_trial` with an in-process session
     in a scratch folder, no Ray): its last report, i.e. the final metrics, or the diverged epoch's with `diverged: 1`.
     A `run_folder` is kept: its newest checkpoint holds the trial state and the finalized student."""
+    return train_student_reports(wf, data, teachers, teacher_cache, run_folder)[-1]
+
+
+def train_student_reports(
+    wf: WorkflowConfig, data: DataSplits, teachers: list[torch.nn.Module], teacher_cache: TeacherCache | None = None, run_folder: Path | None = None,
+) -> list[dict[str, float]]:
+    """`train_student`'s every report, one per epoch (the learning curve a multi-fidelity scheduler would see)."""
     reports: list[dict[str, Any]] = []
     loop_config = {"workflow": wf.to_dict(), "teachers": teachers, "data": data, "teacher_cache": teacher_cache}
     with tempfile.TemporaryDirectory(prefix="lepton-bench-") as scratch:
         run_trial(loop_config, InProcessSession(Path(run_folder or scratch), reports.append, CPU))
-    return {name: float(value) for name, value in reports[-1].items() if isinstance(value, (int, float))}
+    return [{name: float(value) for name, value in report.items() if isinstance(value, (int, float))} for report in reports]

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch.utils.data import TensorDataset
 
-from benchmarks.common import REPO, Figure, measured_commit, train_student, write_result
+from benchmarks.common import REPO, Figure, measured_commit, train_student_reports, write_result
 from benchmarks.fashion_mnist import WORKFLOW, bench_workflow
 from lepton_ray import metrics
 from lepton_ray.config import load_workflow
@@ -94,14 +94,17 @@ def start_worker(overrides: dict[str, Any], train_samples: int, val_samples: int
 
 
 def train_point(knobs: dict[str, Any]) -> dict[str, Any]:
-    """One configuration trained in this worker: its knobs, recorded metrics, wall seconds and CPU seconds (this
+    """One configuration trained in this worker: its knobs, recorded metrics, its learning curve (validation accuracy and
+    cumulative compute seconds per epoch: what a multi-fidelity replay stops on), wall seconds and CPU seconds (this
     process and its ONNX Runtime threads: on a busy machine, the better guide to what the grid costs on a free one)."""
     wf = load_workflow(WORKFLOW, {**_worker["overrides"], **knobs})
     distilled = wf.distillation.alpha > 0
     started, cpu_started = time.perf_counter(), time.process_time()
-    final = train_student(wf, _worker["data"], _worker["teachers"] if distilled else [], _worker["cache"] if distilled else None)
+    reports = train_student_reports(wf, _worker["data"], _worker["teachers"] if distilled else [], _worker["cache"] if distilled else None)
+    final = reports[-1]
+    curve = [{"epoch": int(report[metrics.EPOCH]), metrics.VAL_ACCURACY: report[metrics.VAL_ACCURACY], metrics.COMPUTE_S: report[metrics.COMPUTE_S]} for report in reports]
     return {"knobs": knobs, "seconds": time.perf_counter() - started, "cpu_seconds": time.process_time() - cpu_started,
-            "diverged": bool(final.get(metrics.DIVERGED)), **{name: final[name] for name in RECORDED if name in final}}
+            "diverged": bool(final.get(metrics.DIVERGED)), "curve": curve, **{name: final[name] for name in RECORDED if name in final}}
 
 
 def run(quick: bool, data_root: Path | None, teacher_file: Path | None, train_samples: int, val_samples: int) -> dict[str, Any]:
