@@ -190,7 +190,10 @@ class SweepConfig(_Strict):
     searcher: str = Field(
         "optuna", description="the Optuna sampler, by name (`lepton-ray list searchers`: tpe, gp, nsga2, random, ...); optuna: the default one"
     )
-    scheduler: Literal["none", "asha"] = "none"
+    scheduler: Literal["none", "asha", "moasha"] = Field(
+        "none", description="early stopping (`sweep/schedulers.py`): asha by validation accuracy alone, moasha by Pareto rank of "
+        "validation accuracy and planned size (keeps cheap students alive)",
+    )
     seed: int = 0
     constraints: dict[str, float] = Field(default_factory=dict, description="metric -> max value")
     teacher_cache: bool = Field(True, description="compute teacher outputs once per sweep and share them with all trials")

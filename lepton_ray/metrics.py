@@ -46,6 +46,9 @@ BITS = "bits"
 SIZE_BYTES = "size_bytes"
 """Estimate: bytes of the weights packed at `bits` per value, zeros skipped with a bitmap, plus scales, biases
 and norms. No shipped file stores them so: the int8 ONNX file keeps one byte per weight, zero or not."""
+PLANNED_SIZE_BYTES = "planned_size_bytes"
+"""Estimate, in every epoch's report: `size_bytes` of the student the trial will finish with (its compression's last
+step applied to a copy at set-up), so that a scheduler can weigh cost before the trial ends (`sweep/moasha.py`)."""
 MACS = "macs"
 """Estimate: multiply-accumulates of one forward pass on one sample (conv and matmul)."""
 BOPS = "bops"

@@ -143,3 +143,35 @@ def test_figure_verdict_follows_its_goal_and_nan_never_passes():
     assert Figure("b", "f", 1.9, at_least=2.0).verdict == "FAIL"
     assert Figure("b", "f", math.nan, at_least=2.0).verdict == "FAIL"
     assert Figure("b", "f", 0.3).verdict == "-"
+
+
+def curved_payload(epochs: int = 3) -> dict:
+    """`grid_payload(SMALL_GRID)` with learning curves: every epoch 1 s, no start-up; accuracy rising to the final value."""
+    payload = grid_payload(SMALL_GRID)
+    for row in payload["configs"]:
+        final = row["best_val_accuracy"]
+        row.update(seconds=float(epochs), size_bytes=row["int8_gzip_bytes"], curve=[
+            {"epoch": e, "val_accuracy": final - 0.1 * (epochs - e), "compute_s": float(e)} for e in range(1, epochs + 1)])
+    payload["setting"]["epochs"] = epochs
+    return payload
+
+
+def test_a_full_fidelity_replay_in_time_charges_every_epoch_of_every_trial():
+    from benchmarks.multi_fidelity import curves, replay_in_time
+
+    payload = curved_payload()
+    table = GridTable.from_payload(payload)
+    finished = replay_in_time(table, curves(payload, table), "random", seed=0, scheduled=False, max_trials=12, cpu_budget=math.inf, epochs=3)
+    assert len(finished) == 12 and set(outcome for _, outcome in finished) <= set(SMALL_GRID.values())
+    assert finished[-1][0] == pytest.approx(36.0), "12 trials x 3 epochs x 1 s, two at a time"
+    assert [cpu for cpu, _ in finished] == sorted(cpu for cpu, _ in finished)
+
+
+def test_moasha_in_replay_stops_trials_at_the_rung_and_spends_less_on_them():
+    from benchmarks.multi_fidelity import curves, replay_in_time
+
+    payload = curved_payload()
+    table = GridTable.from_payload(payload)
+    finished = replay_in_time(table, curves(payload, table), "random", seed=0, scheduled=True, max_trials=12, cpu_budget=math.inf, epochs=3)
+    assert len(finished) < 12, "some of the 12 started trials were stopped after epoch 1"
+    assert finished[-1][0] < 36.0

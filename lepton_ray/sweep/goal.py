@@ -18,6 +18,7 @@ from ray.tune import Callback, Stopper
 
 from lepton_ray import metrics
 from lepton_ray.config import StopWhen
+from lepton_ray.sweep.search import is_final_result
 
 MET_ATTR = "stop_when_met"
 """Study attribute: the goal that was met and the trial that met it."""
@@ -32,7 +33,7 @@ class GoalMet:
 
 def meets(goal: StopWhen, result: dict[str, Any], cost_metric: str) -> bool:
     """A finished trial's final result within every bound of the goal (intermediate epochs never are)."""
-    if metrics.TEST_ACCURACY not in result or result.get(metrics.DIVERGED) or result.get(metrics.INPUT_ERROR) or cost_metric not in result:
+    if not is_final_result(result) or cost_metric not in result:
         return False
     accurate = goal.min_accuracy is None or float(result[metrics.TEST_ACCURACY]) >= goal.min_accuracy
     cheap = goal.max_cost is None or float(result[cost_metric]) <= goal.max_cost

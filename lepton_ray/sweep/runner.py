@@ -17,6 +17,7 @@ from lepton_ray.sweep.callbacks import MlflowTrialLogger, close_runs_of_finished
 from lepton_ray.sweep.paths import SweepPaths, check_storage, sweep_paths
 from lepton_ray.sweep.progress import EpochLines, SweepProgress
 from lepton_ray.sweep.results import SweepOutcome, select_export_publish
+from lepton_ray.sweep.schedulers import make_scheduler
 from lepton_ray.sweep.goal import GoalStopper, describe, met_before
 from lepton_ray.sweep.search import StudySearcher, finished_count, open_study, own_trials, sweep_id
 from lepton_ray.sweep.warm_start import read_warm_start
@@ -121,7 +122,6 @@ def _read_trials(tracker, parent_run_id: str, wf: WorkflowConfig, paths: SweepPa
 def _run_tuner(wf, shared_workflow, space, paths, study, remaining, teachers, data, tracker, parent_run_id, sweep_key, tags, address, log) -> list[str]:
     """Run the trials still to run; returns one error line per trial that failed."""
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     init_ray(address, py_modules(wf.user_code))
     if paths.tune.exists():
@@ -131,11 +131,6 @@ def _run_tuner(wf, shared_workflow, space, paths, study, remaining, teachers, da
         base_workflow=shared_workflow,
         inputs=put_trial_inputs(wf, teachers, data, paths.root, log),
         trials_root=str(paths.trials.resolve()),
-    )
-    scheduler = (
-        ASHAScheduler(time_attr=metrics.EPOCH, metric=metrics.VAL_ACCURACY, mode="max", max_t=wf.training.epochs, grace_period=max(1, wf.training.epochs // 3))
-        if wf.sweep.scheduler == "asha"
-        else FIFOScheduler()
     )
     callbacks = [
         MlflowTrialLogger(tracker, parent_run_id, sweep_key, shared_workflow, tags, {metrics.TEACHER_TEST_ACCURACY: teachers[0].test_accuracy}),
@@ -151,7 +146,7 @@ def _run_tuner(wf, shared_workflow, space, paths, study, remaining, teachers, da
         tune.with_resources(trainable, trial_resources(wf)),
         tune_config=tune.TuneConfig(
             search_alg=searcher,
-            scheduler=scheduler,
+            scheduler=make_scheduler(wf),
             num_samples=remaining,
             max_concurrent_trials=wf.resources.max_concurrent_trials,
             reuse_actors=True,  # a warm trial actor keeps torch and the package imported between trials

@@ -47,6 +47,11 @@ def distribution(param) -> optuna.distributions.BaseDistribution:
     return optuna.distributions.IntDistribution(param.low, param.high, log=param.log, step=param.step)
 
 
+def is_final_result(result: dict | None) -> bool:
+    """A trial's last report as a finished trial gives it: test accuracy and costs measured, not diverged, no input error."""
+    return bool(result) and metrics.TEST_ACCURACY in result and not result.get(metrics.DIVERGED) and not result.get(metrics.INPUT_ERROR)
+
+
 def constraint_list(constraints: dict[str, float], result: dict | None) -> list[float]:
     """A trial's constraint values from its final metrics (None: infeasible)."""
     if not result:
@@ -155,7 +160,7 @@ class StudySearcher(Searcher):
         """COMPLETE only with the final metrics of a finished trial; early-stopped -> PRUNED."""
         if error or not result or result.get(metrics.INPUT_ERROR):
             return optuna.trial.TrialState.FAIL, None
-        if metrics.TEST_ACCURACY not in result or result.get(metrics.DIVERGED):
+        if not is_final_result(result):
             return optuna.trial.TrialState.PRUNED, None
         return optuna.trial.TrialState.COMPLETE, [float(result[metrics.BEST_VAL_ACCURACY]), float(result[self.cost_metric])]
 

@@ -71,6 +71,7 @@ def run_trial(loop_config: dict[str, Any], session: TrialSession) -> None:
     teachers = teacher_source(wf, loop_config, device)
     student, compression, objective, optimizer, precision = set_up_student(wf, data, teachers, session.prepare_model, device)
     reestimate_batchnorm(student, train_batches(wf, data, 0, device))  # channel pruning / low-rank changed what each BatchNorm sees
+    planned = {metrics.PLANNED_SIZE_BYTES: planned_size_bytes(wf, unwrap(student), compression, data.input_shape)}
     state = _restore(student, objective, optimizer, compression, session)
     best = state["best"]
     timing = {metrics.SETUP_S: time.perf_counter() - entered, metrics.COMPUTE_S: 0.0}
@@ -89,7 +90,7 @@ def run_trial(loop_config: dict[str, Any], session: TrialSession) -> None:
         timing[metrics.COMPUTE_S] += time.perf_counter() - epoch_started
         epoch_metrics = {
             metrics.EPOCH: epoch + 1, metrics.TRAIN_LOSS: train_loss, metrics.VAL_ACCURACY: val_accuracy,
-            metrics.VAL_LOSS: val_loss, metrics.RESTARTS: state["restarts"], metrics.IMAGES_PER_S: images_per_s, **timing,
+            metrics.VAL_LOSS: val_loss, metrics.RESTARTS: state["restarts"], metrics.IMAGES_PER_S: images_per_s, **planned, **timing,
         }
         if not math.isfinite(train_loss) or train_loss > wf.training.divergence_loss:
             session.report({**epoch_metrics, metrics.DIVERGED: 1}, {DIVERGED_FILE: {"epoch": epoch + 1, "train_loss": train_loss}})
@@ -145,6 +146,13 @@ def _finish(wf: WorkflowConfig, student: nn.Module, compression: Compression, be
     final_metrics = {metrics.TEST_ACCURACY: test_accuracy, metrics.BEST_VAL_ACCURACY: best["val_accuracy"], metrics.BEST_EPOCH: best["epoch"], **estimates, **measured}
     payload = model_payload(final, wf.student.name, wf.student.options, data, metrics={k: float(v) for k, v in final_metrics.items()}, workflow=wf.to_dict())
     return final_metrics, payload
+
+
+def planned_size_bytes(wf: WorkflowConfig, student: nn.Module, compression: Compression, input_shape: tuple[int, ...]) -> float:
+    """`size_bytes` of the student this trial will finish with, known before its first epoch (`Compression.planned`)."""
+    bits = wf.compression.quantization.bits or 32
+    with torch.no_grad():
+        return static_cost(compression.planned(student).cpu(), input_shape, bits)[metrics.SIZE_BYTES]
 
 
 def train_batches(wf: WorkflowConfig, data: DataSplits, epoch: int, device: torch.device) -> Iterator[Batch]:
