@@ -221,6 +221,8 @@ def test_the_trial_reestimates_after_set_up_before_every_evaluation_and_on_the_f
         monkeypatch.setattr(loop, name, recording(events, name, getattr(loop, name)))
     _compressed_trial(tmp_path, epochs=2)
     student = events[0][1]
+    planned = next(i for i, (name, _) in enumerate(events) if name == "static_cost")
+    assert planned == 1 and events.pop(planned)[1] != student, "planned_size_bytes: costed on a copy at set-up, the student untouched"
     assert events[:2] == [("reestimate_batchnorm", student), ("train_epoch", student)], "after the structural steps, before training"
     evaluations = [i for i, (name, _) in enumerate(events) if name == "evaluate"]
     assert len(evaluations) == 3, "one validation per epoch and the test"

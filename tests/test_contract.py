@@ -61,15 +61,16 @@ def test_imagefolder_contract_names_the_folders_and_maps_resized_grey_pixels_ont
     from PIL import Image
 
     rng = np.random.default_rng(0)
-    for label in ("cat", "dog"):
-        (tmp_path / label).mkdir()
-        for index in range(6):
-            Image.fromarray(rng.integers(0, 256, (12, 10, 3), dtype=np.uint8)).save(tmp_path / label / f"{index}.png")
-    data = build_data(DataConfig(name="imagefolder", root=tmp_path, options={"image_size": 8, "channels": 1}))
+    for split in ("train", "test"):
+        for label in ("cat", "dog"):
+            (tmp_path / split / label).mkdir(parents=True)
+            for index in range(6):
+                Image.fromarray(rng.integers(0, 256, (12, 10, 3), dtype=np.uint8)).save(tmp_path / split / label / f"{index}.png")
+    options = {"image_size": 8, "channels": 1, "test_root": str(tmp_path / "test")}
+    data = build_data(DataConfig(name="imagefolder", root=tmp_path / "train", options=options))
     assert data.contract.class_names == ("cat", "dog") and data.contract.input_shape == (1, 8, 8)
-    image, _ = data.test[0]
-    path, _ = data.test.dataset.samples[data.test.indices[0]]
-    raw = np.asarray(Image.open(path).convert("RGB").resize((8, 8), Image.BILINEAR).convert("L"))[None, None]
+    image, _ = data.test[0]  # the test tree's first image: cat/0.png
+    raw = np.asarray(Image.open(tmp_path / "test" / "cat" / "0.png").convert("RGB").resize((8, 8), Image.BILINEAR).convert("L"))[None, None]
     np.testing.assert_allclose(model_input(raw, data.contract.as_dict())[0], image.numpy(), rtol=0, atol=1e-6)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -54,7 +56,20 @@ def test_label_fraction_hides_training_labels_only():
     assert (data.val.tensors[1] != UNLABELED).all() and (data.test.tensors[1] != UNLABELED).all()
 
 
-def test_imagefolder_reads_a_class_tree_and_batches_through_the_file_backed_path(tmp_path):
+class NotInMemory(torch.utils.data.Dataset):
+    """Any data set that is not a TensorDataset (a user's own, read from files): batched through a DataLoader."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def __getitem__(self, index: int):
+        return self.inner[index]
+
+
+def test_a_class_tree_batches_through_the_file_backed_path_with_the_views_flip(tmp_path):
     from PIL import Image
 
     rng = np.random.default_rng(0)
@@ -65,6 +80,7 @@ def test_imagefolder_reads_a_class_tree_and_batches_through_the_file_backed_path
     data = build_data(DataConfig(name="imagefolder", root=tmp_path, options={"image_size": 16}))
     assert data.num_classes == 3 and data.input_shape == (3, 16, 16)
     assert len(data.train) + len(data.val) + len(data.test) == 36
+    data = replace(data, train=NotInMemory(data.train))
     view = AugmentView(0, torch.ones(len(data.train), dtype=torch.bool), torch.zeros(len(data.train), 2, dtype=torch.long), 0)
     batches = list(iterate_batches(data.train, list(range(len(data.train))), 8, torch.device("cpu"), view))
     assert sum(len(b.labels) for b in batches) == len(data.train)

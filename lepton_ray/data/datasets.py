@@ -14,11 +14,11 @@ from typing import Callable
 
 import numpy as np
 import torch
-from torch.utils.data import Subset
 
 from lepton_ray.config import DataConfig
 from lepton_ray.data.contract import DataContract
-from lepton_ray.data.splits import DataSplits, HiddenLabels, official_test_splits, split_indices, tensor_splits
+from lepton_ray.data.image_folder import OPTIONS as IMAGE_FOLDER_OPTIONS, image_folder
+from lepton_ray.data.splits import DataSplits, official_test_splits, tensor_splits
 from lepton_ray.data.user_data import user_data_factory
 from lepton_ray.errors import ConfigError, DataError
 from lepton_ray.registry import Registry
@@ -204,31 +204,5 @@ def mnist(cfg: DataConfig) -> DataSplits:
 
 @DATASETS.register("imagefolder")
 def imagefolder(cfg: DataConfig) -> DataSplits:
-    """A local `root/<class>/<image>` tree, resized to `image_size` and split with the data seed."""
-    import torchvision
-    from torchvision import transforms
-
-    opts = _options(cfg, {"image_size": 32, "channels": 3})
-    if cfg.root is None or not Path(cfg.root).is_dir():
-        raise DataError(f"data.root: folder {str(cfg.root)!r} not found; point it at a root/<class>/<image> tree")
-    size, channels = int(opts["image_size"]), int(opts["channels"])
-    steps = [transforms.Resize((size, size))]
-    if channels == 1:
-        steps.append(transforms.Grayscale())
-    mean = std = [0.5] * channels  # maps ToTensor's [0, 1] onto [-1, 1]
-    steps += [transforms.ToTensor(), transforms.Normalize(mean, std)]
-    try:
-        folder = torchvision.datasets.ImageFolder(str(cfg.root), transform=transforms.Compose(steps))
-    except (FileNotFoundError, RuntimeError) as err:
-        raise DataError(f"data.root: no images under {str(cfg.root)!r} ({err}); expected root/<class>/<image>") from None
-    train, val, test, hidden = split_indices(np.array(folder.targets), cfg, with_test=True)
-    colour = "grey" if channels == 1 else "RGB"
-    contract = DataContract.unnormalised(
-        "imagefolder", (channels, size, size), folder.classes, f"an image file, resized to {size}x{size} (bilinear) and converted to {colour}, pixel values 0-255",
-        (0, 255), 1 / 255,
-    ).with_statistics(mean, std)
-    return DataSplits(
-        Subset(HiddenLabels(folder, set(hidden.tolist())), train.tolist()),
-        Subset(folder, val.tolist()), Subset(folder, test.tolist()),
-        len(folder.classes), (channels, size, size), contract,
-    )
+    """Your own `root/<class>/<image>` trees (`data.options`: test_root, val_root, image_size, channels), decoded once into memory."""
+    return image_folder(cfg, _options(cfg, IMAGE_FOLDER_OPTIONS))

@@ -54,31 +54,23 @@ def split_indices(labels: np.ndarray, cfg: DataConfig, with_test: bool) -> tuple
         indices, test = train_test_split(indices, test_size=cfg.test_fraction, stratify=labels, random_state=cfg.seed)
     val_share = cfg.val_fraction / (1 - cfg.test_fraction) if with_test else cfg.val_fraction
     train, val = train_test_split(indices, test_size=val_share, stratify=labels[indices], random_state=cfg.seed)
-    hidden = np.array([], dtype=int)
-    if cfg.label_fraction < 1:
-        keep = max(int(round(len(train) * cfg.label_fraction)), len(np.unique(labels)))
-        _, hidden = train_test_split(train, train_size=keep, stratify=labels[train], random_state=cfg.seed)
-    return np.sort(train), np.sort(val), np.sort(test), hidden
+    return np.sort(train), np.sort(val), np.sort(test), hidden_labels(train, labels, cfg)
+
+
+def hidden_labels(train: np.ndarray, labels: np.ndarray, cfg: DataConfig) -> np.ndarray:
+    """The training indices whose labels `data.label_fraction` < 1 hides (seeded, stratified; none at 1)."""
+    from sklearn.model_selection import train_test_split
+
+    if cfg.label_fraction >= 1:
+        return np.array([], dtype=int)
+    keep = max(int(round(len(train) * cfg.label_fraction)), len(np.unique(labels)))
+    return train_test_split(train, train_size=keep, stratify=labels[train], random_state=cfg.seed)[1]
 
 
 def _hide_labels(labels: torch.Tensor, hidden: np.ndarray) -> torch.Tensor:
     masked = labels.clone()
     masked[torch.as_tensor(hidden, dtype=torch.long)] = UNLABELED
     return masked
-
-
-class HiddenLabels(Dataset):
-    """Wraps a file-backed data set so that hidden training samples report label -1."""
-
-    def __init__(self, dataset: Dataset, hidden: set[int]) -> None:
-        self.dataset, self.hidden = dataset, hidden
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index: int):
-        image, label = self.dataset[index]
-        return image, UNLABELED if index in self.hidden else label
 
 
 def tensor_splits(images: torch.Tensor, labels: torch.Tensor, cfg: DataConfig, contract: DataContract, normalise: bool = True) -> DataSplits:
@@ -116,3 +108,25 @@ def _assemble(
         tuple(images.shape[1:]),
         contract,
     )
+
+
+def given_splits(
+    images: torch.Tensor, labels: torch.Tensor, val: tuple[torch.Tensor, torch.Tensor] | None, test: tuple[torch.Tensor, torch.Tensor] | None,
+    cfg: DataConfig, contract: DataContract,
+) -> DataSplits:
+    """Splits from a pool of training images plus the validation and test images a data set brings of its own
+    (None: carved from the pool, seeded and stratified, as `tensor_splits` and `official_test_splits` do)."""
+    from sklearn.model_selection import train_test_split
+
+    if val is None and test is None:
+        return tensor_splits(images, labels, cfg, contract)
+    if val is None:
+        return official_test_splits(images, labels, *test, cfg, contract)
+    pool = np.arange(len(labels))
+    if test is None:
+        pool, carved = train_test_split(pool, test_size=cfg.test_fraction, stratify=labels.numpy(), random_state=cfg.seed)
+        pool, carved = np.sort(pool), np.sort(carved)
+        test = (images[carved], labels[carved])
+    all_images, all_labels = torch.cat([images, val[0]]), torch.cat([labels, val[1]])
+    val_indices = np.arange(len(labels), len(all_labels))
+    return _assemble(all_images, all_labels, pool, val_indices, hidden_labels(pool, labels.numpy(), cfg), test, contract, normalise=True)

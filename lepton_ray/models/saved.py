@@ -17,9 +17,11 @@ if TYPE_CHECKING:
 
 
 def model_payload(model: nn.Module, spec_name: str, options: dict, data: DataSplits, **extra: Any) -> dict[str, Any]:
-    """What a student/teacher file holds: plain data that `torch.load(weights_only=True)` accepts."""
+    """What a student/teacher file holds: plain data that `torch.load(weights_only=True)` accepts. `class_names`
+    (output index order) lets a teacher be checked against data whose folders sort otherwise."""
     state = {key: value.detach().cpu() for key, value in unwrap(model).state_dict().items()}
-    return {"model": spec_name, "options": dict(options), "input_shape": list(data.input_shape), "num_classes": data.num_classes, "state_dict": state, **extra}
+    return {"model": spec_name, "options": dict(options), "input_shape": list(data.input_shape), "num_classes": data.num_classes,
+            "class_names": list(data.contract.class_names), "state_dict": state, **extra}
 
 
 def load_teacher_module(payload: dict[str, Any]) -> nn.Module:

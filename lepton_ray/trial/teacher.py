@@ -193,6 +193,12 @@ def check_teacher_fits(payload: dict[str, Any], data: DataSplits, field: str) ->
             f"{field}.checkpoint: teacher was saved for input {payload.get('input_shape')} with {payload.get('num_classes')} classes, "
             f"but the data has {list(data.input_shape)} and {data.num_classes}; use a teacher trained on this data"
         )
+    names, expected = payload.get("class_names"), list(data.contract.class_names)
+    if names is not None and list(names) != expected:
+        raise CheckpointError(
+            f"{field}.checkpoint: teacher was trained with classes {list(names)} (output order) but the data's are {expected}; "
+            "use a teacher trained on this data, or name the class folders so that they sort in the teacher's order"
+        )
     architecture = f"model {payload.get('model')!r} with options {payload.get('options') or {}}"
     try:
         model = build_model(ModelSpec(name=payload["model"], options=payload["options"]), tuple(shape), data.num_classes, field=field)
