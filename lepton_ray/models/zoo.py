@@ -5,11 +5,12 @@ The factory contract, for ours and for yours (`student.name: "my_models:tiny_cnn
 `input_shape` = (channels, height, width) of one normalised sample and `options` the spec's
 `options:`, it returns an untrained `torch.nn.Module` mapping a float batch (N, C, H, W) to logits
 (N, num_classes). A class whose `__init__` takes those arguments is a factory too. Nothing is
-downloaded (torchvision models are built with `weights=None`).
+downloaded (torchvision models are built with `weights=None`; `options.weights_file` loads local weights).
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -136,14 +137,47 @@ def _adapt_stem(model: nn.Module, input_shape: InputShape) -> nn.Module:
     return model
 
 
+def load_local_weights(model: nn.Module, weights_file: str) -> nn.Module:
+    """Weights from a local state_dict file (e.g. torchvision's ImageNet `resnet18-f37072fd.pth`, copied to the machine:
+    nothing is downloaded) into every layer whose shape matches. The stem and the classifier may differ (adapted to
+    the data's channels, size and classes: they keep their fresh weights); any other difference is an error."""
+    file = Path(weights_file).expanduser()
+    if not file.is_file():
+        raise ValueError(f"weights_file {weights_file!r} not found; give a local state_dict file (e.g. torchvision's .pth), readable on every node")
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise ValueError(f"weights_file {weights_file!r} is not a file torch.load(weights_only=True) reads ({type(err).__name__}); give a saved state_dict") from None
+    state = state.get("state_dict", state) if isinstance(state, dict) else state
+    own = model.state_dict()
+    if not isinstance(state, dict) or not state:
+        raise ValueError(f"weights_file {weights_file!r} holds no state_dict; save one with torch.save(model.state_dict(), path)")
+    unknown = [key for key in state if key not in own]
+    if unknown:
+        raise ValueError(f"weights_file {weights_file!r} holds weights this architecture lacks (e.g. {unknown[0]!r}); give the file of the same architecture")
+    convs = [name for name, module in model.named_modules() if isinstance(module, nn.Conv2d)]
+    linears = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
+    adapted = {f"{name}.{kind}" for name in convs[:1] + linears[-1:] for kind in ("weight", "bias")}
+    differing = [key for key, value in state.items() if tuple(value.shape) != tuple(own[key].shape)]
+    wrong = [key for key in differing if key not in adapted]
+    if wrong:
+        key = wrong[0]
+        raise ValueError(f"weights_file {weights_file!r}: layer {key!r} is {tuple(state[key].shape)} in the file but {tuple(own[key].shape)} here; "
+                         "give the file of this architecture and options (only the stem and the classifier may differ)")
+    model.load_state_dict({key: value for key, value in state.items() if key not in differing}, strict=False)
+    return model
+
+
 def _torchvision(builder_name: str) -> ModelFactory:
-    def factory(input_shape: InputShape, num_classes: int, **options) -> nn.Module:
+    def factory(input_shape: InputShape, num_classes: int, weights_file: str | None = None, **options) -> nn.Module:
         import torchvision
 
         builder = getattr(torchvision.models, builder_name)
-        return _adapt_stem(builder(weights=None, num_classes=num_classes, **options), input_shape)
+        model = _adapt_stem(builder(weights=None, num_classes=num_classes, **options), input_shape)
+        return load_local_weights(model, weights_file) if weights_file else model
 
-    factory.__doc__ = f"torchvision.models.{builder_name}(weights=None), stem adapted to the data."
+    factory.__doc__ = (f"torchvision.models.{builder_name}(weights=None), stem adapted to the data; "
+                       "`weights_file`: start from a local state_dict (e.g. ImageNet weights), nothing downloaded.")
     return factory
 
 
