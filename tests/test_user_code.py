@@ -107,7 +107,7 @@ def test_the_readme_example_validates_as_written(tmp_path, monkeypatch, capsys):
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     files = dict(re.findall(r"```\w+\n# file: (\S+)\n(.*?)```", readme, flags=re.S))
-    assert set(files) == {"my_models.py", "my_data.py", "my_workflow.yaml"}
+    assert set(files) == {"my_models.py", "my_data.py", "my_workflow.yaml", "my_images.yaml"}
     for name, text in files.items():
         (tmp_path / name).write_text(text)
     (tmp_path / "search_spaces").mkdir()
@@ -119,3 +119,13 @@ def test_the_readme_example_validates_as_written(tmp_path, monkeypatch, capsys):
     assert main(["validate", "my_workflow.yaml"]) == 0
     out = capsys.readouterr().out
     assert "is valid" in out and "/ 300 test images, 10 classes" in out  # the data set's own test split
+
+    from test_image_folder import write_tree
+
+    write_tree(tmp_path / "images" / "train", {"bag": 12, "coat": 12, "shirt": 12}, size=(8, 8))
+    write_tree(tmp_path / "images" / "test", {"bag": 4, "coat": 4, "shirt": 4}, size=(8, 8), seed=1)
+    images = build_data(DataConfig(name="imagefolder", root=Path("images/train"), options={"test_root": "images/test"}))
+    torch.save(train_state_dict(images, width=32, module="my_models"), tmp_path / "my_image_teacher.pt")
+    assert main(["validate", "my_images.yaml"]) == 0
+    out = capsys.readouterr().out
+    assert "is valid" in out and "30 train / 6 val / 12 test images, 3 classes, input 1x8x8" in out, out
