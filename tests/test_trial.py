@@ -142,3 +142,21 @@ def test_a_trial_trains_each_epoch_at_its_scheduled_rate(tmp_path):
 
     run_trial({"workflow": wf.to_dict(), "teachers": [], "data": build_data(wf.data), "teacher_cache": None}, InProcessSession(tmp_path, on_report, CPU))
     assert rates == pytest.approx([epoch_lr(wf.training.lr, "cosine", epoch, 3) for epoch in range(3)])
+
+
+@pytest.mark.parametrize(("cpus", "threads"), [(0.49, 1), (1.0, 1), (2.0, 2), (2.9, 2)])
+def test_a_cpu_trial_trains_with_as_many_torch_threads_as_cpus_it_was_given(tmp_path, cpus, threads):
+    """Rounded down, at least 1: what Ray reserved for the worker, no more (cores beyond it are other trials')."""
+    from lepton_ray.trial.loop import run_trial
+    from lepton_ray.trial.sessions import InProcessSession
+
+    wf = load_workflow(QUICKSTART, {"training.epochs": 1, "distillation.alpha": 0.0, "compression": {}, "output_dir": str(tmp_path),
+                                    "resources.cpus_per_worker": cpus})
+    seen: list[int] = []
+    before = torch.get_num_threads()
+    try:
+        run_trial({"workflow": wf.to_dict(), "teachers": [], "data": build_data(wf.data), "teacher_cache": None},
+                  InProcessSession(tmp_path, lambda report: seen.append(torch.get_num_threads()), CPU))
+    finally:
+        torch.set_num_threads(before)
+    assert seen == [threads]

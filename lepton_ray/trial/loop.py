@@ -59,6 +59,13 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     run_trial(loop_config, RayTrainSession(loop_config.get("run_folder")))
 
 
+def intra_op_threads(cpus_per_worker: float) -> int:
+    """Torch threads for a CPU worker: the CPUs Ray reserved for it, rounded down, at least 1. More would make
+    concurrent trials and DDP ranks fight over cores Ray gave to others (the 0.49-CPU workers of the shipped
+    workflows get 1)."""
+    return max(1, int(cpus_per_worker))
+
+
 def run_trial(loop_config: dict[str, Any], session: TrialSession) -> None:
     """One trial, start to finish. `loop_config` (from `train.TrialInputs`): {"workflow": dict,
     "teachers": [payload, its ref or a module], "data": DataSplits, its ref or None, "teacher_cache": the cache, its ref, path or None}."""
@@ -66,7 +73,7 @@ def run_trial(loop_config: dict[str, Any], session: TrialSession) -> None:
     wf = parse_workflow(loop_config["workflow"])
     device = session.device
     if device.type == "cpu":
-        torch.set_num_threads(1)
+        torch.set_num_threads(intra_op_threads(wf.resources.cpus_per_worker))
     data = trial_data(wf, loop_config, device)
     teachers = teacher_source(wf, loop_config, device)
     student, compression, objective, optimizer, precision = set_up_student(wf, data, teachers, session.prepare_model, device)
