@@ -124,12 +124,34 @@ CPUs without VNNI (AVX2), so an 8-bit grid would ship a different model there (m
 a digits student at 8 bits 95.8% in its QDQ math, 90.6% through ORT's kernels; at 7 bits, identical)."""
 
 
-class QuantizationConfig(_Strict):
-    """b-bit weight / 8-bit activation fake-quant training (QAT)."""
+LOW_BITS = (1, 2)
+"""Binary ({-a, +a}) and ternary ({-a, 0, +a}) weights per output channel (`compress/quantize.py`)."""
 
-    bits: Literal[4, 5, 6, 7] | None = None
+
+class QuantizationConfig(_Strict):
+    """b-bit weight / 8-bit activation fake-quant training (QAT); 2 bits is ternary, 1 bit binary."""
+
+    bits: Literal[1, 2, 4, 5, 6, 7] | None = None
     activation_bits: Literal[8] = 8
     start_epoch: int | None = Field(None, ge=0, description="default: last third of the epochs")
+    end_layer_bits: Literal[1, 2, 7] | None = Field(
+        None, description=f"bits of the first and last conv/linear layer of a binary or ternary student (default {MAX_WEIGHT_BITS}: "
+        "they hold few weights and decide most of the accuracy: the first sees raw pixels, the last writes the logits)",
+    )
+
+    @model_validator(mode="after")
+    def _end_layers_of_low_bit_students_only(self) -> "QuantizationConfig":
+        if self.end_layer_bits is not None and self.bits not in LOW_BITS:
+            raise ValueError(f"end_layer_bits is for binary or ternary students (bits 1 or 2), not bits {self.bits}; remove it")
+        return self
+
+    @property
+    def layer_bits(self) -> tuple[int, int] | None:
+        """(bits of the first and last layer, of every other layer), or None without QAT."""
+        if self.bits is None:
+            return None
+        ends = (self.end_layer_bits or MAX_WEIGHT_BITS) if self.bits in LOW_BITS else self.bits
+        return ends, self.bits
 
     @field_validator("bits", mode="before")
     @classmethod

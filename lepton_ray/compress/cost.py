@@ -57,12 +57,15 @@ def _other_parameters(model: nn.Module) -> list[torch.Tensor]:
     return [p for p in model.parameters() if id(p) not in layer_ids] + biases
 
 
-def static_cost(model: nn.Module, input_shape: tuple[int, ...], weight_bits: int = FLOAT_BITS, activation_bits: int = FLOAT_BITS) -> dict[str, float]:
+def static_cost(
+    model: nn.Module, input_shape: tuple[int, ...], weight_bits: int = FLOAT_BITS, activation_bits: int = FLOAT_BITS, end_layer_bits: int | None = None,
+) -> dict[str, float]:
     """Estimates: params, non-zeros, sparsity, packed size in bytes, MACs and BOPs of `model` in a format that
     stores `weight_bits` per weight and skips zeros (the int8 file does neither; `shipped_cost` measures it).
 
     Size: conv/linear weights as `stored_weight_bits`; every other parameter (biases, norms) at
     32 bits; buffers (BatchNorm running statistics) are not counted, they fold into the conv at export. Sparsity is over conv/linear weights. BOPs = MACs * weight_bits * activation_bits * density.
+    `end_layer_bits`: the first and last conv/linear layer's bits where they differ (binary and ternary students).
     """
     weights = weight_tensors(model)
     other = _other_parameters(model)
@@ -70,7 +73,8 @@ def static_cost(model: nn.Module, input_shape: tuple[int, ...], weight_bits: int
     weight_nonzero = sum(int(torch.count_nonzero(w)) for w in weights)
     other_count = sum(p.numel() for p in other)
     density = weight_nonzero / weight_count if weight_count else 1.0
-    size_bits = sum(stored_weight_bits(w, weight_bits) for w in weights) + other_count * FLOAT_BITS
+    layer_bits = [end_layer_bits if end_layer_bits is not None and index in (0, len(weights) - 1) else weight_bits for index in range(len(weights))]
+    size_bits = sum(stored_weight_bits(w, bits) for w, bits in zip(weights, layer_bits)) + other_count * FLOAT_BITS
     macs = count_macs(model, input_shape)
     return {
         metrics.PARAMS: weight_count + other_count,

@@ -1,4 +1,4 @@
-"""Quantization-aware training: b-bit per-channel weights, 8-bit per-tensor activations, in eager torch.
+"""Quantization-aware training: b-bit per-channel weights (ternary at 2, binary at 1), 8-bit per-tensor activations, in eager torch.
 
 Why eager fake-quant and not torchao/PT2E (measured in STACK.md): it works on every registry
 model (PT2E's X86InductorQuantizer fails on resnet18, torchao's QATConfig is Linear-only,
@@ -31,10 +31,39 @@ INPUT_QUANT = "input_quant"
 """Name of the activation fake-quant submodule added to each conv/linear layer."""
 
 
+TERNARY_THRESHOLD = 0.7
+"""Ternary weights: |w| at most this times the channel's mean |w| become 0 (Li & Liu 2016, ternary weight networks)."""
+
+
+def _per_channel(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A (C,) vector shaped to broadcast over a (C, ...) weight."""
+    return values.view(-1, *([1] * (like.dim() - 1)))
+
+
+def binary_weight(weight: torch.Tensor) -> torch.Tensor:
+    """{-a, +a} per output channel, a = mean |w| over its non-zero weights (XNOR-Net); pruned zeros stay 0."""
+    magnitude = weight.abs().flatten(1)
+    alpha = magnitude.sum(dim=1) / (magnitude > 0).sum(dim=1).clamp_min(1)
+    return torch.sign(weight) * _per_channel(alpha, weight)
+
+
+def ternary_weight(weight: torch.Tensor) -> torch.Tensor:
+    """{-a, 0, +a} per output channel: 0 where |w| <= 0.7 mean |w|, a = mean |w| of the rest (TWN)."""
+    magnitude = weight.abs()
+    threshold = TERNARY_THRESHOLD * magnitude.flatten(1).mean(dim=1)
+    kept = magnitude > _per_channel(threshold, weight)
+    alpha = (magnitude * kept).flatten(1).sum(dim=1) / kept.flatten(1).sum(dim=1).clamp_min(1)
+    return torch.sign(weight) * kept * _per_channel(alpha, weight)
+
+
+LOW_BIT_WEIGHTS = {1: binary_weight, 2: ternary_weight}
+
+
 class WeightFQ(nn.Module):
     """Parametrization: symmetric per-output-channel b-bit fake-quant, straight-through gradient.
 
-    scale_c = max|w_c| / (2^(b-1) - 1); codes in [-(2^(b-1) - 1), 2^(b-1) - 1], so 0 is on the grid.
+    b >= 4: scale_c = max|w_c| / (2^(b-1) - 1); codes in [-(2^(b-1) - 1), 2^(b-1) - 1], so 0 is on the grid.
+    b = 2: ternary, b = 1: binary (`LOW_BIT_WEIGHTS`); the gradient passes straight through to the float weight.
     """
 
     def __init__(self, bits: int) -> None:
@@ -45,6 +74,8 @@ class WeightFQ(nn.Module):
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         if not self.enabled:
             return weight
+        if self.bits in LOW_BIT_WEIGHTS:
+            return LOW_BIT_WEIGHTS[self.bits](weight.detach()) + (weight - weight.detach())  # exactly the grid values forward
         qmax = 2 ** (self.bits - 1) - 1
         scale = (weight.detach().abs().flatten(1).amax(dim=1).float() / qmax).clamp_min(_MIN_SCALE)
         zero_point = torch.zeros_like(scale, dtype=torch.int32)
@@ -106,10 +137,13 @@ def _quantize_input(layer: nn.Module, args: tuple) -> tuple:
     return (getattr(layer, INPUT_QUANT)(args[0]), *args[1:])
 
 
-def install_fake_quant(model: nn.Module, weight_bits: int, activation_bits: int) -> None:
-    """Add (disabled) weight and input fake-quant to every conv/linear layer."""
-    for _, layer in weight_layers(model):
-        parametrize.register_parametrization(layer, "weight", WeightFQ(weight_bits))
+def install_fake_quant(model: nn.Module, weight_bits: int, activation_bits: int, end_layer_bits: int | None = None) -> None:
+    """Add (disabled) weight and input fake-quant to every conv/linear layer; the first and the last at
+    `end_layer_bits` when given (`QuantizationConfig.layer_bits`)."""
+    layers = [layer for _, layer in weight_layers(model)]
+    for index, layer in enumerate(layers):
+        at_an_end = end_layer_bits is not None and index in (0, len(layers) - 1)
+        parametrize.register_parametrization(layer, "weight", WeightFQ(end_layer_bits if at_an_end else weight_bits))
         layer.add_module(INPUT_QUANT, ActivationFQ(activation_bits))
         layer.register_forward_pre_hook(_quantize_input)
 
@@ -149,7 +183,8 @@ class QuantizationAwareTraining(Compressor):
         self.start_epoch = cfg.start_epoch if cfg.start_epoch is not None else full_compression_epoch(epochs)
 
     def prepare(self, model: nn.Module, example_input: torch.Tensor) -> nn.Module:
-        install_fake_quant(model, self.cfg.bits, self.cfg.activation_bits)
+        end_bits, bits = self.cfg.layer_bits
+        install_fake_quant(model, bits, self.cfg.activation_bits, end_bits)
         return model
 
     def on_epoch_start(self, model: nn.Module, epoch: int) -> None:

@@ -28,7 +28,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from lepton_ray.compress.quantize import activation_qparams
-from lepton_ray.config import MAX_WEIGHT_BITS, ExportConfig
+from lepton_ray.config import LOW_BITS, MAX_WEIGHT_BITS, ExportConfig
 from lepton_ray.errors import ExportError
 from lepton_ray.export.metadata import stamp
 from lepton_ray.export.onnx_graph import INPUT_NAME, compact_graph, export_fp32_onnx
@@ -69,8 +69,9 @@ def shipped_weight_bits(weight_bits: int) -> int:
     """Bits of the int8 file's weight codes: a QAT student's own grid; a float student's weights are rounded
     to `config.MAX_WEIGHT_BITS` (7, |code| <= 63, ORT's `reduce_range`): on x86 CPUs without VNNI, ORT's
     u8 x s8 kernels add pairs of products in int16, which saturates for codes up to 127 (measured on an
-    AVX2 EPYC: a float MLP lost 1 of 60 test images at 8 bits, none at 7)."""
-    return min(weight_bits, MAX_WEIGHT_BITS)
+    AVX2 EPYC: a float MLP lost 1 of 60 test images at 8 bits, none at 7). A binary or ternary student ships on
+    the 7-bit grid: its {-a, 0, +a} are codes {-63, 0, 63} exactly, and its 7-bit first and last layers fit too."""
+    return MAX_WEIGHT_BITS if weight_bits in LOW_BITS else min(weight_bits, MAX_WEIGHT_BITS)
 
 
 def grid_overrides(model: onnx.ModelProto, weight_bits: int) -> dict[str, list[dict[str, Any]]]:

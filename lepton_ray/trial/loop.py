@@ -148,7 +148,7 @@ def _finish(wf: WorkflowConfig, student: nn.Module, compression: Compression, be
     test_accuracy, _ = evaluate(final, data.test, wf.training.batch_size, device)  # the student as saved and shipped
     final = final.cpu()
     bits = wf.compression.quantization.bits or 32
-    estimates = static_cost(final, data.input_shape, bits, wf.compression.quantization.activation_bits if bits < 32 else 32)
+    estimates = static_cost(final, data.input_shape, bits, wf.compression.quantization.activation_bits if bits < 32 else 32, end_layer_bits(wf))
     measured = _measure_shipped_file(final, data, wf, bits) if world()[0] == 0 else {}
     final_metrics = {metrics.TEST_ACCURACY: test_accuracy, metrics.BEST_VAL_ACCURACY: best["val_accuracy"], metrics.BEST_EPOCH: best["epoch"], **estimates, **measured}
     payload = model_payload(final, wf.student.name, wf.student.options, data, metrics={k: float(v) for k, v in final_metrics.items()}, workflow=wf.to_dict())
@@ -159,7 +159,13 @@ def planned_size_bytes(wf: WorkflowConfig, student: nn.Module, compression: Comp
     """`size_bytes` of the student this trial will finish with, known before its first epoch (`Compression.planned`)."""
     bits = wf.compression.quantization.bits or 32
     with torch.no_grad():
-        return static_cost(compression.planned(student).cpu(), input_shape, bits)[metrics.SIZE_BYTES]
+        return static_cost(compression.planned(student).cpu(), input_shape, bits, end_layer_bits=end_layer_bits(wf))[metrics.SIZE_BYTES]
+
+
+def end_layer_bits(wf: WorkflowConfig) -> int | None:
+    """Bits of the first and last layer, where a binary or ternary student keeps them wider."""
+    layer_bits = wf.compression.quantization.layer_bits
+    return layer_bits[0] if layer_bits else None
 
 
 def train_batches(wf: WorkflowConfig, data: DataSplits, epoch: int, device: torch.device) -> Iterator[Batch]:
