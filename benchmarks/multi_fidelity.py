@@ -18,7 +18,6 @@ each arm and seed, the CPU seconds at which the sweep first reaches that hypervo
 
 from __future__ import annotations
 
-import argparse
 import heapq
 import itertools
 import json
@@ -33,8 +32,8 @@ from typing import Any, Sequence
 import optuna
 import torch
 
-from benchmarks.common import REPO, RESULTS, Figure, figures_table, format_table, result_path, write_result
-from benchmarks.search_efficiency import ACCURACY, COST, CONCURRENT, GridTable, Outcome, _key, mean_and_se
+from benchmarks.common import REPO, Figure, figures_table, format_table
+from benchmarks.search_efficiency import ACCURACY, COST, CONCURRENT, GridTable, Outcome, _key, mean_and_se, replay_cli
 from lepton_ray import metrics
 from lepton_ray.config import SweepConfig
 from lepton_ray.sweep.moasha import ParetoRungs, rung_milestones
@@ -216,20 +215,7 @@ def markdown(payload: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help=f"smoke run: {QUICK}, on search_grid.quick.json unless --grid")
-    parser.add_argument("--grid", type=Path, default=None, help="the table to replay (default: results/search_grid[.quick].json)")
-    parser.add_argument("--processes", type=int, default=PROCESSES)
-    args = parser.parse_args(argv)
-    grid_file = args.grid or result_path("search_grid", args.quick)
-    if not grid_file.is_file():
-        raise FileNotFoundError(f"{grid_file}: no grid table; build it with python -m benchmarks.search_grid{' --quick' if args.quick else ''}")
-    payload = write_result(NAME, run(grid_file, **(QUICK if args.quick else FULL), processes=args.processes), args.quick)
-    page = RESULTS / f"{NAME}{'.quick' if args.quick else ''}.md"
-    page.write_text(markdown(payload))
-    print(f"wrote {page.relative_to(REPO)}")
-    print(figures_table(figures(payload)))
-    return payload
+    return replay_cli(argv, NAME, __doc__, run, {False: FULL, True: QUICK}, markdown, figures)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import optuna
@@ -253,21 +253,27 @@ def markdown(payload: dict[str, Any]) -> str:
     ])
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help=f"smoke run: {QUICK}, on search_grid.quick.json unless --grid")
+def replay_cli(argv: list[str] | None, name: str, doc: str, run: Callable[..., dict[str, Any]], settings: dict[bool, dict[str, Any]],
+               markdown: Callable[[dict[str, Any]], str], figures: Callable[[dict[str, Any]], list[Figure]]) -> dict[str, Any]:
+    """The command line of a benchmark that replays the grid table (this one, `multi_fidelity`): run, write JSON and Markdown, print the figures."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help=f"smoke run: {settings[True]}, on search_grid.quick.json unless --grid")
     parser.add_argument("--grid", type=Path, default=None, help="the table to replay (default: results/search_grid[.quick].json)")
     parser.add_argument("--processes", type=int, default=PROCESSES)
     args = parser.parse_args(argv)
     grid_file = args.grid or result_path("search_grid", args.quick)
     if not grid_file.is_file():
         raise FileNotFoundError(f"{grid_file}: no grid table; build it with python -m benchmarks.search_grid{' --quick' if args.quick else ''}")
-    payload = write_result(NAME, run(grid_file, **(QUICK if args.quick else FULL), processes=args.processes), args.quick)
-    page = RESULTS / f"{NAME}{'.quick' if args.quick else ''}.md"
+    payload = write_result(name, run(grid_file, **settings[args.quick], processes=args.processes), args.quick)
+    page = RESULTS / f"{name}{'.quick' if args.quick else ''}.md"
     page.write_text(markdown(payload))
     print(f"wrote {page.relative_to(REPO)}")
     print(figures_table(figures(payload)))
     return payload
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    return replay_cli(argv, NAME, __doc__, run, {False: FULL, True: QUICK}, markdown, figures)
 
 
 if __name__ == "__main__":
