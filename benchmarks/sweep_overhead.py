@@ -33,8 +33,8 @@ NAME = "sweep_overhead"
 SEED_SPACE = "params:\n  training.seed: {type: int, low: 0, high: 100000}\n"
 
 
-def benchmark_workflow(folder: Path, trials: int, epochs: int, workers: int, concurrent: int) -> WorkflowConfig:
-    """The quickstart with its own storage, MLflow file and a seed-only search space (random sampler)."""
+def benchmark_workflow(folder: Path, trials: int, epochs: int, workers: int, concurrent: int, extra: dict[str, Any] | None = None) -> WorkflowConfig:
+    """The quickstart with its own storage, MLflow file and a seed-only search space (random sampler); `extra` overrides on top."""
     folder.mkdir(parents=True, exist_ok=True)
     space = folder / "seed_space.yaml"
     space.write_text(SEED_SPACE)
@@ -43,7 +43,7 @@ def benchmark_workflow(folder: Path, trials: int, epochs: int, workers: int, con
         "teacher.checkpoint": str(folder / "teacher.pt"), "tracking.uri": f"sqlite:///{folder / 'mlflow.db'}",
         "tracking.experiment": f"bench-w{workers}-c{concurrent}", "sweep.space": str(space), "sweep.searcher": "random",
         "sweep.num_samples": trials, "training.epochs": epochs, "resources.num_workers": workers,
-        "resources.max_concurrent_trials": concurrent,
+        "resources.max_concurrent_trials": concurrent, **(extra or {}),
     })
 
 
