@@ -217,11 +217,11 @@ def test_the_trial_reestimates_after_set_up_before_every_evaluation_and_on_the_f
     from lepton_ray.trial import loop
 
     events: list[tuple[str, int]] = []
-    for name in ("reestimate_batchnorm", "train_epoch", "evaluate", "static_cost"):
+    for name in ("reestimate_batchnorm", "train_epoch", "evaluate", "static_cost", "packed_size_bytes"):
         monkeypatch.setattr(loop, name, recording(events, name, getattr(loop, name)))
     _compressed_trial(tmp_path, epochs=2)
     student = events[0][1]
-    planned = next(i for i, (name, _) in enumerate(events) if name == "static_cost")
+    planned = next(i for i, (name, _) in enumerate(events) if name == "packed_size_bytes")
     assert planned == 1 and events.pop(planned)[1] != student, "planned_size_bytes: costed on a copy at set-up, the student untouched"
     assert events[:2] == [("reestimate_batchnorm", student), ("train_epoch", student)], "after the structural steps, before training"
     evaluations = [i for i, (name, _) in enumerate(events) if name == "evaluate"]

@@ -16,7 +16,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from lepton_ray import metrics
-from lepton_ray.compress.layers import weight_layers
+from lepton_ray.compress.layers import layer_bit_widths, weight_layers
 
 FLOAT_BITS = 32
 """A trial times its file for at most `LATENCY_ROUNDS` rounds or about this long, whichever comes first."""
@@ -57,6 +57,14 @@ def _other_parameters(model: nn.Module) -> list[torch.Tensor]:
     return [p for p in model.parameters() if id(p) not in layer_ids] + biases
 
 
+def packed_size_bytes(model: nn.Module, weight_bits: int = FLOAT_BITS, end_layer_bits: int | None = None) -> float:
+    """`size_bytes` alone (no forward pass): conv/linear weights as `stored_weight_bits` at each layer's bits
+    (`layer_bit_widths`), every other parameter at 32 bits."""
+    weights = weight_tensors(model)
+    size_bits = sum(stored_weight_bits(w, bits) for w, bits in zip(weights, layer_bit_widths(len(weights), weight_bits, end_layer_bits)))
+    return (size_bits + sum(p.numel() for p in _other_parameters(model)) * FLOAT_BITS) / 8
+
+
 def static_cost(
     model: nn.Module, input_shape: tuple[int, ...], weight_bits: int = FLOAT_BITS, activation_bits: int = FLOAT_BITS, end_layer_bits: int | None = None,
 ) -> dict[str, float]:
@@ -73,15 +81,13 @@ def static_cost(
     weight_nonzero = sum(int(torch.count_nonzero(w)) for w in weights)
     other_count = sum(p.numel() for p in other)
     density = weight_nonzero / weight_count if weight_count else 1.0
-    layer_bits = [end_layer_bits if end_layer_bits is not None and index in (0, len(weights) - 1) else weight_bits for index in range(len(weights))]
-    size_bits = sum(stored_weight_bits(w, bits) for w, bits in zip(weights, layer_bits)) + other_count * FLOAT_BITS
     macs = count_macs(model, input_shape)
     return {
         metrics.PARAMS: weight_count + other_count,
         metrics.NONZERO_PARAMS: weight_nonzero + other_count,
         metrics.SPARSITY: 1.0 - density,
         metrics.BITS: weight_bits,
-        metrics.SIZE_BYTES: size_bits / 8,
+        metrics.SIZE_BYTES: packed_size_bytes(model, weight_bits, end_layer_bits),
         metrics.MACS: macs,
         metrics.BOPS: macs * weight_bits * activation_bits * density,
     }

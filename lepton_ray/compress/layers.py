@@ -13,6 +13,12 @@ def weight_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return [(name, module) for name, module in model.named_modules() if isinstance(module, WEIGHT_LAYER_TYPES)]
 
 
+def layer_bit_widths(count: int, bits: int, end_layer_bits: int | None = None) -> list[int]:
+    """Weight bits of each of `count` conv/linear layers in `weight_layers` order: `end_layer_bits` for the first and
+    the last where given (binary and ternary students), `bits` for the rest. QAT and the size estimate both use it."""
+    return [end_layer_bits if end_layer_bits is not None and index in (0, count - 1) else bits for index in range(count)]
+
+
 def full_compression_epoch(epochs: int) -> int:
     """Default epoch from which pruning is at its target and QAT is on: two thirds of the run.
 

@@ -17,7 +17,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from lepton_ray.compress.base import Compressor, register_compressor
-from lepton_ray.compress.layers import bake_weights, full_compression_epoch, weight_layers
+from lepton_ray.compress.layers import bake_weights, full_compression_epoch, layer_bit_widths, weight_layers
 from lepton_ray.config import QuantizationConfig
 from lepton_ray.errors import ConfigError
 
@@ -141,9 +141,8 @@ def install_fake_quant(model: nn.Module, weight_bits: int, activation_bits: int,
     """Add (disabled) weight and input fake-quant to every conv/linear layer; the first and the last at
     `end_layer_bits` when given (`QuantizationConfig.layer_bits`)."""
     layers = [layer for _, layer in weight_layers(model)]
-    for index, layer in enumerate(layers):
-        at_an_end = end_layer_bits is not None and index in (0, len(layers) - 1)
-        parametrize.register_parametrization(layer, "weight", WeightFQ(end_layer_bits if at_an_end else weight_bits))
+    for layer, bits in zip(layers, layer_bit_widths(len(layers), weight_bits, end_layer_bits)):
+        parametrize.register_parametrization(layer, "weight", WeightFQ(bits))
         layer.add_module(INPUT_QUANT, ActivationFQ(activation_bits))
         layer.register_forward_pre_hook(_quantize_input)
 

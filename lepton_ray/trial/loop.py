@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from lepton_ray import metrics
-from lepton_ray.compress.cost import static_cost
+from lepton_ray.compress.cost import packed_size_bytes, static_cost
 from lepton_ray.export.shipped_cost import shipped_cost
 from lepton_ray.compress.pipeline import Compression
 from lepton_ray.config import WorkflowConfig, parse_workflow
@@ -78,7 +78,7 @@ def run_trial(loop_config: dict[str, Any], session: TrialSession) -> None:
     teachers = teacher_source(wf, loop_config, device)
     student, compression, objective, optimizer, precision = set_up_student(wf, data, teachers, session.prepare_model, device)
     reestimate_batchnorm(student, train_batches(wf, data, 0, device))  # channel pruning / low-rank changed what each BatchNorm sees
-    planned = {metrics.PLANNED_SIZE_BYTES: planned_size_bytes(wf, unwrap(student), compression, data.input_shape)}
+    planned = {metrics.PLANNED_SIZE_BYTES: planned_size_bytes(wf, unwrap(student), compression)}
     state = _restore(student, objective, optimizer, compression, session)
     best = state["best"]
     timing = {metrics.SETUP_S: time.perf_counter() - entered, metrics.COMPUTE_S: 0.0}
@@ -155,11 +155,11 @@ def _finish(wf: WorkflowConfig, student: nn.Module, compression: Compression, be
     return final_metrics, payload
 
 
-def planned_size_bytes(wf: WorkflowConfig, student: nn.Module, compression: Compression, input_shape: tuple[int, ...]) -> float:
+def planned_size_bytes(wf: WorkflowConfig, student: nn.Module, compression: Compression) -> float:
     """`size_bytes` of the student this trial will finish with, known before its first epoch (`Compression.planned`)."""
     bits = wf.compression.quantization.bits or 32
     with torch.no_grad():
-        return static_cost(compression.planned(student).cpu(), input_shape, bits, end_layer_bits=end_layer_bits(wf))[metrics.SIZE_BYTES]
+        return packed_size_bytes(compression.planned(student), bits, end_layer_bits(wf))  # the size only: no forward pass at start-up
 
 
 def end_layer_bits(wf: WorkflowConfig) -> int | None:
