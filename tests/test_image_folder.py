@@ -66,6 +66,7 @@ def test_colour_images_of_mixed_sizes_need_a_size_and_then_resize(tmp_path):
 @pytest.mark.parametrize(("change", "field"), [
     (lambda root: (root / "test" / "coat").rename(root / "test" / "jacket"), "data.options.test_root: class folders"),
     (lambda root: (root / "train" / "bag" / "0.png").write_bytes(b"not a png"), "data.root: "),
+    (lambda root: (root / "test" / "bag" / "0.png").write_bytes(b"not a png"), "data.options.test_root: "),
     (lambda root: [p.unlink() for p in (root / "train" / "bag").iterdir()], "data.root: class folder 'bag'"),
 ])
 def test_a_broken_tree_is_one_line_naming_the_field(tmp_path, change, field):

@@ -13,7 +13,9 @@ mean/std, as for every set; class order is the sorted folder names, recorded in 
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -42,17 +44,24 @@ def class_files(root: Path, field: str) -> dict[str, list[Path]]:
     return tree
 
 
-def _headers(files: list[Path], field: str) -> list[tuple[str, tuple[int, int]]]:
-    """(mode, (width, height)) of each image, read from its header only."""
+@contextmanager
+def opened(path: Path, field: str) -> Iterator[Any]:
+    """The image at `path` (PIL), or a one-line `DataError` naming the field when it is not a readable image."""
     from PIL import Image, UnidentifiedImageError
 
+    try:
+        with Image.open(path) as image:
+            yield image
+    except (UnidentifiedImageError, OSError) as err:
+        raise DataError(f"{field}: {str(path)!r} is not a readable image ({type(err).__name__}); remove or replace it") from None
+
+
+def _headers(files: list[Path], field: str) -> list[tuple[str, tuple[int, int]]]:
+    """(mode, (width, height)) of each image, read from its header only."""
     out = []
     for path in files:
-        try:
-            with Image.open(path) as image:
-                out.append((image.mode, image.size))
-        except (UnidentifiedImageError, OSError) as err:
-            raise DataError(f"{field}: {str(path)!r} is not a readable image ({type(err).__name__}); remove or replace it") from None
+        with opened(path, field) as image:
+            out.append((image.mode, image.size))
     return out
 
 
@@ -71,14 +80,14 @@ def input_shape(files: list[Path], channels: int | None, image_size: int | None,
     return channels, height, width
 
 
-def decode(files: list[Path], shape: tuple[int, int, int]) -> torch.Tensor:
+def decode(files: list[Path], shape: tuple[int, int, int], field: str) -> torch.Tensor:
     """Every image as uint8 (N, C, H, W): converted to RGB, resized (bilinear) when its size differs, then to grey for 1 channel."""
     from PIL import Image
 
     channels, height, width = shape
     out = np.empty((len(files), channels, height, width), dtype=np.uint8)
     for index, path in enumerate(files):
-        with Image.open(path) as image:
+        with opened(path, field) as image:
             image = image.convert("RGB")
             if image.size != (width, height):
                 image = image.resize((width, height), Image.BILINEAR)
@@ -96,7 +105,7 @@ def read_tree(root: Path, classes: list[str], shape: tuple[int, int, int], field
         raise DataError(f"{field}: class folders {list(tree)} differ from data.root's {classes}; give it the same class folders")
     files = [path for name in classes for path in tree[name]]
     labels = torch.tensor([label for label, name in enumerate(classes) for _ in tree[name]], dtype=torch.long)
-    return decode(files, shape).float() / 255, labels
+    return decode(files, shape, field).float() / 255, labels
 
 
 def image_folder(cfg: DataConfig, opts: dict) -> DataSplits:
