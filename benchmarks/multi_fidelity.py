@@ -36,9 +36,9 @@ from benchmarks.common import REPO, Figure, figures_table, format_table
 from benchmarks.search_efficiency import ACCURACY, COST, CONCURRENT, GridTable, Outcome, _key, mean_and_se, replay_cli
 from lepton_ray import metrics
 from lepton_ray.config import SweepConfig
-from lepton_ray.sweep.moasha import ParetoRungs, rung_milestones
+from lepton_ray.sweep.moasha import ParetoRungs
 from lepton_ray.sweep.samplers import DEFAULT_SEARCHER, make_sampler
-from lepton_ray.sweep.schedulers import MOASHA_REDUCTION_FACTOR
+from lepton_ray.sweep.schedulers import MOASHA_REDUCTION_FACTOR, moasha_milestones
 
 NAME = "multi_fidelity"
 BASELINE_TRIALS = 24
@@ -80,7 +80,7 @@ def replay_in_time(table: GridTable, by_key: dict[tuple[float, ...], Curve], sea
     """One simulated sweep: (CPU seconds so far, outcome) at each finished trial, until `max_trials` have been
     started or `cpu_budget` is spent. Trials stopped at a rung add nothing to the list (they cost CPU all the same)."""
     study = optuna.create_study(directions=["maximize", "minimize"], sampler=make_sampler(SweepConfig(searcher=searcher, seed=seed, num_samples=max_trials or 48)))
-    rungs = ParetoRungs(rung_milestones(max(1, epochs // 3), epochs, MOASHA_REDUCTION_FACTOR) if scheduled else [], MOASHA_REDUCTION_FACTOR)
+    rungs = ParetoRungs(moasha_milestones(epochs) if scheduled else [], MOASHA_REDUCTION_FACTOR)
     events: list[tuple[float, int, int, int]] = []  # (time an epoch ends, tie-breaker, trial number, that epoch)
     live: dict[int, tuple[optuna.trial.Trial, Curve, float]] = {}  # number -> (trial, curve, start time)
     spent: list[float] = []  # busy seconds of trials that ended
@@ -176,7 +176,7 @@ def run(grid_file: Path, seeds: int, processes: int) -> dict[str, Any]:
     return {
         "setting": {
             "grid_file": str(grid_file.relative_to(REPO) if grid_file.is_relative_to(REPO) else grid_file), "grid_commit": grid["commit"],
-            "epochs": grid["setting"]["epochs"], "rungs": rung_milestones(max(1, grid["setting"]["epochs"] // 3), grid["setting"]["epochs"], MOASHA_REDUCTION_FACTOR),
+            "epochs": grid["setting"]["epochs"], "rungs": moasha_milestones(grid["setting"]["epochs"]),
             "reduction_factor": MOASHA_REDUCTION_FACTOR, "trials_in_flight": CONCURRENT, "sampler_seeds": list(range(seeds)),
             "objectives": f"{ACCURACY} up, {COST} down; at a rung: that epoch's {metrics.VAL_ACCURACY} up, the finished student's {metrics.SIZE_BYTES} down",
             "baseline": f"random search, {BASELINE_TRIALS} full-fidelity trials", "cpu_cap": f"{CPU_CAP:g} x the baseline's CPU seconds",
