@@ -21,7 +21,7 @@ import argparse
 import copy
 import statistics
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -30,7 +30,8 @@ import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
 from benchmarks.common import REPO, Figure, StudentRun, figures_table, write_result
-from lepton_ray.config import load_workflow
+from lepton_ray.config import WorkflowConfig, load_workflow
+from lepton_ray.data.splits import DataSplits
 from lepton_ray.data.batches import train_indices
 from lepton_ray.data.datasets import build_data
 from lepton_ray.trial.epoch import epoch_lr, set_lr
@@ -93,31 +94,55 @@ def timed(train_epoch: Callable[[int], float], epoch: int) -> tuple[float, float
     return time.perf_counter() - started, loss
 
 
-def run(rounds: int, quick: bool, folder: Path) -> dict[str, Any]:
+@dataclass
+class Arms:
+    """The Fashion-MNIST workflow, its (possibly subsampled) splits, and one epoch function per arm."""
+
+    wf: WorkflowConfig
+    data: DataSplits
+    epochs: dict[str, Callable[[int], float]]
+
+
+PLAIN_OPTIONS = {"plain": {}, "plain+fast": {"channels_last": True, "fused": True}, "plain+channels_last": {"channels_last": True}, "plain+fused_adam": {"fused": True}}
+
+
+def fashion_mnist_arms(folder: Path, train_samples: int | None, plain_arms: tuple[str, ...] = tuple(PLAIN_OPTIONS)) -> Arms:
+    """`ours` and `ours+fast` (the trial's epoch without and with the speed knobs) and the chosen plain-loop arms,
+    all from the same initial student, on the sweep's teacher cache; the first `train_samples` training images."""
     torch.set_num_threads(1)
-    overrides = {"output_dir": str(folder), "teacher.checkpoint": str(REPO / "runs" / "teachers" / "fashion_mnist_cnn_large_aug.pt")}
-    wf = load_workflow(WORKFLOW, overrides)
+    wf = load_workflow(WORKFLOW, {"output_dir": str(folder), "teacher.checkpoint": str(REPO / "runs" / "teachers" / "fashion_mnist_cnn_large_aug.pt")})
     data = build_data(wf.data)
-    if quick:
-        data = replace(data, train=TensorDataset(*(tensor[:QUICK_SAMPLES] for tensor in data.train.tensors)))
-    teachers = prepare_teachers(wf, data, log=lambda _: None)
-    cache, _ = sweep_teacher_cache(wf, teachers, data, folder)
+    if train_samples:
+        data = replace(data, train=TensorDataset(*(tensor[:train_samples] for tensor in data.train.tensors)))
+    cache, _ = sweep_teacher_cache(wf, prepare_teachers(wf, data, log=lambda _: None), data, folder)
     teacher_logits = cache.logits[0][0]  # view 0: the students train unaugmented
     ours = StudentRun(wf, data, cache)
     fast_wf = wf.model_copy(update={"training": wf.training.model_copy(update={"channels_last": True, "fused_optimizer": True})})
-    arms: dict[str, Callable[[int], float]] = {"ours": ours_epoch(ours), "ours+fast": ours_epoch(StudentRun(fast_wf, data, cache))}
-    plain_options = {"plain": {}, "plain+fast": {"channels_last": True, "fused": True}, "plain+channels_last": {"channels_last": True}, "plain+fused_adam": {"fused": True}}
-    for name, options in plain_options.items():
-        arms[name] = PlainRun(ours, teacher_logits, **options).train_epoch
-    seconds: dict[str, list[float]] = {name: [] for name in arms}
+    epochs = {"ours": ours_epoch(ours), "ours+fast": ours_epoch(StudentRun(fast_wf, data, cache))}
+    epochs |= {name: PlainRun(ours, teacher_logits, **PLAIN_OPTIONS[name]).train_epoch for name in plain_arms}
+    return Arms(wf, data, epochs)
+
+
+def time_rounds(arms: Arms, rounds: int, between: Callable[[], None] = lambda: None) -> tuple[dict[str, list[float]], dict[str, float]]:
+    """Seconds of every arm's epoch in each round (arms alternate; `between` runs after each round), and each arm's
+    mean loss in epoch 0, the warm-up round, which is not timed."""
+    seconds: dict[str, list[float]] = {name: [] for name in arms.epochs}
     first_losses: dict[str, float] = {}
-    for epoch in range(rounds + 1):  # epoch 0 warms up (and gives the losses compared)
-        for name, train_epoch in arms.items():
+    for epoch in range(rounds + 1):
+        for name, train_epoch in arms.epochs.items():
             elapsed, loss = timed(train_epoch, epoch)
             if epoch == 0:
                 first_losses[name] = loss
             else:
                 seconds[name].append(elapsed)
+        between()
+    return seconds, first_losses
+
+
+def run(rounds: int, quick: bool, folder: Path) -> dict[str, Any]:
+    arms = fashion_mnist_arms(folder, QUICK_SAMPLES if quick else None)
+    wf, data = arms.wf, arms.data
+    seconds, first_losses = time_rounds(arms, rounds)
     medians = {name: statistics.median(values) for name, values in seconds.items()}
     return {
         "setting": {
