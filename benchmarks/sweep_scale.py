@@ -1,0 +1,235 @@
+"""sweep_scale: how the sweep driver's cost grows with the number of trials, on a multi-node Ray cluster.
+
+    .venv/bin/python -m benchmarks.sweep_scale [--quick] [--sizes 25 100 400] [--searchers tpe random]
+
+Tiny trials (synthetic 8x8 data, an MLP student of about 300 parameters, one epoch) run through the
+real sweep path (`run_sweep`, as `lepton-ray sweep --no-export` and `lepton_ray.sweep` call it) on a
+`ray.cluster_utils.Cluster` on this machine: a head without CPUs (the driver joins it) and worker
+nodes with one logical CPU each. One trial at a time, so that the sweep wall minus the trials' own
+`compute_s` is the driver's and Ray's time per trial, not overlap. Per size and searcher: that
+per-trial driver time, the driver process's CPU seconds and peak RSS, MLflow writes per trial (count,
+seconds), the sampler's ask time on the finished study, study / MLflow / run-folder bytes per trial;
+on the largest sweep, `lepton-ray leaderboard` and `lepton-ray select` wall time (fresh processes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from benchmarks.common import QUICKSTART, Figure, write_result
+from lepton_ray import metrics
+from lepton_ray.config import apply_overrides, load_workflow
+
+NAME = "sweep_scale"
+WORKER_NODES = 3
+SPACE = (
+    "params:\n"
+    "  training.lr: {type: float, low: 0.001, high: 0.1, log: true}\n"
+    "  distillation.alpha: {type: float, low: 0.1, high: 0.9}\n"
+    "  distillation.temperature: {type: float, low: 1.0, high: 8.0, log: true}\n"
+)
+TINY_TRIAL = {
+    "data.name": "synthetic", "data.options": {"num_samples": 300, "image_size": 8},
+    "teacher.name": "cnn_small", "teacher.options": {"channels": [4, 8]}, "teacher.train.epochs": 2,
+    "student.name": "mlp", "student.options": {"hidden": [4]}, "training.optimizer": "sgd", "training.epochs": 1,
+    "resources.num_workers": 1, "resources.cpus_per_worker": 1, "resources.max_concurrent_trials": 1,
+    "export.calibration_samples": 64,
+}
+
+
+def workflow_file(folder: Path, trials: int, searcher: str) -> Path:
+    """The quickstart made tiny, with its own storage, MLflow file and search space."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "space.yaml").write_text(SPACE)
+    name = f"scale-{searcher}-{trials}"
+    content = apply_overrides(yaml.safe_load(QUICKSTART.read_text()), {
+        **TINY_TRIAL, "name": name, "output_dir": str(folder / "runs"), "teacher.checkpoint": str(folder.parent / "teacher.pt"),
+        "tracking.uri": f"sqlite:///{folder / 'mlflow.db'}", "tracking.experiment": name, "sweep.space": str(folder / "space.yaml"),
+        "sweep.searcher": searcher, "sweep.num_samples": trials,
+    })
+    path = folder / "workflow.yaml"
+    path.write_text(yaml.safe_dump(content, sort_keys=False))
+    return path
+
+
+class PeakRss:
+    """Peak resident memory of this process over a block: the kernel's high-water mark, reset at the start."""
+
+    def __enter__(self) -> "PeakRss":
+        Path("/proc/self/clear_refs").write_text("5")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        status = Path("/proc/self/status").read_text().splitlines()
+        self.bytes = 1024 * int(next(line.split()[1] for line in status if line.startswith("VmHWM")))
+
+
+class CountedWrites:
+    """Counts and times the MLflow writes the driver makes (every write goes through `WriteQueue.write`)."""
+
+    def __enter__(self) -> "CountedWrites":
+        from lepton_ray.tracking.write_queue import WriteQueue
+
+        self.count, self.seconds, self.original = 0, 0.0, WriteQueue.write
+        lock = threading.Lock()
+
+        def timed(queue, *args, **kwargs):
+            started = time.perf_counter()
+            try:
+                return self.original(queue, *args, **kwargs)
+            finally:
+                with lock:
+                    self.count += 1
+                    self.seconds += time.perf_counter() - started
+
+        WriteQueue.write = timed
+        return self
+
+    def __exit__(self, *exc) -> None:
+        from lepton_ray.tracking.write_queue import WriteQueue
+
+        WriteQueue.write = self.original
+
+
+def folder_bytes(folder: Path) -> int:
+    return sum(path.stat().st_size for path in folder.rglob("*") if path.is_file())
+
+
+def ask_seconds(study_db: Path, wf, space, repeats: int = 3) -> float:
+    """Median time of the sampler's next suggestion on a copy of the finished study (the cost at the last trial)."""
+    import optuna
+
+    from lepton_ray.sweep.samplers import make_sampler
+    from lepton_ray.sweep.search import distribution
+
+    copy = study_db.with_name("ask-copy.db")
+    shutil.copy(study_db, copy)
+    study = optuna.load_study(study_name="sweep", storage=f"sqlite:///{copy}")
+    study.sampler = make_sampler(wf.sweep, len(study.trials))
+    distributions = {path: distribution(param) for path, param in space.params.items()}
+    seconds = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        study.ask(fixed_distributions=distributions)
+        seconds.append(time.perf_counter() - started)
+    copy.unlink()
+    return statistics.median(seconds)
+
+
+def command_seconds(*args: str) -> float:
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "lepton_ray.cli", *args], check=True, capture_output=True, text=True)
+    return time.perf_counter() - started
+
+
+def measure(folder: Path, address: str, trials: int, searcher: str, time_reads: bool) -> dict[str, Any]:
+    import ray
+
+    from lepton_ray.sweep.api import check_run
+    from lepton_ray.sweep.runner import run_sweep
+    from lepton_ray.tracking.tracker import PARENT_TAG, Tracker
+
+    path = workflow_file(folder, trials, searcher)
+    wf = load_workflow(path)
+    space = check_run(wf, address, "address")
+    cpu_before = time.process_time()
+    with PeakRss() as rss, CountedWrites() as writes:
+        started = time.perf_counter()
+        outcome = run_sweep(wf, space, address=address, log=lambda _: None)
+        wall = time.perf_counter() - started
+    driver_cpu = time.process_time() - cpu_before
+    ray.shutdown()
+    finished = int((outcome.trials["status"] == "finished").sum())
+    tracker = Tracker(wf.tracking.uri, wf.tracking.experiment)
+    runs = tracker.client.search_runs([tracker.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{outcome.parent_run_id}'", max_results=10_000)
+    compute = sum(run.data.metrics.get(metrics.COMPUTE_S, 0.0) for run in runs)
+    result = {
+        "searcher": searcher, "trials": trials, "finished": finished, "mlflow_runs": len(runs), "sweep_wall_s": wall, "trials_compute_sum_s": compute,
+        "driver_s_per_trial": (wall - compute) / trials, "driver_cpu_s_per_trial": driver_cpu / trials, "driver_peak_rss_mib": rss.bytes / 2**20,
+        "mlflow_writes_per_trial": writes.count / trials, "mlflow_write_s_per_trial": writes.seconds / trials,
+        "ask_s_at_last_trial": ask_seconds(outcome.paths.study, wf, space),
+        "study_bytes_per_trial": outcome.paths.study.stat().st_size / trials,
+        "mlflow_db_bytes_per_trial": Path(wf.tracking.uri.removeprefix("sqlite:///")).stat().st_size / trials,
+        "run_folder_bytes_per_trial": folder_bytes(outcome.paths.trials) / trials,
+        "sweep_folder_bytes_per_trial": folder_bytes(outcome.paths.root) / trials,
+    }
+    if time_reads:
+        result["leaderboard_s"] = command_seconds("leaderboard", str(path))
+        result["select_s"] = command_seconds("select", str(path))
+    print(f"{searcher} x{trials}: {finished}/{trials} finished, wall {wall:.0f}s, driver {result['driver_s_per_trial']:.2f}s/trial "
+          f"(cpu {result['driver_cpu_s_per_trial']:.3f}s), {result['mlflow_writes_per_trial']:.1f} writes/trial, ask {result['ask_s_at_last_trial'] * 1e3:.1f}ms"
+          + (f", leaderboard {result['leaderboard_s']:.1f}s, select {result['select_s']:.1f}s" if time_reads else ""), flush=True)
+    return result
+
+
+def start_cluster():
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": True, "dashboard_host": "127.0.0.1"})
+    for _ in range(WORKER_NODES):
+        cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
+    return cluster
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    from lepton_ray.data.datasets import build_data
+    from lepton_ray.trial.teacher import prepare_teachers
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="sizes 3 and 6, one searcher: a smoke run")
+    parser.add_argument("--sizes", nargs="+", type=int, default=[25, 100, 400])
+    parser.add_argument("--searchers", nargs="+", default=["tpe", "random"])
+    parser.add_argument("--keep", type=Path, help="keep the sweeps (studies, MLflow files, run folders) in this folder")
+    args = parser.parse_args(argv)
+    sizes, searchers = ([3, 6], ["tpe"]) if args.quick else (sorted(args.sizes), args.searchers)
+    cluster = start_cluster()
+    runs = []
+    try:
+        with tempfile.TemporaryDirectory(prefix="sweep-scale-") as scratch:
+            tmp = args.keep or scratch
+            first = load_workflow(workflow_file(Path(tmp) / "teacher", 1, searchers[0]))
+            prepare_teachers(first, build_data(first.data), log=lambda _: None)  # trained once, outside every timing
+            for searcher in searchers:
+                for trials in sizes:
+                    runs.append(measure(Path(tmp) / f"{searcher}-{trials}", cluster.address, trials, searcher, time_reads=trials == sizes[-1]))
+    finally:
+        cluster.shutdown()
+    payload = {
+        "setup": f"ray.cluster_utils.Cluster on this machine: a head with 0 CPUs (the driver) and {WORKER_NODES} worker nodes x 1 logical CPU; "
+        "one trial at a time (synthetic 8x8, MLP student [4] hidden, ~300 parameters, 1 epoch, int8 export and ORT latency included in "
+        "compute_s); driver_s_per_trial = (run_sweep wall - sum of trials' compute_s) / trials; run with nice -n 19 beside other work",
+        "sizes": sizes, "searchers": searchers, "runs": runs,
+    }
+    return write_result(NAME, payload, args.quick)
+
+
+def figures(payload: dict[str, Any]) -> list[Figure]:
+    found = []
+    for searcher in payload["searchers"]:
+        runs = sorted((run for run in payload["runs"] if run["searcher"] == searcher), key=lambda run: run["trials"])
+        smallest, largest = runs[0], runs[-1]
+        found += [
+            Figure(NAME, f"{searcher}: driver s/trial at {largest['trials']} / at {smallest['trials']} trials",
+                   largest["driver_s_per_trial"] / smallest["driver_s_per_trial"], at_most=1.2),
+            Figure(NAME, f"{searcher}: driver s/trial at {largest['trials']} trials", largest["driver_s_per_trial"]),
+            Figure(NAME, f"{searcher}: sampler ask (ms) after {largest['trials']} trials", 1e3 * largest["ask_s_at_last_trial"]),
+            Figure(NAME, f"{searcher}: leaderboard on {largest['trials']} trials (s)", largest["leaderboard_s"], at_most=10.0),
+            Figure(NAME, f"{searcher}: select on {largest['trials']} trials (s)", largest["select_s"], at_most=10.0),
+        ]
+    return found
+
+
+if __name__ == "__main__":
+    main()
