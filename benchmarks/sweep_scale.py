@@ -29,6 +29,7 @@ import yaml
 
 from benchmarks.common import QUICKSTART, Figure, write_result
 from lepton_ray import metrics
+from lepton_ray.cluster.local_nodes import local_nodes
 from lepton_ray.config import apply_overrides, load_workflow
 
 NAME = "sweep_scale"
@@ -173,14 +174,15 @@ def measure(folder: Path, address: str, trials: int, searcher: str, time_reads: 
     return result
 
 
-def start_cluster():
-    from ray.cluster_utils import Cluster
-
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": True, "dashboard_host": "127.0.0.1"})
-    for _ in range(WORKER_NODES):
-        cluster.add_node(num_cpus=1)
-    cluster.wait_for_nodes()
-    return cluster
+def parse_plan(specs: list[str]) -> list[tuple[str, list[int]]]:
+    """["tpe:25,100,400", "random:25,100"] -> [("tpe", [25, 100, 400]), ("random", [25, 100])]."""
+    plan = []
+    for spec in specs:
+        searcher, _, sizes = spec.partition(":")
+        if not sizes or not all(size.isdigit() for size in sizes.split(",")):
+            raise SystemExit(f"--plan: {spec!r} is not SEARCHER:SIZE,SIZE,... (e.g. tpe:25,100,400)")
+        plan.append((searcher, sorted(int(size) for size in sizes.split(","))))
+    return plan
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -188,42 +190,49 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from lepton_ray.trial.teacher import prepare_teachers
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="sizes 3 and 6, one searcher: a smoke run")
-    parser.add_argument("--sizes", nargs="+", type=int, default=[25, 100, 400])
-    parser.add_argument("--searchers", nargs="+", default=["tpe", "random"])
+    parser.add_argument("--quick", action="store_true", help="sizes 3 and 6, tpe only: a smoke run")
+    parser.add_argument("--plan", nargs="+", default=["tpe:25,100,400", "random:25,100,400"], help="SEARCHER:SIZE,SIZE,... per searcher")
     parser.add_argument("--keep", type=Path, help="keep the sweeps (studies, MLflow files, run folders) in this folder")
     args = parser.parse_args(argv)
-    sizes, searchers = ([3, 6], ["tpe"]) if args.quick else (sorted(args.sizes), args.searchers)
-    cluster = start_cluster()
-    runs = []
-    try:
-        with tempfile.TemporaryDirectory(prefix="sweep-scale-") as scratch:
-            tmp = args.keep or scratch
-            first = load_workflow(workflow_file(Path(tmp) / "teacher", 1, searchers[0]))
-            prepare_teachers(first, build_data(first.data), log=lambda _: None)  # trained once, outside every timing
-            for searcher in searchers:
-                for trials in sizes:
-                    runs.append(measure(Path(tmp) / f"{searcher}-{trials}", cluster.address, trials, searcher, time_reads=trials == sizes[-1]))
-    finally:
-        cluster.shutdown()
-    payload = {
+    plan = parse_plan(["tpe:3,6"] if args.quick else args.plan)
+    payload: dict[str, Any] = {
         "setup": f"ray.cluster_utils.Cluster on this machine: a head with 0 CPUs (the driver) and {WORKER_NODES} worker nodes x 1 logical CPU; "
         "one trial at a time (synthetic 8x8, MLP student [4] hidden, ~300 parameters, 1 epoch, int8 export and ORT latency included in "
         "compute_s); driver_s_per_trial = (run_sweep wall - sum of trials' compute_s) / trials; run with nice -n 19 beside other work",
-        "sizes": sizes, "searchers": searchers, "runs": runs,
+        "plan": {searcher: sizes for searcher, sizes in plan}, "runs": [],
     }
-    return write_result(NAME, payload, args.quick)
+    with local_nodes(WORKER_NODES) as cluster, tempfile.TemporaryDirectory(prefix="sweep-scale-") as scratch:
+        folder = args.keep or Path(scratch)
+        first = load_workflow(workflow_file(folder / "teacher", 1, plan[0][0]))
+        prepare_teachers(first, build_data(first.data), log=lambda _: None)  # trained once, outside every timing
+        for searcher, sizes in plan:
+            for trials in sizes:
+                payload["runs"].append(measure(folder / f"{searcher}-{trials}", cluster.address, trials, searcher, time_reads=trials == sizes[-1]))
+                written = write_result(NAME, payload, args.quick)  # after each size: a cut-short run keeps what it measured
+    return written
+
+
+def marginal_driver_s(smaller: dict[str, Any], larger: dict[str, Any]) -> float:
+    """Driver time per added trial between two sweep sizes: the per-sweep fixed costs (joining Ray, MLflow, the
+    teacher cache) cancel, so this is what one more trial costs at that scale."""
+    def driver_s(run):
+        return run["sweep_wall_s"] - run["trials_compute_sum_s"]
+
+    return (driver_s(larger) - driver_s(smaller)) / (larger["trials"] - smaller["trials"])
 
 
 def figures(payload: dict[str, Any]) -> list[Figure]:
     found = []
-    for searcher in payload["searchers"]:
+    for searcher in payload["plan"]:
         runs = sorted((run for run in payload["runs"] if run["searcher"] == searcher), key=lambda run: run["trials"])
+        if len(runs) < 2 or "leaderboard_s" not in runs[-1]:
+            continue  # cut short before this searcher's largest sweep
         smallest, largest = runs[0], runs[-1]
         found += [
             Figure(NAME, f"{searcher}: driver s/trial at {largest['trials']} / at {smallest['trials']} trials",
                    largest["driver_s_per_trial"] / smallest["driver_s_per_trial"], at_most=1.2),
             Figure(NAME, f"{searcher}: driver s/trial at {largest['trials']} trials", largest["driver_s_per_trial"]),
+            Figure(NAME, f"{searcher}: marginal driver s/trial from {runs[-2]['trials']} to {largest['trials']} trials", marginal_driver_s(runs[-2], largest)),
             Figure(NAME, f"{searcher}: sampler ask (ms) after {largest['trials']} trials", 1e3 * largest["ask_s_at_last_trial"]),
             Figure(NAME, f"{searcher}: leaderboard on {largest['trials']} trials (s)", largest["leaderboard_s"], at_most=10.0),
             Figure(NAME, f"{searcher}: select on {largest['trials']} trials (s)", largest["select_s"], at_most=10.0),

@@ -18,6 +18,7 @@ import optuna
 import pytest
 
 from lepton_ray import metrics
+from lepton_ray.cluster.local_nodes import local_nodes
 from lepton_ray.config import load_workflow
 from lepton_ray.sweep.api import check_run
 from lepton_ray.sweep.callbacks import NODES_TAG
@@ -38,19 +39,8 @@ ON_THE_CLUSTER = {
 @pytest.fixture(scope="module")
 def cluster():
     """A head with no CPU (the sweep's driver joins it; no trial lands there) and 3 one-CPU worker nodes."""
-    import ray
-    from ray.cluster_utils import Cluster
-
-    ray.shutdown()  # a local session of an earlier test
-    nodes = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": True, "dashboard_host": "127.0.0.1"})
-    for _ in range(WORKER_NODES):
-        nodes.add_node(num_cpus=1)
-    nodes.wait_for_nodes()
-    try:
+    with local_nodes(WORKER_NODES) as nodes:
         yield nodes
-    finally:
-        ray.shutdown()
-        nodes.shutdown()
 
 
 def running_trial_nodes(mlflow_db: Path, min_epoch: int) -> dict[str, str]:
