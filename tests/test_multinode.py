@@ -1,5 +1,6 @@
 """Several nodes: a sweep on a Ray cluster of a head and 3 worker nodes (separate raylets on this machine,
-`ray.cluster_utils.Cluster`), one worker node removed while a trial trains on it.
+`ray.cluster_utils.Cluster`), one worker node removed while a trial trains on it; two sweeps at once on it,
+both logging to one MLflow server backed by PostgreSQL (tracking at team scale).
 
 The trials' folders and the study sit in one local folder every node reads: on one machine that is
 the shared storage a real cluster needs (NFS or a bucket) for a trial to resume on another node.
@@ -8,7 +9,10 @@ the shared storage a real cluster needs (NFS or a bucket) for a trial to resume 
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -25,7 +29,11 @@ from lepton_ray.sweep.callbacks import NODES_TAG
 from lepton_ray.sweep.runner import run_sweep
 from lepton_ray.tracking.tracker import PARENT_TAG, Tracker
 
+from conftest import REPO, study_states
+from postgres_server import missing, postgres_database
+from test_jobs import free_port
 from test_sweep import TINY
+from test_tracking_server import start_server, stop_server
 
 WORKER_NODES = 3
 ON_THE_CLUSTER = {
@@ -108,3 +116,75 @@ def test_trials_spread_over_nodes_and_a_removed_node_s_trial_resumes_elsewhere_i
     restarts = [int(m.value) for m in sorted(tracker.client.get_metric_history(interrupted_run, metrics.RESTARTS), key=lambda m: m.timestamp)]
     assert restarts[-1] == 1, f"the run shows the restart: epochs {epochs_seen}, restarts {restarts}"
     assert epochs_seen.count(1) == 1 and epochs_seen[-1] == epochs, f"resumed from its checkpoint, not from scratch: {epochs_seen}"
+
+
+@pytest.fixture
+def postgres_mlflow(tmp_path):
+    """An MLflow server (2 workers) whose backend store is a throwaway PostgreSQL database; yields its URI and database URI."""
+    why = missing()
+    if why:
+        pytest.skip(why)
+    store = tmp_path / "server"
+    store.mkdir()
+    with postgres_database(free_port()) as database_uri:
+        port = free_port()
+        server = start_server(port, store, backend_uri=database_uri, workers=2)
+        try:
+            yield f"http://127.0.0.1:{port}", database_uri
+        finally:
+            stop_server(server)
+
+
+def runs_in_database(database_uri: str, experiment: str) -> dict[str, list[str]]:
+    """Parent run id -> statuses of its child runs, read from PostgreSQL itself (not through MLflow)."""
+    import psycopg
+
+    query = (
+        "SELECT t.value, r.status FROM runs r JOIN experiments e ON e.experiment_id = r.experiment_id "
+        "JOIN tags t ON t.run_uuid = r.run_uuid AND t.key = %s WHERE e.name = %s"
+    )
+    children: dict[str, list[str]] = {}
+    with psycopg.connect(database_uri) as db:
+        for parent, status in db.execute(query, (PARENT_TAG, experiment)).fetchall():
+            children.setdefault(parent, []).append(status)
+    return children
+
+
+@pytest.mark.ray
+@pytest.mark.mlflow_server
+def test_two_sweeps_on_the_cluster_log_at_once_to_an_mlflow_server_backed_by_postgresql(cluster, postgres_mlflow, write_workflow, tmp_path):
+    from lepton_ray.data.datasets import build_data
+    from lepton_ray.trial.teacher import prepare_teachers
+
+    uri, database_uri = postgres_mlflow
+    shared = {**TINY, **ON_THE_CLUSTER, "training.epochs": 3, "tracking.uri": uri, "tracking.experiment": "team"}
+    trials = {"alice": 3, "bob": 6}  # bob's sweep starts first and has more to do, so alice's runs while it does
+    paths = {name: write_workflow({**shared, "output_dir": str(tmp_path / name), "sweep.num_samples": count}, name=f"{name}.yaml") for name, count in trials.items()}
+    alice, bob = load_workflow(paths["alice"]), load_workflow(paths["bob"])
+    prepare_teachers(alice, build_data(alice.data), log=print)  # one teacher file both sweeps find already trained
+    bob_log = tmp_path / "bob.log"
+    with bob_log.open("w") as log:
+        other = subprocess.Popen(
+            [sys.executable, "-m", "lepton_ray.cli", "sweep", str(paths["bob"]), "--no-export", "--address", cluster.address],
+            env={**os.environ, "PYTHONPATH": str(REPO)}, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
+        )
+    try:
+        while "RUNNING" not in study_states(bob.run_dir / "sweep" / "study.db"):  # bob's trials are running: start alice's sweep
+            assert other.poll() is None, bob_log.read_text()[-3000:]
+            time.sleep(0.2)
+        outcome = run_sweep(alice, check_run(alice, cluster.address, "address"), address=cluster.address, log=print)
+        assert other.wait(timeout=600) == 0, bob_log.read_text()[-3000:]
+    finally:
+        if other.poll() is None:
+            other.kill()
+            other.wait()
+
+    children = runs_in_database(database_uri, "team")
+    assert len(children) == 2, f"two sweep runs in the database: {list(children)}"
+    assert sorted(len(statuses) for statuses in children.values()) == sorted(trials.values()), "one run per trial of each sweep"
+    assert {status for statuses in children.values() for status in statuses} == {"FINISHED"}, children
+    tracker = Tracker(uri, "team")
+    parents = [tracker.client.get_run(parent).info for parent in children]
+    assert {run.status for run in parents} == {"FINISHED"}
+    assert max(run.start_time for run in parents) < min(run.end_time for run in parents), "the two sweeps wrote at the same time"
+    assert outcome.parent_run_id in children and len(outcome.trials) == trials["alice"]
