@@ -15,6 +15,7 @@ on the largest sweep, `lepton-ray leaderboard` and `lepton-ray select` wall time
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import statistics
 import subprocess
@@ -134,6 +135,33 @@ def command_seconds(*args: str) -> float:
     return time.perf_counter() - started
 
 
+BODY_TIMES = """
+import json, sys, time
+from contextlib import redirect_stdout
+from io import StringIO
+from lepton_ray.cli import main
+import lepton_ray.sweep.results, lepton_ray.checks, lepton_ray.tracking.leaderboard, mlflow, sklearn  # imports paid before timing
+seconds = {}
+for command in ("leaderboard", "select"):
+    started = time.perf_counter()
+    with redirect_stdout(StringIO()):
+        assert main([command, sys.argv[1]]) == 0
+    seconds[command] = time.perf_counter() - started
+print(json.dumps(seconds))
+"""
+
+
+def read_times(workflow: Path) -> dict[str, float]:
+    """`lepton-ray leaderboard` / `select` as a user runs them (fresh processes), and their work once the imports
+    (torch, mlflow, sklearn: a fixed cost whatever the sweep's size) are paid."""
+    body = subprocess.run([sys.executable, "-c", BODY_TIMES, str(workflow)], check=True, capture_output=True, text=True).stdout.splitlines()[-1]
+    after_imports = json.loads(body)
+    return {
+        "leaderboard_s": command_seconds("leaderboard", str(workflow)), "select_s": command_seconds("select", str(workflow)),
+        "leaderboard_after_imports_s": after_imports["leaderboard"], "select_after_imports_s": after_imports["select"],
+    }
+
+
 def measure(folder: Path, address: str, trials: int, searcher: str, time_reads: bool) -> dict[str, Any]:
     import ray
 
@@ -166,8 +194,7 @@ def measure(folder: Path, address: str, trials: int, searcher: str, time_reads: 
         "sweep_folder_bytes_per_trial": folder_bytes(outcome.paths.root) / trials,
     }
     if time_reads:
-        result["leaderboard_s"] = command_seconds("leaderboard", str(path))
-        result["select_s"] = command_seconds("select", str(path))
+        result.update(read_times(path))
     print(f"{searcher} x{trials}: {finished}/{trials} finished, wall {wall:.0f}s, driver {result['driver_s_per_trial']:.2f}s/trial "
           f"(cpu {result['driver_cpu_s_per_trial']:.3f}s), {result['mlflow_writes_per_trial']:.1f} writes/trial, ask {result['ask_s_at_last_trial'] * 1e3:.1f}ms"
           + (f", leaderboard {result['leaderboard_s']:.1f}s, select {result['select_s']:.1f}s" if time_reads else ""), flush=True)
