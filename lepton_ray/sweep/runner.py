@@ -5,6 +5,7 @@ Folder layout: `sweep/paths.py`. Each trial: `sweep/trial_driver.py`.
 
 from __future__ import annotations
 
+import os
 import shutil
 from typing import Callable
 
@@ -119,10 +120,22 @@ def _read_trials(tracker, parent_run_id: str, wf: WorkflowConfig, paths: SweepPa
         ) from None
 
 
+TUNE_BOOKKEEPING = {
+    "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
+    "TUNE_GLOBAL_CHECKPOINT_S": "86400",
+}
+"""Tune's own files, which lepton-ray never reads (MLflow holds the curves, the study and trial folders are what
+`--resume` restores): per-trial result.json/progress.csv/TensorBoard files written by the driver, and the experiment
+snapshot, which holds every trial (~28 kB each) and was rewritten every 10+ s, a cost that grew with the sweep
+(`benchmarks/sweep_scale.py`). Tune still writes the snapshot once at the end. Values already in the environment win."""
+
+
 def _run_tuner(wf, shared_workflow, space, paths, study, remaining, teachers, data, tracker, parent_run_id, sweep_key, tags, address, log) -> list[str]:
     """Run the trials still to run; returns one error line per trial that failed."""
     from ray import tune
 
+    for name, value in TUNE_BOOKKEEPING.items():
+        os.environ.setdefault(name, value)
     init_ray(address, py_modules(wf.user_code))
     if paths.tune.exists():
         shutil.rmtree(paths.tune)  # bookkeeping of an interrupted attempt; the study and trial runs are kept
