@@ -62,6 +62,7 @@ def run_sweep(
     shared_workflow = apply_overrides(wf.to_dict(), {"tracking.uri": redact(uri)})  # trials never write to MLflow: no credentials
     parent_run_id = tracker.start_run(sweep_key, f"{wf.name}-{paths.root.name}", shared_workflow, {**tags, "lepton.kind": "sweep"})
     tracker.log_metrics(parent_run_id, {metrics.TEACHER_TEST_ACCURACY: teachers[0].test_accuracy, metrics.TEACHER_VAL_ACCURACY: teachers[0].val_accuracy})
+    tracker.index_children(parent_run_id)
     if resume:
         close_runs_left_open(tracker, parent_run_id, study, paths, log)
     remaining = num_samples - finished_count(study)
