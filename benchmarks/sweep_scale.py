@@ -1,6 +1,7 @@
 """sweep_scale: how the sweep driver's cost grows with the number of trials, on a multi-node Ray cluster.
 
-    .venv/bin/python -m benchmarks.sweep_scale [--quick] [--sizes 25 100 400] [--searchers tpe random]
+    .venv/bin/python -m benchmarks.sweep_scale [--quick] [--plan tpe:25,100,400 random:25,100,400] [--keep DIR]
+    .venv/bin/python -m benchmarks.sweep_scale --reads-only DIR     # leaderboard/select times on the kept sweeps
 
 Tiny trials (synthetic 8x8 data, an MLP student of about 300 parameters, one epoch) run through the
 real sweep path (`run_sweep`, as `lepton-ray sweep --no-export` and `lepton_ray.sweep` call it) on a
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -28,7 +30,7 @@ from typing import Any
 
 import yaml
 
-from benchmarks.common import QUICKSTART, Figure, write_result
+from benchmarks.common import QUICKSTART, Figure, measured_commit, result_path, write_result
 from lepton_ray import metrics
 from lepton_ray.cluster.local_nodes import local_nodes
 from lepton_ray.config import apply_overrides, load_workflow
@@ -220,7 +222,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--quick", action="store_true", help="sizes 3 and 6, tpe only: a smoke run")
     parser.add_argument("--plan", nargs="+", default=["tpe:25,100,400", "random:25,100,400"], help="SEARCHER:SIZE,SIZE,... per searcher")
     parser.add_argument("--keep", type=Path, help="keep the sweeps (studies, MLflow files, run folders) in this folder")
+    parser.add_argument("--reads-only", type=Path, metavar="KEPT", help="run no sweep: time leaderboard/select on every sweep a "
+                        "--keep run left in KEPT and add the figures to the result file")
     args = parser.parse_args(argv)
+    if args.reads_only:
+        return add_read_times(args.reads_only, args.quick)
     plan = parse_plan(["tpe:3,6"] if args.quick else args.plan)
     payload: dict[str, Any] = {
         "setup": f"ray.cluster_utils.Cluster on this machine: a head with 0 CPUs (the driver) and {WORKER_NODES} worker nodes x 1 logical CPU; "
@@ -237,6 +243,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 payload["runs"].append(measure(folder / f"{searcher}-{trials}", cluster.address, trials, searcher, time_reads=trials == sizes[-1]))
                 written = write_result(NAME, payload, args.quick)  # after each size: a cut-short run keeps what it measured
     return written
+
+
+def add_read_times(kept: Path, quick: bool) -> dict[str, Any]:
+    """Leaderboard/select times on each kept sweep, written into the existing result file with the commit they ran on."""
+    path = result_path(NAME, quick)
+    payload = json.loads(path.read_text())
+    for run in payload["runs"]:
+        workflow = kept / f"{run['searcher']}-{run['trials']}" / "workflow.yaml"
+        if workflow.is_file():
+            run.update(read_times(workflow))
+            print(f"{run['searcher']} x{run['trials']}: leaderboard {run['leaderboard_s']:.1f}s ({run['leaderboard_after_imports_s']:.1f}s after imports), "
+                  f"select {run['select_s']:.1f}s ({run['select_after_imports_s']:.1f}s after imports)", flush=True)
+    payload["reads_measured"] = {"commit": measured_commit(), "at": time.strftime("%Y-%m-%d %H:%M:%S %z"), "load_average_1_5_15_min": [round(x, 2) for x in os.getloadavg()]}
+    path.write_text(json.dumps(payload, indent=2) + "\n")
+    return payload
 
 
 def marginal_driver_s(smaller: dict[str, Any], larger: dict[str, Any]) -> float:
