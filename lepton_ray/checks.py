@@ -113,8 +113,21 @@ def check_data_and_models(wf: WorkflowConfig) -> Any:
         if not isinstance(logits, torch.Tensor) or tuple(logits.shape) != (1, data.num_classes):
             shape = list(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
             raise ConfigError(f"{field}.name: model {spec.name!r} maps one image to {shape}; it must return logits of shape (N, {data.num_classes})")
+    check_channels_last(wf, models[0], data.train[0][0].unsqueeze(0))
     check_losses(wf, models[0], models[1:], data.train[0][0].unsqueeze(0))
     return data
+
+
+def check_channels_last(wf: WorkflowConfig, student: Any, example: Any) -> None:
+    """A student whose forward `.view`s a conv output fails on channels_last weights: say so before any trial runs."""
+    if not wf.training.channels_last:
+        return
+    import torch
+
+    try:
+        student.to(memory_format=torch.channels_last)(example)
+    except RuntimeError as err:
+        raise ConfigError(f"training.channels_last: the student fails on channels_last weights ({str(err).strip().splitlines()[0][:160]}); set training.channels_last: false") from None
 
 
 @contextmanager

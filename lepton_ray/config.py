@@ -93,6 +93,12 @@ class TrainingConfig(_Strict):
     seed: int = 0
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     divergence_loss: float = Field(1e4, gt=0, description="epoch train loss above which (or NaN/inf) a trial is stopped as diverged")
+    channels_last: bool = Field(False, description=(
+        "train the student's conv weights in channels_last memory format (oneDNN's NHWC kernels on CPU, tensor cores on GPU); "
+        "changes results in the last bits, so off by default (benchmarks/results/plain_loop.json has the speed-up)"))
+    fused_optimizer: bool = Field(False, description=(
+        "one fused kernel per optimizer step instead of a kernel per tensor (torch.optim's fused=True); Adam/AdamW differ from "
+        "the default in the last bits, so off by default (benchmarks/results/plain_loop.json has the speed-up)"))
 
 
 class ResourcesConfig(_Strict):

@@ -28,6 +28,19 @@ class TinyNet(nn.Module):
         return self.head(torch.flatten(self.pool(torch.relu(self.conv(images))), 1))
 
 
+class ViewsFeatures(nn.Module):
+    """conv -> `.view` flatten -> linear: a forward that assumes contiguous (NCHW) conv outputs."""
+
+    def __init__(self, input_shape, num_classes):
+        super().__init__()
+        self.conv = nn.Conv2d(input_shape[0], 4, 3, padding=1)
+        self.head = nn.Linear(4 * input_shape[1] * input_shape[2], num_classes)
+
+    def forward(self, images):
+        features = self.conv(images)
+        return self.head(features.view(len(features), -1))
+
+
 def three_logits(input_shape, num_classes):
     return nn.Sequential(nn.Flatten(), nn.Linear(input_shape[0] * input_shape[1] * input_shape[2], 3))
 

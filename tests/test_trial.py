@@ -160,3 +160,27 @@ def test_a_cpu_trial_trains_with_as_many_torch_threads_as_cpus_it_was_given(tmp_
     finally:
         torch.set_num_threads(before)
     assert seen == [threads]
+
+
+def test_channels_last_weights_and_a_fused_optimizer_train_and_ship_the_same_student(tmp_path):
+    """The speed knobs change kernels, not the model: a 4-bit, half-pruned student trains to the same accuracy
+    within a point or two, its conv weights really are channels_last, and its int8 file matches the trial."""
+    from lepton_ray.trial.loop import run_trial, set_up_student
+    from lepton_ray.trial.sessions import InProcessSession
+
+    finals = {}
+    for knobs in (False, True):
+        wf = load_workflow(QUICKSTART, {"training.epochs": 3, "distillation.alpha": 0.0, "output_dir": str(tmp_path),
+                                        "compression": {"quantization": {"bits": 4}, "pruning": {"sparsity": 0.5}},
+                                        "training.channels_last": knobs, "training.fused_optimizer": knobs})
+        data = build_data(wf.data)
+        student, _, _, optimizer, _ = set_up_student(wf, data, [], lambda model: model, CPU)
+        trained = [conv.parametrizations.weight.original for conv in student.modules() if isinstance(conv, torch.nn.Conv2d) and conv.in_channels > 1]
+        assert trained and all(weight.stride(1) == 1 for weight in trained) == knobs  # channels innermost: NHWC
+        assert bool(optimizer.defaults["fused"]) == knobs
+        reports: list[dict] = []
+        run_trial({"workflow": wf.to_dict(), "teachers": [], "data": data, "teacher_cache": None}, InProcessSession(tmp_path / str(knobs), reports.append, CPU))
+        finals[knobs] = reports[-1]
+    assert finals[True]["test_accuracy"] > 0.85
+    assert abs(finals[True]["test_accuracy"] - finals[False]["test_accuracy"]) <= 0.03
+    assert abs(finals[True]["int8_val_accuracy"] - finals[True]["best_val_accuracy"]) <= 0.01

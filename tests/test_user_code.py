@@ -46,6 +46,8 @@ def test_a_data_factory_keeps_its_own_test_split_and_gets_a_seeded_stratified_va
     ({"student.name": f"{MODELS_MODULE}:raises", "student.options": {}}, "student.name: own_code_models:raises raised RuntimeError: no GPU kernels"),
     ({"student.name": f"{MODELS_MODULE}:three_logits", "student.options": {}}, "maps one image to [1, 3]; it must return logits of shape (N, 10)"),
     ({"student.options": {"depth": 3}}, "student.options: "),
+    ({"student.name": f"{MODELS_MODULE}:ViewsFeatures", "student.options": {}, "training.channels_last": True},
+     "training.channels_last: the student fails on channels_last weights (view size is not compatible"),
     ({"data.name": f"{DATA_MODULE}:a_list"}, "data.name: own_code_data:a_list returned a list"),
     ({"user_code": ["missing/models.py"]}, "user_code.0: 'missing/models.py' not found"),
     ({"teacher.options": {"width": 16}}, "teacher.checkpoint: the weights do not fit model 'own_code_models:TinyNet' with options {'width': 16}: conv.weight is [32, 1, 3, 3] in the file, [16, 1, 3, 3] in the model"),

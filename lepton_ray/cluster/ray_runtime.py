@@ -60,6 +60,7 @@ def init_ray(address: str | None = None, py_modules: list[str] | None = None) ->
         ray.init(address=target, logging_level="WARNING", log_to_driver=worker_logs, runtime_env=runtime_env)
         return
     ray.init(
+        address="local",  # a cluster of its own: without it, ray.init joins the newest `ray start` on this machine
         num_cpus=os.cpu_count(),
         include_dashboard=True,
         dashboard_host="127.0.0.1",

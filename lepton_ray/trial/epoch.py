@@ -143,7 +143,14 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
 
 
 def build_optimizer(cfg: TrainingConfig, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+    """`training.optimizer` over `params`; `training.fused_optimizer` asks for torch's fused step (None: torch's default, foreach)."""
+    fused = True if cfg.fused_optimizer else None
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, fused=fused)
     optimizer_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
-    return optimizer_cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return optimizer_cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
+
+
+def memory_format(cfg: TrainingConfig) -> torch.memory_format:
+    """Layout of the student's 4-D (conv) weights; activations follow the weights' layout through each conv."""
+    return torch.channels_last if cfg.channels_last else torch.contiguous_format

@@ -34,7 +34,7 @@ from lepton_ray.models.features import capture_features, unwrap
 from lepton_ray.models.saved import load_teacher_module, model_payload
 from lepton_ray.models.zoo import build_model
 from lepton_ray.trial.batchnorm import reestimate_batchnorm
-from lepton_ray.trial.epoch import Precision, Teachers, build_optimizer, epoch_lr, evaluate, set_lr, teacher_outputs, train_epoch
+from lepton_ray.trial.epoch import Precision, Teachers, build_optimizer, epoch_lr, evaluate, memory_format, set_lr, teacher_outputs, train_epoch
 from lepton_ray.trial.files import DIVERGED_FILE, STUDENT_FILE, TRIAL_STATE_FILE, newest_readable_state
 from lepton_ray.trial.sessions import RayTrainSession, TrialSession
 
@@ -129,7 +129,7 @@ def set_up_student(
     student = build_model(wf.student, data.input_shape, data.num_classes)
     compression = Compression(wf.compression, wf.training.epochs)
     example = next(iterate_batches(data.train, [0, 1], 2, torch.device("cpu"))).images
-    student = compression.prepare(student, example)
+    student = compression.prepare(student, example).to(memory_format=memory_format(wf.training))
     objective = build_objective(wf, student, teachers, example)
     student = prepare_model(student)
     objective = objective.to(device)

@@ -1,0 +1,184 @@
+"""plain_loop: a lepton-ray training epoch against a 20-line plain PyTorch loop, side by side in one run.
+
+    .venv/bin/python -m benchmarks.plain_loop [--quick]
+
+Fashion-MNIST workflow (`workflows/fashion_mnist.yaml`): its student, batch, optimizer and KD loss, on the
+sweep's teacher cache (the same cached logits for both), one thread. `ours` is the trial's own epoch
+(`benchmarks.common.StudentRun`: compression hook, batches, `trial.epoch.train_epoch`); `plain` indexes the
+in-memory tensors and the logits table directly. Epochs alternate (ours, plain, variants, ...), so every arm
+sees the same machine load; medians over the rounds after a warm-up. Both start from the same weights and
+visit the same order, and the first epoch's mean losses are compared to show they do the same work.
+
+`ours+fast` turns on the workflow knobs that push the absolute figure (`training.channels_last`,
+`training.fused_optimizer`); the plain loop gets the same two as `plain+fast`, and each alone, so what each
+buys is seen. (`torch.compile` was tried on this student on CPU: 175 s to compile, 0.995x the eager step
+time; it is not offered.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import TensorDataset
+
+from benchmarks.common import REPO, Figure, StudentRun, figures_table, write_result
+from lepton_ray.config import WorkflowConfig, load_workflow
+from lepton_ray.data.splits import DataSplits
+from lepton_ray.data.batches import train_indices
+from lepton_ray.data.datasets import build_data
+from lepton_ray.trial.epoch import epoch_lr, set_lr
+from lepton_ray.trial.teacher import prepare_teachers
+from lepton_ray.trial.trainer import sweep_teacher_cache
+
+NAME = "plain_loop"
+WORKFLOW = REPO / "workflows" / "fashion_mnist.yaml"
+ROUNDS, QUICK_ROUNDS = 4, 1
+QUICK_SAMPLES = 4000
+
+
+def plain_epoch(student, optimizer, images, labels, teacher_logits, order, batch_size, temperature, alpha, memory_format) -> float:
+    """The reference: KD on cached logits over in-memory tensors, nothing else."""
+    student.train()
+    loss_sum = 0.0
+    for positions in order.split(batch_size):
+        x = images[positions].contiguous(memory_format=memory_format)
+        logits = student(x)
+        soft = F.kl_div(F.log_softmax(logits / temperature, -1), F.softmax(teacher_logits[positions] / temperature, -1), reduction="batchmean")
+        loss = (1 - alpha) * F.cross_entropy(logits, labels[positions]) + alpha * temperature**2 * soft
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        loss_sum += loss.item() * len(positions)
+    return loss_sum / len(order)
+
+
+class PlainRun:
+    """A copy of the trial's initial student, trained by `plain_epoch` with its own optimizer."""
+
+    def __init__(self, ours: StudentRun, teacher_logits: torch.Tensor, fused: bool = False, channels_last: bool = False) -> None:
+        wf = ours.wf
+        self.wf, self.teacher_logits = wf, teacher_logits
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.student = copy.deepcopy(ours.student).to(memory_format=self.memory_format)
+        self.optimizer = torch.optim.Adam(self.student.parameters(), lr=wf.training.lr, weight_decay=wf.training.weight_decay, fused=fused or None)
+        self.images, self.labels = ours.data.train.tensors[:2]
+
+    def train_epoch(self, epoch: int) -> float:
+        training = self.wf.training
+        set_lr(self.optimizer, epoch_lr(training.lr, training.lr_schedule, epoch, training.epochs))
+        order = torch.as_tensor(train_indices(len(self.labels), epoch, training.seed))
+        return plain_epoch(self.student, self.optimizer, self.images, self.labels, self.teacher_logits, order, training.batch_size,
+                           self.wf.distillation.temperature, self.wf.distillation.alpha, self.memory_format)
+
+
+def ours_epoch(run: StudentRun) -> Callable[[int], float]:
+    """The trial's epoch, at the rate the trial's schedule gives that epoch."""
+    def train_epoch(epoch: int) -> float:
+        training = run.wf.training
+        set_lr(run.optimizer, epoch_lr(training.lr, training.lr_schedule, epoch, training.epochs))
+        return run.train_epoch(epoch)
+    return train_epoch
+
+
+def timed(train_epoch: Callable[[int], float], epoch: int) -> tuple[float, float]:
+    started = time.perf_counter()
+    loss = train_epoch(epoch)
+    return time.perf_counter() - started, loss
+
+
+@dataclass
+class Arms:
+    """The Fashion-MNIST workflow, its (possibly subsampled) splits, and one epoch function per arm."""
+
+    wf: WorkflowConfig
+    data: DataSplits
+    epochs: dict[str, Callable[[int], float]]
+
+
+PLAIN_OPTIONS = {"plain": {}, "plain+fast": {"channels_last": True, "fused": True}, "plain+channels_last": {"channels_last": True}, "plain+fused_adam": {"fused": True}}
+
+
+def fashion_mnist_arms(folder: Path, train_samples: int | None, plain_arms: tuple[str, ...] = tuple(PLAIN_OPTIONS)) -> Arms:
+    """`ours` and `ours+fast` (the trial's epoch without and with the speed knobs) and the chosen plain-loop arms,
+    all from the same initial student, on the sweep's teacher cache; the first `train_samples` training images."""
+    torch.set_num_threads(1)
+    wf = load_workflow(WORKFLOW, {"output_dir": str(folder), "teacher.checkpoint": str(REPO / "runs" / "teachers" / "fashion_mnist_cnn_large_aug.pt")})
+    data = build_data(wf.data)
+    if train_samples:
+        data = replace(data, train=TensorDataset(*(tensor[:train_samples] for tensor in data.train.tensors)))
+    cache, _ = sweep_teacher_cache(wf, prepare_teachers(wf, data, log=lambda _: None), data, folder)
+    teacher_logits = cache.logits[0][0]  # view 0: the students train unaugmented
+    ours = StudentRun(wf, data, cache)
+    fast_wf = wf.model_copy(update={"training": wf.training.model_copy(update={"channels_last": True, "fused_optimizer": True})})
+    epochs = {"ours": ours_epoch(ours), "ours+fast": ours_epoch(StudentRun(fast_wf, data, cache))}
+    epochs |= {name: PlainRun(ours, teacher_logits, **PLAIN_OPTIONS[name]).train_epoch for name in plain_arms}
+    return Arms(wf, data, epochs)
+
+
+def time_rounds(arms: Arms, rounds: int, between: Callable[[], None] = lambda: None) -> tuple[dict[str, list[float]], dict[str, float]]:
+    """Seconds of every arm's epoch in each round (arms alternate; `between` runs after each round), and each arm's
+    mean loss in epoch 0, the warm-up round, which is not timed."""
+    seconds: dict[str, list[float]] = {name: [] for name in arms.epochs}
+    first_losses: dict[str, float] = {}
+    for epoch in range(rounds + 1):
+        for name, train_epoch in arms.epochs.items():
+            elapsed, loss = timed(train_epoch, epoch)
+            if epoch == 0:
+                first_losses[name] = loss
+            else:
+                seconds[name].append(elapsed)
+        between()
+    return seconds, first_losses
+
+
+def run(rounds: int, quick: bool, folder: Path) -> dict[str, Any]:
+    arms = fashion_mnist_arms(folder, QUICK_SAMPLES if quick else None)
+    wf, data = arms.wf, arms.data
+    seconds, first_losses = time_rounds(arms, rounds)
+    medians = {name: statistics.median(values) for name, values in seconds.items()}
+    return {
+        "setting": {
+            "workflow": "workflows/fashion_mnist.yaml", "student": wf.student.model_dump(), "train_samples": len(data.train),
+            "batch_size": wf.training.batch_size, "optimizer": wf.training.optimizer, "torch_threads": 1, "rounds": rounds,
+        },
+        "epoch_seconds": seconds, "epoch_seconds_median": medians, "first_epoch_mean_loss": first_losses,
+        "ours_over_plain": medians["ours"] / medians["plain"],
+        "ours_fast_over_plain_fast": medians["ours+fast"] / medians["plain+fast"],
+        "ours_fast_over_ours": medians["ours+fast"] / medians["ours"],
+        "variants_over_plain": {name: medians[name] / medians["plain"] for name in medians if name.startswith("plain+")},
+        "first_epoch_loss_difference": abs(first_losses["ours"] - first_losses["plain"]),
+    }
+
+
+def figures(payload: dict[str, Any]) -> list[Figure]:
+    return [
+        Figure(NAME, "lepton-ray epoch / plain PyTorch loop epoch, Fashion-MNIST, 1 worker, 1 thread", payload["ours_over_plain"], at_most=1.05),
+        Figure(NAME, "same, both with channels_last + fused optimizer", payload["ours_fast_over_plain_fast"], at_most=1.05),
+        Figure(NAME, "lepton-ray epoch, channels_last + fused optimizer / defaults", payload["ours_fast_over_ours"]),
+        *(Figure(NAME, f"{name} / plain epoch", value) for name, value in payload["variants_over_plain"].items()),
+        Figure(NAME, "|ours - plain| first-epoch mean loss", payload["first_epoch_loss_difference"], at_most=1e-3),
+    ]
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    import tempfile
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help=f"{QUICK_ROUNDS} round on {QUICK_SAMPLES} training images")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="lepton-plain-") as folder:
+        payload = write_result(NAME, run(QUICK_ROUNDS if args.quick else ROUNDS, args.quick, Path(folder)), args.quick)
+    print(figures_table(figures(payload)))
+    return payload
+
+
+if __name__ == "__main__":
+    main()
