@@ -224,6 +224,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--keep", type=Path, help="keep the sweeps (studies, MLflow files, run folders) in this folder")
     parser.add_argument("--reads-only", type=Path, metavar="KEPT", help="run no sweep: time leaderboard/select on every sweep a "
                         "--keep run left in KEPT and add the figures to the result file")
+    parser.add_argument("--name", default=NAME, help="result file name (a side measurement must not replace the main one)")
     args = parser.parse_args(argv)
     if args.reads_only:
         return add_read_times(args.reads_only, args.quick)
@@ -241,7 +242,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for searcher, sizes in plan:
             for trials in sizes:
                 payload["runs"].append(measure(folder / f"{searcher}-{trials}", cluster.address, trials, searcher, time_reads=trials == sizes[-1]))
-                written = write_result(NAME, payload, args.quick)  # after each size: a cut-short run keeps what it measured
+                written = write_result(args.name, payload, args.quick)  # after each size: a cut-short run keeps what it measured
     return written
 
 
