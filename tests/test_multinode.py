@@ -116,7 +116,6 @@ def test_trials_spread_over_nodes_and_a_removed_node_s_trial_resumes_elsewhere_i
     restarts = [int(m.value) for m in sorted(tracker.client.get_metric_history(interrupted_run, metrics.RESTARTS), key=lambda m: m.timestamp)]
     assert restarts[-1] == 1, f"the run shows the restart: epochs {epochs_seen}, restarts {restarts}"
     assert epochs_seen.count(1) == 1 and epochs_seen[-1] == epochs, f"resumed from its checkpoint, not from scratch: {epochs_seen}"
-    assert not list(outcome.paths.tune.rglob("progress.csv")), "Tune's per-trial logger files are off (runner.TUNE_BOOKKEEPING)"
 
 
 @pytest.fixture
