@@ -16,6 +16,7 @@ from typing import Iterator
 
 
 def free_port() -> int:
+    """A loopback port nothing listens on (bound, read, released)."""
     with contextlib.closing(socket.socket()) as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
