@@ -33,6 +33,9 @@ SETUP_S = "setup_s"
 """Seconds a worker spent from entering the loop to its first epoch (data, teachers, student, compression)."""
 COMPUTE_S = "compute_s"
 """Seconds of training, evaluation and finishing so far: the trial's work, without start-up overhead."""
+NODE_ID = "node_id"
+"""Reported (a string, not logged as a metric) by an in-process trial: the Ray node training it, so a run
+shows where each attempt ran (a trial retried after its node was lost lists two)."""
 
 # Estimates: computed from the torch student, not measured on any file (`compress/cost.py: static_cost`).
 PARAMS = "params"

@@ -175,3 +175,20 @@ def test_moasha_in_replay_stops_trials_at_the_rung_and_spends_less_on_them():
     finished = replay_in_time(table, curves(payload, table), "random", seed=0, scheduled=True, max_trials=12, cpu_budget=math.inf, epochs=3)
     assert len(finished) < 12, "some of the 12 started trials were stopped after epoch 1"
     assert finished[-1][0] < 36.0
+
+
+def test_sweep_scale_figures_compare_driver_time_per_trial_and_skip_a_searcher_cut_short():
+    from benchmarks.sweep_scale import figures, marginal_driver_s, parse_plan
+
+    def run(searcher, trials, wall, compute, reads=True):
+        return {"searcher": searcher, "trials": trials, "sweep_wall_s": wall, "trials_compute_sum_s": compute, "driver_s_per_trial": (wall - compute) / trials,
+                "ask_s_at_last_trial": 0.1, **({"leaderboard_s": 4.0, "select_s": 12.0} if reads else {})}
+
+    assert parse_plan(["tpe:100,25", "random:25"]) == [("tpe", [25, 100]), ("random", [25])]
+    small, large = run("tpe", 25, 100.0, 50.0, reads=False), run("tpe", 100, 250.0, 120.0)
+    assert marginal_driver_s(small, large) == pytest.approx((130.0 - 50.0) / 75)  # the fixed per-sweep cost cancels
+    payload = {"plan": {"tpe": [25, 100], "random": [25, 100]}, "runs": [small, large, run("random", 25, 90.0, 50.0, reads=False)]}
+    by_name = {figure.name: figure for figure in figures(payload)}
+    assert by_name["tpe: driver s/trial at 100 / at 25 trials"].value == pytest.approx(1.3 / 2.0)
+    assert by_name["tpe: select on 100 trials (s)"].verdict == "FAIL"
+    assert not any(name.startswith("random") for name in by_name), "random never reached its largest size"

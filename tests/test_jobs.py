@@ -12,7 +12,6 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -25,6 +24,7 @@ import yaml
 
 from lepton_ray import metrics
 from lepton_ray.cli import main
+from lepton_ray.cluster.local_nodes import free_port
 from lepton_ray.config import load_search_space, load_workflow
 from lepton_ray.cluster.jobs import SPACE_FILE, WORKFLOW_FILE, check_for_cluster, local_store_path, stage_job
 
@@ -36,13 +36,6 @@ MARKER_VAR = "LEPTON_TEST_RAY_HEAD"
 ONE_WORKER = {"resources.num_workers": 1}
 """DDP itself is tested in test_sweep/test_trial; here one worker per trial keeps the 2-CPU head light."""
 CLUSTER_ENV = ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "MLFLOW_TRACKING_URI")
-
-
-def free_port() -> int:
-    """A port nothing listens on (bound, read, released)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.mark.parametrize(

@@ -62,3 +62,23 @@ def test_a_resume_closes_the_runs_of_trials_the_study_finished_before_the_driver
     assert [a.path for a in tracker.client.list_artifacts(runs[0], "student")] == [f"student/{STUDENT_FILE}"]
     assert got[0].data.tags[PARENT_TAG] == parent
     assert close_runs_of_finished_trials(tracker, parent, {0: "COMPLETE", 1: "PRUNED", 2: "FAIL"}, lambda n: completed) == [], "idempotent"
+
+
+def test_children_indexed_once_are_reopened_by_key_and_new_keys_get_one_new_run_each(tmp_path):
+    """A resumed driver reads its sweep's child runs once, then opens each trial's run without a search per trial."""
+    from lepton_ray.tracking.tracker import PARENT_TAG
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    before = Tracker(uri, "exp")
+    parent = before.start_run("sweep", "sweep", {}, {})
+    first = before.start_run("sweep/trial-0000", "trial-0000", {}, {}, parent_run_id=parent)
+    before.start_run("other/trial-0000", "trial-0000", {}, {})  # same trial name, another sweep: not a child
+
+    after = Tracker(uri, "exp")
+    after.index_children(parent)
+    assert after.child_runs[parent] == {"sweep/trial-0000": first}
+    assert after.start_run("sweep/trial-0000", "trial-0000", {}, {}, parent_run_id=parent) == first
+    second = after.start_run("sweep/trial-0001", "trial-0001", {}, {}, parent_run_id=parent)
+    assert after.start_run("sweep/trial-0001", "trial-0001", {}, {}, parent_run_id=parent) == second != first
+    children = after.client.search_runs([after.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent}'")
+    assert sorted(run.info.run_id for run in children) == sorted([first, second])

@@ -60,11 +60,12 @@ def group_members(pgid: int) -> list[int]:
     return members
 
 
-def start_server(port: int, store: Path) -> subprocess.Popen:
-    """`mlflow server` on 127.0.0.1:`port` with a SQLite store and proxied artifacts under `store`; returns once /health answers."""
+def start_server(port: int, store: Path, backend_uri: str | None = None, workers: int = 1) -> subprocess.Popen:
+    """`mlflow server` on 127.0.0.1:`port` with a database (default: SQLite under `store`) and proxied artifacts
+    under `store`; returns once /health answers."""
     command = [
-        str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-        "--backend-store-uri", f"sqlite:///{store / 'mlflow.db'}",
+        str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers),
+        "--backend-store-uri", backend_uri or f"sqlite:///{store / 'mlflow.db'}",
         "--serve-artifacts", "--artifacts-destination", str(store / "artifacts"),
     ]
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true"}

@@ -23,6 +23,10 @@ LOGGED_METRICS = {
 }
 
 
+NODES_TAG = "lepton.nodes"
+"""On a trial's run: the Ray node ids it trained on, comma-separated, in order (in-process trials)."""
+
+
 def trial_key(sweep_key: str, number: int) -> str:
     return f"{sweep_key}/trial-{number:04d}"
 
@@ -52,6 +56,8 @@ class MlflowTrialLogger(Callback):
         self.run_ids: dict[str, str] = {}
         self.logged_epochs: dict[str, set[int]] = {}
         """Epochs each trial's run holds: those logged before a resume, then each one as it is logged."""
+        self.nodes: dict[str, list[str]] = {}
+        """Ray nodes each trial trained on, in order: a new one after a restart elsewhere is tagged at once."""
         self.epochs_trained = 0
         self.epochs_redone = 0
 
@@ -77,13 +83,24 @@ class MlflowTrialLogger(Callback):
         if run_id:
             values = {k: v for k, v in result.items() if k in LOGGED_METRICS}
             self.tracker.log_metrics(run_id, values, step=int(result.get(metrics.EPOCH, 0)))
+            self._tag_node(trial.trial_id, run_id, result.get(metrics.NODE_ID))
+
+    def _tag_node(self, trial_id: str, run_id: str, node_id: str | None) -> None:
+        nodes = self.nodes.setdefault(trial_id, [])
+        if node_id and (not nodes or nodes[-1] != node_id):
+            nodes.append(node_id)
+            self.tracker.set_tags(run_id, {NODES_TAG: ",".join(nodes)})
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        self.nodes.pop(trial.trial_id, None)
+        self.logged_epochs.pop(trial.trial_id, None)
         run_id = self.run_ids.pop(trial.trial_id, None)
         if run_id is not None:
             close_trial_run(self.tracker, run_id, trial.last_result or {})
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        self.nodes.pop(trial.trial_id, None)
+        self.logged_epochs.pop(trial.trial_id, None)
         run_id = self.run_ids.pop(trial.trial_id, None)
         if run_id is not None:
             self.tracker.finish(run_id, "FAILED", error=last_error_line(trial))

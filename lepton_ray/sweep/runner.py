@@ -5,6 +5,7 @@ Folder layout: `sweep/paths.py`. Each trial: `sweep/trial_driver.py`.
 
 from __future__ import annotations
 
+import os
 import shutil
 from typing import Callable
 
@@ -61,6 +62,7 @@ def run_sweep(
     shared_workflow = apply_overrides(wf.to_dict(), {"tracking.uri": redact(uri)})  # trials never write to MLflow: no credentials
     parent_run_id = tracker.start_run(sweep_key, f"{wf.name}-{paths.root.name}", shared_workflow, {**tags, "lepton.kind": "sweep"})
     tracker.log_metrics(parent_run_id, {metrics.TEACHER_TEST_ACCURACY: teachers[0].test_accuracy, metrics.TEACHER_VAL_ACCURACY: teachers[0].val_accuracy})
+    tracker.index_children(parent_run_id)
     if resume:
         close_runs_left_open(tracker, parent_run_id, study, paths, log)
     remaining = num_samples - finished_count(study)
@@ -119,10 +121,22 @@ def _read_trials(tracker, parent_run_id: str, wf: WorkflowConfig, paths: SweepPa
         ) from None
 
 
+TUNE_BOOKKEEPING = {
+    "TUNE_GLOBAL_CHECKPOINT_S": "86400",
+}
+"""Tune's experiment snapshot, which lepton-ray never reads (the study and trial folders are what `--resume` restores):
+it holds every trial (~28 kB each) and was rewritten every 10+ s, a cost that grew with the sweep
+(`benchmarks/sweep_scale.py`: its JSON dump took 92 ms at 400 trials). Tune still writes it once at the end.
+Tune's per-trial result.json/progress.csv stay on: without them Tune warns, one line per trial, that it cannot
+fetch their metrics when the sweep ends. Values already in the environment win."""
+
+
 def _run_tuner(wf, shared_workflow, space, paths, study, remaining, teachers, data, tracker, parent_run_id, sweep_key, tags, address, log) -> list[str]:
     """Run the trials still to run; returns one error line per trial that failed."""
     from ray import tune
 
+    for name, value in TUNE_BOOKKEEPING.items():
+        os.environ.setdefault(name, value)
     init_ray(address, py_modules(wf.user_code))
     if paths.tune.exists():
         shutil.rmtree(paths.tune)  # bookkeeping of an interrupted attempt; the study and trial runs are kept

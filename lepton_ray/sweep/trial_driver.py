@@ -26,6 +26,7 @@ def trial_driver(config: dict[str, Any], base_workflow: dict[str, Any], inputs: 
     Several workers: a `TorchTrainer` (real DDP). One worker: the same loop in this actor
     (`trial.sessions.InProcessSession`), which saves a Ray Train start-up per trial.
     """
+    import ray
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
@@ -37,7 +38,8 @@ def trial_driver(config: dict[str, Any], base_workflow: dict[str, Any], inputs: 
     try:
         wf = checked_workflow(base_workflow, config)
         if runs_in_process(wf):
-            session = InProcessSession(Path(trials_root) / name, on_report=tune.report)
+            node = {metrics.NODE_ID: ray.get_runtime_context().get_node_id()}
+            session = InProcessSession(Path(trials_root) / name, on_report=lambda reported: tune.report({**reported, **node}))
             run_trial(inputs.loop_config(wf), session)
             final_metrics = session.last_metrics
         else:

@@ -64,6 +64,8 @@ class Tracker:
         self.experiment_id = existing.experiment_id if existing else self.client.create_experiment(experiment, artifact_location=artifact_root(uri, experiment))
         self.experiment = experiment
         self.writes = WriteQueue(uri, retries, backoff_s, cooldown_s, max_failures_while_up, warn)
+        self.child_runs: dict[str, dict[str, str]] = {}
+        """Parent run id -> {key: run id} of its child runs, read once by `index_children`."""
 
     def __getstate__(self) -> dict[str, Any]:
         """Tune pickles its callbacks (and so this tracker) into `tuner.pkl`: keep credentials out of it.
@@ -83,11 +85,15 @@ class Tracker:
         clean_tags = {name: redact(str(value)) for name, value in {TRIAL_KEY_TAG: key, **tags}.items()}
 
         def open_run(_: str) -> str:
-            all_tags = {**clean_tags, **({PARENT_TAG: self.writes.resolve(parent_run_id)} if parent_run_id else {})}
-            run_id = self.find_run(key)
+            parent = self.writes.resolve(parent_run_id) if parent_run_id else None
+            all_tags = {**clean_tags, **({PARENT_TAG: parent} if parent else {})}
+            indexed = self.child_runs.get(parent or "")
+            run_id = indexed.get(key) if indexed is not None else self.find_run(key)
             if run_id is None:
                 run_id = self.client.create_run(self.experiment_id, run_name=run_name, tags=all_tags).info.run_id
                 self.client.log_batch(run_id, params=[Param(k, v) for k, v in flat_params.items()])
+                if indexed is not None:
+                    indexed[key] = run_id
             else:
                 self.client.update_run(run_id, status="RUNNING")
                 self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in all_tags.items()])
@@ -137,6 +143,27 @@ class Tracker:
         return self.writes.report_unlogged()
 
     # ---- reads (never queued) -------------------------------------------------------------------
+
+    def index_children(self, parent_run_id: str) -> None:
+        """Read a parent's child runs once, so `start_run` opens each child without searching the experiment
+        (a search per trial whose cost grew with every run in it: `benchmarks/sweep_scale.py`). Skipped while
+        MLflow is unreachable: `start_run` then searches per key."""
+        if parent_run_id.startswith(PENDING_PREFIX):
+            return
+        children: dict[str, str] = {}
+        page_token = None
+        try:
+            while True:
+                page = self.client.search_runs(
+                    [self.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}'", max_results=1000, page_token=page_token,
+                )
+                children.update({run.data.tags[TRIAL_KEY_TAG]: run.info.run_id for run in page if TRIAL_KEY_TAG in run.data.tags})
+                page_token = page.token
+                if not page_token:
+                    break
+        except Exception:  # MLflow went away just now: best effort, like every read here
+            return
+        self.child_runs[parent_run_id] = children
 
     def find_run(self, key: str) -> str | None:
         runs = self.client.search_runs([self.experiment_id], filter_string=f"tags.`{TRIAL_KEY_TAG}` = '{key}'", max_results=1)
