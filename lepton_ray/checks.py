@@ -104,11 +104,12 @@ def check_data_and_models(wf: WorkflowConfig) -> Any:
     teachers_fit = check_teachers(wf)
     with _option_values("data.options", f"data set {wf.data.name!r}"):
         data = build_data(wf.data)
+    data.model_input.check_workflow(wf)  # e.g. no channel pruning or flips for token ids
     teachers_fit(data)
     models = []
     for field, spec in [("student", wf.student), ("teacher", wf.teacher)] + [(f"extra_teachers.{i}", t) for i, t in enumerate(wf.extra_teachers)]:
-        with _option_values(f"{field}.options", f"model {spec.name!r} on inputs {list(data.input_shape)}"):
-            models.append(build_model(spec, data.input_shape, data.num_classes, field=field))
+        with _option_values(f"{field}.options", f"model {spec.name!r} on inputs {list(data.input_shape)} {data.input_dtype}"):
+            models.append(build_model(spec, data.model_input, data.num_classes, field=field))
             logits = models[-1](data.train[0][0].unsqueeze(0))
         if not isinstance(logits, torch.Tensor) or tuple(logits.shape) != (1, data.num_classes):
             shape = list(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__

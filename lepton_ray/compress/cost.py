@@ -17,18 +17,19 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from lepton_ray import metrics
 from lepton_ray.compress.layers import layer_bit_widths, weight_layers
+from lepton_ray.data.inputs import ModelInput, as_model_input
 
 FLOAT_BITS = 32
 """A trial times its file for at most `LATENCY_ROUNDS` rounds or about this long, whichever comes first."""
 
 
-def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
-    """Multiply-accumulates of one forward pass on a single sample (FLOPs / 2)."""
+def count_macs(model: nn.Module, input_shape: ModelInput | tuple[int, ...]) -> int:
+    """Multiply-accumulates of one forward pass on a single sample (FLOPs / 2); a plain shape is a float input."""
     was_training = model.training
     model.eval()
     counter = FlopCounterMode(display=False)
     with counter, torch.no_grad():
-        model(torch.zeros((1, *input_shape), device=next(model.parameters()).device))
+        model(as_model_input(input_shape).example(1, next(model.parameters()).device))
     model.train(was_training)
     return counter.get_total_flops() // 2
 
@@ -66,7 +67,7 @@ def packed_size_bytes(model: nn.Module, weight_bits: int = FLOAT_BITS, end_layer
 
 
 def static_cost(
-    model: nn.Module, input_shape: tuple[int, ...], weight_bits: int = FLOAT_BITS, activation_bits: int = FLOAT_BITS, end_layer_bits: int | None = None,
+    model: nn.Module, input_shape: ModelInput | tuple[int, ...], weight_bits: int = FLOAT_BITS, activation_bits: int = FLOAT_BITS, end_layer_bits: int | None = None,
 ) -> dict[str, float]:
     """Estimates: params, non-zeros, sparsity, packed size in bytes, MACs and BOPs of `model` in a format that
     stores `weight_bits` per weight and skips zeros (the int8 file does neither; `shipped_cost` measures it).

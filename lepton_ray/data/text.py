@@ -19,6 +19,7 @@ from lepton_ray.errors import DataError
 TOKEN_PATTERN = r"[a-z0-9']+"
 PAD_ID, UNKNOWN_ID = 0, 1
 FIRST_WORD_ID = 2
+ENCODING = "vocabulary = {word: first_word_id + i for i, word in enumerate(words)}; ids = [vocabulary.get(word, unknown_id) for word in re.findall(pattern, text.lower())][:max_length], padded with pad_id to max_length, int64, layout NL"
 
 
 def words_of(text: str) -> list[str]:

@@ -7,7 +7,7 @@ Kept apart from the export (which works on any module) so the export stays free 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -21,11 +21,11 @@ from lepton_ray import metrics
 from lepton_ray.checkpoints import load_safe
 from lepton_ray.config import WorkflowConfig, parse_workflow
 from lepton_ray.deploy.pareto import ACCURACY, Selection, completed, pareto_front, select
-from lepton_ray.data.contract import DataContract
+from lepton_ray.data.contract import LAYOUT, TOKEN_LAYOUT, TOKENIZER_FILE, DataContract, TokenContract
 from lepton_ray.deploy.report import plot_pareto, usage_markdown, write_report
 from lepton_ray.errors import CheckpointError
 from lepton_ray.export.int8 import Int8Checks, Int8Files, calibration_images, export_int8, measure_int8, verify_int8
-from lepton_ray.export.metadata import DATASET_KEY, SWEEP_RUN_KEY, TRIAL_KEY, WORKFLOW_KEY, artifact_metadata
+from lepton_ray.export.metadata import DATASET_KEY, LAYOUT_KEY, SWEEP_RUN_KEY, TRIAL_KEY, WORKFLOW_KEY, artifact_metadata
 from lepton_ray.export.runtime import dataset_images, ort_session
 from lepton_ray.export.onnx_graph import INPUT_NAME, OUTPUT_NAME
 from lepton_ray.trial.files import STUDENT_FILE, load_student, newest_student_file, trial_run_name
@@ -71,12 +71,12 @@ class Published:
     model_uri: str
 
 
-def write_raw_example(contract: DataContract, example: np.ndarray, label: int, predicted: int, path: Path) -> Path:
-    """One model-ready test image back in raw units, with its label and the int8 file's prediction, as JSON."""
-    raw = contract.to_raw(example)
+def write_raw_example(contract: DataContract | TokenContract, example: np.ndarray, label: int, predicted: int, path: Path) -> Path:
+    """One model-ready test sample back in raw units (a text: its words as the vocabulary knows them), with its label
+    and the int8 file's prediction, as JSON."""
     names = contract.class_names
     content = {
-        "raw": (raw.astype(int) if contract.raw_range is not None else raw).tolist(), "label": names[label], "predicted": names[predicted],
+        "raw": contract.raw_example(example), "label": names[label], "predicted": names[predicted],
         "note": "raw units; apply the formula in the model's lepton.preprocessing metadata before calling it",
     }
     path.write_text(json.dumps(content) + "\n")
@@ -87,13 +87,19 @@ def model_description(files: Int8Files) -> str:
     """The registered version's description: provenance, then how to call it from its metadata alone."""
     source = ", ".join(f"{key.removeprefix('lepton.')} `{files.metadata[key]}`" for key in (WORKFLOW_KEY, DATASET_KEY, TRIAL_KEY, SWEEP_RUN_KEY) if key in files.metadata)
     return "\n\n".join([
-        f"int8 ONNX student ({source}). It takes preprocessed float32 input, not raw pixels.",
+        f"int8 ONNX student ({source}). {_INPUT_NOTES[files.metadata.get(LAYOUT_KEY, LAYOUT)]}",
         usage_markdown(files.metadata, "model.onnx"),
-        f"The logged input example is one test image already preprocessed; `extra_files/{RAW_EXAMPLE_FILE}` (in the model's artifacts) holds it in raw units with its label and this model's prediction.",
+        f"The logged input example is one test sample already preprocessed; `extra_files/{RAW_EXAMPLE_FILE}` (in the model's artifacts) holds it in raw units with its label and this model's prediction.",
     ])
 
 
-def publish(files: Int8Files, example: torch.Tensor, label: int, contract: DataContract, tracker: "Tracker", run_id: str, model_name: str, tags: dict[str, str]) -> Published:
+_INPUT_NOTES = {
+    LAYOUT: "It takes preprocessed float32 input, not raw pixels.",
+    TOKEN_LAYOUT: f"It takes int64 token ids, not raw text: the tokenizer is the `vocabulary` in its metadata, also shipped as `extra_files/{TOKENIZER_FILE}`.",
+}
+
+
+def publish(files: Int8Files, example: torch.Tensor, label: int, contract: DataContract | TokenContract, tracker: "Tracker", run_id: str, model_name: str, tags: dict[str, str]) -> Published:
     """Log the int8 model to `run_id` (signature, a model-ready input example, the raw example file), register it
     with a description and `tags` plus the file's metadata (its contract) as tags, alias the new version `champion`.
 
@@ -105,14 +111,14 @@ def publish(files: Int8Files, example: torch.Tensor, label: int, contract: DataC
 
     # log_model files the logged model under the *active* experiment (Default if none), not the run's.
     mlflow.set_experiment(experiment_id=tracker.experiment_id)
-    example = example[:1].float().cpu().numpy()
+    example = contract.model_input.cast(example[:1]).cpu().numpy()
     output = ort_session(files.int8).run([OUTPUT_NAME], {INPUT_NAME: example})[0]
     raw_example = write_raw_example(contract, example, label, int(output.argmax()), files.int8.parent / RAW_EXAMPLE_FILE)
     info = mlflow.onnx.log_model(
         onnx.load(str(files.int8)), name="int8_model", signature=infer_signature(example, output), input_example=example,
         registered_model_name=model_name, run_id=run_id, save_as_external_data=False, onnx_execution_providers=["CPUExecutionProvider"],
         pip_requirements=[f"onnx=={onnx.__version__}", f"onnxruntime=={ort.__version__}"],  # inferring them spawns a 10 s subprocess
-        extra_files=[str(raw_example)],
+        extra_files=[str(raw_example), *(str(path) for path in files.shipped_with)],
     )
     version = str(info.registered_model_version)
     for key, value in {**files.metadata, **tags}.items():
@@ -157,8 +163,9 @@ def select_and_export(
     weight_bits = int(student_metrics.get(metrics.BITS, 32))
     metadata = artifact_metadata(data.contract, wf.name, selection.trial, parent_run_id)
     images = calibration_images(data.train, wf.export.calibration_samples, wf.data.seed)
-    files = export_int8(student, data.input_shape, images, weight_bits, out_dir, metadata)
-    checks = measure_int8(files, data.test, data.input_shape, selection.row[ACCURACY], wf.export)
+    files = export_int8(student, data.model_input, images, weight_bits, out_dir, metadata)
+    files = replace(files, shipped_with=tuple(data.contract.shipped_files(out_dir)))
+    checks = measure_int8(files, data.test, data.model_input, selection.row[ACCURACY], wf.export)
     tracker.log_metrics(parent_run_id, checks.as_metrics())
     published = None
     try:

@@ -16,7 +16,8 @@ import pandas as pd
 
 from lepton_ray import metrics
 from lepton_ray.deploy.pareto import ACCURACY, Selection, completed, format_cost
-from lepton_ray.export.metadata import CLASS_NAMES_KEY, PREPROCESSING_KEY, describe
+from lepton_ray.data.contract import LAYOUT, TOKEN_LAYOUT
+from lepton_ray.export.metadata import CLASS_NAMES_KEY, PREPROCESSING_KEY, describe, preprocessing
 
 if TYPE_CHECKING:
     from typing import Mapping
@@ -126,12 +127,16 @@ def export_markdown(files: "Int8Files", checks: "Int8Checks", published: "Publis
         lines.append(f"- published: model `{published.model_name}` version {published.version} (alias `champion`), {published.model_uri}")
     else:
         lines.append("- published: **no** (a check failed)")
-    lines.append(f"- files: `{files.fp32.name}`, `{files.int8.name}`")
+    lines.append("- files: " + ", ".join(f"`{path.name}`" for path in (files.fp32, files.int8, *files.shipped_with)))
     return "\n".join(lines)
 
 
-def usage_code(file_name: str) -> str:
-    """onnxruntime code that runs either shipped file on `raw` from the file's own metadata alone."""
+def usage_code(file_name: str, layout: str = LAYOUT) -> str:
+    """onnxruntime code that runs either shipped file on `raw` (images) or `texts` from the file's own metadata alone."""
+    return _USAGE_CODE[layout](file_name)
+
+
+def _image_usage_code(file_name: str) -> str:
     return f"""\
 import json
 import numpy as np
@@ -148,11 +153,36 @@ predicted = [class_names[i] for i in logits.argmax(axis=1)]
 """
 
 
+def _token_usage_code(file_name: str) -> str:
+    return f"""\
+import json
+import re
+import numpy as np
+import onnxruntime as ort
+
+# texts: a list of strings
+session = ort.InferenceSession("{file_name}", providers=["CPUExecutionProvider"])
+meta = session.get_modelmeta().custom_metadata_map
+prep, class_names = json.loads(meta["{PREPROCESSING_KEY}"]), json.loads(meta["{CLASS_NAMES_KEY}"])
+vocab = prep["vocabulary"]
+word_ids = {{word: vocab["first_word_id"] + i for i, word in enumerate(vocab["words"])}}
+def encode(text):
+    ids = [word_ids.get(word, vocab["unknown_id"]) for word in re.findall(vocab["pattern"], text.lower())][: vocab["max_length"]]
+    return ids + [vocab["pad_id"]] * (vocab["max_length"] - len(ids))
+x = np.array([encode(text) for text in texts], dtype=np.int64).reshape(-1, vocab["max_length"])
+logits = session.run([prep["output_name"]], {{prep["input_name"]: x}})[0]
+predicted = [class_names[i] for i in logits.argmax(axis=1)]
+"""
+
+
+_USAGE_CODE = {LAYOUT: _image_usage_code, TOKEN_LAYOUT: _token_usage_code}
+
+
 def usage_markdown(metadata: "Mapping[str, str]", file_name: str) -> str:
     """How to call the model: its input contract in one line and the onnxruntime code that applies it."""
     if PREPROCESSING_KEY not in metadata:
         return "- the files carry no input contract (exported without one): feed them as the trial's tensors were made"
-    return f"{describe(metadata)}\n\n```python\n{usage_code(file_name)}```"
+    return f"{describe(metadata)}\n\n```python\n{usage_code(file_name, preprocessing(metadata)['layout'])}```"
 
 
 def write_report(

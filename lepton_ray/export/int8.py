@@ -29,6 +29,7 @@ from torch.utils.data import Dataset
 
 from lepton_ray.compress.quantize import activation_qparams
 from lepton_ray.config import LOW_BITS, MAX_WEIGHT_BITS, ExportConfig
+from lepton_ray.data.inputs import ModelInput, as_model_input
 from lepton_ray.errors import ExportError
 from lepton_ray.export.metadata import stamp
 from lepton_ray.export.onnx_graph import INPUT_NAME, compact_graph, export_fp32_onnx
@@ -144,10 +145,12 @@ class Int8Files:
     """Largest |int8 weight code|: at most 2^(b-1)-1 for a b-bit grid."""
     metadata: Mapping[str, str] = field(default_factory=dict)
     """The `metadata_props` both files carry (`export/metadata.py`): input contract, class names, provenance."""
+    shipped_with: tuple[Path, ...] = ()
+    """Files next to them that ship with the model (a text model's `tokenizer.json`)."""
 
 
 def export_int8(
-    student: nn.Module, input_shape: tuple[int, ...], calibration_images: torch.Tensor, weight_bits: int, out_dir: Path,
+    student: nn.Module, input_shape: ModelInput | tuple[int, ...], calibration_images: torch.Tensor, weight_bits: int, out_dir: Path,
     metadata: Mapping[str, str] | None = None, input_ranges: Mapping[str, tuple[float, float]] | None = None,
 ) -> Int8Files:
     """fp32 ONNX -> pre-process -> static QDQ int8 (b-bit weight grid kept), checked; raises ExportError.
@@ -160,21 +163,23 @@ def export_int8(
     (`activation_overrides`); every other activation is calibrated on the images.
     """
     metadata = dict(metadata or {})
+    model_input = as_model_input(input_shape)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     fp32_path, int8_path = out_dir / FP32_FILE, out_dir / INT8_FILE
     with tempfile.TemporaryDirectory(prefix="lepton-export-") as scratch:
-        raw = export_fp32_onnx(student.cpu(), input_shape, Path(scratch) / "raw.onnx")
+        raw = export_fp32_onnx(student.cpu(), model_input, Path(scratch) / "raw.onnx")
         onnx.save(_strip_metadata(onnx.load(str(raw))), str(raw))
         quant_pre_process(str(raw), str(fp32_path))
         if metadata:
             onnx.save(stamp(onnx.load(str(fp32_path)), metadata), str(fp32_path))
         quantized = Path(scratch) / "quantized.onnx"
-        images = calibration_images.float().cpu()
+        images = model_input.cast(calibration_images).cpu()
         fp32_model = onnx.load(str(fp32_path))
         overrides = grid_overrides(fp32_model, weight_bits) | activation_overrides(fp32_model, input_ranges or {})
         quantize_static(
             str(fp32_path), str(quantized), CalibrationImages(images), quant_format=QuantFormat.QDQ, per_channel=True,
+            op_types_to_quantize=model_input.quantized_ops,
             weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8,
             extra_options={"TensorQuantOverrides": overrides, "QDQDisableWeightAdjustForInt32Bias": True},
         )
@@ -217,12 +222,14 @@ def check_int8_graph(int8_path: Path) -> None:
 
 
 def int8_weights(int8_path: Path) -> dict[str, tuple[np.ndarray, np.ndarray, int]]:
-    """fp32 weight name -> (int8 codes, per-channel scales, axis), read from the QDQ graph's weight DequantizeLinear nodes."""
+    """fp32 weight name -> (int8 codes, per-channel scales, axis), read from the QDQ graph's DequantizeLinear nodes that
+    feed a Conv/Gemm/MatMul (an embedding table feeding a Gather is looked up, not multiplied: not on the b-bit grid)."""
     model = onnx.load(str(int8_path))
     initializers = {init.name: init for init in model.graph.initializer}
+    multiplied = {name for node in model.graph.node if node.op_type in WEIGHT_OPS for name in node.input}
     weights = {}
     for node in model.graph.node:
-        codes = initializers.get(node.input[0]) if node.op_type == "DequantizeLinear" else None
+        codes = initializers.get(node.input[0]) if node.op_type == "DequantizeLinear" and node.output[0] in multiplied else None
         if codes is None or codes.data_type != onnx.TensorProto.INT8:
             continue
         axis = next((attr.i for attr in node.attribute if attr.name == "axis"), 1)
@@ -317,7 +324,7 @@ class Int8Checks:
         return values
 
 
-def measure_int8(files: Int8Files, test_set: Dataset, input_shape: tuple[int, ...], trial_accuracy: float, cfg: ExportConfig) -> Int8Checks:
+def measure_int8(files: Int8Files, test_set: Dataset, input_shape: ModelInput | tuple[int, ...], trial_accuracy: float, cfg: ExportConfig) -> Int8Checks:
     """Accuracy of both ONNX files on the test split, their sizes, and interleaved latency at batch 1 and `cfg.latency_batch_size`."""
     models = {"fp32": files.fp32, "int8": files.int8}
     latency = {batch: measure_latency(models, input_shape, batch) for batch in sorted({1, cfg.latency_batch_size})}

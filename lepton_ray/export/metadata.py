@@ -4,9 +4,9 @@ can feed it correctly without our code (the same keys become the MLflow model ve
 | key | value |
 |---|---|
 | `lepton.contract_version` | `1`; bumped when a key's meaning changes |
-| `lepton.preprocessing` | JSON: `input_name`, `output_name`, `layout` (NCHW), `input_shape` [C, H, W], `dtype`, `raw` (what raw inputs are), `raw_range` ([low, high] integers, or null), `scale`, `mean` and `std` (per channel), `formula`: input = (raw * scale - mean[c]) / std[c] |
+| `lepton.preprocessing` | JSON: `input_name`, `output_name`, `layout` (NCHW), `input_shape` [C, H, W], `dtype`, `raw` (what raw inputs are), `raw_range` ([low, high] integers, or null), `scale`, `mean` and `std` (per channel), `formula`: input = (raw * scale - mean[c]) / std[c]. Text models: `layout` NL, `input_shape` [max_length], `dtype` int64, `formula` (the tokenization), `vocabulary` (the tokenizer: `words` in id order, `pattern`, `pad_id`, `unknown_id`, `first_word_id`, `max_length`) |
 | `lepton.class_names` | JSON list: the class of each output index |
-| `lepton.dataset`, `lepton.input_layout` | the data set's registry name; `NCHW` |
+| `lepton.dataset`, `lepton.input_layout` | the data set's registry name; `NCHW` (images) or `NL` (token ids) |
 | `lepton.workflow`, `lepton.trial`, `lepton.sweep_run_id` | where the file came from: workflow name, trial number, the sweep's MLflow run id (when known) |
 
 In onnxruntime: `json.loads(session.get_modelmeta().custom_metadata_map["lepton.preprocessing"])`.
@@ -20,7 +20,7 @@ from typing import Any, Mapping
 
 import onnx
 
-from lepton_ray.data.contract import LAYOUT, DataContract
+from lepton_ray.data.contract import LAYOUT, TOKEN_LAYOUT, DataContract, TokenContract
 from lepton_ray.errors import ExportError
 from lepton_ray.export.onnx_graph import INPUT_NAME, OUTPUT_NAME
 
@@ -36,12 +36,12 @@ SWEEP_RUN_KEY = "lepton.sweep_run_id"
 PREFIX = "lepton."
 
 
-def artifact_metadata(contract: DataContract, workflow: str | None = None, trial: int | None = None, sweep_run_id: str | None = None) -> dict[str, str]:
+def artifact_metadata(contract: DataContract | TokenContract, workflow: str | None = None, trial: int | None = None, sweep_run_id: str | None = None) -> dict[str, str]:
     """The `metadata_props` of a file whose model was trained on `contract`'s data; unknown provenance is left out."""
     preprocessing = {"input_name": INPUT_NAME, "output_name": OUTPUT_NAME, **contract.as_dict()}
     metadata = {
         VERSION_KEY: CONTRACT_VERSION, PREPROCESSING_KEY: json.dumps(preprocessing), CLASS_NAMES_KEY: json.dumps(list(contract.class_names)),
-        DATASET_KEY: contract.dataset, LAYOUT_KEY: LAYOUT,
+        DATASET_KEY: contract.dataset, LAYOUT_KEY: contract.layout,
     }
     provenance = {WORKFLOW_KEY: workflow, TRIAL_KEY: trial, SWEEP_RUN_KEY: sweep_run_id}
     return metadata | {key: str(value) for key, value in provenance.items() if value is not None}
@@ -53,12 +53,27 @@ def describe(metadata: Mapping[str, str]) -> str:
         return ""
     facts, names = preprocessing(metadata), class_names(metadata)
     shown = ", ".join(names[:10]) + (f", ... ({len(names)} in all)" if len(names) > 10 else "")
-    shape = ", ".join(str(size) for size in facts["input_shape"])
     return (
-        f"Input `{facts['input_name']}`: float32 {facts['layout']} (N, {shape}) = (raw * {facts['scale']:.6g} - mean[c]) / std[c], "
-        f"mean {_rounded(facts['mean'])}, std {_rounded(facts['std'])}; raw = {facts['raw']}. "
+        f"{_INPUT_DESCRIPTIONS[facts['layout']](facts)}; raw = {facts['raw']}. "
         f"Output `{facts['output_name']}` (N, {len(names)}): argmax indexes the classes [{shown}]. Exact values: metadata `{PREPROCESSING_KEY}`, `{CLASS_NAMES_KEY}`."
     )
+
+
+def _image_input(facts: Mapping[str, Any]) -> str:
+    shape = ", ".join(str(size) for size in facts["input_shape"])
+    return (f"Input `{facts['input_name']}`: float32 {facts['layout']} (N, {shape}) = (raw * {facts['scale']:.6g} - mean[c]) / std[c], "
+            f"mean {_rounded(facts['mean'])}, std {_rounded(facts['std'])}")
+
+
+def _token_input(facts: Mapping[str, Any]) -> str:
+    vocabulary = facts["vocabulary"]
+    return (f"Input `{facts['input_name']}`: int64 token ids (N, {vocabulary['max_length']}): the lower-cased words of the text "
+            f"(regex `{vocabulary['pattern']}`) looked up in the {len(vocabulary['words'])}-word vocabulary (id = first_word_id "
+            f"{vocabulary['first_word_id']} + position in `words`, other words {vocabulary['unknown_id']}), cut or padded with "
+            f"{vocabulary['pad_id']} to {vocabulary['max_length']}")
+
+
+_INPUT_DESCRIPTIONS = {LAYOUT: _image_input, TOKEN_LAYOUT: _token_input}
 
 
 def _rounded(values: list[float]) -> str:

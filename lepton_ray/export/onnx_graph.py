@@ -10,12 +10,15 @@ import torch
 from onnx import numpy_helper
 from torch import nn
 
+from lepton_ray.data.inputs import ModelInput, as_model_input
+
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 
 
-def export_fp32_onnx(model: nn.Module, input_shape: tuple[int, ...], path: Path) -> Path:
-    """Export `model` in eval mode (dynamo exporter) to `path`; input `input` is (batch, *input_shape).
+def export_fp32_onnx(model: nn.Module, input_shape: ModelInput | tuple[int, ...], path: Path) -> Path:
+    """Export `model` in eval mode (dynamo exporter) to `path`; input `input` is (batch, *shape), float32 for a
+    plain shape, else the `ModelInput`'s dtype (token ids: int64).
 
     The example batch is 2 because torch.export specializes a size-1 dimension to a constant.
     The model's train/eval mode is restored afterwards.
@@ -23,7 +26,7 @@ def export_fp32_onnx(model: nn.Module, input_shape: tuple[int, ...], path: Path)
     path = Path(path)
     was_training = model.training
     model.eval()
-    example = torch.zeros((2, *input_shape), device=next(model.parameters()).device)
+    example = as_model_input(input_shape).example(2, next(model.parameters()).device)
     batch = torch.export.Dim("batch", min=1, max=1 << 16)
     try:
         torch.onnx.export(

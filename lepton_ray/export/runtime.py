@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import Dataset
 
 from lepton_ray.data.batches import iterate_batches
+from lepton_ray.data.inputs import ModelInput, as_model_input
 from lepton_ray.export.onnx_graph import INPUT_NAME, OUTPUT_NAME
 
 LATENCY_SECONDS = 2.0
@@ -47,8 +48,9 @@ def onnx_accuracy(path: Path, dataset: Dataset, batch_size: int = 256) -> float:
     return correct / max(len(labels), 1)
 
 
-def random_feed(input_shape: tuple[int, ...], batch_size: int) -> dict[str, np.ndarray]:
-    return {INPUT_NAME: np.random.default_rng(0).standard_normal((batch_size, *input_shape), dtype=np.float32)}
+def random_feed(input_shape: ModelInput | tuple[int, ...], batch_size: int) -> dict[str, np.ndarray]:
+    """A seeded random batch in the input's dtype (a plain shape: float32 normal; token ids: uniform in the vocabulary)."""
+    return {INPUT_NAME: as_model_input(input_shape).feed(batch_size)}
 
 
 def interleaved_timings(runs: Mapping[Key, Callable[[], object]], max_rounds: int, seconds: float) -> dict[Key, list[float]]:
@@ -73,14 +75,14 @@ def interleaved_timings(runs: Mapping[Key, Callable[[], object]], max_rounds: in
     return timings
 
 
-def measure_latency(models: dict[str, Path], input_shape: tuple[int, ...], batch_size: int, max_rounds: int = 200, seconds: float = LATENCY_SECONDS) -> dict[str, float]:
+def measure_latency(models: dict[str, Path], input_shape: ModelInput | tuple[int, ...], batch_size: int, max_rounds: int = 200, seconds: float = LATENCY_SECONDS) -> dict[str, float]:
     """Median ms per forward of each model at one batch size, the models interleaved round by round."""
     feed = random_feed(input_shape, batch_size)
     runs = {name: partial(ort_session(path).run, None, feed) for name, path in models.items()}
     return {name: float(np.median(values)) for name, values in interleaved_timings(runs, max_rounds, seconds).items()}
 
 
-def batch_size_timings(path: Path, input_shape: tuple[int, ...], batch_sizes: Iterable[int], max_rounds: int, seconds: float) -> dict[int, list[float]]:
+def batch_size_timings(path: Path, input_shape: ModelInput | tuple[int, ...], batch_sizes: Iterable[int], max_rounds: int, seconds: float) -> dict[int, list[float]]:
     """Ms per forward of one model at each batch size, on one session, the batch sizes alternated round by round."""
     session = ort_session(path)
     runs = {batch: partial(session.run, None, random_feed(input_shape, batch)) for batch in dict.fromkeys(batch_sizes)}

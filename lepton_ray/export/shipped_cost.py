@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from lepton_ray import metrics
+from lepton_ray.data.inputs import ModelInput
 from lepton_ray.export.runtime import batch_size_timings
 
 GZIP_LEVEL = 9
@@ -34,7 +35,7 @@ def median_and_iqr(values: list[float]) -> tuple[float, float]:
     return float(median), float(upper - lower)
 
 
-def latency_cost(path: Path, input_shape: tuple[int, ...], batch_size: int, rounds: int = LATENCY_ROUNDS, seconds: float = LATENCY_SECONDS) -> dict[str, float]:
+def latency_cost(path: Path, input_shape: ModelInput | tuple[int, ...], batch_size: int, rounds: int = LATENCY_ROUNDS, seconds: float = LATENCY_SECONDS) -> dict[str, float]:
     """ONNX Runtime ms per forward of the file at batch 1 and `batch_size`: medians and interquartile ranges,
     from rounds that alternate the two batch sizes on one session (both see the same machine load)."""
     timings = batch_size_timings(path, input_shape, (1, batch_size), rounds, seconds)
@@ -43,6 +44,6 @@ def latency_cost(path: Path, input_shape: tuple[int, ...], batch_size: int, roun
     return {metrics.LATENCY_MS: single_ms, metrics.LATENCY_IQR_MS: single_iqr, metrics.LATENCY_BATCH_MS: batch_ms, metrics.LATENCY_BATCH_IQR_MS: batch_iqr}
 
 
-def shipped_cost(int8_path: Path, input_shape: tuple[int, ...], latency_batch_size: int) -> dict[str, float]:
+def shipped_cost(int8_path: Path, input_shape: ModelInput | tuple[int, ...], latency_batch_size: int) -> dict[str, float]:
     """Cost figures measured on the int8 ONNX file a student ships as, keyed by metric name."""
     return {**file_cost(int8_path), **latency_cost(int8_path, input_shape, latency_batch_size)}

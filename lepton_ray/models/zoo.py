@@ -6,6 +6,8 @@ The factory contract, for ours and for yours (`student.name: "my_models:tiny_cnn
 `options:`, it returns an untrained `torch.nn.Module` mapping a float batch (N, C, H, W) to logits
 (N, num_classes). A class whose `__init__` takes those arguments is a factory too. Nothing is
 downloaded (torchvision models are built with `weights=None`; `options.weights_file` loads local weights).
+On text data (`data/inputs.TokenInput`) `input_shape` is (max_length,), the batch is token ids (N, L) int64,
+and the factory also gets `vocab_size` (`text_transformer`, `bag_of_embeddings` at the end of this file).
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ import torch
 from torch import nn
 
 from lepton_ray.config import ModelSpec
+from lepton_ray.data.inputs import ModelInput, as_model_input
 from lepton_ray.errors import ConfigError
+from lepton_ray.models.text import BagOfEmbeddings, TextTransformer
 from lepton_ray.registry import Registry
 from lepton_ray.user_code import first_line
 
@@ -26,11 +30,14 @@ ModelFactory = Callable[..., nn.Module]
 MODELS: Registry[ModelFactory] = Registry("model", "model name", imported=lambda factory, _name: factory)
 
 
-def build_model(spec: ModelSpec, input_shape: InputShape, num_classes: int, field: str = "student") -> nn.Module:
-    """The spec's model for this data; any failure of the factory is a one-line `ConfigError` naming the field."""
+def build_model(spec: ModelSpec, input_shape: ModelInput | InputShape, num_classes: int, field: str = "student") -> nn.Module:
+    """The spec's model for this data (a plain shape: float input); any failure of the factory is a one-line
+    `ConfigError` naming the field."""
     factory = MODELS.get(spec.name, f"{field}.name")
+    model_input = as_model_input(input_shape)
+    input_shape = model_input.shape
     try:
-        model = factory(tuple(input_shape), num_classes, **spec.options)
+        model = factory(tuple(input_shape), num_classes, **model_input.model_options(), **spec.options)
     except (TypeError, ValueError) as err:
         raise ConfigError(f"{field}.options: {first_line(err)}; check the options of model {spec.name!r}") from None
     except Exception as err:  # a user's factory may raise anything: report it, in one line
@@ -190,3 +197,17 @@ for _name, _builder in {
     "shufflenet_v2": "shufflenet_v2_x1_0",
 }.items():
     MODELS.register(_name)(_torchvision(_builder))
+
+
+def _text_factory(model_class: type[nn.Module]) -> ModelFactory:
+    def factory(input_shape: tuple[int, ...], num_classes: int, vocab_size: int | None = None, **options) -> nn.Module:
+        if vocab_size is None or len(input_shape) != 1:
+            raise ValueError(f"{model_class.__name__} reads token ids, not input {list(input_shape)}; use it on a text data set (reviews, text_csv)")
+        return model_class(input_shape[0], num_classes, vocab_size, **options)
+
+    factory.__doc__ = model_class.__doc__
+    return factory
+
+
+MODELS.register("text_transformer")(_text_factory(TextTransformer))
+MODELS.register("bag_of_embeddings")(_text_factory(BagOfEmbeddings))

@@ -12,6 +12,7 @@ from torch import nn
 from lepton_ray.checkpoints import load_safe
 from lepton_ray.compress.pipeline import Compression
 from lepton_ray.config import ModelSpec, WorkflowConfig
+from lepton_ray.data.inputs import model_input_of
 from lepton_ray.errors import CheckpointError
 from lepton_ray.models.zoo import build_model
 from lepton_ray.trial.sessions import CHECKPOINT_PATH_KEY
@@ -54,7 +55,7 @@ def newest_readable_state(folders: list[Path], warn=print) -> dict[str, Any]:
 def load_student(wf: WorkflowConfig, payload: dict[str, Any]) -> nn.Module:
     """Rebuild a finalized student (compressed structure included) from its saved payload."""
 
-    model = build_model(ModelSpec(name=payload["model"], options=payload["options"]), tuple(payload["input_shape"]), payload["num_classes"])
+    model = build_model(ModelSpec(name=payload["model"], options=payload["options"]), model_input_of(payload), payload["num_classes"])
     model = Compression(wf.compression, wf.training.epochs).rebuild(model, payload["state_dict"])
     model.load_state_dict(payload["state_dict"])
     return model.eval()

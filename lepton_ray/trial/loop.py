@@ -126,7 +126,7 @@ def set_up_student(
     Seeded here, after the teachers are loaded (building a live teacher draws random numbers and a
     cached one does not), so a trial starts from the same student with or without the teacher cache."""
     torch.manual_seed(wf.training.seed)
-    student = build_model(wf.student, data.input_shape, data.num_classes)
+    student = build_model(wf.student, data.model_input, data.num_classes)
     compression = Compression(wf.compression, wf.training.epochs)
     example = next(iterate_batches(data.train, [0, 1], 2, torch.device("cpu"))).images
     student = compression.prepare(student, example).to(memory_format=memory_format(wf.training))
@@ -148,7 +148,7 @@ def _finish(wf: WorkflowConfig, student: nn.Module, compression: Compression, be
     test_accuracy, _ = evaluate(final, data.test, wf.training.batch_size, device)  # the student as saved and shipped
     final = final.cpu()
     bits = wf.compression.quantization.bits or 32
-    estimates = static_cost(final, data.input_shape, bits, wf.compression.quantization.activation_bits if bits < 32 else 32, end_layer_bits(wf))
+    estimates = static_cost(final, data.model_input, bits, wf.compression.quantization.activation_bits if bits < 32 else 32, end_layer_bits(wf))
     measured = _measure_shipped_file(final, data, wf, bits) if world()[0] == 0 else {}
     final_metrics = {metrics.TEST_ACCURACY: test_accuracy, metrics.BEST_VAL_ACCURACY: best["val_accuracy"], metrics.BEST_EPOCH: best["epoch"], **estimates, **measured}
     payload = model_payload(final, wf.student.name, wf.student.options, data, metrics={k: float(v) for k, v in final_metrics.items()}, workflow=wf.to_dict())
@@ -188,8 +188,8 @@ def _measure_shipped_file(final: nn.Module, data: DataSplits, wf: WorkflowConfig
 
     images = calibration_images(data.train, TRIAL_CALIBRATION_SAMPLES, wf.data.seed).cpu()
     with tempfile.TemporaryDirectory(prefix="lepton-shipped-") as folder:
-        int8_path = export_int8(final, data.input_shape, images, weight_bits, Path(folder), artifact_metadata(data.contract, wf.name)).int8
-        measured = shipped_cost(int8_path, data.input_shape, wf.export.latency_batch_size)
+        int8_path = export_int8(final, data.model_input, images, weight_bits, Path(folder), artifact_metadata(data.contract, wf.name)).int8
+        measured = shipped_cost(int8_path, data.model_input, wf.export.latency_batch_size)
         return {**measured, metrics.INT8_VAL_ACCURACY: onnx_accuracy(int8_path, data.val)}
 
 

@@ -18,6 +18,7 @@ import torch
 from lepton_ray.checkpoints import load_safe, save_atomic
 from lepton_ray.config import DataConfig, ModelSpec, TeacherConfig, WorkflowConfig
 from lepton_ray.data.datasets import DataSplits
+from lepton_ray.data.inputs import model_input_of
 from lepton_ray.errors import CheckpointError, ConfigError
 from lepton_ray.distill.losses import DistillationObjective
 from lepton_ray.models.zoo import build_model
@@ -130,7 +131,7 @@ def plain_state_dict(payload: Any) -> dict[str, Any] | None:
 def fit_to_data(payload: dict[str, Any], data: DataSplits) -> dict[str, Any]:
     """A plain state_dict's payload gets the data's input shape and classes; lepton-ray files keep theirs."""
     if payload.get("input_shape") is None:
-        return {**payload, "input_shape": list(data.input_shape), "num_classes": data.num_classes}
+        return {**payload, "input_shape": list(data.input_shape), "model_input": data.model_input.as_dict(), "num_classes": data.num_classes}
     return payload
 
 
@@ -188,10 +189,11 @@ def check_teacher_fits(payload: dict[str, Any], data: DataSplits, field: str) ->
     checked layer by layer so that a mismatch names the layer."""
     payload = fit_to_data(payload, data)
     shape = payload.get("input_shape")
-    if payload.get("num_classes") != data.num_classes or not isinstance(shape, (list, tuple)) or list(shape) != list(data.input_shape):
+    saved_input = payload.get("model_input", {"kind": "float", "shape": shape})
+    if payload.get("num_classes") != data.num_classes or not isinstance(shape, (list, tuple)) or saved_input != data.model_input.as_dict():
         raise CheckpointError(
-            f"{field}.checkpoint: teacher was saved for input {payload.get('input_shape')} with {payload.get('num_classes')} classes, "
-            f"but the data has {list(data.input_shape)} and {data.num_classes}; use a teacher trained on this data"
+            f"{field}.checkpoint: teacher was saved for input {saved_input} with {payload.get('num_classes')} classes, "
+            f"but the data has {data.model_input.as_dict()} and {data.num_classes}; use a teacher trained on this data"
         )
     names, expected = payload.get("class_names"), list(data.contract.class_names)
     if names is not None and list(names) != expected:
@@ -201,7 +203,7 @@ def check_teacher_fits(payload: dict[str, Any], data: DataSplits, field: str) ->
         )
     architecture = f"model {payload.get('model')!r} with options {payload.get('options') or {}}"
     try:
-        model = build_model(ModelSpec(name=payload["model"], options=payload["options"]), tuple(shape), data.num_classes, field=field)
+        model = build_model(ModelSpec(name=payload["model"], options=payload["options"]), model_input_of(payload), data.num_classes, field=field)
     except ConfigError as err:
         raise CheckpointError(f"{field}.checkpoint: the file names {architecture}, which does not build ({err})") from None
     mismatches = weight_mismatches(model.state_dict(), payload["state_dict"])
@@ -236,7 +238,7 @@ def train_teacher(cfg: TeacherConfig, data: DataSplits, seed: int, fingerprint_v
     started = time.perf_counter()
     torch.manual_seed(seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model = build_model(cfg, data.input_shape, data.num_classes, field="teacher").to(device)
+    model = build_model(cfg, data.model_input, data.num_classes, field="teacher").to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
     objective = DistillationObjective.hard_labels_only()
     precision = Precision("fp32", device)

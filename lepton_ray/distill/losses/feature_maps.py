@@ -25,8 +25,8 @@ class HintMSE(DistillationLoss):
     """FitNets (Romero et al., ICLR 2015): mean over elements of (r(s) - t)^2 on one layer pair.
 
     s, t: the outputs of modules `student_layer` and `teacher_layer`. r is a learned adapter, built
-    in `setup` only when the feature sizes differ: a 1x1 conv (4D maps) or a linear layer (2D),
-    student width -> teacher width. The paper's regressor is a conv; we use 1x1 because it adds the
+    in `setup` only when the feature sizes differ: a 1x1 conv (4D maps) or a linear layer (2D vectors, or
+    3D token features (N, L, D) of the same length L: on D), student width -> teacher width. The paper's regressor is a conv; we use 1x1 because it adds the
     fewest parameters. Maps of different spatial size are both adaptive-average-pooled to the
     smaller height and width before the adapter. The paper's 1/2 * squared L2 sum becomes a mean, so
     the weight does not scale with the map size. The adapter trains with the student and is not exported.
@@ -40,15 +40,16 @@ class HintMSE(DistillationLoss):
 
     def setup(self, student_shapes: dict[str, torch.Size], teacher_shapes: dict[str, torch.Size]) -> None:
         student, teacher = student_shapes[self.student_layers[0]], teacher_shapes[self.teacher_layers[0]]
-        if len(student) != len(teacher) or len(student) not in (2, 4):
+        tokens = len(student) == len(teacher) == 3
+        if len(student) != len(teacher) or len(student) not in (2, 3, 4) or (tokens and student[1] != teacher[1]):
             raise ConfigError(
-                f"{self.field}.options: hint needs two 4D maps or two 2D vectors, got student {list(student)} and "
-                f"teacher {list(teacher)}; pick layers of the same kind"
+                f"{self.field}.options: hint needs two 4D maps, two 2D vectors or two 3D token features of the same length, got student "
+                f"{list(student)} and teacher {list(teacher)}; pick layers of the same kind"
             )
         if len(student) == 4:
             self.size = smaller_size(student, teacher)
-        if student[1] != teacher[1]:
-            self.adapter = nn.Conv2d(student[1], teacher[1], 1, bias=False) if len(student) == 4 else nn.Linear(student[1], teacher[1])
+        if student[-1 if tokens else 1] != teacher[-1 if tokens else 1]:
+            self.adapter = nn.Conv2d(student[1], teacher[1], 1, bias=False) if len(student) == 4 else nn.Linear(student[-1], teacher[-1])
 
     def forward(self, inputs: DistillInputs) -> torch.Tensor:
         student = inputs.student_features[self.student_layers[0]]
