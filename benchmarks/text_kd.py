@@ -114,7 +114,7 @@ def figures(payload: dict[str, Any]) -> list[Figure]:
     out += [Figure(NAME, f"{student}: KD - labels only test accuracy (pt)", 100 * (summary[f"{student}, KD"]["test_accuracy"]["mean"] - summary[f"{student}, labels only"]["test_accuracy"]["mean"]))
             for student in STUDENTS]
     trial_gaps = [values["max_abs_trial_minus_int8_val_pt"] for values in summary.values() if "max_abs_trial_minus_int8_val_pt" in values]
-    out.append(Figure(NAME, "max |trial - int8 ORT validation accuracy| over all students (pt)", max(trial_gaps), at_most=1.0))
+    out.append(Figure(NAME, "max abs(trial - int8 ORT validation accuracy) over all students (pt)", max(trial_gaps), at_most=1.0))
     return out
 
 

@@ -1,5 +1,6 @@
-"""Data: the data set registry (`datasets.py`), what a model trained on a set expects and means (`contract.py`),
-and the batching path trials read through (`batches.py`).
+"""Data: the data set registry (`datasets.py`; text sets in `text_sets.py`, their vocabulary in `text.py`), what a
+model trained on a set expects and means (`contract.py`), what one model input is (`inputs.py`: float images or
+int64 token ids), and the batching path trials read through (`batches.py`).
 
 Register a data set with `@DATASETS.register("name")` on a function `DataConfig -> DataSplits`; its
 `DataSplits.contract` says how raw inputs become its tensors and names its classes. Or name your own

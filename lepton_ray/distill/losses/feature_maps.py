@@ -111,7 +111,7 @@ class AttentionTransfer(DistillationLoss):
             if len(student_shapes[student]) != 4 or len(teacher_shapes[teacher]) != 4:
                 raise ConfigError(
                     f"{self.field}.options: attention needs 4D feature maps, got {student!r} {list(student_shapes[student])} "
-                    f"and {teacher!r} {list(teacher_shapes[teacher])}; pick convolutional layers"
+                    f"and {teacher!r} {list(teacher_shapes[teacher])}; pick convolutional layers (for token features (N, L, D) use hint)"
                 )
 
     def forward(self, inputs: DistillInputs) -> torch.Tensor:
