@@ -45,7 +45,7 @@ def text_splits(
     """Seeded stratified train/val (and test, when `test` is None) splits of token ids; the vocabulary comes from the
     training split only. Class names are the training labels as text, sorted."""
     max_words, min_count, max_length = vocabulary_options(opts)
-    texts = ["" if text is None or text != text else str(text) for text in texts]  # NaN: an empty cell
+    texts = _as_texts(texts)
     class_names = sorted({str(label) for label in labels})
     if len(class_names) < 2:
         raise DataError(f"data.options.label_column: {dataset!r} has {len(class_names)} distinct label(s); a classifier needs at least 2")
@@ -63,10 +63,14 @@ def text_splits(
         unknown = sorted({str(label) for label in test[1]} - set(class_names))
         if unknown:
             raise DataError(f"data.options.test_file: test label {unknown[0]!r} never occurs in the training data; use the same classes in both files")
-        test_texts = ["" if text is None or text != text else str(text) for text in test[0]]
-        test_split = (vocabulary.encode(test_texts), torch.tensor([index_of[str(label)] for label in test[1]], dtype=torch.long))
+        test_split = (vocabulary.encode(_as_texts(test[0])), torch.tensor([index_of[str(label)] for label in test[1]], dtype=torch.long))
     contract = TokenContract(dataset, vocabulary, tuple(class_names), raw)
     return assemble_splits(ids, all_labels, train, val, hidden, test_split, contract, normalise=False)
+
+
+def _as_texts(cells: Sequence[Any]) -> list[str]:
+    """Table cells as strings; an empty cell (None, or pandas' NaN, the one value unequal to itself) is an empty text."""
+    return ["" if cell is None or cell != cell else str(cell) for cell in cells]
 
 
 def _refuse_augment(cfg: DataConfig) -> None:
