@@ -72,13 +72,21 @@ def result_path(name: str, quick: bool) -> Path:
     return RESULTS / f"{name}{'.quick' if quick else ''}.json"
 
 
-def measured_commit() -> str:
-    """The commit the figures were measured on, '+dirty' when the working tree had changes to tracked files."""
+def _checked_out_commit() -> str:
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], capture_output=True, text=True, cwd=REPO).stdout.strip()
 
     commit = git("rev-parse", "HEAD") or "unknown"
     return commit + ("+dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
+
+
+_COMMIT_AT_START = _checked_out_commit()
+
+
+def measured_commit() -> str:
+    """The commit the figures were measured on, '+dirty' when the working tree had changes to tracked files.
+    Read when the benchmark started: a run of an hour writes its file after commits made meanwhile."""
+    return _COMMIT_AT_START
 
 
 def write_result(name: str, payload: dict[str, Any], quick: bool) -> dict[str, Any]:

@@ -139,7 +139,7 @@ def estimate_agreement(trials: Any, measured: str) -> dict[str, float]:
 
 
 def run(quick: bool, seeds: list[int], data_root: Path | None) -> dict[str, Any]:
-    commit = measured_commit()  # at the start: the run takes an hour, the tree may move meanwhile
+    commit = measured_commit()
     folder = REPO / "runs" / f"bench-{NAME}{'-quick' if quick else ''}"
     shutil.rmtree(folder, ignore_errors=True)  # the benchmark's own scratch folder: every run measures a fresh sweep
     wf, overrides = bench_workflow(folder, quick, data_root)

@@ -115,7 +115,7 @@ def ask_seconds(study_db: Path, wf, space, repeats: int = 3) -> float:
     import optuna
 
     from lepton_ray.sweep.samplers import make_sampler
-    from lepton_ray.sweep.search import distribution
+    from lepton_ray.sweep.study import distribution
 
     copy = study_db.with_name("ask-copy.db")
     shutil.copy(study_db, copy)
@@ -142,7 +142,7 @@ import json, sys, time
 from contextlib import redirect_stdout
 from io import StringIO
 from lepton_ray.cli import main
-import lepton_ray.sweep.results, lepton_ray.checks, lepton_ray.tracking.leaderboard, mlflow, sklearn  # imports paid before timing
+import lepton_ray.sweep.results, lepton_ray.deploy.pareto, lepton_ray.tracking.leaderboard, mlflow.tracking  # imports paid before timing
 seconds = {}
 for command in ("leaderboard", "select"):
     started = time.perf_counter()
@@ -155,7 +155,7 @@ print(json.dumps(seconds))
 
 def read_times(workflow: Path) -> dict[str, float]:
     """`lepton-ray leaderboard` / `select` as a user runs them (fresh processes), and their work once the imports
-    (torch, mlflow, sklearn: a fixed cost whatever the sweep's size) are paid."""
+    (mlflow, pandas, optuna: a fixed cost whatever the sweep's size) are paid."""
     body = subprocess.run([sys.executable, "-c", BODY_TIMES, str(workflow)], check=True, capture_output=True, text=True).stdout.splitlines()[-1]
     after_imports = json.loads(body)
     return {

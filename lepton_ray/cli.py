@@ -82,12 +82,15 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_select(args: argparse.Namespace) -> int:
-    """The workflow's selection policy over an existing sweep: the front and the pick, nothing written."""
+    """The workflow's selection policy over an existing sweep: the front and the pick, nothing written.
+    It reads MLflow only, so it skips `check_workflow` (data and models: torch, the data set) and
+    checks just what it uses: the policy and its options."""
     from lepton_ray.tracking.leaderboard import format_table
-    from lepton_ray.deploy.pareto import select
+    from lepton_ray.deploy.pareto import POLICIES, parse_options, select
     from lepton_ray.sweep.results import existing_sweep
 
-    wf, _ = load_checked(args)
+    wf = load_workflow_args(args)
+    parse_options(POLICIES.get(wf.selection.policy).options_type, wf.selection.options)
     outcome, _ = existing_sweep(wf)
     print(format_table(outcome.trials, wf.sweep.cost_metric, pareto_only=True))
     print(select(outcome.trials, wf.sweep.cost_metric, outcome.teacher_accuracy, wf.selection, wf.export.tolerance).explanation)

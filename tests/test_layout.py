@@ -223,3 +223,15 @@ def test_lepton_ray_sweep_is_callable_with_the_entry_points_signature_and_still_
     assert callable(lepton_ray.sweep) and inspect.signature(lepton_ray.sweep) == inspect.signature(sweep)
     assert lepton_ray.sweep.run_sweep is run_sweep and importlib.import_module("lepton_ray.sweep") is lepton_ray.sweep
     assert dotted_overrides({"training__epochs": 2, "distillation__losses__0__weight": 0.5}) == {"training.epochs": 2, "distillation.losses.0.weight": 0.5}
+
+
+@pytest.mark.parametrize("command", ["select", "leaderboard"])
+def test_reading_a_sweep_back_loads_neither_torch_nor_ray_tune(command, tmp_path):
+    """`select` and `leaderboard` only read MLflow and the study: on a 400-trial sweep, torch, Ray Tune and
+    scikit-learn were half of `select`'s 23 s (benchmarks/sweep_scale.py). Run here on a folder with no sweep,
+    so each command gets as far as its first read (the study, the experiment) and stops with its one-line error."""
+    args = [command, "workflows/digits_quickstart.yaml", "--set", f"output_dir={tmp_path}", "--set", f"tracking.uri=sqlite:///{tmp_path}/mlflow.db"]
+    code = f"import sys; from lepton_ray.cli import main; code = main({args!r}); print(code, sorted({{'torch', 'ray.tune', 'sklearn', 'onnxruntime'}} & set(sys.modules)))"
+    done = subprocess.run([sys.executable, "-c", code], cwd=PACKAGE.parent, capture_output=True, text=True, check=True)
+    assert done.stderr.startswith("lepton-ray: error: ") and done.stderr.count("\n") == 1, done.stderr
+    assert done.stdout.split(maxsplit=1)[1].strip() == "[]" and done.stdout.split()[0] != "0"

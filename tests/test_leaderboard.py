@@ -86,3 +86,12 @@ def test_leaderboard_flags_override_the_workflows_experiment_and_cost(logged_wor
     assert rows == [["0", "finished", "0.5", "0.1", "0.9", "True"]]
     assert main(["leaderboard", str(path), "--experiment", "missing"]) == 2
     assert "--experiment: no MLflow experiment 'missing'" in capsys.readouterr().err
+
+
+def test_leaderboard_on_a_missing_sqlite_file_says_so_and_creates_nothing(tmp_path, capsys):
+    """MLflow creates an empty database at any SQLite path it is given; a read must not leave one behind."""
+    missing = tmp_path / "typo.db"
+    assert main(["leaderboard", "--tracking-uri", f"sqlite:///{missing}", "--experiment", "x"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith("lepton-ray: error: --tracking-uri: no MLflow database at ") and "typo.db" in err, err
+    assert not missing.exists() and list(tmp_path.iterdir()) == []

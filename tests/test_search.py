@@ -6,7 +6,7 @@ import optuna
 import pytest
 
 from lepton_ray.config import SweepConfig
-from lepton_ray.sweep.search import open_study
+from lepton_ray.sweep.study import open_study
 
 SPACE = {"x": optuna.distributions.FloatDistribution(0.0, 1.0)}
 

@@ -12,7 +12,7 @@ from lepton_ray.cli import main
 from lepton_ray.config import FloatParam, SearchSpace, StopWhen, SweepConfig, load_workflow
 from lepton_ray.errors import ConfigError
 from lepton_ray.sweep.goal import meets
-from lepton_ray.sweep.search import is_history, open_study, own_trials
+from lepton_ray.sweep.study import is_history, open_study, own_trials
 from lepton_ray.sweep.warm_start import read_warm_start
 
 FINAL = {metrics.TEST_ACCURACY: 0.91, metrics.INT8_GZIP_BYTES: 8000.0, metrics.BEST_VAL_ACCURACY: 0.92}

@@ -18,7 +18,7 @@ from mlflow.tracking import MlflowClient
 
 from lepton_ray import metrics
 from lepton_ray.config import load_workflow
-from lepton_ray.sweep.search import NUMBER_KEY
+from lepton_ray.sweep.study import NUMBER_KEY
 from lepton_ray.tracking import write_queue
 from lepton_ray.tracking.tracker import PARENT_TAG, STATUS_TAG, Tracker
 

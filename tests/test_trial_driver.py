@@ -10,7 +10,8 @@ import pytest
 from lepton_ray import metrics
 from lepton_ray.config import SweepConfig, load_workflow
 from lepton_ray.sweep.runner import failure_lines
-from lepton_ray.sweep.search import NUMBER_KEY, StudySearcher, open_study
+from lepton_ray.sweep.search import StudySearcher
+from lepton_ray.sweep.study import NUMBER_KEY, open_study
 from lepton_ray.sweep.trial_driver import trial_driver
 from lepton_ray.trial.trainer import TrialInputs
 

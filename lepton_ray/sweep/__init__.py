@@ -2,16 +2,36 @@
 what `lepton-ray sweep` runs and returns its outcome (`sweep/api.py`, whose docstring gives the arguments).
 
 Inside: Ray Tune runs the trials (`runner.py`, `trial_driver.py`), an Optuna study decides what to try
-(`search.py`), callbacks log to MLflow and print progress, and a finished sweep is read back and published (`results.py`)."""
+(`study.py`, driven through Tune by `search.py`), callbacks log to MLflow and print progress, and a finished
+sweep is read back and published (`results.py`).
 
-import inspect
+`sweep` and `run_sweep` are imported on first use: reading a finished sweep back (`select`, `leaderboard`)
+imports submodules of this package and must not pay for Ray Tune and torch.
+"""
+
 import sys
 import types
-
-from lepton_ray.sweep.api import sweep
-from lepton_ray.sweep.runner import run_sweep
+from typing import Any
 
 __all__ = ["run_sweep", "sweep"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "sweep":
+        from lepton_ray.sweep.api import sweep
+
+        return sweep
+    if name == "run_sweep":
+        from lepton_ray.sweep.runner import run_sweep
+
+        return run_sweep
+    if name == "__signature__":
+        import inspect
+
+        from lepton_ray.sweep.api import sweep
+
+        return inspect.signature(sweep)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class _CallablePackage(types.ModuleType):
@@ -19,8 +39,9 @@ class _CallablePackage(types.ModuleType):
     `lepton_ray.sweep`, so a plain function of that name on `lepton_ray` would be replaced by it."""
 
     def __call__(self, *args, **kwargs):
+        from lepton_ray.sweep.api import sweep
+
         return sweep(*args, **kwargs)
 
 
-__signature__ = inspect.signature(sweep)
 sys.modules[__name__].__class__ = _CallablePackage

@@ -9,7 +9,7 @@ from ray.tune import Callback
 
 from lepton_ray import metrics
 from lepton_ray.config import apply_overrides
-from lepton_ray.sweep.search import NUMBER_KEY
+from lepton_ray.sweep.study import NUMBER_KEY
 from lepton_ray.tracking.tracker import Tracker
 from lepton_ray.trial.files import STUDENT_FILE
 from lepton_ray.trial.sessions import CHECKPOINT_PATH_KEY

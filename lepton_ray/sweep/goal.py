@@ -18,7 +18,7 @@ from ray.tune import Callback, Stopper
 
 from lepton_ray import metrics
 from lepton_ray.config import StopWhen
-from lepton_ray.sweep.search import is_final_result
+from lepton_ray.sweep.study import is_final_result
 
 MET_ATTR = "stop_when_met"
 """Study attribute: the goal that was met and the trial that met it."""

@@ -8,16 +8,16 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from lepton_ray import metrics
 from lepton_ray.config import WorkflowConfig
-from lepton_ray.deploy.publish import ExportResult, select_and_export, student_loader
 from lepton_ray.errors import ConfigError, TrackingError
 from lepton_ray.sweep.paths import SweepPaths, sweep_paths
-from lepton_ray.sweep.search import open_study, sweep_id
+from lepton_ray.sweep.study import open_study, sweep_id
 from lepton_ray.tracking.leaderboard import trials_frame
 from lepton_ray.tracking.tracker import Tracker
 from lepton_ray.tracking.uris import check_reachable, redact, tracking_uri
 
 if TYPE_CHECKING:
     from lepton_ray.data.datasets import DataSplits
+    from lepton_ray.deploy.publish import ExportResult
 
 
 @dataclass
@@ -47,6 +47,8 @@ def existing_sweep(wf: WorkflowConfig) -> tuple[SweepOutcome, Tracker]:
 
 def select_export_publish(wf: WorkflowConfig, outcome: SweepOutcome, data: "DataSplits", tracker: Tracker, log: Callable[[str], None]) -> ExportResult:
     """Pick by the workflow's policy, export to int8, verify in ORT, register; one line per step."""
+    from lepton_ray.deploy.publish import select_and_export, student_loader  # torch, ONNX: not for `select`, which only reads
+
     out_dir = outcome.paths.root / "export"
     result = select_and_export(
         wf, outcome.trials, outcome.teacher_accuracy, student_loader(outcome.paths.trials), data, tracker, outcome.parent_run_id, out_dir

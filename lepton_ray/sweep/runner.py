@@ -20,7 +20,8 @@ from lepton_ray.sweep.progress import EpochLines, SweepProgress
 from lepton_ray.sweep.results import SweepOutcome, select_export_publish
 from lepton_ray.sweep.schedulers import make_scheduler
 from lepton_ray.sweep.goal import GoalStopper, describe, met_before
-from lepton_ray.sweep.search import StudySearcher, finished_count, open_study, own_trials, sweep_id
+from lepton_ray.sweep.search import StudySearcher
+from lepton_ray.sweep.study import finished_count, open_study, own_trials, sweep_id
 from lepton_ray.sweep.warm_start import read_warm_start
 from lepton_ray.sweep.trial_driver import runs_in_process, trial_driver, trial_resources
 from lepton_ray.tracking.leaderboard import format_table, trials_frame

@@ -11,89 +11,15 @@ early by the scheduler are told PRUNED and never enter the front.
 from __future__ import annotations
 
 import contextlib
-import uuid
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 import optuna
 from ray.tune.search import Searcher
 
 from lepton_ray import metrics
 from lepton_ray.checkpoints import is_storage_full
-from lepton_ray.config import CategoricalParam, FloatParam, SearchSpace, SweepConfig
-from lepton_ray.sweep.samplers import make_sampler
-
-SWEEP_ID_ATTR = "sweep_id"
-"""Study attribute naming this sweep: a sweep started again in a deleted folder gets new MLflow runs."""
-NUMBER_KEY = "optuna_number"
-"""Key of the Optuna trial number in every Tune trial config."""
-TUNE_ID_ATTR = "tune_trial_id"
-HISTORY_ATTR = "warm_start"
-"""User attribute of a trial another sweep lent as history (`sweep/warm_start.py`): the folder it came from."""
-
-if TYPE_CHECKING:
-    from lepton_ray.sweep.warm_start import WarmStart
-
-
-def is_history(trial: optuna.trial.FrozenTrial) -> bool:
-    return HISTORY_ATTR in trial.user_attrs
-
-
-def distribution(param) -> optuna.distributions.BaseDistribution:
-    if isinstance(param, FloatParam):
-        return optuna.distributions.FloatDistribution(param.low, param.high, log=param.log)
-    if isinstance(param, CategoricalParam):
-        return optuna.distributions.CategoricalDistribution(param.choices)
-    return optuna.distributions.IntDistribution(param.low, param.high, log=param.log, step=param.step)
-
-
-def is_final_result(result: dict | None) -> bool:
-    """A trial's last report as a finished trial gives it: test accuracy and costs measured, not diverged, no input error."""
-    return bool(result) and metrics.TEST_ACCURACY in result and not result.get(metrics.DIVERGED) and not result.get(metrics.INPUT_ERROR)
-
-
-def constraint_list(constraints: dict[str, float], result: dict | None) -> list[float]:
-    """A trial's constraint values from its final metrics (None: infeasible)."""
-    if not result:
-        return [1.0] * max(len(constraints), 1)
-    return [float(result[name]) - limit for name, limit in constraints.items()] or [0.0]
-
-
-def open_study(storage_dir: Path, cfg: SweepConfig, warm: WarmStart | None = None) -> optuna.Study:
-    """Create the study (queueing a warm start's front, then `baseline_trials`; adding the warm start's
-    history) or load the existing one."""
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage_dir.mkdir(parents=True, exist_ok=True)
-    is_new = not (storage_dir / "study.db").exists()
-    study = optuna.create_study(
-        study_name="sweep",
-        storage=f"sqlite:///{(storage_dir / 'study.db').resolve()}",
-        directions=["maximize", "minimize"],
-        load_if_exists=True,
-    )
-    study.sampler = make_sampler(cfg, len(study.get_trials(deepcopy=False)))
-    if is_new:
-        study.set_user_attr(SWEEP_ID_ATTR, uuid.uuid4().hex[:12])
-        for params in (warm.front if warm else []):
-            study.enqueue_trial(params)
-        for params in cfg.baseline_trials:
-            study.enqueue_trial(params, skip_if_exists=True)
-        study.add_trials(warm.history if warm else [])
-    return study
-
-
-def sweep_id(study: optuna.Study) -> str:
-    """The id `open_study` gave the sweep when it created its study."""
-    return study.user_attrs.get(SWEEP_ID_ATTR, "")
-
-
-def own_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
-    """The sweep's own trials: a warm start's history is only there for the sampler."""
-    return [trial for trial in study.get_trials(deepcopy=False) if not is_history(trial)]
-
-
-def finished_count(study: optuna.Study) -> int:
-    return sum(1 for trial in own_trials(study) if trial.state.is_finished())
+from lepton_ray.config import SearchSpace, SweepConfig
+from lepton_ray.sweep.study import NUMBER_KEY, TUNE_ID_ATTR, constraint_list, distribution, is_final_result
 
 
 class StudySearcher(Searcher):

@@ -9,7 +9,7 @@ from lepton_ray import metrics
 from lepton_ray.checkpoints import is_storage_full
 from lepton_ray.config import WorkflowConfig, apply_overrides, parse_workflow
 from lepton_ray.errors import LeptonError
-from lepton_ray.sweep.search import NUMBER_KEY
+from lepton_ray.sweep.study import NUMBER_KEY
 from lepton_ray.trial.files import finished_trial_metrics, trial_run_name
 from lepton_ray.trial.loop import run_trial
 from lepton_ray.trial.sessions import InProcessSession

@@ -24,7 +24,7 @@ from lepton_ray.config import SearchSpace, SweepConfig
 from lepton_ray.deploy.pareto import pareto_front
 from lepton_ray.errors import ConfigError
 from lepton_ray.sweep.paths import SweepPaths
-from lepton_ray.sweep.search import HISTORY_ATTR, constraint_list, distribution
+from lepton_ray.sweep.study import HISTORY_ATTR, constraint_list, distribution
 from lepton_ray.trial.files import finished_trial_metrics, trial_run_name
 
 FIELD = "sweep.warm_start"

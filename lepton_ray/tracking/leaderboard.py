@@ -32,18 +32,20 @@ def trials_frame(
 ) -> pd.DataFrame:
     """One row per trial run of the sweep: trial number, status, knobs, metrics, error, on_front (given
     `max_int8_drop_points`, only trials whose int8 file holds their accuracy can be on it: `pareto.artifact_holds`)."""
-    import mlflow
-
-    runs = mlflow.search_runs(experiment_ids=[tracker.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}'", max_results=10_000)
-    if runs.empty:
+    runs = tracker.client.search_runs([tracker.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}'", max_results=10_000)
+    if not runs:
         return pd.DataFrame(columns=["trial", "status", "run_id", *METRIC_COLUMNS, "error", "on_front"])
-    table = pd.DataFrame({"trial": runs["tags.optuna_trial"].astype(int), "run_id": runs["run_id"]})
-    table["status"] = runs.get(f"tags.{STATUS_TAG}", pd.Series("running", index=runs.index)).fillna("running")
-    for column in sorted(c for c in runs.columns if c.startswith("tags.knob.")):
-        table[column.removeprefix("tags.knob.")] = runs[column]
-    for name in METRIC_COLUMNS:
-        table[name] = runs.get(f"metrics.{name}", pd.Series(float("nan"), index=runs.index))
-    table["error"] = runs.get(f"tags.{ERROR_TAG}", pd.Series("", index=runs.index)).fillna("")
+    # Built from the run entities, only the columns shown: `mlflow.search_runs` would also turn every
+    # run's ~70 params into DataFrame columns (a tenth of the read on a 400-trial sweep).
+    knob_tags = sorted({name for run in runs for name in run.data.tags if name.startswith("knob.")})
+    table = pd.DataFrame({
+        "trial": [int(run.data.tags["optuna_trial"]) for run in runs],
+        "run_id": [run.info.run_id for run in runs],
+        "status": [run.data.tags.get(STATUS_TAG, "running") for run in runs],
+        **{name.removeprefix("knob."): [run.data.tags.get(name) for run in runs] for name in knob_tags},
+        **{name: [run.data.metrics.get(name, float("nan")) for run in runs] for name in METRIC_COLUMNS},
+        "error": [run.data.tags.get(ERROR_TAG, "") for run in runs],
+    })
     finished = table["status"] == "finished"
     if max_int8_drop_points is not None:
         finished &= artifact_holds(table, max_int8_drop_points)

@@ -55,6 +55,9 @@ class Tracker:
                 os.environ.setdefault(name, value)
         if redact(uri) != uri:  # MLflow prints "View run at <uri with credentials>" on every finished run
             os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+        if not create and uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+            # MLflow would create an empty database there: a mistyped path must not leave a file behind.
+            raise TrackingError(f"--tracking-uri: no MLflow database at {redact(uri)}; point it (or the workflow's tracking.uri) at the sweep's database, or run `lepton-ray sweep` first")
         self.uri = uri
         use_for_mlflow_fluent_api(uri)
         self.client = MlflowClient(tracking_uri=uri)
