@@ -168,6 +168,25 @@ def test_a_text_workflow_refuses_what_does_not_apply_to_token_ids_in_one_line(tm
         check_data_and_models(load_workflow(path))
 
 
+def test_a_text_workflow_takes_hint_between_encoder_layers_and_refuses_attention_in_one_line(tmp_path, write_workflow):
+    from lepton_ray.distill.losses.feature_maps import HintMSE
+    from lepton_ray.trial.loop import build_objective
+
+    raw = yaml.safe_load((REPO / "workflows" / "reviews_text.yaml").read_text())
+    hint = [{"name": "kd"}, {"name": "hint", "weight": 0.5, "options": {"student_layer": "layers.0", "teacher_layer": "layers.0"}}]
+    wider_teacher = {"dim": 32, "layers": 1, "heads": 2, "hidden": 32, "dropout": 0.0}
+    wf = load_workflow(write_workflow(text_workflow(tmp_path, {"distillation.losses": hint, "teacher.options": wider_teacher}), raw=raw))
+    data = check_data_and_models(wf)
+    student, teacher = (build_model(spec, data.model_input, 2) for spec in (wf.student, wf.teacher))
+    objective = build_objective(wf, student, [teacher], data.train.tensors[0][:2])
+    adapter = next(loss for loss in objective.losses if isinstance(loss, HintMSE)).adapter
+    assert isinstance(adapter, torch.nn.Linear) and (adapter.in_features, adapter.out_features) == (16, 32), "student width 16 -> teacher width 32"
+    attention = [{"name": "kd"}, {"name": "attention", "options": {"pairs": ["layers.0:layers.0"]}}]
+    wf = load_workflow(write_workflow(text_workflow(tmp_path, {"distillation.losses": attention}), raw=raw, name="attention.yaml"))
+    with pytest.raises(ConfigError, match=r"^distillation.losses.1.options: attention needs 4D feature maps.*use hint\)$"):
+        check_data_and_models(wf)
+
+
 def test_a_text_model_on_images_and_an_image_model_on_tokens_fail_in_one_line():
     with pytest.raises(ConfigError, match=r"^student.options: BagOfEmbeddings reads token ids, not input \[1, 8, 8\]"):
         build_model(ModelSpec(name="bag_of_embeddings"), (1, 8, 8), 2)
