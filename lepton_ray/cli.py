@@ -88,8 +88,10 @@ def cmd_select(args: argparse.Namespace) -> int:
     from lepton_ray.tracking.leaderboard import format_table
     from lepton_ray.deploy.pareto import POLICIES, parse_options, select
     from lepton_ray.sweep.results import existing_sweep
+    from lepton_ray.user_code import load_user_code
 
     wf = load_workflow_args(args)
+    load_user_code(wf.user_code)  # a `user_code` file may register the policy
     parse_options(POLICIES.get(wf.selection.policy).options_type, wf.selection.options)
     outcome, _ = existing_sweep(wf)
     print(format_table(outcome.trials, wf.sweep.cost_metric, pareto_only=True))

@@ -131,3 +131,18 @@ def test_the_readme_example_validates_as_written(tmp_path, monkeypatch, capsys):
     assert main(["validate", "my_images.yaml"]) == 0
     out = capsys.readouterr().out
     assert "is valid" in out and "30 train / 6 val / 12 test images, 3 classes, input 1x8x8" in out, out
+
+
+def test_select_loads_user_code_so_a_policy_it_registers_is_known(tmp_path):
+    """`select` skips the data and model checks but still imports `user_code` before it looks the policy up."""
+    (tmp_path / "my_policies.py").write_text(
+        "from lepton_ray.deploy.pareto import POLICIES\nPOLICIES.register('my_knee')(POLICIES.get('knee'))\n"
+    )
+    repo = Path(__file__).resolve().parents[1]
+    base = ["select", str(repo / "workflows/digits_quickstart.yaml"), "--set", f"output_dir={tmp_path / 'runs'}",
+            "--set", f"tracking.uri=sqlite:///{tmp_path}/mlflow.db", "--set", "selection.policy=my_knee"]
+    with_code = subprocess.run([sys.executable, "-m", "lepton_ray.cli", *base, "--set", f"user_code=[{tmp_path / 'my_policies.py'}]"],
+                               cwd=tmp_path, capture_output=True, text=True)
+    assert with_code.returncode == 2 and "output_dir: no sweep under" in with_code.stderr, with_code.stderr
+    without = subprocess.run([sys.executable, "-m", "lepton_ray.cli", *base], cwd=tmp_path, capture_output=True, text=True)
+    assert without.returncode == 2 and "selection.policy: unknown selection policy 'my_knee'" in without.stderr, without.stderr
