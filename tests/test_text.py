@@ -155,7 +155,7 @@ def test_the_token_contract_ships_the_vocabulary_and_turns_ids_back_into_words(t
     assert WordVocabulary.from_dict(facts["vocabulary"]) == data.contract.vocabulary
     assert "int64 token ids (N, 16)" in describe(metadata) and "argmax indexes the classes [great, other]" in describe(metadata)
     assert data.contract.to_raw(np.array([[2, UNKNOWN_ID, PAD_ID]])) == [f"{data.contract.vocabulary.words[0]} <unk>"]
-    assert json.loads(data.contract.shipped_files(tmp_path)[0].read_text()) == facts["vocabulary"]
+    assert json.loads(data.contract.write_shipped_files(tmp_path)[0].read_text()) == facts["vocabulary"]
     assert (tmp_path / TOKENIZER_FILE).is_file()
 
 

@@ -92,8 +92,8 @@ class DataContract:
         raw = (np.asarray(model_input, dtype=np.float64) * np.reshape(self.std, shape) + np.reshape(self.mean, shape)) / self.scale
         return raw if self.raw_range is None else np.clip(np.rint(raw), *self.raw_range)
 
-    def shipped_files(self, folder: Path) -> list[Path]:
-        """Files that ship next to the model (none: the metadata says everything)."""
+    def write_shipped_files(self, folder: Path) -> list[Path]:
+        """Write the files that ship next to the model into `folder`; returns their paths (none: the metadata says everything)."""
         return []
 
     def raw_example(self, model_input: np.ndarray) -> list:
@@ -149,8 +149,8 @@ class TokenContract:
     def raw_example(self, model_input: np.ndarray) -> list[str]:
         return self.to_raw(model_input)
 
-    def shipped_files(self, folder: Path) -> list[Path]:
-        """The tokenizer as its own JSON file (`TOKENIZER_FILE`), next to the model in `folder`."""
+    def write_shipped_files(self, folder: Path) -> list[Path]:
+        """Write the tokenizer as its own JSON file (`TOKENIZER_FILE`) next to the model in `folder`; returns its path."""
         path = Path(folder) / TOKENIZER_FILE
         path.write_text(json.dumps(self.vocabulary.as_dict()) + "\n")
         return [path]

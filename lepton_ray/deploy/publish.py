@@ -164,7 +164,7 @@ def select_and_export(
     metadata = artifact_metadata(data.contract, wf.name, selection.trial, parent_run_id)
     images = calibration_images(data.train, wf.export.calibration_samples, wf.data.seed)
     files = export_int8(student, data.model_input, images, weight_bits, out_dir, metadata)
-    files = replace(files, shipped_with=tuple(data.contract.shipped_files(out_dir)))
+    files = replace(files, shipped_with=tuple(data.contract.write_shipped_files(out_dir)))
     checks = measure_int8(files, data.test, data.model_input, selection.row[ACCURACY], wf.export)
     tracker.log_metrics(parent_run_id, checks.as_metrics())
     published = None
