@@ -224,6 +224,11 @@ class SweepConfig(_Strict):
     )
     seed: int = 0
     constraints: dict[str, float] = Field(default_factory=dict, description="metric -> max value")
+    accuracy_floor: float | None = Field(
+        None, ge=0, le=1, description="the lowest best_val_accuracy you would ship: the searcher counts trials below it as "
+        "infeasible and spends its trials on the front above it (benchmarks/results/search_efficiency.md: the default "
+        "searcher beats random search with a floor, ties it without one)",
+    )
     teacher_cache: bool = Field(True, description="compute teacher outputs once per sweep and share them with all trials")
     teacher_cache_object_store_mb: float = Field(512, ge=0, description="larger caches stay a file on the sweep's storage that workers read")
     teacher_cache_top_k: int | None = Field(

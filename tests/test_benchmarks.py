@@ -115,17 +115,17 @@ def test_stepped_distributions_hold_exactly_the_grid_values():
                 assert held == pytest.approx(values)
 
 
-def test_headline_compares_the_best_searcher_with_random_in_standard_errors():
+def test_headline_compares_the_named_searcher_with_random_in_standard_errors():
     summary = {
         "random": {"hypervolume": {"24": {"mean": 0.6, "se": 0.03}}, "trials_to_90": {"mean": 40.0}},
         "tpe": {"hypervolume": {"24": {"mean": 0.75, "se": 0.04}}, "trials_to_90": {"mean": 30.0}},
         "gp": {"hypervolume": {"24": {"mean": 0.8, "se": 0.04}}, "trials_to_90": {"mean": 16.0}},
     }
-    top = headline(summary, 24)
-    assert top["best"] == "gp"
-    assert top["hypervolume_ratio"] == pytest.approx(0.8 / 0.6)
-    assert top["difference_in_se"] == pytest.approx(0.2 / 0.05)
-    assert top["trials_to_90_ratio"] == pytest.approx(0.4)
+    top = headline(summary, 24, "tpe")
+    assert (top["arm"], top["best"]) == ("tpe", "gp")
+    assert top["hypervolume_ratio"] == pytest.approx(0.75 / 0.6)
+    assert top["difference_in_se"] == pytest.approx(0.15 / 0.05)
+    assert top["trials_to_90_ratio"] == pytest.approx(0.75)
 
 
 def test_training_flops_equal_forward_plus_backward_flops_counted_by_torch():

@@ -5,9 +5,11 @@ from __future__ import annotations
 import optuna
 import pytest
 
+from lepton_ray import metrics
 from lepton_ray.config import SweepConfig
 from lepton_ray.errors import ConfigError
 from lepton_ray.sweep.samplers import DEFAULT_SEARCHER, SAMPLERS, make_sampler
+from lepton_ray.sweep.study import constraint_list
 
 GRID = {
     "student.options.width": [0.25, 0.5, 0.75, 1.0], "compression.channel_pruning.sparsity": [0.0, 0.25, 0.5],
@@ -30,13 +32,16 @@ def objectives(params: dict) -> list[float]:
 
 
 def run_study(cfg: SweepConfig, trials: int) -> list[dict]:
-    """`trials` asked and told with two in flight, as a sweep's two concurrent trials; the params in the order asked."""
+    """`trials` asked and told with two in flight, as a sweep's two concurrent trials, constraints set as `StudySearcher`
+    sets them; the params in the order asked."""
     study = optuna.create_study(directions=["maximize", "minimize"], sampler=make_sampler(cfg))
     running, asked = [], []
     for _ in range(trials):
         if len(running) == 2:
             trial = running.pop(0)
-            study.tell(trial, objectives(trial.params))
+            accuracy, cost = objectives(trial.params)
+            trial.set_user_attr("constraints", constraint_list(cfg, {metrics.BEST_VAL_ACCURACY: accuracy, metrics.INT8_GZIP_BYTES: cost}))
+            study.tell(trial, [accuracy, cost])
         running.append(study.ask(GRID_SPACE))
         asked.append(running[-1].params)
     return asked
@@ -91,3 +96,26 @@ def test_searchers_with_constraints_read_them_from_each_trial(name):
         trial.set_user_attr("constraints", [trial.params["compression.quantization.bits"] - 5.5])
         study.tell(trial, objectives(trial.params))
     assert len(study.trials) == 7
+
+
+def test_the_accuracy_floor_is_a_constraint_after_the_cost_limits():
+    cfg = SweepConfig(constraints={"int8_gzip_bytes": 1000.0}, accuracy_floor=0.8)
+    result = {metrics.BEST_VAL_ACCURACY: 0.75, "int8_gzip_bytes": 900.0}
+    assert constraint_list(cfg, result) == pytest.approx([-100.0, 0.05]), "under the byte limit (feasible), 5 pt below the floor (not)"
+    assert constraint_list(cfg, None) == [1.0, 1.0], "a failed trial is infeasible on every constraint"
+    assert constraint_list(SweepConfig(accuracy_floor=0.7), result) == pytest.approx([-0.05])
+    assert constraint_list(SweepConfig(), result) == [0.0], "no constraints: always feasible"
+
+
+@pytest.mark.parametrize("name", ["gp", "tpe"])
+def test_a_searcher_given_an_accuracy_floor_spends_its_trials_above_it(name):
+    """The floor is what makes the search beat random (`benchmarks/results/search_efficiency.md`): past the random start,
+    the sampler asks mostly for students above the floor instead of the cheap, useless end of the front."""
+    floor = 0.85
+
+    def above(cfg: SweepConfig) -> int:
+        return sum(objectives(params)[0] >= floor for params in run_study(cfg, trials=20)[8:])
+
+    free = [above(SweepConfig(searcher=name, seed=seed, num_samples=20)) for seed in range(3)]
+    floored = [above(SweepConfig(searcher=name, seed=seed, num_samples=20, accuracy_floor=floor)) for seed in range(3)]
+    assert sum(floored) >= 1.5 * sum(free), (free, floored)

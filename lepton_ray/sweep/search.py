@@ -29,7 +29,7 @@ class StudySearcher(Searcher):
         super().__init__()  # no metric: Tune would demand it in every per-epoch report
         self.study = study
         self.cost_metric = cfg.cost_metric
-        self.constraints = dict(cfg.constraints)
+        self.cfg = cfg
         self.distributions = {path: distribution(p) for path, p in (space.params.items() if space else [])}
         running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
         self.interrupted = sorted(running, key=lambda t: t.number)
@@ -91,7 +91,7 @@ class StudySearcher(Searcher):
         return optuna.trial.TrialState.COMPLETE, [float(result[metrics.BEST_VAL_ACCURACY]), float(result[self.cost_metric])]
 
     def constraint_list(self, result: dict | None) -> list[float]:
-        return constraint_list(self.constraints, result)
+        return constraint_list(self.cfg, result)
 
     def _set_attr(self, number: int, key: str, value: Any) -> None:
         """User attrs on a trial known by number (Optuna's public API needs the live Trial object)."""

@@ -44,11 +44,14 @@ def is_final_result(result: dict | None) -> bool:
     return bool(result) and metrics.TEST_ACCURACY in result and not result.get(metrics.DIVERGED) and not result.get(metrics.INPUT_ERROR)
 
 
-def constraint_list(constraints: dict[str, float], result: dict | None) -> list[float]:
-    """A trial's constraint values from its final metrics (None: infeasible)."""
+def constraint_list(cfg: SweepConfig, result: dict | None) -> list[float]:
+    """A trial's constraint values from its final metrics, Optuna's way (<= 0 feasible): each `sweep.constraints`
+    cost over its limit, then `sweep.accuracy_floor` over the trial's best_val_accuracy. None: infeasible."""
+    floor = [] if cfg.accuracy_floor is None else [cfg.accuracy_floor]
     if not result:
-        return [1.0] * max(len(constraints), 1)
-    return [float(result[name]) - limit for name, limit in constraints.items()] or [0.0]
+        return [1.0] * max(len(cfg.constraints) + len(floor), 1)
+    costs = [float(result[name]) - limit for name, limit in cfg.constraints.items()]
+    return costs + [limit - float(result[metrics.BEST_VAL_ACCURACY]) for limit in floor] or [0.0]
 
 
 def open_study(storage_dir: Path, cfg: SweepConfig, warm: WarmStart | None = None) -> optuna.Study:

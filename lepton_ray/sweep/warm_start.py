@@ -100,7 +100,7 @@ def read_warm_start(path: Path, space: SearchSpace | None, cfg: SweepConfig) -> 
         values = [float(final[metrics.BEST_VAL_ACCURACY]), float(final[cfg.cost_metric])]
         history.append(optuna.trial.create_trial(
             params=trial.params, distributions={k: distributions[k] for k in trial.params}, values=values,
-            user_attrs={HISTORY_ATTR: str(folder), "warm_start_trial": trial.number, "constraints": constraint_list(cfg.constraints, final)},
+            user_attrs={HISTORY_ATTR: str(folder), "warm_start_trial": trial.number, "constraints": constraint_list(cfg, final)},
         ))
         points.append((float(final[metrics.TEST_ACCURACY]), values[1]))
     if not history:
