@@ -13,7 +13,7 @@ fp32 student's int8_gzip_bytes (the file an uncompressed float student ships). H
 the grid's own front: the table holds every configuration, so that front is the known one.
 
 Each searcher runs with `sweep.accuracy_floor` at the reference accuracy (the user's "nothing below this ships",
-told to the sampler as an Optuna constraint exactly as a sweep does, `study.constraint_list`); the default searcher
+told to the sampler as an Optuna constraint exactly as a sweep does, `study.set_constraints`); the default searcher
 and tpe also run without it. Random search ignores constraints: one arm.
 
     .venv/bin/python -m benchmarks.search_efficiency [--quick] [--grid FILE]    # writes benchmarks/results/search_efficiency.{json,md}
@@ -41,7 +41,7 @@ from benchmarks.common import REPO, RESULTS, Figure, figures_table, format_table
 from lepton_ray import metrics
 from lepton_ray.config import SweepConfig
 from lepton_ray.sweep.samplers import DEFAULT_SEARCHER, SAMPLERS, make_sampler
-from lepton_ray.sweep.study import constraint_list
+from lepton_ray.sweep.study import set_constraints
 
 NAME = "search_efficiency"
 ACCURACY, COST = metrics.BEST_VAL_ACCURACY, metrics.INT8_GZIP_BYTES
@@ -145,7 +145,7 @@ def replay(table: GridTable, searcher: str, seed: int, trials: int, concurrent: 
     def tell_oldest() -> None:
         trial = running.pop(0)
         outcome = table.outcome(trial.params)
-        trial.set_user_attr("constraints", constraint_list(cfg, dict(zip((ACCURACY, COST), outcome)) if outcome else None))  # as StudySearcher does
+        set_constraints(trial, cfg, dict(zip((ACCURACY, COST), outcome)) if outcome else None)  # as StudySearcher does
         study.tell(trial, list(outcome) if outcome else None, state=optuna.trial.TrialState.COMPLETE if outcome else optuna.trial.TrialState.FAIL)
         told.append(outcome)
 

@@ -17,7 +17,7 @@ from lepton_ray.compress.cost import static_cost
 from lepton_ray.compress.pipeline import Compression
 from lepton_ray.config import CompressionConfig, load_workflow
 from lepton_ray.models.zoo import MODELS
-from lepton_ray.sweep.moasha import MultiObjectiveAsha, ParetoRungs, crowding_distances, nondominated_fronts, pareto_order, rung_milestones
+from lepton_ray.sweep.moasha import MultiObjectiveAsha, ParetoRungs, constrained_order, crowding_distances, nondominated_fronts, pareto_order, rung_milestones
 from lepton_ray.tracking.leaderboard import trials_frame
 from lepton_ray.tracking.tracker import PARENT_TAG, Tracker
 
@@ -51,6 +51,18 @@ def test_a_cheap_student_survives_a_rung_that_accuracy_alone_would_stop_it_at():
     assert rungs.goes_on("tiny", 1, (0.60, 3_000.0)), "4 seen, 2 kept: the front's two ends (ASHA would stop it: 0.60 < 0.85)"
     assert not rungs.goes_on("cheap too", 1, (0.58, 3_500.0)), "5 seen, 2 kept: dominated by tiny"
     assert rungs.goes_on("tiny", 2, (0.1, 1.0)), "judged once per rung: a later report does not judge it again"
+
+
+def test_with_an_accuracy_floor_a_rung_keeps_students_that_may_reach_it_before_cheap_ones_that_never_will():
+    """Constrained domination: points at or above the floor first (Pareto order), then the rest by accuracy."""
+    points = [(0.60, 3_000.0), (0.80, 30_000.0), (0.70, 20_000.0), (0.92, 50_000.0), (0.90, 40_000.0)]
+    assert constrained_order(points, None) == pareto_order(points)
+    assert constrained_order(points, 0.85) == [3, 4, 1, 2, 0]
+    rungs = ParetoRungs([1], 3, accuracy_floor=0.85)  # the arrivals of the test above, which keeps "tiny" without a floor
+    assert rungs.goes_on("big", 1, (0.90, 30_000.0))
+    assert not rungs.goes_on("middling", 1, (0.85, 40_000.0))
+    assert not rungs.goes_on("dominated", 1, (0.55, 50_000.0))
+    assert not rungs.goes_on("tiny", 1, (0.60, 3_000.0)), "4 seen, 2 kept: big and middling, the two at the floor"
 
 
 def test_the_scheduler_stops_at_a_rung_and_never_at_the_final_report():

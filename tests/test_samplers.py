@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import optuna
 import pytest
 
@@ -9,7 +11,7 @@ from lepton_ray import metrics
 from lepton_ray.config import SweepConfig
 from lepton_ray.errors import ConfigError
 from lepton_ray.sweep.samplers import DEFAULT_SEARCHER, SAMPLERS, make_sampler
-from lepton_ray.sweep.study import constraint_list
+from lepton_ray.sweep.study import constraint_values, set_constraints
 
 GRID = {
     "student.options.width": [0.25, 0.5, 0.75, 1.0], "compression.channel_pruning.sparsity": [0.0, 0.25, 0.5],
@@ -40,7 +42,7 @@ def run_study(cfg: SweepConfig, trials: int) -> list[dict]:
         if len(running) == 2:
             trial = running.pop(0)
             accuracy, cost = objectives(trial.params)
-            trial.set_user_attr("constraints", constraint_list(cfg, {metrics.BEST_VAL_ACCURACY: accuracy, metrics.INT8_GZIP_BYTES: cost}))
+            set_constraints(trial, cfg, {metrics.BEST_VAL_ACCURACY: accuracy, metrics.INT8_GZIP_BYTES: cost})
             study.tell(trial, [accuracy, cost])
         running.append(study.ask(GRID_SPACE))
         asked.append(running[-1].params)
@@ -88,23 +90,29 @@ def test_the_workflow_check_refuses_an_unknown_searcher_before_anything_runs():
 
 
 @pytest.mark.parametrize("name", ["tpe", "tpe_liar6", "gp", "nsga2"])
-def test_searchers_with_constraints_read_them_from_each_trial(name):
-    """With `sweep.constraints` the sampler reads each trial's constraint values (the sweep sets them as a user attribute)."""
-    study = optuna.create_study(directions=["maximize", "minimize"], sampler=make_sampler(SweepConfig(searcher=name, seed=0, constraints={"int8_gzip_bytes": 1.0})))
-    for _ in range(7):
-        trial = study.ask(GRID_SPACE)
-        trial.set_user_attr("constraints", [trial.params["compression.quantization.bits"] - 5.5])
-        study.tell(trial, objectives(trial.params))
-    assert len(study.trials) == 7
+def test_constraints_reach_every_searcher_through_the_trial_without_optunas_deprecation_warning(name):
+    """The sweep sets each trial's constraints with `Trial.set_constraint` (Optuna 5), not the deprecated `constraints_func`."""
+    cfg = SweepConfig(searcher=name, seed=0, constraints={"int8_gzip_bytes": 1.0}, accuracy_floor=0.8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        study = optuna.create_study(directions=["maximize", "minimize"], sampler=make_sampler(cfg))
+        for _ in range(7):
+            trial = study.ask(GRID_SPACE)
+            accuracy, cost = objectives(trial.params)
+            set_constraints(trial, cfg, {metrics.BEST_VAL_ACCURACY: accuracy, metrics.INT8_GZIP_BYTES: cost})
+            study.tell(trial, [accuracy, cost])
+    for trial in study.trials:
+        accuracy, cost = trial.values
+        assert trial.constraints == pytest.approx({"int8_gzip_bytes": cost - 1.0, "accuracy_floor": 0.8 - accuracy})
 
 
 def test_the_accuracy_floor_is_a_constraint_after_the_cost_limits():
     cfg = SweepConfig(constraints={"int8_gzip_bytes": 1000.0}, accuracy_floor=0.8)
     result = {metrics.BEST_VAL_ACCURACY: 0.75, "int8_gzip_bytes": 900.0}
-    assert constraint_list(cfg, result) == pytest.approx([-100.0, 0.05]), "under the byte limit (feasible), 5 pt below the floor (not)"
-    assert constraint_list(cfg, None) == [1.0, 1.0], "a failed trial is infeasible on every constraint"
-    assert constraint_list(SweepConfig(accuracy_floor=0.7), result) == pytest.approx([-0.05])
-    assert constraint_list(SweepConfig(), result) == [0.0], "no constraints: always feasible"
+    assert constraint_values(cfg, result) == pytest.approx({"int8_gzip_bytes": -100.0, "accuracy_floor": 0.05}), "under the byte limit, below the floor"
+    assert constraint_values(cfg, None) == {"int8_gzip_bytes": 1.0, "accuracy_floor": 1.0}, "a failed trial is infeasible on every constraint"
+    assert constraint_values(SweepConfig(accuracy_floor=0.7), result) == pytest.approx({"accuracy_floor": -0.05})
+    assert constraint_values(SweepConfig(), result) == {}, "no constraints: the sampler sees an unconstrained study"
 
 
 @pytest.mark.parametrize("name", ["gp", "tpe"])

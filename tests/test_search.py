@@ -105,3 +105,21 @@ def test_a_trial_stopped_early_by_the_scheduler_is_pruned_and_never_completes(tm
     assert [t.state.name for t in study.trials] == ["PRUNED", "COMPLETE"]
     assert study.trials[1].values == [0.91, 4000.0]
     assert [t.number for t in study.best_trials] == [1]
+
+
+def test_the_searcher_tells_each_finished_trial_with_its_constraints_as_the_study_file_keeps_them(tmp_path):
+    """`sweep.constraints` and `sweep.accuracy_floor` land on the trial in the study file, where every sampler reads them
+    (a resumed sweep's sampler too)."""
+    from lepton_ray import metrics
+    from lepton_ray.config import FloatParam, SearchSpace
+    from lepton_ray.sweep.search import StudySearcher
+
+    cfg = SweepConfig(seed=0, constraints={metrics.INT8_GZIP_BYTES: 5000.0}, accuracy_floor=0.9)
+    space = SearchSpace(params={"distillation.alpha": FloatParam(type="float", low=0.1, high=0.9)})
+    searcher = StudySearcher(open_study(tmp_path, cfg), space, cfg)
+    for name, accuracy in (("below", 0.85), ("above", 0.95)):
+        searcher.suggest(name)
+        searcher.on_trial_complete(name, {metrics.TEST_ACCURACY: accuracy, metrics.BEST_VAL_ACCURACY: accuracy, metrics.INT8_GZIP_BYTES: 4000.0})
+    reopened = open_study(tmp_path, cfg)
+    assert [t.constraints for t in reopened.trials] == [
+        pytest.approx({metrics.INT8_GZIP_BYTES: -1000.0, "accuracy_floor": 0.05}), pytest.approx({metrics.INT8_GZIP_BYTES: -1000.0, "accuracy_floor": -0.05})]

@@ -66,7 +66,8 @@ def test_a_warm_started_sweep_tries_the_other_front_first_and_stops_at_its_goal(
     _, a_trials, _ = _study(a_folder)
     front = read_warm_start(a_folder, search_space_for(wf_a), wf_a.sweep).front
 
-    goal = {"sweep.warm_start": str(a_folder), "sweep.stop_when": {"min_accuracy": 0.0}, "sweep.num_samples": 4, "output_dir": str(tmp_path / "b-runs")}
+    goal = {"sweep.warm_start": str(a_folder), "sweep.stop_when": {"min_accuracy": 0.0}, "sweep.num_samples": 4, "output_dir": str(tmp_path / "b-runs"),
+            "sweep.accuracy_floor": 0.5}
     second = write_workflow({**tiny, **goal}, name="b.yaml")
     capsys.readouterr()
     assert main(["sweep", str(second), "--no-export"]) == 0
@@ -79,6 +80,8 @@ def test_a_warm_started_sweep_tries_the_other_front_first_and_stops_at_its_goal(
     assert [t.state.name for t in finished] == ["COMPLETE"] and finished[0].params == front[0]
     assert [t.system_attrs["fixed_params"] for t in own if t.state.name == "WAITING"] == front[1:], "the rest of the front stays queued, run only if the goal is dropped"
     assert sorted(t.params.items() for t in history) == sorted(t.params.items() for t in a_trials if t.state.name == "COMPLETE")
+    for trial in [*history, *finished]:  # B's accuracy floor applies to A's trials too, so the sampler learns where B's floor lies
+        assert trial.constraints == pytest.approx({"accuracy_floor": 0.5 - trial.values[0]})
     assert main(["leaderboard", str(second)]) == 0
     assert [line.split()[0] for line in capsys.readouterr().out.splitlines() if line.split()[:1] and line.split()[0].isdigit()] == ["0"]
 

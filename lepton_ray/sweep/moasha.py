@@ -7,7 +7,9 @@ Here, as in MO-ASHA (Schmucker et al. 2021, syne-tune's `MOASHA`), a trial reach
 ceil(n / eta) of them in NSGA-II order: non-dominated front first, then crowding distance. The cost at a
 rung is `planned_size_bytes` (the packed size of the student the trial will finish with, known from its
 first epoch), because the measured cost of the int8 file exists only at the end. A stopped trial is told
-to Optuna as PRUNED (`sweep/search.py`) and never reaches the front.
+to Optuna as PRUNED (`sweep/search.py`) and never reaches the front. With `sweep.accuracy_floor`, the order
+is NSGA-II's constrained one: points at or above the floor first (in Pareto order), then the rest by accuracy,
+so a rung keeps the students that may still reach the floor rather than the cheap ones that never will.
 
 The rule (`ParetoRungs`) has no Ray in it, so `benchmarks/multi_fidelity.py` replays it on a measured grid.
 """
@@ -62,6 +64,16 @@ def pareto_order(points: Sequence[Point]) -> list[int]:
     return order
 
 
+def constrained_order(points: Sequence[Point], floor: float | None) -> list[int]:
+    """`pareto_order` with an accuracy floor as the constraint (Deb's constrained domination): the points at or above
+    it in Pareto order, then those below it, least short of it first."""
+    if floor is None:
+        return pareto_order(points)
+    feasible = [i for i, point in enumerate(points) if point[0] >= floor]
+    short = sorted((i for i, point in enumerate(points) if point[0] < floor), key=lambda i: (-points[i][0], i))
+    return [feasible[k] for k in pareto_order([points[i] for i in feasible])] + short
+
+
 def rung_milestones(grace_period: int, max_t: int, reduction_factor: int) -> list[int]:
     """Epochs at which trials are compared: grace, grace * eta, ... while below `max_t` (the last epoch finishes anyway)."""
     milestones, milestone = [], grace_period
@@ -74,8 +86,9 @@ def rung_milestones(grace_period: int, max_t: int, reduction_factor: int) -> lis
 class ParetoRungs:
     """The promotion rule, without Tune: one record of points per rung, filled as trials arrive (asynchronously)."""
 
-    def __init__(self, milestones: Sequence[int], reduction_factor: int) -> None:
+    def __init__(self, milestones: Sequence[int], reduction_factor: int, accuracy_floor: float | None = None) -> None:
         self.reduction_factor = reduction_factor
+        self.accuracy_floor = accuracy_floor
         self.recorded: dict[int, dict[str, Point]] = {milestone: {} for milestone in milestones}
 
     def goes_on(self, trial_id: str, time: int, point: Point) -> bool:
@@ -85,7 +98,7 @@ class ParetoRungs:
                 continue
             recorded[trial_id] = point
             ids = list(recorded)
-            kept = pareto_order([recorded[i] for i in ids])[: math.ceil(len(ids) / self.reduction_factor)]
+            kept = constrained_order([recorded[i] for i in ids], self.accuracy_floor)[: math.ceil(len(ids) / self.reduction_factor)]
             if ids.index(trial_id) not in kept:
                 return False
         return True
@@ -95,10 +108,10 @@ class MultiObjectiveAsha(FIFOScheduler):
     """Ray Tune scheduler over `ParetoRungs`: STOP for a trial that is not among the best 1/eta at its rung."""
 
     def __init__(self, max_t: int, grace_period: int, reduction_factor: int = 3, time_attr: str = metrics.EPOCH,
-                 accuracy: str = metrics.VAL_ACCURACY, cost: str = metrics.PLANNED_SIZE_BYTES) -> None:
+                 accuracy: str = metrics.VAL_ACCURACY, cost: str = metrics.PLANNED_SIZE_BYTES, accuracy_floor: float | None = None) -> None:
         super().__init__()
         self.time_attr, self.accuracy, self.cost = time_attr, accuracy, cost
-        self.rungs = ParetoRungs(rung_milestones(grace_period, max_t, reduction_factor), reduction_factor)
+        self.rungs = ParetoRungs(rung_milestones(grace_period, max_t, reduction_factor), reduction_factor, accuracy_floor)
         self.stopped = 0
 
     def set_search_properties(self, metric: str | None, mode: str | None, **spec: Any) -> bool:

@@ -29,16 +29,6 @@ NSGA2_POPULATION = 8
 """NSGA-II generation size: 1-3 generations at these budgets (Optuna's default of 50 would stay random)."""
 
 
-def constraint_values(trial: optuna.trial.FrozenTrial) -> list[float]:
-    """Optuna's contract: each value <= 0 means feasible."""
-    return trial.user_attrs.get("constraints", [1.0])
-
-
-def _constraints(cfg: SweepConfig) -> Callable[[optuna.trial.FrozenTrial], list[float]] | None:
-    """`sweep.constraints` and `sweep.accuracy_floor` reach the sampler as Optuna constraints (`study.constraint_list`)."""
-    return constraint_values if cfg.constraints or cfg.accuracy_floor is not None else None
-
-
 def make_sampler(cfg: SweepConfig, trials_so_far: int = 0) -> optuna.samplers.BaseSampler:
     """Seeded by `sweep.seed` plus the trials the study already holds: a resumed sweep continues the
     sequence instead of replaying the first suggestions (which would re-run configurations)."""
@@ -51,7 +41,7 @@ def tpe(seed: int, cfg: SweepConfig) -> optuna.samplers.BaseSampler:
 
     Optuna 5's default constant liar is on here too: it differs from `tpe_liar*` in its startup rule (and `group`)."""
     startup = min(10, max(3, cfg.num_samples // 3))
-    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup, multivariate=True, constraints_func=_constraints(cfg))
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup, multivariate=True)
 
 
 def _tpe_liar(startup: int) -> SamplerFactory:
@@ -59,7 +49,7 @@ def _tpe_liar(startup: int) -> SamplerFactory:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # `group`: chosen knowingly, not news in every sweep's log
             return optuna.samplers.TPESampler(
-                seed=seed, n_startup_trials=startup, multivariate=True, group=True, constant_liar=True, constraints_func=_constraints(cfg),
+                seed=seed, n_startup_trials=startup, multivariate=True, group=True, constant_liar=True,
             )
 
     factory.__doc__ = (f"Multivariate, grouped TPE with the constant liar (running trials count as bad) after {startup} random trials, "
@@ -74,13 +64,13 @@ for _startup in (4, 6):
 @SAMPLERS.register("gp")
 def gp(seed: int, cfg: SweepConfig) -> optuna.samplers.BaseSampler:
     """Gaussian-process Bayesian optimisation, log expected hypervolume improvement, after 5 random trials."""
-    return optuna.samplers.GPSampler(seed=seed, n_startup_trials=GP_STARTUP_TRIALS, constraints_func=_constraints(cfg))
+    return optuna.samplers.GPSampler(seed=seed, n_startup_trials=GP_STARTUP_TRIALS)
 
 
 @SAMPLERS.register("nsga2")
 def nsga2(seed: int, cfg: SweepConfig) -> optuna.samplers.BaseSampler:
     """NSGA-II (Deb et al. 2002), a genetic algorithm, in generations of 8 trials."""
-    return optuna.samplers.NSGAIISampler(seed=seed, population_size=NSGA2_POPULATION, constraints_func=_constraints(cfg))
+    return optuna.samplers.NSGAIISampler(seed=seed, population_size=NSGA2_POPULATION)
 
 
 @SAMPLERS.register("random")

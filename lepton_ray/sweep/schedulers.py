@@ -33,7 +33,10 @@ SCHEDULERS: dict[str, Callable[[WorkflowConfig], TrialScheduler]] = {
         time_attr=metrics.EPOCH, metric=metrics.VAL_ACCURACY, mode="max", max_t=wf.training.epochs,
         grace_period=grace_period(wf.training.epochs),
     ),
-    "moasha": lambda wf: MultiObjectiveAsha(max_t=wf.training.epochs, grace_period=grace_period(wf.training.epochs), reduction_factor=MOASHA_REDUCTION_FACTOR),
+    "moasha": lambda wf: MultiObjectiveAsha(
+        max_t=wf.training.epochs, grace_period=grace_period(wf.training.epochs), reduction_factor=MOASHA_REDUCTION_FACTOR,
+        accuracy_floor=wf.sweep.accuracy_floor,
+    ),
 }
 """Name (the values `sweep.scheduler` accepts) -> the scheduler for a workflow."""
 

@@ -19,7 +19,7 @@ from ray.tune.search import Searcher
 from lepton_ray import metrics
 from lepton_ray.checkpoints import is_storage_full
 from lepton_ray.config import SearchSpace, SweepConfig
-from lepton_ray.sweep.study import NUMBER_KEY, TUNE_ID_ATTR, constraint_list, distribution, is_final_result
+from lepton_ray.sweep.study import NUMBER_KEY, TUNE_ID_ATTR, distribution, is_final_result, set_constraints
 
 
 class StudySearcher(Searcher):
@@ -69,7 +69,7 @@ class StudySearcher(Searcher):
             return
         state, values = self.outcome(result, error)
         with self._unless_storage_full():  # not told: the trial stays RUNNING and --resume reports it from its checkpoint
-            self._set_attr(number, "constraints", self.constraint_list(result if values else None))
+            set_constraints(self._trial(number), self.cfg, result if values else None)
             self.study.tell(number, values, state=state, skip_if_finished=True)
 
     @contextlib.contextmanager
@@ -90,13 +90,12 @@ class StudySearcher(Searcher):
             return optuna.trial.TrialState.PRUNED, None
         return optuna.trial.TrialState.COMPLETE, [float(result[metrics.BEST_VAL_ACCURACY]), float(result[self.cost_metric])]
 
-    def constraint_list(self, result: dict | None) -> list[float]:
-        return constraint_list(self.cfg, result)
+    def _trial(self, number: int) -> optuna.trial.Trial:
+        """The live trial of this number (Tune hands the searcher trial ids, the study knows numbers)."""
+        return optuna.trial.Trial(self.study, self.study._storage.get_trial_id_from_study_id_trial_number(self.study._study_id, number))
 
     def _set_attr(self, number: int, key: str, value: Any) -> None:
-        """User attrs on a trial known by number (Optuna's public API needs the live Trial object)."""
-        storage = self.study._storage
-        storage.set_trial_user_attr(storage.get_trial_id_from_study_id_trial_number(self.study._study_id, number), key, value)
+        self._trial(number).set_user_attr(key, value)
 
     def save(self, checkpoint_path: str) -> None:
         """Nothing to save: the study's SQLite file is already the persistent state."""

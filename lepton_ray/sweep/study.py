@@ -44,14 +44,24 @@ def is_final_result(result: dict | None) -> bool:
     return bool(result) and metrics.TEST_ACCURACY in result and not result.get(metrics.DIVERGED) and not result.get(metrics.INPUT_ERROR)
 
 
-def constraint_list(cfg: SweepConfig, result: dict | None) -> list[float]:
-    """A trial's constraint values from its final metrics, Optuna's way (<= 0 feasible): each `sweep.constraints`
-    cost over its limit, then `sweep.accuracy_floor` over the trial's best_val_accuracy. None: infeasible."""
-    floor = [] if cfg.accuracy_floor is None else [cfg.accuracy_floor]
+FLOOR_CONSTRAINT = "accuracy_floor"
+"""The constraint `sweep.accuracy_floor` sets; the others are named by their cost metric."""
+
+
+def constraint_values(cfg: SweepConfig, result: dict | None) -> dict[str, float]:
+    """A trial's constraints from its final metrics, Optuna's way (<= 0: feasible): each `sweep.constraints` cost
+    over its limit, and `sweep.accuracy_floor` over the trial's best_val_accuracy. No result: infeasible on each."""
+    limits = {**cfg.constraints, **({} if cfg.accuracy_floor is None else {FLOOR_CONSTRAINT: cfg.accuracy_floor})}
     if not result:
-        return [1.0] * max(len(cfg.constraints) + len(floor), 1)
-    costs = [float(result[name]) - limit for name, limit in cfg.constraints.items()]
-    return costs + [limit - float(result[metrics.BEST_VAL_ACCURACY]) for limit in floor] or [0.0]
+        return {name: 1.0 for name in limits}
+    return {name: limit - float(result[metrics.BEST_VAL_ACCURACY]) if name == FLOOR_CONSTRAINT else float(result[name]) - limit
+            for name, limit in limits.items()}
+
+
+def set_constraints(trial: optuna.trial.Trial, cfg: SweepConfig, result: dict | None) -> None:
+    """Before the trial is told: every sampler of Optuna 5 reads constraints set this way (`Trial.set_constraint`)."""
+    for name, value in constraint_values(cfg, result).items():
+        trial.set_constraint(name, value)
 
 
 def open_study(storage_dir: Path, cfg: SweepConfig, warm: WarmStart | None = None) -> optuna.Study:

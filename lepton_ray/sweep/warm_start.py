@@ -24,7 +24,7 @@ from lepton_ray.config import SearchSpace, SweepConfig
 from lepton_ray.deploy.pareto import pareto_front
 from lepton_ray.errors import ConfigError
 from lepton_ray.sweep.paths import SweepPaths
-from lepton_ray.sweep.study import HISTORY_ATTR, constraint_list, distribution
+from lepton_ray.sweep.study import HISTORY_ATTR, constraint_values, distribution
 from lepton_ray.trial.files import finished_trial_metrics, trial_run_name
 
 FIELD = "sweep.warm_start"
@@ -100,7 +100,8 @@ def read_warm_start(path: Path, space: SearchSpace | None, cfg: SweepConfig) -> 
         values = [float(final[metrics.BEST_VAL_ACCURACY]), float(final[cfg.cost_metric])]
         history.append(optuna.trial.create_trial(
             params=trial.params, distributions={k: distributions[k] for k in trial.params}, values=values,
-            user_attrs={HISTORY_ATTR: str(folder), "warm_start_trial": trial.number, "constraints": constraint_list(cfg, final)},
+            user_attrs={HISTORY_ATTR: str(folder), "warm_start_trial": trial.number},
+            system_attrs={f"constraints:{name}": value for name, value in constraint_values(cfg, final).items()},  # as Trial.set_constraint writes them
         ))
         points.append((float(final[metrics.TEST_ACCURACY]), values[1]))
     if not history:
