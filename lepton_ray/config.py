@@ -216,7 +216,7 @@ class SweepConfig(_Strict):
         "measured gzip bytes of the trial's int8 file (what shipping it costs; size_bytes is only an estimate)",
     )
     searcher: str = Field(
-        "optuna", description="the Optuna sampler, by name (`lepton-ray list searchers`: tpe, gp, nsga2, random, ...); optuna: the default one"
+        "optuna", description="the Optuna sampler, by name (`lepton-ray list searchers`: gp, tpe, nsga2, random, ...); optuna: the default one (gp)"
     )
     scheduler: Literal["none", "asha", "moasha"] = Field(
         "none", description="early stopping (`sweep/schedulers.py`): asha by validation accuracy alone, moasha by Pareto rank of "

@@ -58,7 +58,7 @@ def test_every_searcher_suggests_grid_values_past_its_random_start_with_trials_r
             assert any(params[path] == pytest.approx(value) for value in values), (path, params[path])
 
 
-@pytest.mark.parametrize("name", ["tpe", "tpe_liar4", "nsga2", "random"])
+@pytest.mark.parametrize("name", ["gp", "tpe", "tpe_liar4", "nsga2", "random"])
 def test_the_same_seed_gives_the_same_suggestions(name):
     cfg = SweepConfig(searcher=name, seed=3, num_samples=12)
     assert run_study(cfg, trials=7) == run_study(cfg, trials=7)

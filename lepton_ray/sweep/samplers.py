@@ -81,5 +81,5 @@ def random_search(seed: int, cfg: SweepConfig) -> optuna.samplers.BaseSampler:
 
 @SAMPLERS.register("optuna")
 def default(seed: int, cfg: SweepConfig) -> optuna.samplers.BaseSampler:
-    """The default searcher (`DEFAULT_SEARCHER`: tpe); the name workflows used before there was a choice."""
+    """The default searcher (`DEFAULT_SEARCHER`: gp); the name workflows used before there was a choice."""
     return SAMPLERS.get(DEFAULT_SEARCHER)(seed, cfg)
