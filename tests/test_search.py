@@ -123,3 +123,20 @@ def test_the_searcher_tells_each_finished_trial_with_its_constraints_as_the_stud
     reopened = open_study(tmp_path, cfg)
     assert [t.constraints for t in reopened.trials] == [
         pytest.approx({metrics.INT8_GZIP_BYTES: -1000.0, "accuracy_floor": 0.05}), pytest.approx({metrics.INT8_GZIP_BYTES: -1000.0, "accuracy_floor": -0.05})]
+
+
+def test_a_sweep_resumed_with_other_constraints_is_refused_in_one_line_before_the_sampler_fails(tmp_path):
+    """Finished trials carry one constraint value per limit the sweep started with; GPSampler raises on a mix
+    ("The number of constraints must be the same for all trials"), so the changed limits are named up front."""
+    from lepton_ray.errors import ConfigError
+
+    from lepton_ray.sweep.study import check_constraints_unchanged
+
+    with_floor = SweepConfig(seed=0, accuracy_floor=0.5)
+    open_study(tmp_path, with_floor)
+    check_constraints_unchanged(open_study(tmp_path, with_floor), with_floor)  # the same limits resume
+    without = SweepConfig(seed=0)
+    with pytest.raises(ConfigError) as caught:
+        check_constraints_unchanged(open_study(tmp_path, without), without)
+    message = str(caught.value)
+    assert message.startswith("sweep.constraints / sweep.accuracy_floor: this sweep started with {'accuracy_floor': 0.5}") and "\n" not in message

@@ -21,7 +21,7 @@ from lepton_ray.sweep.results import SweepOutcome, select_export_publish
 from lepton_ray.sweep.schedulers import make_scheduler
 from lepton_ray.sweep.goal import GoalStopper, describe, met_before
 from lepton_ray.sweep.search import StudySearcher
-from lepton_ray.sweep.study import finished_count, open_study, own_trials, sweep_id
+from lepton_ray.sweep.study import check_constraints_unchanged, finished_count, open_study, own_trials, sweep_id
 from lepton_ray.sweep.warm_start import read_warm_start
 from lepton_ray.sweep.trial_driver import runs_in_process, trial_driver, trial_resources
 from lepton_ray.tracking.leaderboard import format_table, trials_frame
@@ -56,6 +56,7 @@ def run_sweep(
     tracker = Tracker(uri, wf.tracking.experiment)
     warm = read_warm_start(wf.sweep.warm_start, space, wf.sweep) if wf.sweep.warm_start and not paths.study.is_file() else None
     study = open_study(paths.root, wf.sweep, warm)
+    check_constraints_unchanged(study, wf.sweep)
     if warm is not None:
         log(warm.describe())
     sweep_key = paths.key(sweep_id(study))

@@ -13,6 +13,7 @@ import optuna
 
 from lepton_ray import metrics
 from lepton_ray.config import CategoricalParam, FloatParam, SweepConfig
+from lepton_ray.errors import ConfigError
 from lepton_ray.sweep.samplers import make_sampler
 
 SWEEP_ID_ATTR = "sweep_id"
@@ -46,12 +47,20 @@ def is_final_result(result: dict | None) -> bool:
 
 FLOOR_CONSTRAINT = "accuracy_floor"
 """The constraint `sweep.accuracy_floor` sets; the others are named by their cost metric."""
+CONSTRAINTS_ATTR = "constraint_limits"
+"""Study attribute: the limits the sweep started with. Every finished trial carries one value per limit, and
+Optuna's GPSampler refuses trials with different numbers of constraints, so a resume must keep them."""
+
+
+def constraint_limits(cfg: SweepConfig) -> dict[str, float]:
+    """Constraint name -> limit: each `sweep.constraints` cost, then `sweep.accuracy_floor`."""
+    return {**cfg.constraints, **({} if cfg.accuracy_floor is None else {FLOOR_CONSTRAINT: cfg.accuracy_floor})}
 
 
 def constraint_values(cfg: SweepConfig, result: dict | None) -> dict[str, float]:
     """A trial's constraints from its final metrics, Optuna's way (<= 0: feasible): each `sweep.constraints` cost
     over its limit, and `sweep.accuracy_floor` over the trial's best_val_accuracy. No result: infeasible on each."""
-    limits = {**cfg.constraints, **({} if cfg.accuracy_floor is None else {FLOOR_CONSTRAINT: cfg.accuracy_floor})}
+    limits = constraint_limits(cfg)
     if not result:
         return {name: 1.0 for name in limits}
     return {name: limit - float(result[metrics.BEST_VAL_ACCURACY]) if name == FLOOR_CONSTRAINT else float(result[name]) - limit
@@ -79,12 +88,22 @@ def open_study(storage_dir: Path, cfg: SweepConfig, warm: WarmStart | None = Non
     study.sampler = make_sampler(cfg, len(study.get_trials(deepcopy=False)))
     if is_new:
         study.set_user_attr(SWEEP_ID_ATTR, uuid.uuid4().hex[:12])
+        study.set_user_attr(CONSTRAINTS_ATTR, constraint_limits(cfg))
         for params in (warm.front if warm else []):
             study.enqueue_trial(params)
         for params in cfg.baseline_trials:
             study.enqueue_trial(params, skip_if_exists=True)
         study.add_trials(warm.history if warm else [])
     return study
+
+
+def check_constraints_unchanged(study: optuna.Study, cfg: SweepConfig) -> None:
+    """Before a sweep asks for more trials (reading one back needs no check)."""
+    limits = constraint_limits(cfg)
+    started_with = study.user_attrs.get(CONSTRAINTS_ATTR, limits)  # studies from before the attribute: not known, not refused
+    if started_with != limits:
+        raise ConfigError(f"sweep.constraints / sweep.accuracy_floor: this sweep started with {started_with or 'none'}, the workflow now "
+                          f"sets {limits or 'none'}; set them back to resume it, or start a new sweep under another name")
 
 
 def sweep_id(study: optuna.Study) -> str:
