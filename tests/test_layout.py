@@ -216,6 +216,14 @@ def test_importing_lepton_ray_loads_neither_ray_nor_torch():
     assert out.strip() == "[]"
 
 
+def test_a_trial_worker_starts_without_onnx_or_onnx_runtime():
+    """Every DDP worker (and each trial's Tune actor) imports the loop; only rank 0's finish exports and measures
+    the int8 file, so onnx and ORT (~0.7 s of a worker's start on 2 cores) come on that first use."""
+    code = "import sys, lepton_ray.trial.loop, lepton_ray.sweep.trial_driver; print(sorted({m.split('.')[0] for m in sys.modules} & {'onnx', 'onnxruntime', 'onnxscript'}))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=PACKAGE.parent, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
 def test_lepton_ray_sweep_is_callable_with_the_entry_points_signature_and_still_the_sweep_package():
     from lepton_ray.sweep.api import dotted_overrides, sweep
     from lepton_ray.sweep.runner import run_sweep
