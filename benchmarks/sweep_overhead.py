@@ -8,6 +8,8 @@ pure training time), as a sweep of single-worker trials (they train inside Tune'
 and as a sweep of 2-worker DDP trials (a `TorchTrainer` each). Figures: sweep wall time / sum of
 the plain-process trial times, and the fixed overhead per trial in seconds
 ((sweep wall - sum of plain times) / N; the sweep wall includes starting Ray and MLflow).
+The DDP row has no goal here: most of it is `TorchTrainer.fit()`'s own start-up (10-14 s per fit on 2 cores),
+so its goal is set against a bare `fit()` side by side, in `ddp_fixed_cost`.
 """
 
 from __future__ import annotations
@@ -137,7 +139,7 @@ def figures(payload: dict[str, Any]) -> list[Figure]:
     return [
         Figure(NAME, "sweep / plain-process time, single-worker trials", single["ratio"], at_most=1.3),
         Figure(NAME, "fixed overhead per single-worker trial (s)", single["fixed_overhead_per_trial_s"], at_most=5.0),
-        Figure(NAME, f"fixed overhead per {ddp['workers_per_trial']}-worker DDP trial (s)", ddp["overhead_per_trial_beyond_own_compute_s"], at_most=5.0),
+        Figure(NAME, f"overhead per {ddp['workers_per_trial']}-worker DDP trial beyond its own compute (s; Ray Train's fit() floor included)", ddp["overhead_per_trial_beyond_own_compute_s"]),
     ]
 
 
