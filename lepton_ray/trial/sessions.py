@@ -1,7 +1,7 @@
 """Where the one trial loop runs: a Ray Train DDP worker, or in-process for single-worker trials.
 
-A Ray Train V2 trial pays a fixed ~11 s on 2 cores (`benchmarks/results/sweep_overhead.json`) to
-start a controller and worker processes (each importing torch), for a few seconds of compute on digits. A trial that asks for one
+A Ray Train V2 trial pays a fixed ~13 s on 2 cores (`benchmarks/results/ddp_fixed_cost.json`; 10 s of it
+a bare `TorchTrainer.fit()` starting a controller and worker processes), for a few seconds of compute on digits. A trial that asks for one
 worker gains nothing from a process group, so it runs the same loop inside Tune's trial actor
 (`InProcessSession`): same reports, same checkpoint files under the same run folder (so
 `--resume` and failure restarts work the same way), no extra processes. Trials with several
