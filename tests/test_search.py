@@ -140,3 +140,21 @@ def test_a_sweep_resumed_with_other_constraints_is_refused_in_one_line_before_th
         check_constraints_unchanged(open_study(tmp_path, without), without)
     message = str(caught.value)
     assert message.startswith("sweep.constraints / sweep.accuracy_floor: this sweep started with {'accuracy_floor': 0.5}") and "\n" not in message
+
+
+def test_run_sweep_refuses_a_resume_with_other_constraints_before_it_loads_data_or_teachers(tmp_path, monkeypatch):
+    """The resume is refused where `--resume` is checked: not after the data, a teacher (maybe trained first) and MLflow."""
+    from conftest import QUICKSTART
+
+    from lepton_ray.checks import check_workflow
+    from lepton_ray.config import load_workflow
+    from lepton_ray.errors import ConfigError
+    from lepton_ray.sweep import runner
+    from lepton_ray.sweep.paths import sweep_paths
+
+    started = load_workflow(QUICKSTART, {"output_dir": str(tmp_path), "tracking.uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "sweep.accuracy_floor": 0.5})
+    open_study(sweep_paths(started, single=False).root, started.sweep)
+    resumed = load_workflow(QUICKSTART, {"output_dir": str(tmp_path), "tracking.uri": f"sqlite:///{tmp_path / 'mlflow.db'}"})
+    monkeypatch.setattr(runner, "build_data", lambda *_: pytest.fail("data loaded before the resume was refused"))
+    with pytest.raises(ConfigError, match=r"^sweep.constraints / sweep.accuracy_floor: this sweep started with \{'accuracy_floor': 0.5\}"):
+        runner.run_sweep(resumed, check_workflow(resumed), resume=True)

@@ -48,6 +48,8 @@ def run_sweep(
 
     paths = sweep_paths(wf, single=space is None)
     check_storage(paths, resume)
+    if resume:  # a config error: refused before data, teachers (maybe trained) and MLflow
+        check_constraints_unchanged(open_study(paths.root, wf.sweep), wf.sweep)
     uri = tracking_uri(wf.tracking.uri)
     check_reachable(uri)
     data = build_data(wf.data)
@@ -56,7 +58,6 @@ def run_sweep(
     tracker = Tracker(uri, wf.tracking.experiment)
     warm = read_warm_start(wf.sweep.warm_start, space, wf.sweep) if wf.sweep.warm_start and not paths.study.is_file() else None
     study = open_study(paths.root, wf.sweep, warm)
-    check_constraints_unchanged(study, wf.sweep)
     if warm is not None:
         log(warm.describe())
     sweep_key = paths.key(sweep_id(study))
