@@ -47,17 +47,19 @@ def load_checked(args: argparse.Namespace):
 def cmd_validate(args: argparse.Namespace) -> int:
     from lepton_ray.checks import check_workflow, local_cluster_size
     from lepton_ray.cluster.ray_runtime import cluster_address
-    from lepton_ray.sweep.checks import check_sweep
+    from lepton_ray.sweep.checks import check_sweep, selection_noise_warning, teacher_val_accuracy
 
     wf = load_workflow_args(args)
-    summaries: list[str] = []
+    splits: list = []
     # Sized to this machine unless RAY_ADDRESS names a cluster to join (Ray checks resources there).
-    space = check_workflow(wf, None if cluster_address() else local_cluster_size(), on_data=lambda data: summaries.append(data.summary()))
+    space = check_workflow(wf, None if cluster_address() else local_cluster_size(), on_data=splits.append)
     check_sweep(wf, space)
     resolved = {"workflow": wf.to_dict(), "search_space": space.model_dump(mode="json") if space else None}
     print(yaml.safe_dump(resolved, sort_keys=False))
     print(f"ok: {args.workflow} is valid")
-    print(f"data: {wf.data.name}, {summaries[0]}")
+    print(f"data: {wf.data.name}, {splits[0].summary()}")
+    for line in filter(None, [selection_noise_warning(wf, len(splits[0].val), teacher_val_accuracy(wf))]):
+        print(line)
     return 0
 
 
@@ -95,7 +97,7 @@ def cmd_select(args: argparse.Namespace) -> int:
     parse_options(POLICIES.get(wf.selection.policy).options_type, wf.selection.options)
     outcome, _ = existing_sweep(wf)
     print(format_table(outcome.trials, wf.sweep.cost_metric, pareto_only=True))
-    print(select(outcome.trials, wf.sweep.cost_metric, outcome.teacher_accuracy, wf.selection, wf.export.tolerance).explanation)
+    print(select(outcome.trials, wf.sweep.cost_metric, outcome.teacher_accuracy, wf.selection, wf.export.tolerance, outcome.val_samples).explanation)
     return 0
 
 

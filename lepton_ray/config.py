@@ -198,7 +198,7 @@ class TrackingConfig(_Strict):
 class StopWhen(_Strict):
     """The sweep's goal: it ends as soon as a finished trial meets every bound given (`sweep/goal.py`)."""
 
-    min_accuracy: float | None = Field(None, ge=0, le=1, description="test accuracy at least this")
+    min_accuracy: float | None = Field(None, ge=0, le=1, description="int8_val_accuracy at least this (the int8 file's validation accuracy; never test)")
     max_cost: float | None = Field(None, gt=0, description="sweep.cost_metric at most this (e.g. bytes of the gzipped int8 file)")
 
     @model_validator(mode="after")
@@ -245,9 +245,19 @@ class SweepConfig(_Strict):
     )
 
 
+class DistillationControlConfig(_Strict):
+    """After selection, the pick's own configuration trained again without the teacher (`sweep/control.py`)."""
+
+    enabled: bool = Field(True, description="train the labels-only control and report what distillation bought (one trial per seed)")
+    seeds: int = Field(1, ge=1, le=10, description=(
+        "seeds of the comparison: the pick's own training.seed, then the next ones; each seed past the first also retrains the pick "
+        "with its teacher, so the gain is a mean of paired differences"))
+
+
 class SelectionConfig(_Strict):
     policy: str = "knee"
     options: Options = Field(default_factory=dict)
+    distillation_control: DistillationControlConfig = DistillationControlConfig()
 
 
 class ExportConfig(_Strict):

@@ -82,5 +82,17 @@ MEASURED_COSTS = (INT8_GZIP_BYTES, INT8_FILE_BYTES, LATENCY_MS, LATENCY_BATCH_MS
 COST_METRICS = (*MEASURED_COSTS, SIZE_BYTES, MACS, BOPS, PARAMS)
 """Figures a workflow may name as the cost to minimise or constrain."""
 
-ACCURACY_METRIC = TEST_ACCURACY
-"""The accuracy the Pareto front and the selector rank by."""
+SELECTION_ACCURACY = INT8_VAL_ACCURACY
+"""The accuracy every decision after a trial ranks by: the front, the selection policies, `sweep.stop_when`, the
+leaderboard's `on_front`, the plot, the report and a warm start's front. Validation, never test: a pick made on the
+test split follows its noise and reports a figure biased upwards. The int8 file's own accuracy, because that file is
+what ships (its drop from the trial's is bounded by `export.tolerance`). The sampler, `sweep.accuracy_floor` and the
+schedulers' rungs see `best_val_accuracy` / `val_accuracy` instead: the PyTorch student's, known at every epoch,
+while the int8 file exists only once a trial ends. Test accuracy is measured for every trial and reported, the
+pick's as the estimate of what ships; nothing reads it to decide."""
+VAL_SAMPLES = "val_samples"
+TEST_SAMPLES = "test_samples"
+"""On the sweep run: images (or texts) in the validation and test splits, which set how finely accuracies can be told apart."""
+KD_GAIN_POINTS = "kd_gain_points"
+"""On the sweep run: the pick's test accuracy minus its labels-only control's, mean over the control's seeds, in points
+(`sweep/control.py`)."""

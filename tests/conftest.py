@@ -50,6 +50,7 @@ def write_workflow(tmp_path: Path) -> Callable[..., Path]:
             "tracking.uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
             "sweep.space": str(REPO / "search_spaces" / "quickstart.yaml"),
             "teacher.checkpoint": str(tmp_path / "teacher.pt"),
+            "selection.distillation_control.enabled": False,  # one more trial per export; tests/test_selection.py turns it on
         }
         content = apply_overrides(base, {**(defaults if raw is None else {}), **(overrides or {})})
         path = tmp_path / name

@@ -14,10 +14,11 @@ from lepton_ray.tracking.tracker import Tracker
 from conftest import QUICKSTART
 
 KNOB = "compression.pruning.sparsity"
-TRIALS = [  # (test accuracy, int8 gzip bytes, sparsity knob, status)
-    (0.90, 3000.0, "0.5", "FINISHED"),
-    (0.95, 5000.0, "0.1", "FINISHED"),
-    (None, None, "0.3", "FAILED"),
+TRIALS = [  # (int8 val accuracy, test accuracy, int8 gzip bytes, sparsity knob, status): validation and test rank them apart
+    (0.90, 0.97, 3000.0, "0.5", "FINISHED"),
+    (0.95, 0.91, 5000.0, "0.1", "FINISHED"),
+    (None, None, None, "0.3", "FAILED"),
+    (0.93, 0.99, 6000.0, "0.2", "FINISHED"),  # dominated on validation by trial 1; the best on test
 ]
 
 
@@ -25,10 +26,10 @@ def log_sweep(uri: str, experiment: str, trials: list[tuple]) -> str:
     """A parent sweep run and one child run per trial, with the tags and metrics `MlflowTrialLogger` writes."""
     tracker = Tracker(uri, experiment)
     parent = tracker.start_run("sweep-key", "sweep", {}, {"lepton.kind": "sweep"})
-    for number, (accuracy, gzip_bytes, sparsity, status) in enumerate(trials):
+    for number, (accuracy, test_accuracy, gzip_bytes, sparsity, status) in enumerate(trials):
         run_id = tracker.start_run(f"sweep-key/trial-{number:04d}", f"trial-{number:04d}", {}, {"optuna_trial": str(number), f"knob.{KNOB}": sparsity}, parent_run_id=parent)
         if accuracy is not None:
-            tracker.log_metrics(run_id, {metrics.TEST_ACCURACY: accuracy, metrics.INT8_GZIP_BYTES: gzip_bytes, metrics.LATENCY_MS: 0.1, metrics.SIZE_BYTES: gzip_bytes / 2})
+            tracker.log_metrics(run_id, {metrics.INT8_VAL_ACCURACY: accuracy, metrics.BEST_VAL_ACCURACY: accuracy, metrics.TEST_ACCURACY: test_accuracy, metrics.INT8_GZIP_BYTES: gzip_bytes, metrics.LATENCY_MS: 0.1, metrics.SIZE_BYTES: gzip_bytes / 2})
         tracker.finish(run_id, status, error="ValueError: boom" if status == "FAILED" else None)
     tracker.finish(parent)
     return parent
@@ -54,15 +55,19 @@ def test_leaderboard_of_a_workflow_reads_its_tracking_store_and_shows_the_key_co
     path, wf = logged_workflow
     assert main(["leaderboard", str(path)]) == 0
     header, *rows = table_rows(capsys.readouterr().out)
-    assert header == ["trial", "status", metrics.TEST_ACCURACY, wf.sweep.cost_metric, KNOB, "on_front"]
-    assert [row[:2] for row in rows] == [["0", "finished"], ["1", "finished"], ["2", "failed"]]
+    assert header == ["trial", "status", metrics.SELECTION_ACCURACY, metrics.TEST_ACCURACY, wf.sweep.cost_metric, KNOB, "on_front"]
+    assert [row[:2] for row in rows] == [["0", "finished"], ["1", "finished"], ["2", "failed"], ["3", "finished"]]
+    assert [row[-1] for row in rows] == ["True", "True", "False", "False"], "the front is drawn on validation: trial 3 leads on test only"
 
     assert main(["leaderboard", str(path), "--all-columns"]) == 0
     out = capsys.readouterr().out
     assert metrics.LATENCY_MS in out and "~" + metrics.SIZE_BYTES in out and "ValueError: boom" in out
 
 
-@pytest.mark.parametrize("sort,order", [("accuracy", ["1", "0", "2"]), (metrics.TEST_ACCURACY, ["1", "0", "2"]), ("cost", ["0", "1", "2"]), ("~" + metrics.SIZE_BYTES, ["0", "1", "2"]), (KNOB, ["1", "2", "0"])])
+@pytest.mark.parametrize("sort,order", [
+    ("accuracy", ["1", "3", "0", "2"]), (metrics.TEST_ACCURACY, ["3", "0", "1", "2"]), ("cost", ["0", "1", "3", "2"]),
+    ("~" + metrics.SIZE_BYTES, ["0", "1", "3", "2"]), (KNOB, ["1", "3", "2", "0"]),
+])
 def test_leaderboard_sorts_by_any_column_or_alias_accuracy_first_and_the_rest_cheapest_first(logged_workflow, capsys, sort, order):
     path, _ = logged_workflow
     assert main(["leaderboard", str(path), "--sort", sort]) == 0
@@ -79,11 +84,11 @@ def test_leaderboard_refuses_an_unknown_sort_column_in_one_line_listing_the_colu
 
 def test_leaderboard_flags_override_the_workflows_experiment_and_cost(logged_workflow, capsys):
     path, wf = logged_workflow
-    log_sweep(wf.tracking.uri, "other", [(0.5, 100.0, "0.9", "FINISHED")])
+    log_sweep(wf.tracking.uri, "other", [(0.5, 0.6, 100.0, "0.9", "FINISHED")])
     assert main(["leaderboard", str(path), "--experiment", "other", "--cost", metrics.LATENCY_MS]) == 0
     header, *rows = table_rows(capsys.readouterr().out)
     assert metrics.LATENCY_MS in header and metrics.INT8_GZIP_BYTES not in header
-    assert rows == [["0", "finished", "0.5", "0.1", "0.9", "True"]]
+    assert rows == [["0", "finished", "0.5", "0.6", "0.1", "0.9", "True"]]
     assert main(["leaderboard", str(path), "--experiment", "missing"]) == 2
     assert "--experiment: no MLflow experiment 'missing'" in capsys.readouterr().err
 

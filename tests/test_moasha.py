@@ -78,7 +78,7 @@ def test_the_scheduler_stops_at_a_rung_and_never_at_the_final_report():
     assert scheduler.on_trial_result(None, Trial("a"), epoch(1, 0.9, 100.0)) == TrialScheduler.CONTINUE
     assert scheduler.on_trial_result(None, Trial("b"), epoch(1, 0.5, 200.0)) == TrialScheduler.STOP
     assert scheduler.on_trial_result(None, Trial("c"), {metrics.EPOCH: 1}) == TrialScheduler.CONTINUE, "nothing to judge by"
-    last = epoch(3, 0.1, 900.0, **{metrics.TEST_ACCURACY: 0.1})
+    last = epoch(3, 0.1, 900.0, **{metrics.BEST_VAL_ACCURACY: 0.1})  # the final report: it carries the best epoch's figures
     assert scheduler.on_trial_result(None, Trial("d"), last) == TrialScheduler.CONTINUE
     assert scheduler.stopped == 1
 

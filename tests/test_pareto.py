@@ -30,7 +30,7 @@ def brute_force_front(accuracy: list[float], cost: list[float]) -> list[bool]:
 
 
 def table(rows: list[tuple[int, float, float]]) -> pd.DataFrame:
-    return pd.DataFrame(rows, columns=["trial", "test_accuracy", COST])
+    return pd.DataFrame(rows, columns=["trial", metrics.SELECTION_ACCURACY, COST])
 
 
 def test_front_on_hand_made_points_with_duplicates_and_dominated_points():
@@ -77,7 +77,7 @@ TRIALS = table([
 def test_max_accuracy_under_cost_picks_the_most_accurate_within_budget():
     picked = select(TRIALS, COST, 0.98, SelectionConfig(policy="max_accuracy_under_cost", options={"budget": 50_000}))
     assert picked.trial == 1  # trials 1 and 5 tie; the earlier trial wins
-    assert picked.explanation == "picked trial 1: accuracy 0.962, size_bytes 41,000; most accurate with size_bytes <= 50,000"
+    assert picked.explanation == "picked trial 1: int8_val_accuracy 0.9620, size_bytes 41,000; most accurate with size_bytes <= 50,000"
 
 
 def test_max_accuracy_under_cost_budget_is_inclusive():
@@ -123,7 +123,7 @@ def test_no_trial_within_drop_of_teacher_raises_a_selection_error():
 
 
 def test_teacher_reference_with_unknown_teacher_accuracy_raises():
-    with pytest.raises(SelectionError, match="teacher's test accuracy is unknown"):
+    with pytest.raises(SelectionError, match="teacher's validation accuracy is unknown"):
         select(TRIALS, COST, float("nan"), SelectionConfig(policy="min_cost_within_accuracy_drop", options={"max_drop_points": 1, "reference": "teacher"}))
 
 
@@ -164,7 +164,7 @@ def test_every_policy_picks_a_point_of_the_front(seed: int):
     rng = np.random.default_rng(seed)
     n = 30
     trials = table([(i, float(a), float(c)) for i, a, c in zip(range(n), rng.integers(50, 100, n) / 100, rng.integers(1, 20, n) * 1000)])
-    front_trials = set(trials["trial"][pareto_front(trials["test_accuracy"].to_numpy(), trials[COST].to_numpy())])
+    front_trials = set(trials["trial"][pareto_front(trials[metrics.SELECTION_ACCURACY].to_numpy(), trials[COST].to_numpy())])
     configs = [
         SelectionConfig(policy="knee"),
         SelectionConfig(policy="max_accuracy_under_cost", options={"budget": 10_000}),
@@ -176,9 +176,8 @@ def test_every_policy_picks_a_point_of_the_front(seed: int):
 
 def test_a_trial_whose_int8_file_loses_more_than_the_tolerance_on_val_is_never_on_the_front_nor_picked():
     """The front holds only points whose shipped artifact holds them (`int8_val_accuracy` against `best_val_accuracy`)."""
-    trials = table([(0, 0.95, 10_000), (1, 0.97, 12_000), (2, 0.90, 5_000)])
-    trials[metrics.BEST_VAL_ACCURACY] = [0.95, 0.97, 0.90]
-    trials[metrics.INT8_VAL_ACCURACY] = [0.945, 0.90, np.nan]  # trial 1's file drops 7 points; trial 2 predates the figure
+    trials = table([(0, 0.945, 10_000), (1, 0.90, 12_000), (2, 0.90, 5_000)])  # the int8 files' validation accuracy
+    trials[metrics.BEST_VAL_ACCURACY] = [0.95, 0.97, 0.90]  # trial 1's file drops 7 points from its trial's
     assert completed(trials, COST, max_int8_drop_points=1.0)["trial"].tolist() == [0, 2]
     assert completed(trials, COST)["trial"].tolist() == [0, 1, 2]
     assert select(trials, COST, 0.99, SelectionConfig(policy="knee"), max_int8_drop_points=1.0).trial != 1

@@ -1,13 +1,15 @@
 """Pareto front and selection policies: pure functions, no I/O.
 
 Accuracies are fractions in [0, 1]; accuracy tolerances in options are in percentage points.
-A policy either returns the trial it picks with a one-line reason, or raises `SelectionError`:
-it never falls back to some other trial.
+Every rule ranks by `metrics.SELECTION_ACCURACY`, a validation figure (why: its docstring); the teacher
+reference is the teacher's validation accuracy. A policy either returns the trial it picks with a one-line
+reason, or raises `SelectionError`: it never falls back to some other trial.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Literal
 
 import numpy as np
@@ -19,7 +21,36 @@ from lepton_ray.config import SelectionConfig
 from lepton_ray.errors import ConfigError, SelectionError
 from lepton_ray.registry import Registry
 
-ACCURACY = metrics.ACCURACY_METRIC
+ACCURACY = metrics.SELECTION_ACCURACY
+
+
+def standard_error(accuracy: float, samples: int) -> float:
+    """Binomial standard error of an accuracy measured on `samples` examples, sqrt(p (1 - p) / n): two trials
+    closer than about twice this cannot be told apart on that split."""
+    return math.sqrt(max(accuracy * (1 - accuracy), 0.0) / samples) if samples > 0 else math.nan
+
+
+def noise_note(accuracy: float, samples: int | None, split: str = "validation") -> str:
+    """'+- 0.82 pt SE, 270 validation images': how noisy an accuracy is, to print next to it."""
+    if not samples:
+        return f"{split} split size unknown"
+    return f"+- {100 * standard_error(accuracy, samples):.2f} pt SE, {samples:,} {split} samples"
+
+
+def threshold_warning(cfg: SelectionConfig, val_samples: int, accuracy: float | None = None) -> str | None:
+    """A warning when the policy's accuracy threshold (`max_drop_points`) is finer than the validation split can
+    resolve: below the standard error at `accuracy` (the teacher's, when known: students score at most about that,
+    and the error only grows below it), else below one sample."""
+    threshold = getattr(parse_options(POLICIES.get(cfg.policy).options_type, cfg.options), "max_drop_points", None)
+    if threshold is None or not val_samples:
+        return None
+    known = accuracy is not None and math.isfinite(accuracy)
+    resolution = 100 * (standard_error(accuracy, val_samples) if known else 1 / val_samples)
+    if threshold >= resolution:
+        return None
+    what = f"the standard error of a {accuracy:.1%} accuracy" if known else "one sample"
+    return (f"warning: selection.options.max_drop_points {threshold:g} pt is finer than {what} on the {val_samples:,} validation samples "
+            f"({resolution:.2f} pt): the pick follows noise; raise it, or give the validation split more samples (data.val_fraction)")
 
 
 def pareto_front(accuracy: np.ndarray, cost: np.ndarray) -> np.ndarray:
@@ -123,8 +154,12 @@ def completed(trials: pd.DataFrame, cost_column: str, max_int8_drop_points: floa
     return trials[keep].reset_index(drop=True)
 
 
-def select(trials: pd.DataFrame, cost_column: str, teacher_accuracy: float, cfg: SelectionConfig, max_int8_drop_points: float | None = None) -> Selection:
-    """Apply the workflow's policy to the completed trials; `SelectionError` when none qualifies."""
+def select(
+    trials: pd.DataFrame, cost_column: str, teacher_accuracy: float, cfg: SelectionConfig, max_int8_drop_points: float | None = None,
+    val_samples: int | None = None,
+) -> Selection:
+    """Apply the workflow's policy to the completed trials; `SelectionError` when none qualifies. `teacher_accuracy`:
+    the teacher's validation accuracy; `val_samples` puts the figure's standard error in the explanation."""
     policy = POLICIES.get(cfg.policy)
     options = parse_options(policy.options_type, cfg.options)
     candidates = completed(trials, cost_column, max_int8_drop_points)
@@ -133,7 +168,10 @@ def select(trials: pd.DataFrame, cost_column: str, teacher_accuracy: float, cfg:
             f"selection.policy {cfg.policy!r}: no completed trial with {ACCURACY} and {cost_column}"
             f"{'' if max_int8_drop_points is None else ' whose int8 file holds its validation accuracy'}; nothing to select"
         )
-    return policy.select(candidates, cost_column, teacher_accuracy, options)
+    selection = policy.select(candidates, cost_column, teacher_accuracy, options)
+    if not val_samples:
+        return selection
+    return replace(selection, explanation=f"{selection.explanation} ({noise_note(selection.row[ACCURACY], val_samples)})")
 
 
 def format_cost(value: float) -> str:
@@ -145,7 +183,7 @@ def format_cost(value: float) -> str:
 
 def _picked(policy: str, candidates: pd.DataFrame, index: Any, cost_column: str, reason: str) -> Selection:
     row = candidates.loc[[index]].to_dict("records")[0]  # per-column types kept (a Series would make ints floats)
-    line = f"picked trial {row['trial']}: accuracy {row[ACCURACY]:.3f}, {cost_column} {format_cost(row[cost_column])}; {reason}"
+    line = f"picked trial {row['trial']}: {ACCURACY} {row[ACCURACY]:.4f}, {cost_column} {format_cost(row[cost_column])}; {reason}"
     return Selection(policy, row, line)
 
 
@@ -181,10 +219,10 @@ class AccuracyDropOptions(_Options):
 
 @_policy("min_cost_within_accuracy_drop", AccuracyDropOptions)
 def select_min_cost_within_accuracy_drop(trials: pd.DataFrame, cost_column: str, teacher_accuracy: float, options: AccuracyDropOptions) -> Selection:
-    """The cheapest trial at most `max_drop_points` below the best trial or the teacher (ties: the more accurate)."""
+    """The cheapest trial at most `max_drop_points` below the best trial or the teacher (ties: the more accurate), on validation."""
     if options.reference == "teacher":
         if not np.isfinite(teacher_accuracy):
-            raise SelectionError("min_cost_within_accuracy_drop: the teacher's test accuracy is unknown; use selection.options.reference: best")
+            raise SelectionError("min_cost_within_accuracy_drop: the teacher's validation accuracy is unknown; use selection.options.reference: best")
         reference = float(teacher_accuracy)
     else:
         reference = float(trials[ACCURACY].max())

@@ -7,7 +7,7 @@ Kept apart from the export (which works on any module) so the export stays free 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -20,7 +20,8 @@ from torch import nn
 from lepton_ray import metrics
 from lepton_ray.checkpoints import load_safe
 from lepton_ray.config import WorkflowConfig, parse_workflow
-from lepton_ray.deploy.pareto import ACCURACY, Selection, completed, pareto_front, select
+from lepton_ray.deploy.kd_gain import DistillationGain
+from lepton_ray.deploy.pareto import ACCURACY, Selection, completed, noise_note, pareto_front, select
 from lepton_ray.data.contract import LAYOUT, TOKEN_LAYOUT, TOKENIZER_FILE, DataContract, TokenContract
 from lepton_ray.deploy.report import plot_pareto, usage_markdown, write_report
 from lepton_ray.errors import CheckpointError
@@ -99,9 +100,13 @@ _INPUT_NOTES = {
 }
 
 
-def publish(files: Int8Files, example: torch.Tensor, label: int, contract: DataContract | TokenContract, tracker: "Tracker", run_id: str, model_name: str, tags: dict[str, str]) -> Published:
+def publish(
+    files: Int8Files, example: torch.Tensor, label: int, contract: DataContract | TokenContract, tracker: "Tracker", run_id: str, model_name: str,
+    tags: dict[str, str], notes: tuple[str, ...] = (),
+) -> Published:
     """Log the int8 model to `run_id` (signature, a model-ready input example, the raw example file), register it
-    with a description and `tags` plus the file's metadata (its contract) as tags, alias the new version `champion`.
+    with a description (`notes` first: how it was chosen, what distillation bought) and `tags` plus the file's
+    metadata (its contract) as tags, alias the new version `champion`.
 
     Call only after `verify_int8` passed.
     """
@@ -123,7 +128,7 @@ def publish(files: Int8Files, example: torch.Tensor, label: int, contract: DataC
     version = str(info.registered_model_version)
     for key, value in {**files.metadata, **tags}.items():
         tracker.client.set_model_version_tag(model_name, version, key, value)
-    tracker.client.update_model_version(model_name, version, description=model_description(files))
+    tracker.client.update_model_version(model_name, version, description="\n\n".join([*notes, model_description(files)]))
     tracker.client.set_registered_model_alias(model_name, CHAMPION_ALIAS, version)
     return Published(model_name, version, f"models:/{model_name}/{version}")
 
@@ -139,25 +144,39 @@ class ExportResult:
     published: Published
     plot: Path
     report: Path
+    gain: DistillationGain | None = None
+    """What distillation bought for the pick (`selection.distillation_control`); None when the control is off."""
+
+
+GAIN_FILE = "distillation_control.json"
 
 
 def select_and_export(
     wf: WorkflowConfig, trials: "pd.DataFrame", teacher_accuracy: float, load_student: StudentLoader,
     data: "DataSplits", tracker: "Tracker", parent_run_id: str, out_dir: Path,
+    measure_gain: Callable[[Selection], DistillationGain] | None = None,
 ) -> ExportResult:
-    """Select a trial by the workflow's policy, export it to int8, verify it, publish it; report either way.
+    """Select a trial by the workflow's policy (on validation; `teacher_accuracy` is the teacher's validation accuracy),
+    measure what distillation bought for it (`measure_gain`, the labels-only control), export it to int8, verify it
+    on validation, measure its test accuracy (the estimate of what ships), publish it; report either way.
 
     Raises SelectionError (no trial qualifies) or ExportError (a check failed: nothing published,
     the report still says why). See the module docstring for the export route.
     """
     cost_column = wf.sweep.cost_metric
-    selection = select(trials, cost_column, teacher_accuracy, wf.selection, wf.export.tolerance)
+    selection = select(trials, cost_column, teacher_accuracy, wf.selection, wf.export.tolerance, len(data.val))
     candidates = completed(trials, cost_column, wf.export.tolerance)
     on_front = pareto_front(candidates[ACCURACY].to_numpy(), candidates[cost_column].to_numpy())
     _tag_trials(tracker, parent_run_id, candidates, on_front, selection)
     out_dir = Path(out_dir)
     plot = plot_pareto(candidates, cost_column, on_front, selection, teacher_accuracy, out_dir / "pareto.png")
     tracker.log_artifacts(parent_run_id, [plot], "selection")
+    gain = measure_gain(selection) if measure_gain is not None else None
+    if gain is not None:
+        tracker.log_metrics(parent_run_id, gain.as_metrics())
+        gain_file = out_dir / GAIN_FILE
+        gain_file.write_text(json.dumps(asdict(gain), indent=2) + "\n")
+        tracker.log_artifacts(parent_run_id, [gain_file], "selection")
 
     student, student_metrics = load_student(selection.row)
     weight_bits = int(student_metrics.get(metrics.BITS, 32))
@@ -165,18 +184,26 @@ def select_and_export(
     images = calibration_images(data.train, wf.export.calibration_samples, wf.data.seed)
     files = export_int8(student, data.model_input, images, weight_bits, out_dir, metadata)
     files = replace(files, shipped_with=tuple(data.contract.write_shipped_files(out_dir)))
-    checks = measure_int8(files, data.test, data.model_input, selection.row[ACCURACY], wf.export)
+    checks = measure_int8(files, data.val, data.test, data.model_input, selection.row[metrics.BEST_VAL_ACCURACY], wf.export)
     tracker.log_metrics(parent_run_id, checks.as_metrics())
     published = None
     try:
         verify_int8(checks)
         tags = {"lepton.selection": selection.explanation}  # trial and sweep run id come with the file's metadata
         example, label = dataset_images(data.test, [0])
-        published = publish(files, example, int(label[0]), data.contract, tracker, parent_run_id, wf.tracking.model_name, tags)
+        notes = (shipped_estimate(selection, checks, len(data.test)), *([gain.sentence()] if gain is not None else []))
+        published = publish(files, example, int(label[0]), data.contract, tracker, parent_run_id, wf.tracking.model_name, tags, notes)
     finally:
-        report = write_report(out_dir / "report.md", candidates, cost_column, on_front, selection, teacher_accuracy, files, checks, published, trials)
+        report = write_report(out_dir / "report.md", candidates, cost_column, on_front, selection, teacher_accuracy, files, checks, published, trials,
+                              gain, len(data.test))
         tracker.log_artifacts(parent_run_id, [report], "selection")
-    return ExportResult(selection, files, checks, published, plot, report)
+    return ExportResult(selection, files, checks, published, plot, report, gain)
+
+
+def shipped_estimate(selection: Selection, checks: Int8Checks, test_samples: int) -> str:
+    """One line: how the pick was chosen, and its int8 file's test accuracy as the estimate of what ships."""
+    return (f"Chosen on validation only: {selection.explanation}. Estimate of what ships: the int8 file's test accuracy "
+            f"{checks.int8_test_accuracy:.4f} ({noise_note(checks.int8_test_accuracy, test_samples, 'test')}); no decision read the test split.")
 
 
 def _tag_trials(tracker: "Tracker", parent_run_id: str, candidates: "pd.DataFrame", on_front: np.ndarray, selection: Selection) -> None:

@@ -15,13 +15,14 @@ import numpy as np
 import pandas as pd
 
 from lepton_ray import metrics
-from lepton_ray.deploy.pareto import ACCURACY, Selection, completed, format_cost
+from lepton_ray.deploy.pareto import ACCURACY, Selection, completed, format_cost, noise_note
 from lepton_ray.data.contract import LAYOUT, TOKEN_LAYOUT
 from lepton_ray.export.metadata import CLASS_NAMES_KEY, PREPROCESSING_KEY, describe, preprocessing
 
 if TYPE_CHECKING:
     from typing import Mapping
 
+    from lepton_ray.deploy.kd_gain import DistillationGain
     from lepton_ray.export.int8 import Int8Checks, Int8Files
     from lepton_ray.deploy.publish import Published
 
@@ -31,8 +32,10 @@ UNCHANGED_FILE_KNOBS = (
     "(`compression.quantization.bits`: a b-bit grid is stored as int8) leave `int8_file_bytes` and int8 latency as they are "
     "and lower only `int8_gzip_bytes`; channel pruning, low-rank and the student's width change the file."
 )
-REPORTED_COLUMNS = (metrics.INT8_VAL_ACCURACY, metrics.INT8_GZIP_BYTES, metrics.INT8_FILE_BYTES, metrics.LATENCY_MS, metrics.SIZE_BYTES)
-"""Shown in the report's leaderboard next to the accuracy and the cost the front was drawn against."""
+REPORTED_COLUMNS = (metrics.BEST_VAL_ACCURACY, metrics.TEST_ACCURACY, metrics.INT8_GZIP_BYTES, metrics.INT8_FILE_BYTES, metrics.LATENCY_MS, metrics.SIZE_BYTES)
+"""Shown in the report's leaderboard next to the accuracy and the cost the front was drawn against (test accuracy
+is shown, never ranked by)."""
+ACCURACY_COLUMNS = (metrics.INT8_VAL_ACCURACY, metrics.BEST_VAL_ACCURACY, metrics.TEST_ACCURACY)
 
 
 def label(metric: str) -> str:
@@ -76,9 +79,9 @@ def plot_pareto(trials: pd.DataFrame, cost_column: str, on_front: np.ndarray, se
     axes.scatter([selection.row[cost_column]], [selection.row[ACCURACY]], s=160, facecolors="none", edgecolors="tab:red",
                  linewidths=2, label=f"picked: trial {selection.trial}", zorder=4)
     if math.isfinite(teacher_accuracy):
-        axes.axhline(teacher_accuracy, color="0.2", linestyle="--", linewidth=1, label=f"teacher {teacher_accuracy:.3f}")
+        axes.axhline(teacher_accuracy, color="0.2", linestyle="--", linewidth=1, label=f"teacher {teacher_accuracy:.3f} (validation)")
     axes.set_xlabel(label(cost_column) if cost_column in metrics.ESTIMATES else f"{cost_column} (measured on the int8 file)")
-    axes.set_ylabel(ACCURACY)
+    axes.set_ylabel(f"{ACCURACY} (validation)")
     axes.set_title(f"{selection.policy}: {len(front)} of {len(trials)} trials on the front", fontsize=10)
     axes.grid(alpha=0.3)
     axes.legend(fontsize=8, loc="lower right")
@@ -106,15 +109,16 @@ def leaderboard_markdown(trials: pd.DataFrame, cost_column: str, on_front: np.nd
 def _cell(metric: str, value: float) -> str:
     if value is None or not math.isfinite(float(value)):
         return ""
-    return f"{value:.4f}" if metric == metrics.INT8_VAL_ACCURACY else format_cost(float(value))
+    return f"{value:.4f}" if metric in ACCURACY_COLUMNS else format_cost(float(value))
 
 
 def export_markdown(files: "Int8Files", checks: "Int8Checks", published: "Published | None") -> str:
     """The export checks as a list: accuracies, verdict, sizes, latency ratios, where the model went."""
     verdict = "passed" if checks.passed else "FAILED"
     lines = [
-        f"- accuracy: trial (fake-quant) {checks.trial_accuracy:.4f}, fp32 ONNX {checks.fp32_accuracy:.4f}, "
+        f"- validation accuracy: trial (fake-quant) {checks.trial_accuracy:.4f}, fp32 ONNX {checks.fp32_accuracy:.4f}, "
         f"int8 ONNX {checks.int8_accuracy:.4f}; drop {checks.drop_points:.2f} pt, tolerance {checks.tolerance_points} pt: **{verdict}**",
+        f"- test accuracy of the int8 ONNX file: {checks.int8_test_accuracy:.4f} (the estimate of what ships; measured once, compared with nothing)",
         f"- weights: {files.weight_bits if files.weight_bits <= 8 else 8}-bit grid, largest int8 code {files.max_weight_code}",
         f"- size: fp32 ONNX {checks.fp32_bytes:,} B, int8 ONNX {checks.int8_bytes:,} B ({checks.size_ratio:.2f}x)",
     ]
@@ -188,19 +192,26 @@ def usage_markdown(metadata: "Mapping[str, str]", file_name: str) -> str:
 def write_report(
     path: Path, trials: pd.DataFrame, cost_column: str, on_front: np.ndarray, selection: Selection, teacher_accuracy: float,
     files: "Int8Files", checks: "Int8Checks", published: "Published | None", sweep_trials: pd.DataFrame | None = None,
+    gain: "DistillationGain | None" = None, test_samples: int | None = None,
 ) -> Path:
-    """The page: pick, plot, leaderboard of the candidate `trials`, estimate against measured cost over
-    `sweep_trials` (all of the sweep's trials; default: the candidates), export checks."""
+    """The page: pick, plot, leaderboard of the candidate `trials`, what distillation bought (`gain`), estimate against
+    measured cost over `sweep_trials` (all of the sweep's trials; default: the candidates), export checks."""
     sweep_trials = trials if sweep_trials is None else sweep_trials
     teacher = f"{teacher_accuracy:.4f}" if math.isfinite(teacher_accuracy) else "unknown"
+    shipped = f"{checks.int8_test_accuracy:.4f} ({noise_note(checks.int8_test_accuracy, test_samples, 'test')})"
     left_off = len(completed(sweep_trials, cost_column)) - len(trials)
     held = f" {left_off} finished trial(s) left off the front: their int8 file lost more than `export.tolerance` on the validation split." if left_off else ""
     text = "\n\n".join([
         "# Selection and int8 export",
-        f"Policy `{selection.policy}` on {label(cost_column)}: {selection.explanation}. Teacher test accuracy: {teacher}.{held}",
+        f"Policy `{selection.policy}` on {label(cost_column)}: {selection.explanation}. Teacher validation accuracy: {teacher}.{held}",
+        f"Chosen on validation only: the front and the pick rank by `{ACCURACY}`, the int8 file's accuracy on the validation split. "
+        f"Estimate of what ships: the exported int8 file's test accuracy, {shipped}; no decision read the test split.",
         "![Pareto front](pareto.png)",
+        "## What distillation bought",
+        gain.markdown() if gain is not None else "- not measured: `selection.distillation_control.enabled` is off",
         "## Leaderboard",
         leaderboard_markdown(trials, cost_column, on_front, selection),
+        f"`{metrics.TEST_ACCURACY}` is measured for every trial and shown; nothing is ranked by it.",
         "## Estimated and measured cost",
         cost_agreement_markdown(sweep_trials),
         "## Export checks",

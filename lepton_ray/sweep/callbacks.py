@@ -123,7 +123,7 @@ def close_trial_run(tracker: Tracker, run_id: str, result: dict[str, Any]) -> No
     if result.get(metrics.INPUT_ERROR):
         tracker.finish(run_id, "FAILED", error=str(result[metrics.INPUT_ERROR]))
         return
-    if metrics.TEST_ACCURACY not in result:
+    if metrics.BEST_VAL_ACCURACY not in result:
         tracker.finish(run_id, "KILLED", error="stopped early by the scheduler (pruned); not eligible for the front")
         return
     student_dir = result.get(CHECKPOINT_PATH_KEY)

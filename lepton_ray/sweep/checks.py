@@ -5,8 +5,22 @@ lower `checks` module must not import (the stage packages depend one way)."""
 from __future__ import annotations
 
 from lepton_ray.config import SearchSpace, WorkflowConfig
+from lepton_ray.deploy.pareto import threshold_warning
 from lepton_ray.sweep.samplers import SAMPLERS
 from lepton_ray.sweep.warm_start import read_warm_start
+
+
+def teacher_val_accuracy(wf: WorkflowConfig) -> float | None:
+    """The teacher's validation accuracy as its file records it; None before it is trained (or a file without it)."""
+    from lepton_ray.trial.teacher import locate_teacher
+
+    payload = locate_teacher(wf, 0, wf.teacher).payload
+    return None if payload is None or "val_accuracy" not in payload else float(payload["val_accuracy"])
+
+
+def selection_noise_warning(wf: WorkflowConfig, val_samples: int, teacher_accuracy: float | None) -> str | None:
+    """`pareto.threshold_warning` for this workflow's policy: a threshold finer than its validation split resolves."""
+    return threshold_warning(wf.selection, val_samples, teacher_accuracy)
 
 
 def check_sweep(wf: WorkflowConfig, space: SearchSpace | None) -> None:

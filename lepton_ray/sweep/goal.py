@@ -1,7 +1,7 @@
 """`sweep.stop_when`: end the sweep as soon as a finished trial meets the user's goal.
 
-A Ray Tune `Stopper` that is also a `Callback`: when a trial's final result (the one with test
-accuracy and the measured costs) meets every bound, no new trial is asked for (the searcher checks
+A Ray Tune `Stopper` that is also a `Callback`: when a trial's final result (the one with the int8 file's
+validation accuracy and the measured costs) meets every bound, no new trial is asked for (the searcher checks
 `met`); once that trial has completed (stopping it at its final report would lose it), `stop_all`
 turns true and Tune stops the trials still running (they reach Optuna as pruned, so they never
 enter the front). The met goal is written into the study, so `--resume` of a sweep that met its
@@ -33,15 +33,15 @@ class GoalMet:
 
 def meets(goal: StopWhen, result: dict[str, Any], cost_metric: str) -> bool:
     """A finished trial's final result within every bound of the goal (intermediate epochs never are)."""
-    if not is_final_result(result) or cost_metric not in result:
+    if not is_final_result(result) or cost_metric not in result or metrics.SELECTION_ACCURACY not in result:
         return False
-    accurate = goal.min_accuracy is None or float(result[metrics.TEST_ACCURACY]) >= goal.min_accuracy
+    accurate = goal.min_accuracy is None or float(result[metrics.SELECTION_ACCURACY]) >= goal.min_accuracy
     cheap = goal.max_cost is None or float(result[cost_metric]) <= goal.max_cost
     return accurate and cheap
 
 
 def describe(goal: StopWhen, cost_metric: str) -> str:
-    bounds = ([f"{metrics.TEST_ACCURACY} >= {goal.min_accuracy:g}"] if goal.min_accuracy is not None else []) + (
+    bounds = ([f"{metrics.SELECTION_ACCURACY} >= {goal.min_accuracy:g}"] if goal.min_accuracy is not None else []) + (
         [f"{cost_metric} <= {goal.max_cost:,.6g}"] if goal.max_cost is not None else [])
     return " and ".join(bounds)
 
@@ -70,7 +70,7 @@ class GoalStopper(Stopper, Callback):
     def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
         if self.met is None and meets(self.goal, result, self.cost_metric):
             number = self.trial_number(trial_id)
-            self.met = GoalMet(-1 if number is None else number, float(result[metrics.TEST_ACCURACY]), float(result[self.cost_metric]))
+            self.met = GoalMet(-1 if number is None else number, float(result[metrics.SELECTION_ACCURACY]), float(result[self.cost_metric]))
             self.met_by = trial_id
             self.study.set_user_attr(MET_ATTR, {"goal": self.goal.model_dump(), "trial": self.met.trial})
         return False
@@ -87,5 +87,5 @@ class GoalStopper(Stopper, Callback):
     def summary(self, finished: int, total: int) -> str:
         met = self.met
         assert met is not None
-        return (f"stop_when met by trial {met.trial} ({metrics.TEST_ACCURACY} {met.accuracy:.4f}, {self.cost_metric} {met.cost:,.6g}; "
+        return (f"stop_when met by trial {met.trial} ({metrics.SELECTION_ACCURACY} {met.accuracy:.4f}, {self.cost_metric} {met.cost:,.6g}; "
                 f"goal {describe(self.goal, self.cost_metric)}): the sweep stopped after {finished} of {total} trials")

@@ -118,7 +118,7 @@ class MultiObjectiveAsha(FIFOScheduler):
         return True  # its two objectives are its own; the searcher needs no metric either
 
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
-        if not {self.time_attr, self.accuracy, self.cost} <= result.keys() or metrics.TEST_ACCURACY in result:
+        if not {self.time_attr, self.accuracy, self.cost} <= result.keys() or metrics.BEST_VAL_ACCURACY in result:
             return TrialScheduler.CONTINUE  # the final report: the trial is done, never cut at its last step
         point = (float(result[self.accuracy]), float(result[self.cost]))
         if self.rungs.goes_on(trial.trial_id, int(result[self.time_attr]), point):

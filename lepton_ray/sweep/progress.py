@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Callable
 
@@ -10,6 +11,7 @@ from ray.tune import Callback
 from lepton_ray import metrics
 from lepton_ray.deploy.pareto import pareto_front
 from lepton_ray.console import echo
+from lepton_ray.sweep.study import is_final_result
 
 
 class SweepProgress(Callback):
@@ -35,8 +37,8 @@ class SweepProgress(Callback):
             self.interrupted += 1
         elif result.get(metrics.INPUT_ERROR):
             self.failed += 1
-        elif metrics.TEST_ACCURACY in result:
-            self.points.append((float(result[metrics.TEST_ACCURACY]), float(result[self.cost_metric])))
+        elif is_final_result(result):
+            self.points.append((float(result.get(metrics.SELECTION_ACCURACY, "nan")), float(result[self.cost_metric])))
         else:
             self.pruned += 1
         self._print(trials, force=True)
@@ -61,12 +63,12 @@ class SweepProgress(Callback):
         done = self.already_done + finished_now
         elapsed = now - self.started
         eta = f"~{(elapsed / finished_now) * (self.total - done):.0f}s left" if finished_now else "eta unknown"
-        best = max((acc for acc, _ in self.points), default=float("nan"))
+        best = max((acc for acc, _ in self.points if math.isfinite(acc)), default=float("nan"))
         front = int(pareto_front([a for a, _ in self.points], [c for _, c in self.points]).sum()) if self.points else 0
         interrupted = f", {self.interrupted} interrupted (storage full)" if self.interrupted else ""
         self.log(
             f"[sweep] {done}/{self.total} done ({self.failed} failed, {self.pruned} pruned{interrupted}), {running} running | "
-            f"best test_accuracy {best:.4f} | front size {front} | {elapsed:.0f}s elapsed, {eta}"
+            f"best {metrics.SELECTION_ACCURACY} {best:.4f} | front size {front} | {elapsed:.0f}s elapsed, {eta}"
         )
 
 

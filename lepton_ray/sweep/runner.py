@@ -14,6 +14,7 @@ from lepton_ray.cluster.ray_runtime import init_ray
 from lepton_ray.config import SearchSpace, WorkflowConfig, apply_overrides
 from lepton_ray.data.datasets import build_data
 from lepton_ray.errors import StorageFullError, TrackingError, TrialsFailedError
+from lepton_ray.sweep.checks import selection_noise_warning
 from lepton_ray.sweep.callbacks import MlflowTrialLogger, close_runs_of_finished_trials, error_line
 from lepton_ray.sweep.paths import SweepPaths, check_storage, sweep_paths
 from lepton_ray.sweep.progress import EpochLines, SweepProgress
@@ -54,6 +55,8 @@ def run_sweep(
     check_reachable(uri)
     data = build_data(wf.data)
     teachers = prepare_teachers(wf, data, log)
+    for line in filter(None, [selection_noise_warning(wf, len(data.val), teachers[0].val_accuracy)]):
+        log(line)
     num_samples = wf.sweep.num_samples if space is not None else 1
     tracker = Tracker(uri, wf.tracking.experiment)
     warm = read_warm_start(wf.sweep.warm_start, space, wf.sweep) if wf.sweep.warm_start and not paths.study.is_file() else None
@@ -64,7 +67,10 @@ def run_sweep(
     tags = lineage_tags(wf, teachers)
     shared_workflow = apply_overrides(wf.to_dict(), {"tracking.uri": redact(uri)})  # trials never write to MLflow: no credentials
     parent_run_id = tracker.start_run(sweep_key, f"{wf.name}-{paths.root.name}", shared_workflow, {**tags, "lepton.kind": "sweep"})
-    tracker.log_metrics(parent_run_id, {metrics.TEACHER_TEST_ACCURACY: teachers[0].test_accuracy, metrics.TEACHER_VAL_ACCURACY: teachers[0].val_accuracy})
+    tracker.log_metrics(parent_run_id, {
+        metrics.TEACHER_TEST_ACCURACY: teachers[0].test_accuracy, metrics.TEACHER_VAL_ACCURACY: teachers[0].val_accuracy,
+        metrics.VAL_SAMPLES: len(data.val), metrics.TEST_SAMPLES: len(data.test),
+    })
     tracker.index_children(parent_run_id)
     if resume:
         close_runs_left_open(tracker, parent_run_id, study, paths, log)
@@ -79,7 +85,7 @@ def run_sweep(
         failures = _run_tuner(wf, shared_workflow, space, paths, study, remaining, teachers, data, tracker, parent_run_id, sweep_key, tags, address, log)
     trials = _read_trials(tracker, parent_run_id, wf, paths)
     log(format_table(trials, wf.sweep.cost_metric))
-    outcome = SweepOutcome(parent_run_id, paths, trials, teachers[0].test_accuracy)
+    outcome = SweepOutcome(parent_run_id, paths, trials, teachers[0].val_accuracy, val_samples=len(data.val))
     if remaining > 0 and len(failures) == remaining:
         what = "the trial" if space is None else f"all {remaining} trials"
         tracker.finish(parent_run_id, "FAILED", error=failures[0])
@@ -87,7 +93,7 @@ def run_sweep(
         raise TrialsFailedError(f"{what} failed, the first with: {failures[0]} (details under {paths.trials})")
     try:
         if select_and_export:
-            outcome.selection = select_export_publish(wf, outcome, data, tracker, log)
+            outcome.selection = select_export_publish(wf, outcome, data, tracker, log, lambda: teachers, address)
     except Exception as err:
         tracker.finish(parent_run_id, "FAILED", error=f"{type(err).__name__}: {err}")
         tracker.report_unlogged()

@@ -41,8 +41,9 @@ def distribution(param) -> optuna.distributions.BaseDistribution:
 
 
 def is_final_result(result: dict | None) -> bool:
-    """A trial's last report as a finished trial gives it: test accuracy and costs measured, not diverged, no input error."""
-    return bool(result) and metrics.TEST_ACCURACY in result and not result.get(metrics.DIVERGED) and not result.get(metrics.INPUT_ERROR)
+    """A trial's last report as a finished trial gives it (the best epoch's figures and the costs measured), not diverged,
+    no input error; earlier epochs' reports never carry `best_val_accuracy`."""
+    return bool(result) and metrics.BEST_VAL_ACCURACY in result and not result.get(metrics.DIVERGED) and not result.get(metrics.INPUT_ERROR)
 
 
 FLOOR_CONSTRAINT = "accuracy_floor"

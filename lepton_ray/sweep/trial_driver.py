@@ -16,12 +16,15 @@ from lepton_ray.trial.sessions import InProcessSession
 from lepton_ray.trial.trainer import TrialInputs, build_trainer, raise_if_diverged
 
 
+RUN_NAME_KEY = "run_name"
+"""Key of a run's folder name in a Tune config that is not an Optuna trial (the distillation control's runs)."""
 TRIAL_DRIVER_CPU = 0.01
 """Tune's per-trial driver only waits on its TorchTrainer; 0 is rejected by Ray, 1 deadlocks 2-CPU nodes."""
 
 
 def trial_driver(config: dict[str, Any], base_workflow: dict[str, Any], inputs: TrialInputs, trials_root: str) -> None:
-    """Tune function trainable: one Optuna trial = one run under `trials/` named by its number.
+    """Tune function trainable: one Optuna trial = one run under `trials/` named by its number (or by
+    `config[RUN_NAME_KEY]`: the distillation control's runs); a finished run reports its saved final metrics.
 
     Several workers: a `TorchTrainer` (real DDP). One worker: the same loop in this actor
     (`trial.sessions.InProcessSession`), which saves a Ray Train start-up per trial.
@@ -30,7 +33,7 @@ def trial_driver(config: dict[str, Any], base_workflow: dict[str, Any], inputs: 
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    name = trial_run_name(config[NUMBER_KEY])
+    name = config.get(RUN_NAME_KEY) or trial_run_name(config[NUMBER_KEY])
     already = finished_trial_metrics(Path(trials_root) / name)
     if already is not None:
         tune.report(already)
@@ -60,7 +63,7 @@ def checked_workflow(base_workflow: dict[str, Any], config: dict[str, Any]) -> W
     the sweep's driver process (a plugin it imported) is unknown here, and would fail every worker."""
     from lepton_ray.checks import check_parsed
 
-    wf = parse_workflow(apply_overrides(base_workflow, {key: value for key, value in config.items() if key != NUMBER_KEY}))
+    wf = parse_workflow(apply_overrides(base_workflow, {key: value for key, value in config.items() if key not in (NUMBER_KEY, RUN_NAME_KEY)}))
     check_parsed(wf, on_worker=True)
     return wf
 

@@ -93,7 +93,7 @@ def read_warm_start(path: Path, space: SearchSpace | None, cfg: SweepConfig) -> 
     for trial in trials:
         final = finished_trial_metrics(SweepPaths(folder).trials / trial_run_name(trial.number)) or {}
         usable = all(_inside(distributions[k], v) for k, v in trial.params.items()) and all(
-            name in final for name in (metrics.BEST_VAL_ACCURACY, metrics.TEST_ACCURACY, cfg.cost_metric, *cfg.constraints))
+            name in final for name in (metrics.BEST_VAL_ACCURACY, metrics.SELECTION_ACCURACY, cfg.cost_metric, *cfg.constraints))
         if not usable:
             left_out += 1
             continue
@@ -103,7 +103,7 @@ def read_warm_start(path: Path, space: SearchSpace | None, cfg: SweepConfig) -> 
             user_attrs={HISTORY_ATTR: str(folder), "warm_start_trial": trial.number},
             system_attrs={f"constraints:{name}": value for name, value in constraint_values(cfg, final).items()},  # as Trial.set_constraint writes them
         ))
-        points.append((float(final[metrics.TEST_ACCURACY]), values[1]))
+        points.append((float(final[metrics.SELECTION_ACCURACY]), values[1]))  # the front as `select` draws it: on validation
     if not history:
         raise ConfigError(f"{FIELD}: none of {folder}'s {len(trials)} finished trials fits this search space's ranges; widen the ranges or warm-start from another sweep")
     accuracy, cost = np.array(points).T

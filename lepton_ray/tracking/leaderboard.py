@@ -15,7 +15,7 @@ from lepton_ray.errors import ConfigError
 from lepton_ray.tracking.tracker import ERROR_TAG, PARENT_TAG, STATUS_TAG, Tracker
 
 METRIC_COLUMNS = [
-    metrics.TEST_ACCURACY, metrics.BEST_VAL_ACCURACY, metrics.INT8_VAL_ACCURACY,
+    metrics.INT8_VAL_ACCURACY, metrics.BEST_VAL_ACCURACY, metrics.TEST_ACCURACY,
     metrics.INT8_GZIP_BYTES, metrics.INT8_FILE_BYTES, metrics.LATENCY_MS, metrics.LATENCY_IQR_MS, metrics.LATENCY_BATCH_MS, metrics.LATENCY_BATCH_IQR_MS,
     metrics.SIZE_BYTES, metrics.MACS, metrics.BOPS, metrics.PARAMS, metrics.SPARSITY, metrics.BITS, metrics.EPOCH,
 ]
@@ -31,7 +31,8 @@ def trials_frame(
     tracker: Tracker, parent_run_id: str, cost_metric: str = SweepConfig.model_fields["cost_metric"].default, max_int8_drop_points: float | None = None,
 ) -> pd.DataFrame:
     """One row per trial run of the sweep: trial number, status, knobs, metrics, error, on_front (given
-    `max_int8_drop_points`, only trials whose int8 file holds their accuracy can be on it: `pareto.artifact_holds`)."""
+    `max_int8_drop_points`, only trials whose int8 file holds their accuracy can be on it: `pareto.artifact_holds`).
+    The front is drawn on `metrics.SELECTION_ACCURACY` (validation), as `select` draws it."""
     runs = tracker.client.search_runs([tracker.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}'", max_results=10_000)
     if not runs:
         return pd.DataFrame(columns=["trial", "status", "run_id", *METRIC_COLUMNS, "error", "on_front"])
@@ -51,7 +52,7 @@ def trials_frame(
         finished &= artifact_holds(table, max_int8_drop_points)
     table["on_front"] = False
     if finished.any():
-        table.loc[finished, "on_front"] = pareto_front(table.loc[finished, metrics.TEST_ACCURACY].to_numpy(), table.loc[finished, cost_metric].to_numpy())
+        table.loc[finished, "on_front"] = pareto_front(table.loc[finished, metrics.SELECTION_ACCURACY].to_numpy(), table.loc[finished, cost_metric].to_numpy())
     return table.sort_values("trial").reset_index(drop=True)
 
 
@@ -67,7 +68,7 @@ def knob_columns(table: pd.DataFrame) -> list[str]:
 
 def sort_column(name: str, table: pd.DataFrame, cost_metric: str) -> str:
     """A `--sort` value as a column of `table`: a column name (with or without its "~"), `accuracy` or `cost`."""
-    column = {"accuracy": metrics.ACCURACY_METRIC, "cost": cost_metric}.get(name, name.removeprefix(ESTIMATE_MARK))
+    column = {"accuracy": metrics.SELECTION_ACCURACY, "cost": cost_metric}.get(name, name.removeprefix(ESTIMATE_MARK))
     if column not in table.columns or column == "run_id":
         sortable = [c for c in table.columns if c != "run_id"]
         raise ConfigError(f"--sort: unknown column {name!r}; sort by accuracy, cost or one of: {', '.join(sortable)}")
@@ -75,18 +76,21 @@ def sort_column(name: str, table: pd.DataFrame, cost_metric: str) -> str:
 
 
 def format_table(table: pd.DataFrame, cost_metric: str, sort: str | None = None, pareto_only: bool = False, all_columns: bool = False) -> str:
-    """The trials as text. By default the key columns: trial, status, test accuracy, the cost, the searched
-    knobs, whether on the front; `all_columns` adds every figure and the error. Accuracies sort descending, the rest ascending."""
+    """The trials as text. By default the key columns: trial, status, the accuracy decisions rank by (validation) and
+    the test accuracy (reported, never ranked by), the cost, the searched knobs, whether on the front; `all_columns`
+    adds every figure and the error. Accuracies sort descending, the rest ascending."""
     if table.empty:
         return "(no trials)"
     view = table[table["on_front"]] if pareto_only else table
     if sort:
         column = sort_column(sort, view, cost_metric)
         view = view.sort_values(column, ascending=not (column.endswith("accuracy") or column == "on_front"), kind="stable")
-    key = ["trial", "status", metrics.ACCURACY_METRIC, cost_metric, *knob_columns(view), "on_front"]
+    key = ["trial", "status", metrics.SELECTION_ACCURACY, metrics.TEST_ACCURACY, cost_metric, *knob_columns(view), "on_front"]
     columns = [c for c in view.columns if c != "run_id"] if all_columns else list(dict.fromkeys(key))
     shown = view[columns].rename(columns={name: ESTIMATE_MARK + name for name in metrics.ESTIMATES})
     notes = [f"{ESTIMATE_MARK}: estimated from the torch student, not measured on its int8 file"] if set(columns) & set(metrics.ESTIMATES) else []
+    if metrics.TEST_ACCURACY in columns:
+        notes.append(f"on_front ranks by {metrics.SELECTION_ACCURACY} (validation); {metrics.TEST_ACCURACY} is reported, never ranked by")
     if not all_columns:
         notes.append(f"{len(view.columns) - 1 - len(columns)} more columns: lepton-ray leaderboard WORKFLOW --all-columns")
     text = shown.to_string(index=False, float_format=lambda v: f"{v:.4g}")

@@ -74,7 +74,7 @@ def run_trial(loop_config: dict[str, Any], session: TrialSession) -> None:
     if device.type == "cpu":
         torch.set_num_threads(intra_op_threads(wf.resources.cpus_per_worker))
     data = trial_data(wf, loop_config, device)
-    teachers = teacher_source(wf, loop_config, device)
+    teachers = teacher_source(wf, loop_config, device) if wf.distillation.alpha > 0 else []  # alpha 0: labels only, no teacher forward
     student, compression, objective, optimizer, precision = set_up_student(wf, data, teachers, session.prepare_model, device)
     reestimate_batchnorm(student, train_batches(wf, data, 0, device))  # channel pruning / low-rank changed what each BatchNorm sees
     planned = {metrics.PLANNED_SIZE_BYTES: planned_size_bytes(wf, unwrap(student), compression)}
