@@ -113,6 +113,7 @@ def _rank_reestimates(rank: int, world_size: int, folder: str, rank_without_batc
         reestimate_batchnorm(net, [] if rank == rank_without_batches else as_batches(images[rank], 8))
         buffers = {name: tensor for name, tensor in net.module.state_dict().items() if "running" in name or "tracked" in name}
         torch.save(buffers, f"{folder}/rank{rank}.pt")
+        dist.barrier()  # tear down together: a rank leaving while gloo still talks to it aborted (SIGABRT) under load
     finally:
         dist.destroy_process_group()
 
