@@ -81,7 +81,7 @@ def test_small_sweep_logs_children_matches_leaderboard_and_records_failing_trial
     capsys.readouterr()
     assert main(["leaderboard", str(path), "--sort", "accuracy"]) == 0
     header, *rows = [line.split() for line in capsys.readouterr().out.splitlines() if line and not line.startswith("(")]
-    assert header[:4] == ["trial", "status", metrics.TEST_ACCURACY, wf.sweep.cost_metric] and "training.lr" in header
+    assert header[:5] == ["trial", "status", metrics.SELECTION_ACCURACY, metrics.TEST_ACCURACY, wf.sweep.cost_metric] and "training.lr" in header
     assert [row[1] for row in rows] == ["finished", "finished", "failed", "failed"], "most accurate first, failed trials last"
 
     # `select` and `export` on the finished sweep: the pick's own checkpoint (with its own knobs) is

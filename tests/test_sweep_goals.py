@@ -74,7 +74,7 @@ def test_a_warm_started_sweep_tries_the_other_front_first_and_stops_at_its_goal(
     assert main(["sweep", str(second), "--no-export"]) == 0
     out = capsys.readouterr().out
     assert f"warm start from {a_folder}: its {len(front)} front configuration(s) first, 3 finished trial(s) as sampler history" in out
-    assert "stop_when met by trial 0 (test_accuracy" in out and "the sweep stopped after 1 of 4 trials" in out
+    assert "stop_when met by trial 0 (int8_val_accuracy" in out and "the sweep stopped after 1 of 4 trials" in out
     b_folder = load_workflow(second).run_dir / "sweep"
     study, own, history = _study(b_folder)
     finished = [t for t in own if t.state.is_finished()]

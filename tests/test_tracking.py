@@ -48,7 +48,7 @@ def test_a_resume_closes_the_runs_of_trials_the_study_finished_before_the_driver
     student_dir = tmp_path / "trial-0000" / "checkpoint_1"
     student_dir.mkdir(parents=True)
     torch.save({"metrics": {}}, student_dir / STUDENT_FILE)
-    completed = {metrics.TEST_ACCURACY: 0.95, metrics.SIZE_BYTES: 1234.0, metrics.VAL_ACCURACY: 0.5, CHECKPOINT_PATH_KEY: str(student_dir)}
+    completed = {metrics.BEST_VAL_ACCURACY: 0.96, metrics.TEST_ACCURACY: 0.95, metrics.SIZE_BYTES: 1234.0, metrics.VAL_ACCURACY: 0.5, CHECKPOINT_PATH_KEY: str(student_dir)}
 
     closed = close_runs_of_finished_trials(
         tracker, parent, {0: "COMPLETE", 1: "PRUNED", 2: "FAIL"}, lambda n: completed if n == 0 else None,

@@ -225,7 +225,7 @@ def test_server_stopped_mid_sweep_loses_nothing_and_the_callback_never_raises(tm
         servers.append(start_server(port, store))
         logger.on_trial_result(0, [], first, {metrics.EPOCH: 3, metrics.VAL_ACCURACY: 0.7})
         for trial in (first, second):
-            trial.last_result = {metrics.TEST_ACCURACY: 0.9}
+            trial.last_result = {metrics.BEST_VAL_ACCURACY: 0.91, metrics.TEST_ACCURACY: 0.9}
             logger.on_trial_complete(0, [], trial)
         logger.on_experiment_end([])
         print(f"callbacks during the outage took {outage_s:.2f}s")

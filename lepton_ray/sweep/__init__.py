@@ -3,7 +3,7 @@ what `lepton-ray sweep` runs and returns its outcome (`sweep/api.py`, whose docs
 
 Inside: Ray Tune runs the trials (`runner.py`, `trial_driver.py`), an Optuna study decides what to try
 (`study.py`, driven through Tune by `search.py`), callbacks log to MLflow and print progress, and a finished
-sweep is read back and published (`results.py`).
+sweep is read back and published (`results.py`) after the pick's labels-only control (`control.py`).
 
 `sweep` and `run_sweep` are imported on first use: reading a finished sweep back (`select`, `leaderboard`)
 imports submodules of this package and must not pay for Ray Tune and torch.
