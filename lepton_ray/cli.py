@@ -96,7 +96,7 @@ def cmd_select(args: argparse.Namespace) -> int:
     load_user_code(wf.user_code)  # a `user_code` file may register the policy
     parse_options(POLICIES.get(wf.selection.policy).options_type, wf.selection.options)
     outcome, _ = existing_sweep(wf)
-    print(format_table(outcome.trials, wf.sweep.cost_metric, pareto_only=True))
+    print(format_table(outcome.trials, wf.sweep.cost_metric, pareto_only=True, val_samples=outcome.val_samples))
     print(select(outcome.trials, wf.sweep.cost_metric, outcome.teacher_accuracy, wf.selection, wf.export.tolerance, outcome.val_samples).explanation)
     return 0
 
@@ -115,6 +115,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
     """Tracking URI, experiment, cost and tolerance from the workflow when one is given; the flags override it."""
+    from lepton_ray import metrics
     from lepton_ray.config import ExportConfig, SweepConfig, TrackingConfig
     from lepton_ray.tracking.leaderboard import format_table, latest_sweep_run_id, trials_frame
     from lepton_ray.tracking.tracker import Tracker
@@ -135,7 +136,8 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
         field = "--experiment" if args.experiment else "tracking.experiment"
         raise LeptonError(f"{field}: no sweep found in experiment {experiment!r}; run `lepton-ray sweep` first or pick another experiment")
     table = trials_frame(tracker, parent, cost, export.tolerance)
-    print(format_table(table, cost, sort=args.sort, pareto_only=args.pareto_only, all_columns=args.all_columns))
+    val_samples = tracker.client.get_run(parent).data.metrics.get(metrics.VAL_SAMPLES)
+    print(format_table(table, cost, sort=args.sort, pareto_only=args.pareto_only, all_columns=args.all_columns, val_samples=val_samples and int(val_samples)))
     for path in filter(None, [args.csv, args.json]):
         shown = table[table["on_front"]] if args.pareto_only else table
         shown.to_csv(path, index=False) if path == args.csv else shown.to_json(path, orient="records", indent=2)

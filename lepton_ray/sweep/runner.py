@@ -84,7 +84,7 @@ def run_sweep(
     if remaining > 0:
         failures = _run_tuner(wf, shared_workflow, space, paths, study, remaining, teachers, data, tracker, parent_run_id, sweep_key, tags, address, log)
     trials = _read_trials(tracker, parent_run_id, wf, paths)
-    log(format_table(trials, wf.sweep.cost_metric))
+    log(format_table(trials, wf.sweep.cost_metric, val_samples=len(data.val)))
     outcome = SweepOutcome(parent_run_id, paths, trials, teachers[0].val_accuracy, val_samples=len(data.val))
     if remaining > 0 and len(failures) == remaining:
         what = "the trial" if space is None else f"all {remaining} trials"

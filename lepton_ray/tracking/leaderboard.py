@@ -10,7 +10,7 @@ import pandas as pd
 
 from lepton_ray import metrics
 from lepton_ray.config import SweepConfig
-from lepton_ray.deploy.pareto import artifact_holds, pareto_front
+from lepton_ray.deploy.pareto import artifact_holds, noise_note, pareto_front
 from lepton_ray.errors import ConfigError
 from lepton_ray.tracking.tracker import ERROR_TAG, PARENT_TAG, STATUS_TAG, Tracker
 
@@ -75,10 +75,13 @@ def sort_column(name: str, table: pd.DataFrame, cost_metric: str) -> str:
     return column
 
 
-def format_table(table: pd.DataFrame, cost_metric: str, sort: str | None = None, pareto_only: bool = False, all_columns: bool = False) -> str:
+def format_table(
+    table: pd.DataFrame, cost_metric: str, sort: str | None = None, pareto_only: bool = False, all_columns: bool = False, val_samples: int | None = None,
+) -> str:
     """The trials as text. By default the key columns: trial, status, the accuracy decisions rank by (validation) and
     the test accuracy (reported, never ranked by), the cost, the searched knobs, whether on the front; `all_columns`
-    adds every figure and the error. Accuracies sort descending, the rest ascending."""
+    adds every figure and the error. Accuracies sort descending, the rest ascending. `val_samples` (the validation
+    split's size) adds the standard error of the best validation figure."""
     if table.empty:
         return "(no trials)"
     view = table[table["on_front"]] if pareto_only else table
@@ -91,6 +94,9 @@ def format_table(table: pd.DataFrame, cost_metric: str, sort: str | None = None,
     notes = [f"{ESTIMATE_MARK}: estimated from the torch student, not measured on its int8 file"] if set(columns) & set(metrics.ESTIMATES) else []
     if metrics.TEST_ACCURACY in columns:
         notes.append(f"on_front ranks by {metrics.SELECTION_ACCURACY} (validation); {metrics.TEST_ACCURACY} is reported, never ranked by")
+    best = view[metrics.SELECTION_ACCURACY].max() if metrics.SELECTION_ACCURACY in view.columns else float("nan")
+    if val_samples and pd.notna(best):
+        notes.append(f"{metrics.SELECTION_ACCURACY} {best:.4f} is {noise_note(best, val_samples)}: closer trials cannot be told apart")
     if not all_columns:
         notes.append(f"{len(view.columns) - 1 - len(columns)} more columns: lepton-ray leaderboard WORKFLOW --all-columns")
     text = shown.to_string(index=False, float_format=lambda v: f"{v:.4g}")
