@@ -23,7 +23,7 @@ from conftest import REPO
 from test_data import write_release
 
 CPU = torch.device("cpu")
-METHODS = ["kd", "hard", "logit_mse", "hint", "attention", "multi_teacher"]
+METHODS = ["kd", "hard", "logit_mse", "hint", "attention", "multi_teacher", "dkd", "dist"]
 
 STUDENT_LOGITS = [[1.0, 2.0, 0.5], [0.0, -1.0, 3.0]]
 TEACHER_LOGITS = [[2.0, 1.0, 0.0], [1.0, 0.5, 2.5]]
@@ -118,6 +118,84 @@ def test_multi_teacher_weights_of_the_wrong_length_name_the_field():
         objective(inputs(teachers=(TEACHER_LOGITS, SECOND_TEACHER)))
 
 
+def reference_dkd(logits_student, logits_teacher, target, alpha, beta, temperature):
+    """mdistiller's `dkd_loss` (github.com/megvii-research/mdistiller, distillers/DKD.py), as published."""
+    gt_mask = torch.zeros_like(logits_student).scatter_(1, target.unsqueeze(1), 1).bool()
+    other_mask = torch.ones_like(logits_student).scatter_(1, target.unsqueeze(1), 0).bool()
+
+    def cat_mask(t, mask1, mask2):
+        return torch.cat([(t * mask1).sum(dim=1, keepdims=True), (t * mask2).sum(1, keepdims=True)], dim=1)
+
+    pred_student = cat_mask(torch.softmax(logits_student / temperature, dim=1), gt_mask, other_mask)
+    pred_teacher = cat_mask(torch.softmax(logits_teacher / temperature, dim=1), gt_mask, other_mask)
+    tckd = torch.nn.functional.kl_div(torch.log(pred_student), pred_teacher, reduction="sum") * temperature**2 / target.shape[0]
+    pred_teacher_part2 = torch.softmax(logits_teacher / temperature - 1000.0 * gt_mask, dim=1)
+    log_pred_student_part2 = torch.log_softmax(logits_student / temperature - 1000.0 * gt_mask, dim=1)
+    nckd = torch.nn.functional.kl_div(log_pred_student_part2, pred_teacher_part2, reduction="sum") * temperature**2 / target.shape[0]
+    return alpha * tckd + beta * nckd
+
+
+def reference_dist(z_s, z_t, beta, gamma, tau):
+    """The DIST authors' loss (github.com/hunto/DIST_KD, classification/lib/models/losses/dist_kd.py), as published."""
+
+    def pearson_correlation(a, b, eps=1e-8):
+        a, b = a - a.mean(1).unsqueeze(1), b - b.mean(1).unsqueeze(1)
+        return (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1) + eps)
+
+    y_s, y_t = (z_s / tau).softmax(dim=1), (z_t / tau).softmax(dim=1)
+    inter_loss = tau**2 * (1 - pearson_correlation(y_s, y_t).mean())
+    intra_loss = tau**2 * (1 - pearson_correlation(y_s.transpose(0, 1), y_t.transpose(0, 1)).mean())
+    return beta * inter_loss + gamma * intra_loss
+
+
+def random_batch(seed: int, temperature: float, labels: torch.Tensor | None = None, classes: int = 10) -> DistillInputs:
+    generator = torch.Generator().manual_seed(seed)
+    student, teacher = torch.randn(16, classes, generator=generator) * 3, torch.randn(16, classes, generator=generator) * 3
+    labels = torch.randint(0, classes, (16,), generator=generator) if labels is None else labels
+    return DistillInputs(student, labels, [teacher], temperature)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 4.0])
+@pytest.mark.parametrize(("alpha", "beta"), [(1.0, 8.0), (0.5, 2.0)])
+def test_dkd_equals_the_published_implementation(temperature, alpha, beta):
+    for seed in range(3):
+        batch = random_batch(seed, temperature)
+        expected = reference_dkd(batch.student_logits, batch.teacher_logits[0], batch.labels, alpha, beta, temperature)
+        torch.testing.assert_close(make("dkd", alpha=alpha, beta=beta)(batch), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_dkd_with_beta_one_and_alpha_one_is_kd_only_when_the_teacher_target_probability_is_zero_weighted_out():
+    """kd = TCKD + (1 - p_t,g) * NCKD (the paper's eq. 3): DKD with alpha 1, beta = 1 - p_t,g equals kd, sample by sample."""
+    batch = random_batch(0, 2.0)
+    single = [DistillInputs(batch.student_logits[i:i + 1], batch.labels[i:i + 1], [batch.teacher_logits[0][i:i + 1]], 2.0) for i in range(4)]
+    for one in single:
+        p_target = torch.softmax(one.teacher_logits[0] / 2.0, dim=-1)[0, int(one.labels[0])]
+        torch.testing.assert_close(make("dkd", alpha=1.0, beta=float(1 - p_target))(one), make("kd")(one), rtol=1e-5, atol=1e-6)
+
+
+def test_dkd_takes_the_teachers_argmax_as_the_target_of_unlabeled_samples():
+    batch = random_batch(1, 4.0)
+    unlabeled = DistillInputs(batch.student_logits, torch.full((16,), -1), batch.teacher_logits, 4.0)
+    expected = reference_dkd(batch.student_logits, batch.teacher_logits[0], batch.teacher_logits[0].argmax(dim=1), 1.0, 8.0, 4.0)
+    torch.testing.assert_close(make("dkd")(unlabeled), expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 4.0])
+@pytest.mark.parametrize(("beta", "gamma"), [(1.0, 1.0), (2.0, 0.5)])
+def test_dist_equals_the_published_implementation(temperature, beta, gamma):
+    for seed in range(3):
+        batch = random_batch(seed, temperature)
+        expected = reference_dist(batch.student_logits, batch.teacher_logits[0], beta, gamma, temperature)
+        torch.testing.assert_close(make("dist", beta=beta, gamma=gamma)(batch), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_dist_is_zero_for_a_student_whose_probabilities_are_an_affine_copy_of_the_teachers():
+    """Pearson correlation ignores scale and shift: identical soft outputs give no loss."""
+    batch = random_batch(2, 1.0)
+    same = DistillInputs(batch.teacher_logits[0].clone(), batch.labels, batch.teacher_logits, 1.0)
+    assert float(make("dist")(same)) == pytest.approx(0.0, abs=1e-6)
+
+
 @pytest.mark.parametrize(
     ("name", "options", "expected"),
     [
@@ -127,6 +205,8 @@ def test_multi_teacher_weights_of_the_wrong_length_name_the_field():
         ("attention", {"pairs": ["features.0"]}, r"options\.pairs: expected"),
         ("attention", {"student_layers": ["a", "b"], "teacher_layers": ["a"]}, r"options\.student_layers"),
         ("hint", {"student_layer": "a"}, r"options: .*teacher_layer"),
+        ("dkd", {"beta": -1.0}, r"options\.alpha: alpha and beta must be >= 0"),
+        ("dist", {"gamma": -1.0}, r"options\.beta: beta and gamma must be >= 0"),
     ],
 )
 def test_bad_loss_options_raise_config_error_naming_the_option(name, options, expected):

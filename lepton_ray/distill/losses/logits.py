@@ -1,4 +1,4 @@
-"""Losses on the teachers' output logits: soft targets, hard targets, logit regression, ensembles."""
+"""Losses on the teachers' output logits: soft targets, hard targets, logit regression, ensembles, decoupled KD, DIST."""
 
 from __future__ import annotations
 
@@ -79,3 +79,82 @@ class MultiTeacherKD(DistillationLoss):
         weights = self.teacher_weights(inputs.teacher_logits)
         probs = torch.stack([F.softmax(logits.float() / inputs.temperature, dim=-1) for logits in inputs.teacher_logits])
         return soft_target_kl(inputs.student_logits, (weights * probs).sum(dim=0), inputs.temperature)
+
+
+def target_classes(inputs: DistillInputs) -> torch.Tensor:
+    """Each sample's target class: its label, or (unlabeled samples, label -1) the primary teacher's argmax."""
+    return torch.where(inputs.labels >= 0, inputs.labels, inputs.teacher_logits[0].argmax(dim=-1))
+
+
+@LOSSES.register("dkd")
+class DecoupledKD(DistillationLoss):
+    """Decoupled KD (Zhao et al., CVPR 2022): kd split into a target and a non-target term, weighted apart.
+
+    With p = softmax(z/T) and g the target class: TCKD = KL([p_t,g, 1 - p_t,g] || [p_s,g, 1 - p_s,g]) and
+    NCKD = KL(softmax(t_/g / T) || softmax(s_/g / T)) over the classes other than g; the loss is
+    T^2 * (alpha * TCKD + beta * NCKD), batch mean. Plain kd weighs NCKD by 1 - p_t,g, which a confident
+    teacher drives to 0; `beta` (default 8, the paper's CIFAR setting) restores it. Unlabeled samples take the
+    teacher's argmax as g. Needs every teacher logit (the non-target distribution).
+    """
+
+    needs_every_teacher_logit = True
+
+    def __init__(self, alpha: float = 1.0, beta: float = 8.0) -> None:
+        super().__init__()
+        if alpha < 0 or beta < 0:
+            raise ValueError(f"alpha: alpha and beta must be >= 0, got alpha={alpha}, beta={beta}")
+        self.alpha, self.beta = alpha, beta
+
+    def forward(self, inputs: DistillInputs) -> torch.Tensor:
+        temperature = inputs.temperature
+        student, teacher = inputs.student_logits.float() / temperature, inputs.teacher_logits[0].float() / temperature
+        is_target = F.one_hot(target_classes(inputs), student.shape[-1]).bool()
+        log_p_student, log_p_teacher = F.log_softmax(student, dim=-1), F.log_softmax(teacher, dim=-1)
+        binary_student = _binary_log_probs(log_p_student, is_target)
+        binary_teacher = _binary_log_probs(log_p_teacher, is_target)
+        tckd = (binary_teacher.exp() * (binary_teacher - binary_student)).sum(dim=-1)
+        # log-probabilities over the other classes; 0 at the target, so its term is 1 * (0 - 0) and no -inf reaches a gradient
+        others_student = torch.where(is_target, 0.0, F.log_softmax(student.masked_fill(is_target, float("-inf")), dim=-1))
+        others_teacher = torch.where(is_target, 0.0, F.log_softmax(teacher.masked_fill(is_target, float("-inf")), dim=-1))
+        nckd = (others_teacher.exp() * (others_teacher - others_student)).sum(dim=-1)
+        return temperature**2 * (self.alpha * tckd + self.beta * nckd).mean()
+
+
+def _binary_log_probs(log_probs: torch.Tensor, is_target: torch.Tensor) -> torch.Tensor:
+    """(batch, 2) log [p_g, 1 - p_g] from log-probabilities over the classes, without cancellation in 1 - p_g."""
+    target = log_probs.masked_fill(~is_target, float("-inf")).logsumexp(dim=-1)
+    others = log_probs.masked_fill(is_target, float("-inf")).logsumexp(dim=-1)
+    return torch.stack([target, others], dim=-1)
+
+
+@LOSSES.register("dist")
+class DIST(DistillationLoss):
+    """DIST (Huang et al., NeurIPS 2022): match relations, not values, which tolerates a large teacher-student gap.
+
+    With y = softmax(z/T): T^2 * (beta * (1 - mean over samples of pearson(y_s[b, :], y_t[b, :])) + gamma * (1 - mean
+    over classes of pearson(y_s[:, c], y_t[:, c]))): inter-class relations per sample, intra-class relations across
+    the batch. Defaults beta = gamma = 1 (the paper's). Needs every teacher logit.
+    """
+
+    needs_every_teacher_logit = True
+
+    def __init__(self, beta: float = 1.0, gamma: float = 1.0) -> None:
+        super().__init__()
+        if beta < 0 or gamma < 0:
+            raise ValueError(f"beta: beta and gamma must be >= 0, got beta={beta}, gamma={gamma}")
+        self.beta, self.gamma = beta, gamma
+
+    def forward(self, inputs: DistillInputs) -> torch.Tensor:
+        temperature = inputs.temperature
+        student = F.softmax(inputs.student_logits.float() / temperature, dim=-1)
+        teacher = F.softmax(inputs.teacher_logits[0].float() / temperature, dim=-1)
+        inter = 1 - _pearson(student, teacher, dim=1).mean()
+        intra = 1 - _pearson(student, teacher, dim=0).mean()
+        return temperature**2 * (self.beta * inter + self.gamma * intra)
+
+
+def _pearson(a: torch.Tensor, b: torch.Tensor, dim: int, eps: float = 1e-8) -> torch.Tensor:
+    """Pearson correlation of `a` and `b` along `dim` (one value per slice of the other axis)."""
+    a = a - a.mean(dim=dim, keepdim=True)
+    b = b - b.mean(dim=dim, keepdim=True)
+    return (a * b).sum(dim=dim) / (a.norm(dim=dim) * b.norm(dim=dim) + eps)
