@@ -31,6 +31,10 @@ class AugmentConfig(_Strict):
     hflip: bool = False
     crop_padding: int = Field(0, ge=0, le=16, description="pad by this many pixels, then crop back at a per-sample offset")
     views: int = Field(4, ge=1, le=64, description="distinct augmented views of the training split; epoch e trains on view e % views")
+    mix: Literal["none", "mixup", "cutmix"] = Field("none", description=(
+        "function matching (Beyer et al., CVPR 2022): each image mixed with a partner drawn per view (mixup: blended; cutmix: a "
+        "box pasted), labels mixed in the same share; replayed like flips and crops, so cached teacher outputs stay exact"))
+    mix_alpha: float = Field(1.0, gt=0, le=10, description="the share of a sample's own image is drawn from Beta(mix_alpha, mix_alpha)")
 
 
 class DataConfig(_Strict):

@@ -239,6 +239,18 @@ def test_objective_hard_label_term_skips_unlabeled_samples():
     assert DistillationObjective(DistillationConfig(alpha=0.0))(inputs(labels=(-1, -1))).item() == 0.0
 
 
+def test_the_hard_label_term_of_a_mixed_batch_weighs_each_label_by_its_share_of_the_image():
+    """Sample 0: 70% its own label 1, 30% its partner's 0; sample 1: 40% its own 2, 60% an unlabeled partner's (left out)."""
+    q = softmax_rows(STUDENT_LOGITS)
+    mixed = inputs(labels=(1, 2), partner_labels=torch.tensor([0, -1]), shares=torch.tensor([0.7, 0.4]))
+    expected = -(0.7 * math.log(q[0][1]) + 0.3 * math.log(q[0][0]) + 0.4 * math.log(q[1][2])) / (0.7 + 0.3 + 0.4)
+    assert DistillationObjective(DistillationConfig(alpha=0.0))(mixed).item() == pytest.approx(expected, rel=1e-6)
+    whole = inputs(labels=(1, 2), partner_labels=torch.tensor([0, 0]), shares=torch.ones(2))
+    assert DistillationObjective(DistillationConfig(alpha=0.0))(whole).item() == pytest.approx(DistillationObjective(DistillationConfig(alpha=0.0))(inputs(labels=(1, 2))).item(), rel=1e-6)
+    assert make("dkd")(inputs(labels=(1, 2), partner_labels=torch.tensor([0, 0]), shares=torch.tensor([0.3, 0.9]))).item() == pytest.approx(
+        make("dkd")(inputs(labels=(0, 2))).item(), rel=1e-6), "DKD's target is the label with the larger share"
+
+
 # ---- feature losses --------------------------------------------------------------------------------
 
 def features(seed: int, *shape: int) -> torch.Tensor:

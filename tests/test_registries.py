@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from lepton_ray.data.batches import AugmentView, iterate_batches
+from lepton_ray.data.batches import AugmentView, MixPlan, iterate_batches
 from lepton_ray.config import DataConfig, ModelSpec
 from lepton_ray.data.datasets import build_data
 from lepton_ray.data.splits import UNLABELED
@@ -91,3 +91,9 @@ def test_a_class_tree_batches_through_the_file_backed_path_with_the_views_flip(t
     first_plain = next(iterate_batches(data.train, [0], 1, torch.device("cpu"))).images
     assert torch.equal(batches[0].images[:1], first_plain.flip(-1)), "the view's flip applies to file-backed images too"
     assert batches[-1].indices.tolist() == list(range(8 * (len(batches) - 1), len(data.train)))
+
+    mixing = AugmentView(0, view.flips, view.offsets, 0, MixPlan("mixup", torch.arange(len(data.train)).roll(1), torch.full((len(data.train),), 0.25), torch.zeros(len(data.train), 2)))
+    (mixed,) = iterate_batches(data.train, [0, 1], 2, torch.device("cpu"), mixing)
+    partner_images, partner_labels = (torch.stack(column) if i == 0 else torch.tensor(column) for i, column in enumerate(zip(data.train[len(data.train) - 1], data.train[0])))
+    torch.testing.assert_close(mixed.images, 0.25 * torch.stack([data.train[0][0], data.train[1][0]]).flip(-1) + 0.75 * partner_images.flip(-1))
+    assert mixed.partner_labels.tolist() == partner_labels.tolist(), "partners are read from the file-backed set too"

@@ -21,6 +21,8 @@ from conftest import QUICKSTART
 CPU = torch.device("cpu")
 LOSSES = [{"name": "kd", "weight": 1.0}, {"name": "hint", "weight": 0.5, "options": {"student_layer": "features.1", "teacher_layer": "features.1"}}]
 AUGMENT = {"hflip": True, "crop_padding": 1, "views": 3}
+MIXUP = {**AUGMENT, "mix": "mixup"}
+CUTMIX = {"mix": "cutmix", "views": 2, "mix_alpha": 0.5}
 
 
 def _setup(augment: dict | None = None, seed: int = 0):
@@ -42,7 +44,7 @@ def _train(wf, data, teachers, student, epochs: int) -> list[float]:
     return losses
 
 
-@pytest.mark.parametrize("augment", [None, AUGMENT], ids=["plain", "augmented"])
+@pytest.mark.parametrize("augment", [None, AUGMENT, MIXUP, CUTMIX], ids=["plain", "augmented", "mixup", "cutmix"])
 def test_cached_teacher_outputs_give_the_same_losses_and_weights_as_the_live_teacher(augment):
     """Four epochs cycle through every augmentation view (and back to view 0) on the same batches."""
     torch.set_num_threads(1)
@@ -71,6 +73,37 @@ def test_augmentation_views_are_replayed_exactly_and_differ_between_views():
     assert torch.equal(first, again)
     assert not torch.equal(first, other)
     assert first.shape == images.shape and not torch.equal(first, images)
+
+
+def test_mixing_is_replayed_and_blends_each_image_with_its_views_partner_in_its_share():
+    cfg = AugmentConfig(**MIXUP)
+    _, data, _ = _setup(MIXUP)
+    view = augment_view(cfg, len(data.train), epoch=1, data_seed=0)
+    plain = augment_view(AugmentConfig(**AUGMENT), len(data.train), epoch=1, data_seed=0)
+    assert torch.equal(view.flips, plain.flips) and torch.equal(view.offsets, plain.offsets), "mixing leaves the flips and crops as they were"
+    (batch,) = iterate_batches(data.train, list(range(8)), 8, CPU, view)
+    (again,) = iterate_batches(data.train, list(range(8)), 8, CPU, augment_view(cfg, len(data.train), epoch=4, data_seed=0))
+    assert torch.equal(batch.images, again.images) and torch.equal(batch.shares, again.shares), "epoch 4 replays view 1"
+    images, labels = data.train.tensors[0], data.train.tensors[1]
+    partners = view.mix.partners[:8]
+    own, partner = view.apply(images[:8], torch.arange(8)), view.apply(images[partners], partners)
+    weight = batch.shares.view(-1, 1, 1, 1)
+    torch.testing.assert_close(batch.images, weight * own + (1 - weight) * partner)
+    assert torch.equal(batch.partner_labels, labels[partners]) and bool(((batch.shares > 0) & (batch.shares < 1)).all())
+    (other,) = iterate_batches(data.train, list(range(8)), 8, CPU, augment_view(cfg, len(data.train), epoch=2, data_seed=0))
+    assert not torch.equal(other.shares, batch.shares)
+
+
+def test_cutmix_pastes_one_box_of_the_partner_and_the_share_counts_the_pixels_left():
+    view = augment_view(AugmentConfig(**CUTMIX), 64, epoch=0, data_seed=0)
+    own, partner = torch.zeros(64, 2, 9, 7), torch.ones(64, 2, 9, 7)
+    mixed, shares = view.mix.mix(own, partner, torch.arange(64))
+    pasted = mixed[:, 0].bool()
+    assert torch.equal(mixed[:, 0], mixed[:, 1]), "the same box in every channel"
+    rectangle = pasted.any(dim=2)[:, :, None] & pasted.any(dim=1)[:, None, :]
+    assert torch.equal(pasted, rectangle), "the pasted pixels form one box"
+    torch.testing.assert_close(shares, 1 - pasted.float().mean(dim=(1, 2)))
+    assert 0 < float(shares.min()) and float(shares.max()) <= 1 and pasted.any()
 
 
 def test_flip_and_crop_move_pixels_where_they_should():

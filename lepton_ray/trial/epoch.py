@@ -102,7 +102,9 @@ def train_epoch(
             teacher_logits, teacher_features = teacher_outputs(teachers, batch, objective.teacher_layers)
             with capture_features(student, objective.student_layers, "student layer") as student_features:
                 student_logits = student(images)
-            loss = objective(DistillInputs(student_logits, labels, teacher_logits, objective.temperature, dict(student_features), teacher_features))
+            loss = objective(DistillInputs(
+                student_logits, labels, teacher_logits, objective.temperature, dict(student_features), teacher_features, batch.partner_labels, batch.shares,
+            ))
         optimizer.zero_grad(set_to_none=True)
         precision.backward(loss)
         average_grads(objective)

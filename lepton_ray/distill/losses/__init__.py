@@ -35,11 +35,22 @@ def build_loss(spec: LossSpec, index: int) -> DistillationLoss:
     return loss
 
 
-def labeled_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """CE averaged over labeled samples only (label -1 = unlabeled); 0 for a batch with none."""
+def labeled_cross_entropy(
+    logits: torch.Tensor, labels: torch.Tensor, partner_labels: torch.Tensor | None = None, shares: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """CE averaged over labeled samples only (label -1 = unlabeled); 0 for a batch with none. A mixed batch
+    (`shares`: each image's own share) weighs each image's label by its share and its partner's by the rest."""
     per_sample = F.cross_entropy(logits, labels.clamp(min=0), reduction="none")
     labeled = (labels >= 0).to(per_sample.dtype)
-    return (per_sample * labeled).sum() / labeled.sum().clamp(min=1)
+    if shares is None:
+        return (per_sample * labeled).sum() / labeled.sum().clamp(min=1)
+    assert partner_labels is not None
+    share = shares.to(per_sample.dtype)
+    partner = F.cross_entropy(logits, partner_labels.clamp(min=0), reduction="none")
+    partner_labeled = (partner_labels >= 0).to(per_sample.dtype)
+    weights = share * labeled + (1 - share) * partner_labeled
+    total = (share * labeled * per_sample + (1 - share) * partner_labeled * partner).sum()
+    return torch.where(weights.sum() > 0, total / weights.sum().clamp(min=1e-12), total)
 
 
 class DistillationObjective(nn.Module):
@@ -69,7 +80,7 @@ class DistillationObjective(nn.Module):
         return any(loss.needs_every_teacher_logit for loss in self.losses)
 
     def forward(self, inputs: DistillInputs) -> torch.Tensor:
-        hard = labeled_cross_entropy(inputs.student_logits, inputs.labels)
+        hard = labeled_cross_entropy(inputs.student_logits, inputs.labels, inputs.partner_labels, inputs.shares)
         if self.alpha == 0.0:
             return hard
         distill = sum(weight * loss(inputs) for weight, loss in zip(self.weights, self.losses))

@@ -23,6 +23,9 @@ class DistillInputs:
     student_features: dict[str, torch.Tensor] = field(default_factory=dict)
     teacher_features: dict[str, torch.Tensor] = field(default_factory=dict)
     """Primary teacher's features by layer name."""
+    partner_labels: torch.Tensor | None = None
+    shares: torch.Tensor | None = None
+    """Mixed inputs (`data.augment.mix`): each image's partner label and its own share of the mix (`data/batches.py`)."""
 
     def __post_init__(self) -> None:
         self.teacher_logits = [logits.detach() for logits in self.teacher_logits]

@@ -82,8 +82,12 @@ class MultiTeacherKD(DistillationLoss):
 
 
 def target_classes(inputs: DistillInputs) -> torch.Tensor:
-    """Each sample's target class: its label, or (unlabeled samples, label -1) the primary teacher's argmax."""
-    return torch.where(inputs.labels >= 0, inputs.labels, inputs.teacher_logits[0].argmax(dim=-1))
+    """Each sample's target class: its label (of a mixed image, the label with the larger share), or (unlabeled
+    samples, label -1) the primary teacher's argmax."""
+    labels = inputs.labels
+    if inputs.shares is not None and inputs.partner_labels is not None:
+        labels = torch.where(inputs.shares >= 0.5, labels, inputs.partner_labels)
+    return torch.where(labels >= 0, labels, inputs.teacher_logits[0].argmax(dim=-1))
 
 
 @LOSSES.register("dkd")
