@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer, model_validator
 
 from lepton_ray import metrics
 from lepton_ray.errors import ConfigError
@@ -35,6 +35,16 @@ class AugmentConfig(_Strict):
         "function matching (Beyer et al., CVPR 2022): each image mixed with a partner drawn per view (mixup: blended; cutmix: a "
         "box pasted), labels mixed in the same share; replayed like flips and crops, so cached teacher outputs stay exact"))
     mix_alpha: float = Field(1.0, gt=0, le=10, description="the share of a sample's own image is drawn from Beta(mix_alpha, mix_alpha)")
+
+    @model_serializer(mode="wrap")
+    def _mixing_only_when_on(self, handler: Any) -> dict[str, Any]:
+        """Without mixing, dump as before the mixing fields existed: teacher fingerprints and teacher-cache keys are
+        hashes of these dumps, and a cached teacher (an hour of training on real data) must not retrain for them."""
+        dumped = handler(self)
+        if self.mix == "none":
+            dumped.pop("mix", None)
+            dumped.pop("mix_alpha", None)
+        return dumped
 
 
 class DataConfig(_Strict):

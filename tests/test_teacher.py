@@ -16,7 +16,7 @@ from lepton_ray.models.zoo import build_model
 from lepton_ray.trial import teacher
 from lepton_ray.trial.teacher import fingerprint, prepare_teachers
 
-from conftest import QUICKSTART
+from conftest import QUICKSTART, REPO
 
 
 @pytest.fixture(scope="module")
@@ -106,6 +106,16 @@ def test_a_teacher_file_trained_before_teacher_train_augment_existed_keeps_its_f
     assert fingerprint(wf.teacher, wf.data, wf.training.seed) == "36a06c208ec9d930"  # what 09ecd06 wrote into the quickstart's teacher
     augmented = load_workflow(QUICKSTART, {"teacher.train.augment": {"hflip": True, "crop_padding": 1}})
     assert fingerprint(augmented.teacher, augmented.data, augmented.training.seed) != "36a06c208ec9d930"
+
+
+def test_teachers_trained_with_augmentation_keep_their_fingerprint_now_that_mixing_exists():
+    """The values c7f9149 (before data.augment.mix) computed; a changed fingerprint retrains the Fashion-MNIST teacher (20-56 min)."""
+    fm = REPO / "workflows" / "fashion_mnist.yaml"
+    for overrides, expected in [({}, "e016093507c9ee83"), ({"data.augment": {"hflip": True, "crop_padding": 2}}, "8cff8d447e22d22f")]:
+        wf = load_workflow(fm, overrides)
+        assert fingerprint(wf.teacher, wf.data, wf.training.seed) == expected, overrides
+    mixed = load_workflow(fm, {"data.augment": {"hflip": True, "crop_padding": 2, "mix": "mixup"}})
+    assert fingerprint(mixed.teacher, mixed.data, mixed.training.seed) != "8cff8d447e22d22f"
 
 
 def test_teacher_train_augment_changes_what_the_teacher_learns_from(data):
