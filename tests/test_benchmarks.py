@@ -14,6 +14,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks.common import Figure
 from benchmarks.search_efficiency import GridTable, distribution, headline, hypervolume_2d, replay, trials_to_share
+from lepton_ray import metrics
 from benchmarks.throughput_vs_peak import training_flops
 from lepton_ray.compress.cost import count_macs
 
@@ -192,3 +193,15 @@ def test_sweep_scale_figures_compare_driver_time_per_trial_and_skip_a_searcher_c
     assert by_name["tpe: driver s/trial at 100 / at 25 trials"].value == pytest.approx(1.3 / 2.0)
     assert by_name["tpe: select on 100 trials (s)"].verdict == "FAIL"
     assert not any(name.startswith("random") for name in by_name), "random never reached its largest size"
+
+
+def test_distill_gain_pairs_each_seed_and_gives_the_mean_and_sd_of_the_differences():
+    from benchmarks.distill_gain import gain_row, run_overrides
+
+    runs = [{metrics.TEST_ACCURACY: a, "seconds": 10.0} for a in (0.91, 0.90, 0.93, 0.90, 0.92, 0.90)]  # (teacher, labels only) per seed
+    row = gain_row(runs, [0, 1, 2])
+    assert row["gain_points"] == pytest.approx(2.0) and row["gain_sd_points"] == pytest.approx(1.0)
+    assert row["labels_only_test_accuracy"] == [0.90, 0.90, 0.90]
+    labels_only = run_overrides({"student.options.width": 0.5}, "function_matching", "labels_only", 2, quick=True)
+    assert labels_only["distillation.alpha"] == 0.0 and labels_only["data.augment"]["mix"] == "mixup", "both arms see the same mixed views"
+    assert labels_only["training.epochs"] == 1 and labels_only["data.augment"]["views"] == 2 and labels_only["student.options.width"] == 0.5
