@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,7 @@ def trial_driver(config: dict[str, Any], base_workflow: dict[str, Any], inputs: 
             final_metrics = session.last_metrics
         else:
             final_metrics = build_trainer(wf, inputs, Path(trials_root), name, [TuneReportCallback()]).fit().metrics or {}
+            wait_until_tune_took_every_report()
     except Exception as err:
         if is_storage_full(err):
             tune.report({metrics.STORAGE_FULL: 1})  # the searcher leaves the trial to --resume; the driver stops the sweep
@@ -56,6 +58,25 @@ def trial_driver(config: dict[str, Any], base_workflow: dict[str, Any], inputs: 
             raise
         return
     raise_if_diverged(final_metrics)
+
+
+def wait_until_tune_took_every_report(poll_s: float = 0.05, settle_s: float = 0.5) -> None:
+    """Return from a DDP trial only once Tune's actor has taken every report `TuneReportCallback` forwarded.
+
+    Ray 2.60 deadlocks otherwise: when this function returns, Tune's runner thread puts a last result into its
+    one-slot result queue; if a forwarded report is still waiting in the inter-actor queue, the actor's main
+    thread takes it and blocks forever putting it into that full queue (`_TrainSession._get_result_from_queues`;
+    seen in CI: a 2-worker sweep stuck after both trials finished). The main thread empties the queue whenever
+    Tune asks the trial for a result; `settle_s` covers the few statements between its taking the last report
+    and passing it on."""
+    from ray.train._internal.session import get_session
+
+    forwarded = getattr(get_session(), "_inter_actor_queue", None)
+    if forwarded is None:
+        return
+    while not forwarded.empty():
+        time.sleep(poll_s)
+    time.sleep(settle_s)
 
 
 def checked_workflow(base_workflow: dict[str, Any], config: dict[str, Any]) -> WorkflowConfig:
