@@ -102,6 +102,14 @@ def write_result(name: str, payload: dict[str, Any], quick: bool) -> dict[str, A
     return full
 
 
+def write_page(name: str, text: str, quick: bool) -> Path:
+    """Write `results/<name>.md` (`.quick.md` for a smoke run), the Markdown page beside the JSON."""
+    page = RESULTS / f"{name}{'.quick' if quick else ''}.md"
+    page.write_text(text)
+    print(f"wrote {page.relative_to(REPO)}")
+    return page
+
+
 def describe_machine_line(machine: dict[str, Any]) -> str:
     gpu = f", GPU {machine['gpu']}" if machine.get("gpu") else ", no GPU"
     versions = ", ".join(f"{package} {machine[package]}" for package in ("torch", *VERSIONED) if package in machine)

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.common import REPO, RESULTS, Figure, format_table, train_student, write_result
+from benchmarks.common import REPO, RESULTS, Figure, format_table, train_student, write_page, write_result
 from benchmarks.fashion_mnist import bench_workflow
 from lepton_ray import metrics
 from lepton_ray.data.datasets import build_data
@@ -163,9 +163,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if unknown:
         parser.error(f"unknown recipe or config: {', '.join(unknown)}")
     payload = write_result(NAME, run(configs, recipes, list(range(args.seeds)), args.quick, args.processes), args.quick)
-    page = RESULTS / f"{NAME}{'.quick' if args.quick else ''}.md"
-    page.write_text(markdown(payload))
-    print(f"wrote {page.relative_to(REPO)}")
+    write_page(NAME, markdown(payload), args.quick)
     return payload
 
 

@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.common import REPO, RESULTS, Figure, format_table, measured_commit, train_student, write_result
+from benchmarks.common import REPO, Figure, format_table, measured_commit, train_student, write_page, write_result
 from lepton_ray import metrics
 from lepton_ray.export.shipped_cost import file_cost
 from lepton_ray.config import WorkflowConfig, load_workflow
@@ -268,9 +268,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--data-root", type=Path, default=None, help="folder of the four idx files (default: the workflow's)")
     args = parser.parse_args(argv)
     payload = write_result(NAME, run(args.quick, list(range(args.seeds or (1 if args.quick else 3))), args.data_root), args.quick)
-    page = RESULTS / f"{NAME}{'.quick' if args.quick else ''}.md"
-    page.write_text(markdown(payload))
-    print(f"wrote {page.relative_to(REPO)}")
+    write_page(NAME, markdown(payload), args.quick)
     return payload
 
 

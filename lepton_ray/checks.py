@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from lepton_ray import metrics
-from lepton_ray.config import SearchSpace, WorkflowConfig, apply_overrides, load_search_space, parse_workflow
+from lepton_ray.config import WorkflowConfig, apply_overrides, parse_workflow
+from lepton_ray.search_space import SearchSpace, load_search_space
 from lepton_ray.errors import ConfigError
 
 DRIVER_CPU_RESERVE = 0.02

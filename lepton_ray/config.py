@@ -1,4 +1,4 @@
-"""Typed workflow and search-space configs: YAML in, frozen validated models out.
+"""Typed workflow configs: YAML in, frozen validated models out (search spaces: `search_space.py`).
 
 This is the only place defaults live. YAML is read by `yaml_input.py` (the safe loader, no tags
 that run code); every error becomes a `ConfigError` naming the field and the allowed values.
@@ -9,7 +9,7 @@ from __future__ import annotations
 import posixpath
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer, model_validator
 
@@ -21,11 +21,11 @@ Scalar = Union[bool, int, float, str, None]
 Options = dict[str, Union[Scalar, list[Scalar]]]
 
 
-class _Strict(BaseModel):
+class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class AugmentConfig(_Strict):
+class AugmentConfig(StrictModel):
     """Replayable training augmentation (see `lepton_ray/data/batches.py`): fixed views, not fresh randomness."""
 
     hflip: bool = False
@@ -47,7 +47,7 @@ class AugmentConfig(_Strict):
         return dumped
 
 
-class DataConfig(_Strict):
+class DataConfig(StrictModel):
     name: str = "digits"
     root: Path | None = None
     download: bool = False
@@ -59,12 +59,12 @@ class DataConfig(_Strict):
     options: Options = Field(default_factory=dict)
 
 
-class ModelSpec(_Strict):
+class ModelSpec(StrictModel):
     name: str
     options: Options = Field(default_factory=dict)
 
 
-class TeacherTrainConfig(_Strict):
+class TeacherTrainConfig(StrictModel):
     """Supervised training of a teacher in-process (Adam, cosine learning rate, best-val weights kept)."""
 
     epochs: int = Field(20, ge=1)
@@ -84,19 +84,19 @@ class TeacherConfig(ModelSpec):
         return self
 
 
-class LossSpec(_Strict):
+class LossSpec(StrictModel):
     name: str
     weight: float = Field(1.0, ge=0)
     options: Options = Field(default_factory=dict)
 
 
-class DistillationConfig(_Strict):
+class DistillationConfig(StrictModel):
     temperature: float = Field(4.0, gt=0, le=100)
     alpha: float = Field(0.5, ge=0, le=1, description="weight of distillation terms vs hard-label CE")
     losses: list[LossSpec] = Field(default_factory=lambda: [LossSpec(name="kd")], min_length=1)
 
 
-class TrainingConfig(_Strict):
+class TrainingConfig(StrictModel):
     epochs: int = Field(10, ge=1, le=10_000)
     batch_size: int = Field(64, ge=1)
     lr: float = Field(2e-3, gt=0, le=10)
@@ -115,7 +115,7 @@ class TrainingConfig(_Strict):
         "the default in the last bits, so off by default (benchmarks/results/plain_loop.json has the speed-up)"))
 
 
-class ResourcesConfig(_Strict):
+class ResourcesConfig(StrictModel):
     num_workers: int = Field(2, ge=1, le=1024)
     cpus_per_worker: float = Field(0.49, gt=0)
     use_gpu: bool = False
@@ -124,7 +124,7 @@ class ResourcesConfig(_Strict):
     max_failures: int = Field(1, ge=0, description="worker-group restarts per trial")
 
 
-class PruningConfig(_Strict):
+class PruningConfig(StrictModel):
     """Global unstructured magnitude pruning on a cubic schedule (Zhu & Gupta, 2017)."""
 
     sparsity: float = Field(0.0, ge=0, le=0.95)
@@ -132,7 +132,7 @@ class PruningConfig(_Strict):
     end_epoch: int | None = Field(None, ge=0, description="default: two thirds of the epochs")
 
 
-class ChannelPruningConfig(_Strict):
+class ChannelPruningConfig(StrictModel):
     """Structured channel removal applied before distillation."""
 
     sparsity: float = Field(0.0, ge=0, le=0.9)
@@ -148,7 +148,7 @@ LOW_BITS = (1, 2)
 """Binary ({-a, +a}) and ternary ({-a, 0, +a}) weights per output channel (`compress/quantize.py`)."""
 
 
-class QuantizationConfig(_Strict):
+class QuantizationConfig(StrictModel):
     """b-bit weight / 8-bit activation fake-quant training (QAT); 2 bits is ternary, 1 bit binary."""
 
     bits: Literal[1, 2, 4, 5, 6, 7] | None = None
@@ -184,18 +184,18 @@ class QuantizationConfig(_Strict):
         return value
 
 
-class LowRankConfig(_Strict):
+class LowRankConfig(StrictModel):
     rank_ratio: float | None = Field(None, gt=0, le=1)
 
 
-class CompressionConfig(_Strict):
+class CompressionConfig(StrictModel):
     pruning: PruningConfig = PruningConfig()
     channel_pruning: ChannelPruningConfig = ChannelPruningConfig()
     quantization: QuantizationConfig = QuantizationConfig()
     low_rank: LowRankConfig = LowRankConfig()
 
 
-class TrackingConfig(_Strict):
+class TrackingConfig(StrictModel):
     uri: str = "sqlite:///mlflow.db"
     experiment: str = Field("lepton-ray", min_length=1)
     model_name: str = Field("lepton-student", min_length=1)
@@ -209,7 +209,7 @@ class TrackingConfig(_Strict):
         return value
 
 
-class StopWhen(_Strict):
+class StopWhen(StrictModel):
     """The sweep's goal: it ends as soon as a finished trial meets every bound given (`sweep/goal.py`)."""
 
     min_accuracy: float | None = Field(None, ge=0, le=1, description="int8_val_accuracy at least this (the int8 file's validation accuracy; never test)")
@@ -222,7 +222,7 @@ class StopWhen(_Strict):
         return self
 
 
-class SweepConfig(_Strict):
+class SweepConfig(StrictModel):
     space: Path | None = None
     num_samples: int = Field(12, ge=1)
     cost_metric: Literal[metrics.COST_METRICS] = Field(
@@ -259,7 +259,7 @@ class SweepConfig(_Strict):
     )
 
 
-class DistillationControlConfig(_Strict):
+class DistillationControlConfig(StrictModel):
     """After selection, the pick's own configuration trained again without the teacher (`sweep/control.py`)."""
 
     enabled: bool = Field(True, description="train the labels-only control and report what distillation bought (one trial per seed)")
@@ -268,19 +268,19 @@ class DistillationControlConfig(_Strict):
         "with its teacher, so the gain is a mean of paired differences"))
 
 
-class SelectionConfig(_Strict):
+class SelectionConfig(StrictModel):
     policy: str = "knee"
     options: Options = Field(default_factory=dict)
     distillation_control: DistillationControlConfig = DistillationControlConfig()
 
 
-class ExportConfig(_Strict):
+class ExportConfig(StrictModel):
     tolerance: float = Field(1.0, ge=0, le=100, description="max int8 accuracy drop, in points")
     calibration_samples: int = Field(512, ge=1)
     latency_batch_size: int = Field(64, ge=1)
 
 
-class WorkflowConfig(_Strict):
+class WorkflowConfig(StrictModel):
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
     output_dir: Path = Path("runs")
     user_code: list[Path] = Field(
@@ -333,50 +333,7 @@ class WorkflowConfig(_Strict):
         return self.model_dump(mode="json")
 
 
-class FloatParam(_Strict):
-    type: Literal["float"]
-    low: float
-    high: float
-    log: bool = False
-
-    @model_validator(mode="after")
-    def _ordered(self) -> "FloatParam":
-        if not self.low < self.high:
-            raise ValueError(f"low ({self.low}) must be < high ({self.high})")
-        if self.log and self.low <= 0:
-            raise ValueError("log=true needs low > 0")
-        return self
-
-
-class IntParam(_Strict):
-    type: Literal["int"]
-    low: int
-    high: int
-    step: int = Field(1, ge=1)
-    log: bool = False
-
-    @model_validator(mode="after")
-    def _ordered(self) -> "IntParam":
-        if not self.low < self.high:
-            raise ValueError(f"low ({self.low}) must be < high ({self.high})")
-        return self
-
-
-class CategoricalParam(_Strict):
-    type: Literal["categorical"]
-    choices: list[Scalar] = Field(min_length=1)
-
-
-ParamSpec = Annotated[Union[FloatParam, IntParam, CategoricalParam], Field(discriminator="type")]
-
-
-class SearchSpace(_Strict):
-    """Knobs keyed by their dotted path in the workflow, e.g. `distillation.temperature`."""
-
-    params: dict[str, ParamSpec] = Field(min_length=1)
-
-
-def _format_validation_error(err: ValidationError, prefix: str = "") -> str:
+def validation_error_line(err: ValidationError, prefix: str = "") -> str:
     first = err.errors()[0]
     loc = ".".join(str(part) for part in first["loc"] if not str(part).startswith(("function-", "tagged-union")))
     field = f"{prefix}{loc}" if loc else prefix.rstrip(".") or "workflow"
@@ -396,19 +353,8 @@ def parse_workflow(raw: dict[str, Any]) -> WorkflowConfig:
     try:
         return WorkflowConfig.model_validate(raw)
     except ValidationError as err:
-        raise ConfigError(_format_validation_error(err)) from None
-
-
-def parse_search_space(raw: dict[str, Any]) -> SearchSpace:
-    try:
-        return SearchSpace.model_validate(raw)
-    except ValidationError as err:
-        raise ConfigError(_format_validation_error(err, "search_space.")) from None
+        raise ConfigError(validation_error_line(err)) from None
 
 
 def load_workflow(path: Path, overrides: dict[str, Any] | None = None) -> WorkflowConfig:
     return parse_workflow(apply_overrides(read_yaml(path, "workflow"), overrides or {}))
-
-
-def load_search_space(path: Path) -> SearchSpace:
-    return parse_search_space(read_yaml(path, "sweep.space"))

@@ -8,7 +8,8 @@ import pytest
 import yaml
 
 from lepton_ray.cli import main
-from lepton_ray.config import apply_overrides, load_workflow, parse_search_space
+from lepton_ray.config import apply_overrides, load_workflow
+from lepton_ray.search_space import parse_search_space
 from lepton_ray.data.datasets import build_data
 from lepton_ray.errors import ConfigError
 

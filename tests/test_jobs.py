@@ -25,7 +25,8 @@ import yaml
 from lepton_ray import metrics
 from lepton_ray.cli import main
 from lepton_ray.cluster.local_nodes import free_port
-from lepton_ray.config import load_search_space, load_workflow
+from lepton_ray.config import load_workflow
+from lepton_ray.search_space import load_search_space
 from lepton_ray.cluster.jobs import SPACE_FILE, WORKFLOW_FILE, check_for_cluster, local_store_path, stage_job
 
 from own_code import write_project

@@ -36,7 +36,7 @@ def test_a_trial_whose_storage_filled_up_stays_open_for_resume_and_no_new_trial_
     from ray.tune.search import Searcher
 
     from lepton_ray import metrics
-    from lepton_ray.config import FloatParam, SearchSpace
+    from lepton_ray.search_space import FloatParam, SearchSpace
     from lepton_ray.sweep.search import StudySearcher
 
     space = SearchSpace(params={"distillation.alpha": FloatParam(type="float", low=0.1, high=0.9)})
@@ -58,7 +58,7 @@ def test_a_study_write_refused_by_a_full_disk_stops_new_trials_and_leaves_the_tr
     from ray.tune.search import Searcher
 
     from lepton_ray import metrics
-    from lepton_ray.config import FloatParam, SearchSpace
+    from lepton_ray.search_space import FloatParam, SearchSpace
     from lepton_ray.sweep.search import StudySearcher
 
     space = SearchSpace(params={"distillation.alpha": FloatParam(type="float", low=0.1, high=0.9)})
@@ -91,7 +91,7 @@ def test_a_study_write_refused_by_a_full_disk_stops_new_trials_and_leaves_the_tr
 def test_a_trial_stopped_early_by_the_scheduler_is_pruned_and_never_completes(tmp_path):
     """ASHA stops a trial with its early values; Optuna must not see them as a finished trial's."""
     from lepton_ray import metrics
-    from lepton_ray.config import FloatParam, SearchSpace
+    from lepton_ray.search_space import FloatParam, SearchSpace
     from lepton_ray.sweep.search import StudySearcher
 
     space = SearchSpace(params={"distillation.alpha": FloatParam(type="float", low=0.1, high=0.9)})
@@ -111,7 +111,7 @@ def test_the_searcher_tells_each_finished_trial_with_its_constraints_as_the_stud
     """`sweep.constraints` and `sweep.accuracy_floor` land on the trial in the study file, where every sampler reads them
     (a resumed sweep's sampler too)."""
     from lepton_ray import metrics
-    from lepton_ray.config import FloatParam, SearchSpace
+    from lepton_ray.search_space import FloatParam, SearchSpace
     from lepton_ray.sweep.search import StudySearcher
 
     cfg = SweepConfig(seed=0, constraints={metrics.INT8_GZIP_BYTES: 5000.0}, accuracy_floor=0.9)

@@ -9,7 +9,8 @@ from test_sweep import TINY
 from lepton_ray import metrics
 from lepton_ray.checks import search_space_for
 from lepton_ray.cli import main
-from lepton_ray.config import FloatParam, SearchSpace, StopWhen, SweepConfig, load_workflow
+from lepton_ray.config import StopWhen, SweepConfig, load_workflow
+from lepton_ray.search_space import FloatParam, SearchSpace
 from lepton_ray.errors import ConfigError
 from lepton_ray.sweep.goal import meets
 from lepton_ray.sweep.study import is_history, open_study, own_trials

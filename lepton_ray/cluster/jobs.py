@@ -20,7 +20,9 @@ from typing import Any, Callable, TextIO
 
 import yaml
 
-from lepton_ray.config import SearchSpace, WorkflowConfig
+from lepton_ray.config import WorkflowConfig
+
+from lepton_ray.search_space import SearchSpace
 from lepton_ray.errors import ConfigError, LeptonError
 
 JOB_DIR = "lepton_job"

@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable
 
-from lepton_ray.config import SearchSpace, WorkflowConfig, apply_overrides, load_workflow, parse_workflow
+from lepton_ray.config import WorkflowConfig, apply_overrides, load_workflow, parse_workflow
+
+from lepton_ray.search_space import SearchSpace
 from lepton_ray.console import echo
 from lepton_ray.sweep.results import SweepOutcome
 from lepton_ray.sweep.runner import run_sweep

@@ -4,7 +4,9 @@ lower `checks` module must not import (the stage packages depend one way)."""
 
 from __future__ import annotations
 
-from lepton_ray.config import SearchSpace, WorkflowConfig
+from lepton_ray.config import WorkflowConfig
+
+from lepton_ray.search_space import SearchSpace
 from lepton_ray.deploy.pareto import threshold_warning
 from lepton_ray.sweep.samplers import SAMPLERS
 from lepton_ray.sweep.warm_start import read_warm_start

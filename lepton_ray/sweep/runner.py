@@ -11,7 +11,8 @@ from typing import Callable
 
 from lepton_ray import metrics
 from lepton_ray.cluster.ray_runtime import init_ray
-from lepton_ray.config import SearchSpace, WorkflowConfig, apply_overrides
+from lepton_ray.config import WorkflowConfig, apply_overrides
+from lepton_ray.search_space import SearchSpace
 from lepton_ray.data.datasets import build_data
 from lepton_ray.errors import StorageFullError, TrackingError, TrialsFailedError
 from lepton_ray.sweep.checks import selection_noise_warning

@@ -18,7 +18,8 @@ from ray.tune.search import Searcher
 
 from lepton_ray import metrics
 from lepton_ray.checkpoints import is_storage_full
-from lepton_ray.config import SearchSpace, SweepConfig
+from lepton_ray.config import SweepConfig
+from lepton_ray.search_space import SearchSpace
 from lepton_ray.sweep.study import NUMBER_KEY, TUNE_ID_ATTR, distribution, is_final_result, set_constraints
 
 

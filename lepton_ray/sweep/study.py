@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING
 import optuna
 
 from lepton_ray import metrics
-from lepton_ray.config import CategoricalParam, FloatParam, SweepConfig
+from lepton_ray.config import SweepConfig
+from lepton_ray.search_space import CategoricalParam, FloatParam
 from lepton_ray.errors import ConfigError
 from lepton_ray.sweep.samplers import make_sampler
 

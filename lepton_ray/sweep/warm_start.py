@@ -20,7 +20,8 @@ import numpy as np
 import optuna
 
 from lepton_ray import metrics
-from lepton_ray.config import SearchSpace, SweepConfig
+from lepton_ray.config import SweepConfig
+from lepton_ray.search_space import SearchSpace
 from lepton_ray.deploy.pareto import pareto_front
 from lepton_ray.errors import ConfigError
 from lepton_ray.sweep.paths import SweepPaths
