@@ -62,7 +62,8 @@ def measure_distillation_gain(
     seeds = wf.selection.distillation_control.seeds
     runs = control_runs(trial_workflow.training.seed, seeds)
     folder = control_folder(paths, trial)
-    to_train = [name for name in runs if finished_trial_metrics(folder / name) is None]
+    finished = {name: finished_trial_metrics(folder / name) for name in runs}
+    to_train = [name for name, final in finished.items() if final is None]
     if to_train:
         log(f"distillation control: training trial {trial}'s configuration without its teacher ({seeds} seed{'s' if seeds > 1 else ''}; "
             f"{len(to_train)} run(s) under {folder})")
@@ -70,7 +71,7 @@ def measure_distillation_gain(
         failures = _train(wf, trial_workflow, {name: runs[name] for name in to_train}, paths, folder, data, teachers() if needs_teacher else [], address, log)
     else:
         failures = []
-    finished = {name: finished_trial_metrics(folder / name) for name in runs}
+    finished |= {name: finished_trial_metrics(folder / name) for name in to_train}  # each student file read once
     pairs = []
     for seed in range(trial_workflow.training.seed, trial_workflow.training.seed + seeds):
         with_teacher = payload.get("metrics", {}) if seed == trial_workflow.training.seed else finished[f"{WITH_TEACHER}-seed-{seed}"]
