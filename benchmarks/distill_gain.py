@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
 from benchmarks.common import REPO, RESULTS, Figure, format_table, train_student, write_page, write_result
 from benchmarks.fashion_mnist import bench_workflow
@@ -36,27 +37,38 @@ from lepton_ray.trial.trainer import sweep_teacher_cache
 NAME = "distill_gain"
 AUGMENT = {"hflip": True, "crop_padding": 2}
 PATIENT_EPOCHS = 30
+COMPACT_BYTES = 10_800  # the issue's goal: the champion's int8 file at <= 10.8 KB gzip
+# A pipeline is what both arms share (epochs, views, mixing): recipes on one pipeline share its labels-only runs.
+PIPELINES: dict[str, dict[str, Any]] = {
+    "plain": {},
+    "aug": {"data.augment": {**AUGMENT, "views": 10}},
+    "patient": {"data.augment": {**AUGMENT, "views": PATIENT_EPOCHS}, "training.epochs": PATIENT_EPOCHS},
+    "mixup": {"data.augment": {**AUGMENT, "views": PATIENT_EPOCHS, "mix": "mixup"}, "training.epochs": PATIENT_EPOCHS},
+}
 RECIPES: dict[str, dict[str, Any]] = {
-    "kd": {"both": {}, "teacher": {}, "what": "the workflow's kd (T 4, alpha 0.7), 10 epochs, no augmentation"},
-    "kd_aug": {"both": {"data.augment": {**AUGMENT, "views": 10}}, "teacher": {}, "what": "+ consistent flip/crop views (teacher sees the same view)"},
-    "kd_aug_patient": {"both": {"data.augment": {**AUGMENT, "views": PATIENT_EPOCHS}, "training.epochs": PATIENT_EPOCHS}, "teacher": {},
-                       "what": f"+ a patient schedule: {PATIENT_EPOCHS} epochs, a fresh view each"},
-    "function_matching": {"both": {"data.augment": {**AUGMENT, "views": PATIENT_EPOCHS, "mix": "mixup"}, "training.epochs": PATIENT_EPOCHS},
-                          "teacher": {"distillation.alpha": 1.0}, "what": "+ mixup labelled by the teacher alone (alpha 1; labels-only: mixed labels)"},
-    "dkd": {"both": {}, "teacher": {"distillation.alpha": 0.5, "distillation.losses": [{"name": "dkd", "weight": 1.0, "options": {"alpha": 1.0, "beta": 8.0}}]},
+    "kd": {"pipeline": "plain", "teacher": {}, "what": "the workflow's kd (T 4, alpha 0.7), 10 epochs, no augmentation"},
+    "dkd": {"pipeline": "plain", "teacher": {"distillation.alpha": 0.5, "distillation.losses": [{"name": "dkd", "weight": 1.0, "options": {"alpha": 1.0, "beta": 8.0}}]},
             "what": "decoupled KD (alpha 1, beta 8, T 4), 10 epochs"},
-    "dist": {"both": {}, "teacher": {"distillation.alpha": 0.5, "distillation.losses": [{"name": "dist", "weight": 1.0}]}, "what": "DIST (beta = gamma = 1, T 4), 10 epochs"},
+    "dist": {"pipeline": "plain", "teacher": {"distillation.alpha": 0.5, "distillation.losses": [{"name": "dist", "weight": 1.0}]}, "what": "DIST (beta = gamma = 1, T 4), 10 epochs"},
+    "kd_aug": {"pipeline": "aug", "teacher": {}, "what": "kd + consistent flip/crop views (teacher sees the same view), 10 epochs"},
+    "kd_aug_patient": {"pipeline": "patient", "teacher": {}, "what": f"kd + consistent views + a patient schedule: {PATIENT_EPOCHS} epochs, a fresh view each"},
+    "function_matching": {"pipeline": "mixup", "teacher": {"distillation.alpha": 1.0},
+                          "what": f"mixup views labelled by the teacher alone (alpha 1; labels-only: mixed labels), {PATIENT_EPOCHS} epochs"},
 }
 CONFIG_KNOBS = ("student.", "compression.")
 QUICK_EPOCHS, QUICK_VIEWS = 1, 2
 LABELS_ONLY, WITH_TEACHER = "labels_only", "teacher"
 
 
-def champion_knobs() -> dict[str, Any]:
-    """The student and compression knobs of the committed FM champion (its front point in fashion_mnist.json)."""
+def front_knobs() -> dict[str, dict[str, Any]]:
+    """The student and compression knobs of two points of the committed FM front (fashion_mnist.json): the champion,
+    and `compact`, the most accurate point on validation whose int8 file is within COMPACT_BYTES gzip."""
     payload = json.loads((RESULTS / "fashion_mnist.json").read_text())
-    point = next(p for p in payload["front"]["points"] if p["trial"] == payload["champion"]["trial"])
-    return {key: value for key, value in point.items() if key.startswith(CONFIG_KNOBS)}
+    points = payload["front"]["points"]
+    champion = next(p for p in points if p["trial"] == payload["champion"]["trial"])
+    compact = max((p for p in points if p[metrics.INT8_GZIP_BYTES] <= COMPACT_BYTES), key=lambda p: p[metrics.INT8_VAL_ACCURACY])
+    return {name: {key: yaml.safe_load(value) if isinstance(value, str) else value for key, value in point.items() if key.startswith(CONFIG_KNOBS)}
+            for name, point in (("champion", champion), ("compact", compact))}  # MLflow gave the front's params as strings
 
 
 def run_overrides(config: dict[str, Any], recipe: str, arm: str, seed: int, quick: bool = False) -> dict[str, Any]:
@@ -64,7 +76,7 @@ def run_overrides(config: dict[str, Any], recipe: str, arm: str, seed: int, quic
     (`quick`: one epoch over at most two views)."""
     spec = RECIPES[recipe]
     arm_overrides = spec["teacher"] if arm == WITH_TEACHER else {"distillation.alpha": 0.0}
-    overrides = {**config, **spec["both"], **arm_overrides, "training.seed": seed}
+    overrides = {**config, **PIPELINES[spec["pipeline"]], **arm_overrides, "training.seed": seed}
     if quick:
         overrides["training.epochs"] = QUICK_EPOCHS
         if "data.augment" in overrides:
@@ -73,7 +85,8 @@ def run_overrides(config: dict[str, Any], recipe: str, arm: str, seed: int, quic
 
 
 def run_key(config: str, recipe: str, arm: str, seed: int) -> str:
-    return f"{config}-{recipe}-{arm}-seed{seed}"
+    """A run's name: labels-only runs are named by their pipeline, so the recipes that share it share them."""
+    return f"{config}-{recipe if arm == WITH_TEACHER else RECIPES[recipe]['pipeline']}-{arm}-seed{seed}"
 
 
 def one_run(overrides: dict[str, Any], teacher: Teacher | None, folder: Path, quick: bool, out: Path) -> dict[str, Any]:
@@ -90,21 +103,35 @@ def one_run(overrides: dict[str, Any], teacher: Teacher | None, folder: Path, qu
     return result
 
 
+def planned_jobs(configs: list[str], recipes: list[str], seeds: list[int]) -> list[tuple[str, str, str, int]]:
+    """Every (config, recipe, arm, seed) once per run name, seed by seed and the short pipelines first, so a
+    benchmark stopped part-way has whole seeds of the cheap rows."""
+    order = sorted(recipes, key=lambda r: (list(PIPELINES).index(RECIPES[r]["pipeline"]), r))
+    jobs, names = [], set()
+    for seed in seeds:
+        for recipe in order:
+            for config in configs:
+                for arm in (WITH_TEACHER, LABELS_ONLY):
+                    if run_key(config, recipe, arm, seed) not in names:
+                        names.add(run_key(config, recipe, arm, seed))
+                        jobs.append((config, recipe, arm, seed))
+    return jobs
+
+
 def run(configs: list[str], recipes: list[str], seeds: list[int], quick: bool, processes: int) -> dict[str, Any]:
     folder = REPO / "runs" / f"bench-{NAME}{'-quick' if quick else ''}"
     folder.mkdir(parents=True, exist_ok=True)
-    knobs = {"dense": {}, "champion": champion_knobs()}
+    knobs = {"dense": {}, **front_knobs()}
     wf = bench_workflow(folder, quick, None)[0]
     data = build_data(wf.data)
     (teacher,) = prepare_teachers(wf, data)
-    jobs = [(c, r, a, s) for c in configs for r in recipes for a in (WITH_TEACHER, LABELS_ONLY) for s in seeds]
-    for recipe in recipes:  # each data pipeline's cache built once here, not by two workers at once
-        piped = bench_workflow(folder, quick, None, run_overrides({}, recipe, WITH_TEACHER, 0, quick))[0]
+    for pipeline in {RECIPES[r]["pipeline"] for r in recipes}:  # each pipeline's cache built once here, not by two workers at once
+        piped = bench_workflow(folder, quick, None, run_overrides({}, next(r for r in recipes if RECIPES[r]["pipeline"] == pipeline), WITH_TEACHER, 0, quick))[0]
         sweep_teacher_cache(piped, [teacher], build_data(piped.data), folder)
     results: dict[str, dict[str, Any]] = {}
     with ProcessPoolExecutor(max_workers=processes, mp_context=multiprocessing.get_context("spawn")) as pool:
         futures = {}
-        for job in jobs:
+        for job in planned_jobs(configs, recipes, seeds):
             out = folder / f"{run_key(*job)}.json"
             if out.is_file():
                 results[run_key(*job)] = json.loads(out.read_text())
@@ -114,11 +141,22 @@ def run(configs: list[str], recipes: list[str], seeds: list[int], quick: bool, p
         for job, future in futures.items():
             results[run_key(*job)] = future.result()
             print(f"  {run_key(*job)}: test {results[run_key(*job)][metrics.TEST_ACCURACY]:.4f} ({results[run_key(*job)]['seconds']:.0f} s)", flush=True)
-    rows = {f"{config}/{recipe}": gain_row([results[run_key(config, recipe, arm, s)] for s in seeds for arm in (WITH_TEACHER, LABELS_ONLY)], seeds)
-            for config in configs for recipe in recipes}
-    return {"setting": {"workflow": "workflows/fashion_mnist.yaml", "seeds": seeds, "configs": {c: knobs[c] for c in configs},
-                        "recipes": {r: RECIPES[r] for r in recipes}, "teacher_test_accuracy": teacher.test_accuracy, "processes": processes},
-            "rows": rows}
+    return {"setting": {"workflow": "workflows/fashion_mnist.yaml", "seeds_asked": seeds, "configs": knobs, "recipes": RECIPES, "pipelines": PIPELINES,
+                        "teacher_test_accuracy": teacher.test_accuracy, "processes": processes},
+            "rows": finished_rows(folder)}
+
+
+def finished_rows(folder: Path) -> dict[str, dict[str, Any]]:
+    """Every (config, recipe) row with the seeds whose both arms are on disk, this invocation's and earlier ones'
+    (a screen at one seed and a confirmation at three land in one table, each row saying its seeds)."""
+    done = {path.stem: json.loads(path.read_text()) for path in folder.glob("*-seed*.json")}
+    rows = {}
+    for config in ("dense", "champion", "compact"):
+        for recipe in RECIPES:
+            seeds = [s for s in range(100) if all(run_key(config, recipe, arm, s) in done for arm in (WITH_TEACHER, LABELS_ONLY))]
+            if seeds:
+                rows[f"{config}/{recipe}"] = {"seeds": seeds, **gain_row([done[run_key(config, recipe, arm, s)] for s in seeds for arm in (WITH_TEACHER, LABELS_ONLY)], seeds)}
+    return rows
 
 
 def gain_row(runs: list[dict[str, Any]], seeds: list[int]) -> dict[str, Any]:
@@ -127,25 +165,26 @@ def gain_row(runs: list[dict[str, Any]], seeds: list[int]) -> dict[str, Any]:
     differences = [100 * (t[metrics.TEST_ACCURACY] - lab[metrics.TEST_ACCURACY]) for t, lab in zip(teacher, labels)]
     return {
         "teacher_test_accuracy": [t[metrics.TEST_ACCURACY] for t in teacher], "labels_only_test_accuracy": [lab[metrics.TEST_ACCURACY] for lab in labels],
+        "teacher_val_accuracy": [t[metrics.BEST_VAL_ACCURACY] for t in teacher], "labels_only_val_accuracy": [lab[metrics.BEST_VAL_ACCURACY] for lab in labels],
         "gain_points": statistics.mean(differences), "gain_sd_points": statistics.stdev(differences) if len(seeds) > 1 else float("nan"),
         "seconds_per_run": statistics.mean(r["seconds"] for r in runs),
     }
 
 
 def figures(payload: dict[str, Any]) -> list[Figure]:
-    return [Figure(NAME, f"{row}: teacher - labels only (pt, {len(payload['setting']['seeds'])} seeds)", values["gain_points"])
+    return [Figure(NAME, f"{row}: teacher - labels only (pt, {len(values['seeds'])} seeds)", values["gain_points"])
             for row, values in payload["rows"].items()]
 
 
 def markdown(payload: dict[str, Any]) -> str:
-    seeds = payload["setting"]["seeds"]
     rows = [[row, RECIPES[row.split("/")[1]]["what"], f"{100 * statistics.mean(v['teacher_test_accuracy']):.2f}", f"{100 * statistics.mean(v['labels_only_test_accuracy']):.2f}",
-             f"{v['gain_points']:+.2f} +- {v['gain_sd_points']:.2f}", f"{v['seconds_per_run']:.0f}"] for row, v in payload["rows"].items()]
+             f"{v['gain_points']:+.2f}" + (f" +- {v['gain_sd_points']:.2f}" if len(v['seeds']) > 1 else ""), len(v["seeds"]), f"{v['seconds_per_run']:.0f}"] for row, v in payload["rows"].items()]
     return "\n".join([
         "# What distillation buys on Fashion-MNIST, recipe by recipe", "",
-        f"Measured at commit `{payload['commit']}`, {payload['measured_at']}, seeds {seeds}{' (--quick smoke run)' if payload['quick'] else ''}; "
-        f"teacher test accuracy {payload['setting']['teacher_test_accuracy']:.4f}. Test accuracy in %, mean over seeds; gain: mean +- sd of the paired differences.", "",
-        format_table(["config/recipe", "recipe", "with teacher", "labels only", "gain (pt)", "s per run"], rows), "",
+        f"Measured at commit `{payload['commit']}`, {payload['measured_at']}{' (--quick smoke run)' if payload['quick'] else ''}; "
+        f"teacher test accuracy {payload['setting']['teacher_test_accuracy']:.4f}. Test accuracy in %, mean over the row's seeds (0..N-1, the same for both arms); "
+        "gain: mean +- sd of the paired differences. Runs of one pipeline (epochs, views, mixing) share their labels-only arm.", "",
+        format_table(["config/recipe", "recipe", "with teacher", "labels only", "gain (pt)", "seeds", "s per run"], rows), "",
         f"Configs: {json.dumps(payload['setting']['configs'])}.", "",
     ])
 
@@ -153,13 +192,13 @@ def markdown(payload: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--recipes", default=",".join(RECIPES), help=f"comma-separated, of: {', '.join(RECIPES)}")
-    parser.add_argument("--configs", default="dense,champion", help="dense, champion or both")
+    parser.add_argument("--configs", default="dense,champion,compact", help="comma-separated, of: dense, champion, compact")
     parser.add_argument("--seeds", type=int, default=3, help="training seeds 0..N-1, the same for both arms of every row")
     parser.add_argument("--processes", type=int, default=2, help="runs at a time, one thread each")
     parser.add_argument("--quick", action="store_true", help="smoke run: 1 epoch, at most 2 views, the 1-epoch quick teacher")
     args = parser.parse_args(argv)
     recipes, configs = args.recipes.split(","), args.configs.split(",")
-    unknown = sorted(set(recipes) - set(RECIPES)) + sorted(set(configs) - {"dense", "champion"})
+    unknown = sorted(set(recipes) - set(RECIPES)) + sorted(set(configs) - {"dense", "champion", "compact"})
     if unknown:
         parser.error(f"unknown recipe or config: {', '.join(unknown)}")
     payload = write_result(NAME, run(configs, recipes, list(range(args.seeds)), args.quick, args.processes), args.quick)

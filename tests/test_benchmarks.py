@@ -196,12 +196,17 @@ def test_sweep_scale_figures_compare_driver_time_per_trial_and_skip_a_searcher_c
 
 
 def test_distill_gain_pairs_each_seed_and_gives_the_mean_and_sd_of_the_differences():
-    from benchmarks.distill_gain import gain_row, run_overrides
+    from benchmarks.distill_gain import gain_row, planned_jobs, run_key, run_overrides
 
-    runs = [{metrics.TEST_ACCURACY: a, "seconds": 10.0} for a in (0.91, 0.90, 0.93, 0.90, 0.92, 0.90)]  # (teacher, labels only) per seed
+    runs = [{metrics.TEST_ACCURACY: a, metrics.BEST_VAL_ACCURACY: a, "seconds": 10.0} for a in (0.91, 0.90, 0.93, 0.90, 0.92, 0.90)]  # (teacher, labels only) per seed
     row = gain_row(runs, [0, 1, 2])
     assert row["gain_points"] == pytest.approx(2.0) and row["gain_sd_points"] == pytest.approx(1.0)
     assert row["labels_only_test_accuracy"] == [0.90, 0.90, 0.90]
     labels_only = run_overrides({"student.options.width": 0.5}, "function_matching", "labels_only", 2, quick=True)
     assert labels_only["distillation.alpha"] == 0.0 and labels_only["data.augment"]["mix"] == "mixup", "both arms see the same mixed views"
     assert labels_only["training.epochs"] == 1 and labels_only["data.augment"]["views"] == 2 and labels_only["student.options.width"] == 0.5
+    jobs = planned_jobs(["dense"], ["kd", "dkd", "kd_aug_patient"], [0, 1])
+    names = [run_key(*job) for job in jobs]
+    assert len(names) == len(set(names)) == 2 * (3 + 1 + 1), "kd and dkd share one labels-only run per seed; each pipeline has its own"
+    assert run_key("dense", "kd", "labels_only", 0) == run_key("dense", "dist", "labels_only", 0) != run_key("dense", "kd_aug", "labels_only", 0)
+    assert [job[3] for job in jobs] == sorted(job[3] for job in jobs), "seed by seed: a stopped benchmark leaves whole seeds"
