@@ -108,7 +108,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     wf, _ = load_checked(args)
     outcome, tracker = existing_sweep(wf)
-    select_export_publish(wf, outcome, build_data(wf.data), tracker, print)
+    select_export_publish(wf, outcome, build_data(wf.data), tracker, print, trial=args.trial)
     tracker.report_unlogged()
     return 0
 
@@ -237,7 +237,10 @@ def build_parser() -> argparse.ArgumentParser:
     ]:
         command = commands.add_parser(name, help=text)
         _workflow_args(command)
-        command.set_defaults(handler=handler)
+        command.set_defaults(handler=handler, trial=None)
+        if name == "export":
+            command.add_argument("--trial", type=int, default=None, metavar="N",
+                                 help="export trial N instead of the policy's pick (any finished trial; its int8 file is verified the same way)")
 
     board = commands.add_parser("leaderboard", help="print the latest sweep's trials from MLflow")
     _workflow_args(board, optional=True)

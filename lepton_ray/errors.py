@@ -5,6 +5,9 @@ class LeptonError(Exception):
     """Base for errors caused by user input; the message names the field and the fix."""
 
     exit_code = 2
+    outcome = None
+    """Set on an error raised after a sweep's trials finished (a refused export, say): the `SweepOutcome`
+    (trials, parent run id), so a caller of `lepton_ray.sweep` keeps what the trials produced."""
 
 
 class TrialsFailedError(LeptonError):

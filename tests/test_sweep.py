@@ -13,6 +13,8 @@ from lepton_ray import metrics
 from lepton_ray.checks import check_workflow
 from lepton_ray.cli import main
 from lepton_ray.config import load_workflow
+from lepton_ray.deploy import publish
+from lepton_ray.errors import ExportError
 from lepton_ray.tracking.leaderboard import trials_frame
 from lepton_ray.sweep.results import SweepOutcome
 from lepton_ray.sweep.runner import run_sweep
@@ -32,8 +34,12 @@ TINY = {
 }
 
 
+def refuse_int8(checks) -> None:
+    raise ExportError("injected: int8 file outside export.tolerance")
+
+
 @pytest.mark.ray
-def test_small_sweep_logs_children_matches_leaderboard_and_records_failing_trials(ray_session, write_workflow, tmp_path, capsys):
+def test_small_sweep_logs_children_matches_leaderboard_and_records_failing_trials(ray_session, write_workflow, tmp_path, capsys, monkeypatch):
     """Four single-worker (in-process) trials: an invalid knob combination and a diverging lr fail with
     their reason; two finish. (DDP trials are covered by the resume, job and worker-failure tests.)"""
     good = {"compression.pruning.start_epoch": 0, "compression.pruning.end_epoch": 1, "training.lr": 0.05}
@@ -95,11 +101,24 @@ def test_small_sweep_logs_children_matches_leaderboard_and_records_failing_trial
     assert champion.tags["lepton.trial"] == picked.split()[2].rstrip(":")
     assert (outcome.paths.root / "export" / "student.int8.onnx").is_file()
 
+    # `export --trial N`: the other finished trial, verified and registered the same way; a trial that failed is refused.
+    other = ({2, 3} - {int(picked.split()[2].rstrip(":"))}).pop()
+    assert main(["export", str(path), "--trial", str(other)]) == 0
+    assert f"picked trial {other}: " in capsys.readouterr().out
+    assert tracker.client.get_model_version_by_alias(wf.tracking.model_name, "champion").tags["lepton.trial"] == str(other)
+    assert main(["export", str(path), "--trial", "0"]) == 2
+    assert "--trial: trial 0 has no finished result" in capsys.readouterr().err
+
     # Started over in the same folder (the user deleted it), from Python: `lepton_ray.sweep` with dotted
     # overrides and `__` keywords runs it; new MLflow runs; the old sweep's runs stay as they were.
+    # Its export is refused (a fault injected into the int8 check): the error carries the outcome, trials kept.
     shutil.rmtree(outcome.paths.root)
-    again = lepton_ray.sweep(path, {**good, "sweep.baseline_trials": []}, sweep__num_samples=1, select_and_export=False, log=lambda _: None)
+    monkeypatch.setattr(publish, "verify_int8", refuse_int8)
+    with pytest.raises(ExportError) as refused:
+        lepton_ray.sweep(path, {**good, "sweep.baseline_trials": []}, sweep__num_samples=1, log=lambda _: None)
+    again = refused.value.outcome
     assert isinstance(again, SweepOutcome) and list(again.trials["status"]) == ["finished"]
+    assert tracker.client.get_run(again.parent_run_id).info.status == "FAILED"
     assert again.parent_run_id != outcome.parent_run_id
     new_runs = mlflow.search_runs(experiment_ids=[tracker.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{again.parent_run_id}'")
     assert len(new_runs) == 1 and new_runs["run_id"][0] not in set(runs["run_id"])

@@ -185,6 +185,26 @@ def test_transient_and_permanent_errors_are_told_apart():
     assert not write_queue.is_transient(ValueError("no"))
 
 
+def test_a_database_store_that_went_away_keeps_writes_queued_until_it_takes_connections_again():
+    """MLflow's SQLAlchemy store raises TEMPORARILY_UNAVAILABLE when its database is gone; the replay then waits
+    on a real connection to the database (a closed port here), not on an HTTP /health a database has not got."""
+    port = free_port()
+    queue = write_queue.WriteQueue(f"postgresql://lepton:secret@127.0.0.1:{port}/mlflow", retries=0, cooldown_s=0.0, warn=lambda line: None)
+    calls: list[str] = []
+
+    def database_gone(run_id: str) -> None:
+        calls.append(run_id)
+        raise MlflowException("connection refused", error_code=TEMPORARILY_UNAVAILABLE)
+
+    queue.write("run-1", "metrics", database_gone)
+    for _ in range(5):
+        assert not queue.flush()
+
+    assert calls == ["run-1"], "no replay while the database takes no connection"
+    assert [item.what for item in queue.queue] == ["metrics"] and queue.lost == [], "queued, never given up while it is down"
+    assert "Connection refused" in write_queue.health_problem(queue.uri)
+
+
 # ---- a real mlflow server stopped and restarted under the Tune callback --------------------------
 
 def fake_trial(trial_id: str, number: int, **result: float) -> SimpleNamespace:

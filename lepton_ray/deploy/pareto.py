@@ -174,6 +174,18 @@ def select(
     return replace(selection, explanation=f"{selection.explanation} ({noise_note(selection.row[ACCURACY], val_samples)})")
 
 
+def chosen_trial(trials: pd.DataFrame, trial: int, cost_column: str, val_samples: int | None = None) -> Selection:
+    """The user's own pick (`lepton-ray export --trial N`): any trial that finished with an accuracy and a cost,
+    on the front or not; its int8 file is verified like a policy's pick."""
+    candidates = completed(trials, cost_column)
+    matches = candidates.index[candidates["trial"] == trial]
+    if matches.empty:
+        finished = ", ".join(str(int(t)) for t in sorted(candidates["trial"])) or "none"
+        raise SelectionError(f"--trial: trial {trial} has no finished result with {ACCURACY} and {cost_column} in this sweep; finished trials: {finished}")
+    selection = _picked("--trial", candidates, matches[0], cost_column, "chosen with export --trial, not by the policy")
+    return replace(selection, explanation=f"{selection.explanation} ({noise_note(selection.row[ACCURACY], val_samples)})") if val_samples else selection
+
+
 def format_cost(value: float) -> str:
     """41000.0 -> '41,000'; 1.2345 -> '1.234': readable in one-line explanations."""
     if abs(value) >= 1000 and float(value).is_integer():

@@ -21,7 +21,7 @@ from lepton_ray import metrics
 from lepton_ray.checkpoints import load_safe
 from lepton_ray.config import WorkflowConfig, parse_workflow
 from lepton_ray.deploy.kd_gain import DistillationGain
-from lepton_ray.deploy.pareto import ACCURACY, Selection, completed, noise_note, pareto_front, select
+from lepton_ray.deploy.pareto import ACCURACY, Selection, chosen_trial, completed, noise_note, pareto_front, select
 from lepton_ray.data.contract import LAYOUT, TOKEN_LAYOUT, TOKENIZER_FILE, DataContract, TokenContract
 from lepton_ray.deploy.report import plot_pareto, usage_markdown, write_report
 from lepton_ray.errors import CheckpointError
@@ -154,17 +154,19 @@ GAIN_FILE = "distillation_control.json"
 def select_and_export(
     wf: WorkflowConfig, trials: "pd.DataFrame", teacher_accuracy: float, load_student: StudentLoader,
     data: "DataSplits", tracker: "Tracker", parent_run_id: str, out_dir: Path,
-    measure_gain: Callable[[Selection], DistillationGain] | None = None,
+    measure_gain: Callable[[Selection], DistillationGain] | None = None, trial: int | None = None,
 ) -> ExportResult:
     """Select a trial by the workflow's policy (on validation; `teacher_accuracy` is the teacher's validation accuracy),
     measure what distillation bought for it (`measure_gain`, the labels-only control), export it to int8, verify it
     on validation, measure its test accuracy (the estimate of what ships), publish it; report either way.
 
+    `trial` replaces the policy's pick with that trial (`export --trial N`).
     Raises SelectionError (no trial qualifies) or ExportError (a check failed: nothing published,
     the report still says why). See the module docstring for the export route.
     """
     cost_column = wf.sweep.cost_metric
-    selection = select(trials, cost_column, teacher_accuracy, wf.selection, wf.export.tolerance, len(data.val))
+    selection = (select(trials, cost_column, teacher_accuracy, wf.selection, wf.export.tolerance, len(data.val)) if trial is None
+                 else chosen_trial(trials, trial, cost_column, len(data.val)))
     candidates = completed(trials, cost_column, wf.export.tolerance)
     on_front = pareto_front(candidates[ACCURACY].to_numpy(), candidates[cost_column].to_numpy())
     _tag_trials(tracker, parent_run_id, candidates, on_front, selection)

@@ -349,5 +349,6 @@ def verify_int8(checks: Int8Checks) -> None:
     if not checks.passed:
         raise ExportError(
             f"int8 model's validation accuracy {checks.int8_accuracy:.4f} in ONNX Runtime is {checks.drop_points:.2f} pt below the trial's "
-            f"{checks.trial_accuracy:.4f} (export.tolerance {checks.tolerance_points} pt); nothing was published"
+            f"{checks.trial_accuracy:.4f} (export.tolerance {checks.tolerance_points} pt); nothing was published; the trials are kept: "
+            "export another with `lepton-ray export WORKFLOW --trial N`, or raise export.tolerance"
         )

@@ -28,7 +28,9 @@ def sweep(
 
     `workflow` is a YAML path or a `WorkflowConfig`. `overrides` maps dotted paths to values as `--set` does
     ({"training.epochs": 2}); keyword arguments do the same with `__` for each dot (`training__epochs=2`).
-    Every check of `lepton-ray validate` runs first: bad input raises a `LeptonError` naming the field.
+    Every check of `lepton-ray validate` runs first: bad input raises a `LeptonError` naming the field. An error
+    after the trials finished (an int8 file outside `export.tolerance`: `ExportError`) carries the outcome as
+    `err.outcome`; `lepton-ray export WORKFLOW --trial N` then exports another trial.
     """
     wf = workflow_with(workflow, {**(overrides or {}), **dotted_overrides(dotted)})
     space = check_run(wf, address, "address")

@@ -57,11 +57,12 @@ def existing_sweep(wf: WorkflowConfig) -> tuple[SweepOutcome, Tracker]:
 
 def select_export_publish(
     wf: WorkflowConfig, outcome: SweepOutcome, data: "DataSplits", tracker: Tracker, log: Callable[[str], None],
-    teachers: Callable[[], list["Teacher"]] | None = None, address: str | None = None,
+    teachers: Callable[[], list["Teacher"]] | None = None, address: str | None = None, trial: int | None = None,
 ) -> ExportResult:
     """Pick by the workflow's policy (on validation), measure what distillation bought for the pick (the labels-only
     control, on Ray at `address`), export to int8, verify in ORT, register; one line per step. `teachers` gives the
-    sweep's teachers when a control run needs one (default: the teacher stage, reading the cached file)."""
+    sweep's teachers when a control run needs one (default: the teacher stage, reading the cached file); `trial`
+    exports that trial instead of the policy's pick."""
     from lepton_ray.deploy.publish import select_and_export, student_loader  # torch, ONNX: not for `select`, which only reads
     from lepton_ray.sweep.control import measure_distillation_gain
     from lepton_ray.trial.teacher import prepare_teachers
@@ -73,7 +74,7 @@ def select_export_publish(
     out_dir = outcome.paths.root / "export"
     result = select_and_export(
         wf, outcome.trials, outcome.teacher_accuracy, student_loader(outcome.paths.trials), data, tracker, outcome.parent_run_id, out_dir,
-        measure_gain if wf.selection.distillation_control.enabled else None,
+        measure_gain if wf.selection.distillation_control.enabled else None, trial,
     )
     if result.gain is None:
         log(result.selection.explanation)

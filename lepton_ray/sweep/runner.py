@@ -98,6 +98,7 @@ def run_sweep(
     except Exception as err:
         tracker.finish(parent_run_id, "FAILED", error=f"{type(err).__name__}: {err}")
         tracker.report_unlogged()
+        err.outcome = outcome  # the trials finished: a caller of `lepton_ray.sweep` keeps them (see LeptonError.outcome)
         raise
     tracker.finish(parent_run_id, "FINISHED")
     tracker.report_unlogged()

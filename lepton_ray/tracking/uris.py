@@ -47,7 +47,7 @@ def _from_env(uri: str) -> str:
 
 def check_uri_form(uri: str) -> None:
     """What holds wherever the URI is used (here or on a cluster): a known store scheme, a SQLite URI naming a file."""
-    scheme = uri.split("://", 1)[0].split("+", 1)[0] if "://" in uri else "file"
+    scheme = _scheme(uri)
     if scheme not in STORE_SCHEMES:
         raise TrackingError(f"tracking.uri: {redact(uri)} has no MLflow tracking store for scheme {scheme!r}; use one of {', '.join(STORE_SCHEMES)}{_from_env(uri)}")
     if uri.startswith("sqlite:") and (not uri.startswith("sqlite:///") or not uri.removeprefix("sqlite:///")):
@@ -71,6 +71,9 @@ def check_reachable(uri: str, timeout_s: float = DEFAULT_REACH_TIMEOUT_S) -> Non
         if not db_path.parent.exists() and str(db_path.parent) not in ("", "."):
             raise TrackingError(f"tracking.uri: folder {str(db_path.parent)!r} for the SQLite file does not exist; create it or change the URI{from_env}")
     problem = health_problem(uri, timeout_s)
+    if problem and _scheme(uri) in DATABASE_SCHEMES:
+        fix = "install it or name another driver in the URI" if problem.startswith(NO_DRIVER) else "start the database server or fix the URI"
+        raise TrackingError(f"tracking.uri: cannot reach the MLflow database at {redact(uri)} ({problem}); {fix}{from_env}")
     if problem:
         raise TrackingError(f"tracking.uri: cannot reach MLflow at {redact(uri)} ({problem}); start the server or fix the URI{from_env}")
 
@@ -84,8 +87,19 @@ def artifact_root(uri: str, experiment: str) -> str | None:
     return (db_path.parent / "mlartifacts" / re.sub(r"[^A-Za-z0-9_.-]", "_", experiment)).as_uri()
 
 
+def _scheme(uri: str) -> str:
+    return uri.split("://", 1)[0].split("+", 1)[0] if "://" in uri else "file"
+
+
+DATABASE_SCHEMES: dict[str, str] = {"postgresql": "connect_timeout", "mysql": "connect_timeout", "mssql": "timeout"}
+"""Database stores MLflow reaches through SQLAlchemy, with the connect-timeout argument of their usual drivers."""
+
+
 def health_problem(uri: str, timeout_s: float = 1.0) -> str | None:
-    """Why an MLflow server does not answer 200 on /health; None when it does (and for local stores)."""
+    """Why an MLflow server does not answer 200 on /health, or its database does not take a connection;
+    None when it does (and for local stores)."""
+    if _scheme(uri) in DATABASE_SCHEMES:
+        return database_problem(uri, timeout_s)
     if not uri.startswith(("http://", "https://")):
         return None
     try:
@@ -93,6 +107,31 @@ def health_problem(uri: str, timeout_s: float = 1.0) -> str | None:
             return None if response.status == 200 else f"answered {response.status} on /health"
     except (urllib.error.URLError, OSError, ValueError) as err:
         return redact(str(getattr(err, "reason", err)))
+
+
+NO_DRIVER = "its database driver"
+
+
+def database_problem(uri: str, timeout_s: float) -> str | None:
+    """Why the database behind a `postgresql://`, `mysql://` or `mssql://` store takes no connection within
+    `timeout_s` (a missing driver included); one connection, opened and closed, nothing written."""
+    import sqlalchemy
+    from sqlalchemy.pool import NullPool
+
+    engine = None
+    try:
+        engine = sqlalchemy.create_engine(uri, poolclass=NullPool, connect_args={DATABASE_SCHEMES[_scheme(uri)]: max(1, round(timeout_s))})
+        with engine.connect():
+            return None
+    except ModuleNotFoundError as err:
+        return f"{NO_DRIVER} {err.name!r} is not installed"
+    except sqlalchemy.exc.DBAPIError as err:
+        return redact(str(err.orig).strip().splitlines()[0][:200])
+    except (sqlalchemy.exc.SQLAlchemyError, ValueError) as err:
+        return redact(str(err).strip().splitlines()[0][:200])
+    finally:
+        if engine is not None:
+            engine.dispose()
 
 
 def _without_credentials(url: str) -> urllib.request.Request:
