@@ -9,6 +9,7 @@ node import it by name. `lepton-ray submit` stages the files into the job's work
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import importlib.util
 import sys
@@ -18,6 +19,8 @@ from typing import Any
 from lepton_ray.errors import ConfigError
 
 SEPARATOR = ":"
+LISTED_MODULES: set[str] = set()
+"""Names of the `user_code` modules imported in this process: what a mistyped module name is matched against."""
 
 
 def is_import_path(name: str) -> bool:
@@ -42,6 +45,7 @@ def load_user_code(paths: list[Path], on_worker: bool = False, field: str = "use
                 continue  # shipped to this worker by Ray (py_modules)
             raise ConfigError(f"{entry}: {str(path)!r} not found; list a .py file or a package folder holding your models or data")
         _import_from(path, name, entry)
+        LISTED_MODULES.add(name)
 
 
 def _import_from(path: Path, name: str, entry: str) -> None:
@@ -75,6 +79,9 @@ def import_object(target: str, field: str) -> Any:
         module = importlib.import_module(module_path)
     except ModuleNotFoundError as err:
         if err.name and module_path.startswith(err.name):
+            close = difflib.get_close_matches(module_path, sorted(LISTED_MODULES), n=1)
+            if close:
+                raise ConfigError(f"{field}: no module {module_path!r}; did you mean {close[0]!r} (listed under user_code)? fix the name") from None
             raise ConfigError(f"{field}: no module {module_path!r}; list its file under user_code: or install it") from None
         raise ConfigError(f"{field}: importing {module_path!r} raised {_one_line(err)}; fix that module") from None
     except Exception as err:  # the user's module: report whatever it raised

@@ -41,6 +41,7 @@ def test_a_data_factory_keeps_its_own_test_split_and_gets_a_seeded_stratified_va
 
 @pytest.mark.parametrize("override,message", [
     ({"student.name": "no_such_module:Net"}, "student.name: no module 'no_such_module'; list its file under user_code"),
+    ({"student.name": f"{MODELS_MODULE[:-1]}:TinyNet"}, f"student.name: no module '{MODELS_MODULE[:-1]}'; did you mean '{MODELS_MODULE}' (listed under user_code)?"),
     ({"student.name": f"{MODELS_MODULE}:Nope"}, f"student.name: module '{MODELS_MODULE}' has no 'Nope'"),
     ({"student.name": f"{MODELS_MODULE}:not_a_model", "student.options": {}}, "returned a str, not a torch.nn.Module"),
     ({"student.name": f"{MODELS_MODULE}:raises", "student.options": {}}, "student.name: own_code_models:raises raised RuntimeError: no GPU kernels"),
@@ -50,6 +51,8 @@ def test_a_data_factory_keeps_its_own_test_split_and_gets_a_seeded_stratified_va
      "training.channels_last: the student fails on channels_last weights (view size is not compatible"),
     ({"data.name": f"{DATA_MODULE}:a_list"}, "data.name: own_code_data:a_list returned a list"),
     ({"user_code": ["missing/models.py"]}, "user_code.0: 'missing/models.py' not found"),
+    ({"data.name": "synthetic", "data.options": {"num_classes": 9, "image_size": 8}},
+     "teacher.checkpoint: the teacher's last layer gives 10 classes, but the data has 9; use a teacher trained on this data's classes"),
     ({"teacher.options": {"width": 16}}, "teacher.checkpoint: the weights do not fit model 'own_code_models:TinyNet' with options {'width': 16}: conv.weight is [32, 1, 3, 3] in the file, [16, 1, 3, 3] in the model"),
 ])
 def test_a_broken_import_path_or_factory_is_one_line_naming_the_field_and_exit_2(tmp_path, own_code, capsys, override, message):
