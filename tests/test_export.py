@@ -110,6 +110,25 @@ def test_int8_model_passes_checker_and_every_conv_and_gemm_runs_as_an_integer_ke
     assert int8_ops["Conv"] == int8_ops["Gemm"] == int8_ops["MatMul"] == 0
 
 
+def test_a_batchnorm_after_relu_gets_one_int8_scale_per_channel_and_no_axis_warning(digits, tmp_path, caplog):
+    """quant_pre_process cannot fold a BatchNorm that follows a ReLU into its conv; ORT then quantizes its 1-D gamma."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.BatchNorm2d(8), nn.Flatten(), nn.Linear(8 * 8 * 8, 10)).eval()
+    with torch.no_grad():
+        model[2].weight.copy_(torch.logspace(-2, 0.7, 8))  # gammas 0.01 .. 5: one scale for all would round the small ones to 0
+    with caplog.at_level("WARNING"):
+        files = export_int8(model, digits.input_shape, calibration_images(digits.train, 64, 0), 32, tmp_path)
+    assert not [r for r in caplog.records if "out-of-range" in r.getMessage()], "ORT's default axis 1 does not exist on a 1-D gamma"
+    graph = onnx.load(str(files.int8)).graph
+    initializers = {tensor.name: numpy_helper.to_array(tensor) for tensor in graph.initializer}
+    producer = {output: node for node in graph.node for output in node.output}
+    (norm,) = [node for node in graph.node if node.op_type == "BatchNormalization"]
+    gamma = producer[norm.input[1]]
+    assert gamma.op_type == "DequantizeLinear" and initializers[gamma.input[1]].shape == (8,), "one scale per channel"
+    shipped = initializers[gamma.input[0]].astype(np.float32) * initializers[gamma.input[1]]
+    assert np.allclose(shipped, model[2].weight.detach().numpy(), rtol=0.01), "every gamma, the smallest too, within 1%"
+
+
 def test_4bit_weight_grid_survives_exactly_in_the_int8_model(exported, student):
     model, _ = student
     fp32_weights = {init.name: numpy_helper.to_array(init) for init in onnx.load(str(exported.fp32)).graph.initializer}

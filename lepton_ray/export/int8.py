@@ -149,6 +149,14 @@ class Int8Files:
     """Files next to them that ship with the model (a text model's `tokenizer.json`)."""
 
 
+PER_CHANNEL_AXIS = {"BatchNormalization": 0, "InstanceNormalization": 0, "LayerNormalization": 0}
+"""Axis of the per-channel scale of normalisation layers left unfolded (a BatchNorm after a ReLU): their weight is 1-D.
+ORT's default axis for them is 1, out of range for a 1-D tensor: it warned ("Axis 1 is out-of-range for weight
+'bn.weight'") and fell back to one int8 scale for all channels, a grid of max|gamma|/127 that rounds a small gamma
+next to large ones coarsely. Axis 0 gives each channel its own scale. On a Conv-ReLU-BN-Linear test net the logits'
+max error stayed 0.398 either way (activation rounding dominates there); the warning is gone."""
+
+
 def export_int8(
     student: nn.Module, input_shape: ModelInput | tuple[int, ...], calibration_images: torch.Tensor, weight_bits: int, out_dir: Path,
     metadata: Mapping[str, str] | None = None, input_ranges: Mapping[str, tuple[float, float]] | None = None,
@@ -181,7 +189,7 @@ def export_int8(
             str(fp32_path), str(quantized), CalibrationImages(images), quant_format=QuantFormat.QDQ, per_channel=True,
             op_types_to_quantize=model_input.quantized_ops,
             weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8,
-            extra_options={"TensorQuantOverrides": overrides, "QDQDisableWeightAdjustForInt32Bias": True},
+            extra_options={"TensorQuantOverrides": overrides, "QDQDisableWeightAdjustForInt32Bias": True, "QDQOpTypePerChannelSupportToAxis": PER_CHANNEL_AXIS},
         )
         max_code = check_weight_grid(fp32_path, quantized, weight_bits)
         onnx.save(stamp(compact_graph(onnx.load(str(quantized))), metadata), str(int8_path))
