@@ -117,6 +117,7 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     """Tracking URI, experiment, cost and tolerance from the workflow when one is given; the flags override it."""
     from lepton_ray import metrics
     from lepton_ray.config import ExportConfig, SweepConfig, TrackingConfig
+    from lepton_ray.sweep.results import workflow_sweep_run_id
     from lepton_ray.tracking.leaderboard import format_table, latest_sweep_run_id, trials_frame
     from lepton_ray.tracking.tracker import Tracker
     from lepton_ray.tracking.uris import tracking_uri
@@ -131,10 +132,11 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     experiment = args.experiment or tracking.experiment
     cost = args.cost or sweep.cost_metric
     tracker = Tracker(tracking_uri(args.tracking_uri or tracking.uri), experiment, create=False)
-    parent = args.sweep_run or latest_sweep_run_id(tracker)
+    parent = args.sweep_run or (workflow_sweep_run_id(wf, tracker) if args.workflow else latest_sweep_run_id(tracker))
     if parent is None:
         field = "--experiment" if args.experiment else "tracking.experiment"
-        raise LeptonError(f"{field}: no sweep found in experiment {experiment!r}; run `lepton-ray sweep` first or pick another experiment")
+        whose = f" of workflow {wf.name!r}" if args.workflow else ""
+        raise LeptonError(f"{field}: no sweep{whose} found in experiment {experiment!r}; run `lepton-ray sweep` first or pick another experiment")
     table = trials_frame(tracker, parent, cost, export.tolerance)
     val_samples = tracker.client.get_run(parent).data.metrics.get(metrics.VAL_SAMPLES)
     print(format_table(table, cost, sort=args.sort, pareto_only=args.pareto_only, all_columns=args.all_columns, val_samples=val_samples and int(val_samples)))
@@ -242,11 +244,11 @@ def build_parser() -> argparse.ArgumentParser:
             command.add_argument("--trial", type=int, default=None, metavar="N",
                                  help="export trial N instead of the policy's pick (any finished trial; its int8 file is verified the same way)")
 
-    board = commands.add_parser("leaderboard", help="print the latest sweep's trials from MLflow")
+    board = commands.add_parser("leaderboard", help="print a sweep's trials from MLflow: the workflow's own sweep, else the experiment's latest")
     _workflow_args(board, optional=True)
     board.add_argument("--experiment", default=None, help=f"MLflow experiment (default: the workflow's tracking.experiment, else {DEFAULT_EXPERIMENT})")
     board.add_argument("--tracking-uri", default=None, help="MLflow URI (default: the workflow's tracking.uri; $MLFLOW_TRACKING_URI wins)")
-    board.add_argument("--sweep-run", default=None, help="parent run id of the sweep (default: the latest sweep)")
+    board.add_argument("--sweep-run", default=None, help="parent run id of the sweep (default: the workflow's sweep, as select reads it; with no workflow, the latest)")
     board.add_argument("--cost", default=None, choices=metrics.COST_METRICS, help="cost axis of the front (default: the workflow's sweep.cost_metric)")
     board.add_argument("--sort", default=None, help="column to sort by: any column, or accuracy / cost (accuracies descending, the rest ascending)")
     board.add_argument("--all-columns", action="store_true", help="every figure and the error (default: trial, status, accuracy, cost, searched knobs, on_front)")

@@ -22,13 +22,13 @@ TRIALS = [  # (int8 val accuracy, test accuracy, int8 gzip bytes, sparsity knob,
 ]
 
 
-def log_sweep(uri: str, experiment: str, trials: list[tuple]) -> str:
+def log_sweep(uri: str, experiment: str, trials: list[tuple], key: str = "sweep-key", workflow: str = "digits_quickstart") -> str:
     """A parent sweep run and one child run per trial, with the tags and metrics `MlflowTrialLogger` writes."""
     tracker = Tracker(uri, experiment)
-    parent = tracker.start_run("sweep-key", "sweep", {}, {"lepton.kind": "sweep"})
+    parent = tracker.start_run(key, "sweep", {}, {"lepton.kind": "sweep", "workflow": workflow})
     tracker.log_metrics(parent, {metrics.VAL_SAMPLES: 270})
     for number, (accuracy, test_accuracy, gzip_bytes, sparsity, status) in enumerate(trials):
-        run_id = tracker.start_run(f"sweep-key/trial-{number:04d}", f"trial-{number:04d}", {}, {"optuna_trial": str(number), f"knob.{KNOB}": sparsity}, parent_run_id=parent)
+        run_id = tracker.start_run(f"{key}/trial-{number:04d}", f"trial-{number:04d}", {}, {"optuna_trial": str(number), f"knob.{KNOB}": sparsity}, parent_run_id=parent)
         if accuracy is not None:
             tracker.log_metrics(run_id, {metrics.INT8_VAL_ACCURACY: accuracy, metrics.BEST_VAL_ACCURACY: accuracy, metrics.TEST_ACCURACY: test_accuracy, metrics.INT8_GZIP_BYTES: gzip_bytes, metrics.LATENCY_MS: 0.1, metrics.SIZE_BYTES: gzip_bytes / 2})
         tracker.finish(run_id, status, error="ValueError: boom" if status == "FAILED" else None)
@@ -103,3 +103,32 @@ def test_leaderboard_on_a_missing_sqlite_file_says_so_and_creates_nothing(tmp_pa
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and err.startswith("lepton-ray: error: --tracking-uri: no MLflow database at ") and "typo.db" in err, err
     assert not missing.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_two_workflows_sharing_an_experiment_each_show_and_select_their_own_sweep(tmp_path, capsys):
+    """`leaderboard WORKFLOW` and `select WORKFLOW` read the sweep the workflow's output folder holds, not the
+    experiment's newest (here the other workflow's, logged after it)."""
+    from lepton_ray.sweep.paths import sweep_paths
+    from lepton_ray.sweep.study import open_study, sweep_id
+
+    own_trials = {"alpha": TRIALS, "beta": [(0.80, 0.80, 900.0, "0.7", "FINISHED")]}
+    paths = {}
+    for name, trials in own_trials.items():
+        paths[name] = tmp_path / f"{name}.yaml"
+        overrides = {"name": name, "output_dir": str(tmp_path / name), "tracking.uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "tracking.experiment": "shared"}
+        paths[name].write_text(yaml.safe_dump(apply_overrides(yaml.safe_load(QUICKSTART.read_text()), overrides)))
+        wf = load_workflow(paths[name])
+        folder = sweep_paths(wf, single=False)
+        log_sweep(wf.tracking.uri, "shared", trials, key=folder.key(sweep_id(open_study(folder.root, wf.sweep))), workflow=name)
+
+    for name, trials in own_trials.items():
+        capsys.readouterr()
+        assert main(["leaderboard", str(paths[name])]) == 0
+        assert len(table_rows(capsys.readouterr().out)) - 1 == len(trials), name
+        assert main(["select", str(paths[name])]) == 0
+        picked = capsys.readouterr().out.strip().splitlines()[-1]
+        assert picked.startswith("picked trial ") and (name == "alpha") == (" 900" not in picked), picked
+
+    (tmp_path / "beta").rename(tmp_path / "beta-moved")  # a reviewer without the sweep folder: the workflow's newest sweep by its tag
+    assert main(["leaderboard", str(paths["beta"])]) == 0
+    assert len(table_rows(capsys.readouterr().out)) == 2

@@ -12,7 +12,7 @@ from lepton_ray.deploy.pareto import noise_note
 from lepton_ray.errors import ConfigError, TrackingError
 from lepton_ray.sweep.paths import SweepPaths, sweep_paths
 from lepton_ray.sweep.study import open_study, sweep_id
-from lepton_ray.tracking.leaderboard import trials_frame
+from lepton_ray.tracking.leaderboard import latest_sweep_run_id, trials_frame
 from lepton_ray.tracking.tracker import Tracker
 from lepton_ray.tracking.uris import check_reachable, redact, tracking_uri
 
@@ -35,6 +35,17 @@ class SweepOutcome:
     selection: Any = None
     val_samples: int | None = None
     """Size of the validation split: the standard error of the figure every decision ranks by."""
+
+
+def workflow_sweep_run_id(wf: WorkflowConfig, tracker: Tracker) -> str | None:
+    """The workflow's own sweep run: the one its output folder holds (what `select` and `export` read), else, with no
+    sweep folder here (a reviewer on another machine), the newest sweep run of this workflow in the experiment."""
+    paths = sweep_paths(wf, single=False)
+    if paths.study.is_file():
+        found = tracker.find_run(paths.key(sweep_id(open_study(paths.root, wf.sweep))))
+        if found is not None:
+            return found
+    return latest_sweep_run_id(tracker, wf.name)
 
 
 def existing_sweep(wf: WorkflowConfig) -> tuple[SweepOutcome, Tracker]:

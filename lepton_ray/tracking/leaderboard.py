@@ -22,8 +22,10 @@ METRIC_COLUMNS = [
 ESTIMATE_MARK = "~"
 
 
-def latest_sweep_run_id(tracker: Tracker) -> str | None:
-    runs = tracker.client.search_runs([tracker.experiment_id], filter_string="tags.`lepton.kind` = 'sweep'", order_by=["attributes.start_time DESC"], max_results=1)
+def latest_sweep_run_id(tracker: Tracker, workflow: str | None = None) -> str | None:
+    """The experiment's newest sweep run; given `workflow`, the newest of that workflow's (its `workflow` tag)."""
+    of_workflow = "" if workflow is None else f" and tags.`workflow` = '{workflow}'"
+    runs = tracker.client.search_runs([tracker.experiment_id], filter_string=f"tags.`lepton.kind` = 'sweep'{of_workflow}", order_by=["attributes.start_time DESC"], max_results=1)
     return runs[0].info.run_id if runs else None
 
 
