@@ -27,10 +27,10 @@ def log_sweep(uri: str, experiment: str, trials: list[tuple], key: str = "sweep-
     tracker = Tracker(uri, experiment)
     parent = tracker.start_run(key, "sweep", {}, {"lepton.kind": "sweep", "workflow": workflow})
     tracker.log_metrics(parent, {metrics.VAL_SAMPLES: 270})
-    for number, (accuracy, test_accuracy, gzip_bytes, sparsity, status) in enumerate(trials):
+    for number, (accuracy, test_accuracy, gzip_bytes, sparsity, status, *trained) in enumerate(trials):  # trained: the trial's own val accuracy
         run_id = tracker.start_run(f"{key}/trial-{number:04d}", f"trial-{number:04d}", {}, {"optuna_trial": str(number), f"knob.{KNOB}": sparsity}, parent_run_id=parent)
         if accuracy is not None:
-            tracker.log_metrics(run_id, {metrics.INT8_VAL_ACCURACY: accuracy, metrics.BEST_VAL_ACCURACY: accuracy, metrics.TEST_ACCURACY: test_accuracy, metrics.INT8_GZIP_BYTES: gzip_bytes, metrics.LATENCY_MS: 0.1, metrics.SIZE_BYTES: gzip_bytes / 2})
+            tracker.log_metrics(run_id, {metrics.INT8_VAL_ACCURACY: accuracy, metrics.BEST_VAL_ACCURACY: (trained or [accuracy])[0], metrics.TEST_ACCURACY: test_accuracy, metrics.INT8_GZIP_BYTES: gzip_bytes, metrics.LATENCY_MS: 0.1, metrics.SIZE_BYTES: gzip_bytes / 2})
         tracker.finish(run_id, status, error="ValueError: boom" if status == "FAILED" else None)
     tracker.finish(parent)
     return parent
@@ -57,9 +57,9 @@ def test_leaderboard_of_a_workflow_reads_its_tracking_store_and_shows_the_key_co
     assert main(["leaderboard", str(path)]) == 0
     out = capsys.readouterr().out
     header, *rows = table_rows(out)
-    assert header == ["trial", "status", metrics.SELECTION_ACCURACY, metrics.TEST_ACCURACY, wf.sweep.cost_metric, KNOB, "on_front"]
+    assert header == ["trial", "status", metrics.SELECTION_ACCURACY, metrics.TEST_ACCURACY, wf.sweep.cost_metric, KNOB, "on_front", "off_front"]
     assert [row[:2] for row in rows] == [["0", "finished"], ["1", "finished"], ["2", "failed"], ["3", "finished"]]
-    assert [row[-1] for row in rows] == ["True", "True", "False", "False"], "the front is drawn on validation: trial 3 leads on test only"
+    assert [row[6:] for row in rows] == [["True"], ["True"], ["False"], ["False", "dominated"]], "the front is drawn on validation: trial 3 leads on test only"
     assert "(int8_val_accuracy 0.9500 is +- 1.33 pt SE, 270 validation samples: closer trials cannot be told apart)" in out
 
     assert main(["leaderboard", str(path), "--all-columns"]) == 0
@@ -92,6 +92,12 @@ def test_leaderboard_flags_override_the_workflows_experiment_and_cost(logged_wor
     header, *rows = table_rows(capsys.readouterr().out)
     assert metrics.LATENCY_MS in header and metrics.INT8_GZIP_BYTES not in header
     assert rows == [["0", "finished", "0.5", "0.6", "0.1", "0.9", "True"]]
+
+    log_sweep(wf.tracking.uri, "tolerance", [(0.96, 0.95, 15_354.0, "0.4", "FINISHED", 0.99), (0.90, 0.90, 9_000.0, "0.8", "FINISHED")])
+    assert main(["leaderboard", str(path), "--experiment", "tolerance"]) == 0
+    header, *rows = table_rows(capsys.readouterr().out)
+    assert rows[0][4] == "15,354", "byte counts as integers with thousands separators"
+    assert " ".join(rows[0][6:]) == "False int8 file -3.00 pt > export.tolerance 1", "why the more accurate trial is not on the front"
     assert main(["leaderboard", str(path), "--experiment", "missing"]) == 2
     assert "--experiment: no MLflow experiment 'missing'" in capsys.readouterr().err
 

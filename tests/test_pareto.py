@@ -182,3 +182,9 @@ def test_a_trial_whose_int8_file_loses_more_than_the_tolerance_on_val_is_never_o
     assert completed(trials, COST)["trial"].tolist() == [0, 1, 2]
     assert select(trials, COST, 0.99, SelectionConfig(policy="knee"), max_int8_drop_points=1.0).trial != 1
     assert select(trials, COST, 0.99, SelectionConfig(policy="max_accuracy_under_cost", options={"budget": 20_000}), max_int8_drop_points=1.0).trial == 0
+
+
+def test_costs_print_as_integers_with_thousands_separators_never_in_e_notation():
+    from lepton_ray.deploy.pareto import format_cost
+
+    assert [format_cost(v) for v in (41_000.0, 14_270.5, 5_582.0, 999.5, 1.2345, float("nan"))] == ["41,000", "14,270", "5,582", "999.5", "1.234", "nan"]

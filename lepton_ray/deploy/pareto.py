@@ -187,8 +187,8 @@ def chosen_trial(trials: pd.DataFrame, trial: int, cost_column: str, val_samples
 
 
 def format_cost(value: float) -> str:
-    """41000.0 -> '41,000'; 1.2345 -> '1.234': readable in one-line explanations."""
-    if abs(value) >= 1000 and float(value).is_integer():
+    """41000.0 -> '41,000'; 14270.5 -> '14,270' (never 1.427e+04); 1.2345 -> '1.234': readable in explanations and tables."""
+    if math.isfinite(value) and abs(value) >= 1000:
         return f"{value:,.0f}"
     return f"{value:,.4g}"
 

@@ -17,8 +17,13 @@ from lepton_ray.sweep.study import is_final_result
 class SweepProgress(Callback):
     """Prints one status line at most every `interval_s`: done/running/failed, best accuracy, front size, ETA."""
 
-    def __init__(self, total: int, already_done: int, cost_metric: str, interval_s: float = 10.0, log: Callable[[str], None] = echo) -> None:
+    def __init__(
+        self, total: int, already_done: int, cost_metric: str, interval_s: float = 10.0, log: Callable[[str], None] = echo,
+        max_int8_drop_points: float | None = None,
+    ) -> None:
         self.total = total
+        self.max_int8_drop_points = max_int8_drop_points
+        """`export.tolerance`: a trial whose int8 file falls further below its own accuracy is kept off the front, as `select` keeps it."""
         self.already_done = already_done
         self.cost_metric = cost_metric
         self.interval_s = interval_s
@@ -26,6 +31,10 @@ class SweepProgress(Callback):
         self.started = time.monotonic()
         self.last_print = 0.0
         self.points: list[tuple[float, float]] = []
+        self.off_front = 0
+        """Finished trials whose int8 file fell outside `max_int8_drop_points`."""
+        self.ended: set[str] = set()
+        """Trials already counted: Tune may still list a trial RUNNING while its completion callback runs."""
         self.failed = 0
         self.pruned = 0
         self.interrupted = 0
@@ -33,17 +42,27 @@ class SweepProgress(Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         result = trial.last_result or {}
+        self.ended.add(trial.trial_id)
         if result.get(metrics.STORAGE_FULL):
             self.interrupted += 1
         elif result.get(metrics.INPUT_ERROR):
             self.failed += 1
+        elif is_final_result(result) and not self._int8_holds(result):
+            self.off_front += 1
         elif is_final_result(result):
             self.points.append((float(result.get(metrics.SELECTION_ACCURACY, "nan")), float(result[self.cost_metric])))
         else:
             self.pruned += 1
         self._print(trials, force=True)
 
+    def _int8_holds(self, result: dict) -> bool:
+        accuracy, int8 = result.get(metrics.BEST_VAL_ACCURACY), result.get(metrics.INT8_VAL_ACCURACY)
+        if self.max_int8_drop_points is None or accuracy is None or int8 is None or math.isnan(float(int8)):
+            return True
+        return (float(accuracy) - float(int8)) * 100 <= self.max_int8_drop_points + 1e-9
+
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        self.ended.add(trial.trial_id)
         self.failed += 1
         self._print(trials, force=True)
 
@@ -58,16 +77,17 @@ class SweepProgress(Callback):
         if not force and now - self.last_print < self.interval_s:
             return
         self.last_print = now
-        running = sum(1 for t in trials if t.status == "RUNNING")
-        finished_now = len(self.points) + self.failed + self.pruned
+        running = sum(1 for t in trials if t.status == "RUNNING" and t.trial_id not in self.ended)
+        finished_now = len(self.points) + self.off_front + self.failed + self.pruned
         done = self.already_done + finished_now
         elapsed = now - self.started
         eta = f"~{(elapsed / finished_now) * (self.total - done):.0f}s left" if finished_now else "eta unknown"
         best = max((acc for acc, _ in self.points if math.isfinite(acc)), default=float("nan"))
         front = int(pareto_front([a for a, _ in self.points], [c for _, c in self.points]).sum()) if self.points else 0
         interrupted = f", {self.interrupted} interrupted (storage full)" if self.interrupted else ""
+        off_front = f", {self.off_front} int8 file outside export.tolerance" if self.off_front else ""
         self.log(
-            f"[sweep] {done}/{self.total} done ({self.failed} failed, {self.pruned} pruned{interrupted}), {running} running | "
+            f"[sweep] {done}/{self.total} done ({self.failed} failed, {self.pruned} pruned{off_front}{interrupted}), {running} running | "
             f"best {metrics.SELECTION_ACCURACY} {best:.4f} | front size {front} | {elapsed:.0f}s elapsed, {eta}"
         )
 

@@ -6,11 +6,12 @@ Measured figures (on each trial's int8 file) come first; estimates from the torc
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 
 from lepton_ray import metrics
 from lepton_ray.config import SweepConfig
-from lepton_ray.deploy.pareto import artifact_holds, noise_note, pareto_front
+from lepton_ray.deploy.pareto import artifact_holds, format_cost, noise_note, pareto_front
 from lepton_ray.errors import ConfigError
 from lepton_ray.tracking.tracker import ERROR_TAG, PARENT_TAG, STATUS_TAG, Tracker
 
@@ -37,7 +38,7 @@ def trials_frame(
     The front is drawn on `metrics.SELECTION_ACCURACY` (validation), as `select` draws it."""
     runs = tracker.client.search_runs([tracker.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}'", max_results=10_000)
     if not runs:
-        return pd.DataFrame(columns=["trial", "status", "run_id", *METRIC_COLUMNS, "error", "on_front"])
+        return pd.DataFrame(columns=["trial", "status", "run_id", *METRIC_COLUMNS, *TRAILING_COLUMNS])
     # Built from the run entities, only the columns shown: `mlflow.search_runs` would also turn every
     # run's ~70 params into DataFrame columns (a tenth of the read on a 400-trial sweep).
     knob_tags = sorted({name for run in runs for name in run.data.tags if name.startswith("knob.")})
@@ -50,16 +51,24 @@ def trials_frame(
         "error": [run.data.tags.get(ERROR_TAG, "") for run in runs],
     })
     finished = table["status"] == "finished"
-    if max_int8_drop_points is not None:
-        finished &= artifact_holds(table, max_int8_drop_points)
+    holds = artifact_holds(table, max_int8_drop_points) if max_int8_drop_points is not None else np.ones(len(table), dtype=bool)
     table["on_front"] = False
-    if finished.any():
-        table.loc[finished, "on_front"] = pareto_front(table.loc[finished, metrics.SELECTION_ACCURACY].to_numpy(), table.loc[finished, cost_metric].to_numpy())
+    if (finished & holds).any():
+        table.loc[finished & holds, "on_front"] = pareto_front(
+            table.loc[finished & holds, metrics.SELECTION_ACCURACY].to_numpy(), table.loc[finished & holds, cost_metric].to_numpy())
+    table[OFF_FRONT_COLUMN] = ""
+    table.loc[finished & holds & ~table["on_front"], OFF_FRONT_COLUMN] = "dominated"
+    if max_int8_drop_points is not None:
+        drops = (table[metrics.BEST_VAL_ACCURACY] - table[metrics.SELECTION_ACCURACY]) * 100
+        for index in table.index[finished & ~holds]:
+            table.loc[index, OFF_FRONT_COLUMN] = f"int8 file -{drops[index]:.2f} pt > export.tolerance {max_int8_drop_points:g}"
     return table.sort_values("trial").reset_index(drop=True)
 
 
 TRIAL_COLUMNS = ("trial", "status", "run_id")
-TRAILING_COLUMNS = ("error", "on_front")
+OFF_FRONT_COLUMN = "off_front"
+"""Why a finished trial is not on the front: dominated, or its int8 file fell outside export.tolerance (never picked)."""
+TRAILING_COLUMNS = ("error", "on_front", OFF_FRONT_COLUMN)
 
 
 def knob_columns(table: pd.DataFrame) -> list[str]:
@@ -90,7 +99,7 @@ def format_table(
     if sort:
         column = sort_column(sort, view, cost_metric)
         view = view.sort_values(column, ascending=not (column.endswith("accuracy") or column == "on_front"), kind="stable")
-    key = ["trial", "status", metrics.SELECTION_ACCURACY, metrics.TEST_ACCURACY, cost_metric, *knob_columns(view), "on_front"]
+    key = ["trial", "status", metrics.SELECTION_ACCURACY, metrics.TEST_ACCURACY, cost_metric, *knob_columns(view), "on_front", OFF_FRONT_COLUMN]
     columns = [c for c in view.columns if c != "run_id"] if all_columns else list(dict.fromkeys(key))
     shown = view[columns].rename(columns={name: ESTIMATE_MARK + name for name in metrics.ESTIMATES})
     notes = [f"{ESTIMATE_MARK}: estimated from the torch student, not measured on its int8 file"] if set(columns) & set(metrics.ESTIMATES) else []
@@ -101,5 +110,5 @@ def format_table(
         notes.append(f"{metrics.SELECTION_ACCURACY} {best:.4f} is {noise_note(best, val_samples)}: closer trials cannot be told apart")
     if not all_columns:
         notes.append(f"{len(view.columns) - 1 - len(columns)} more columns: lepton-ray leaderboard WORKFLOW --all-columns")
-    text = shown.to_string(index=False, float_format=lambda v: f"{v:.4g}")
+    text = shown.to_string(index=False, float_format=format_cost)  # byte counts as 15,354, not 1.535e+04
     return text + "".join(f"\n({note})" for note in notes)
