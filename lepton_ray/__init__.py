@@ -10,10 +10,6 @@ registries `lepton_ray.data.DATASETS`, `lepton_ray.models.MODELS`, `lepton_ray.d
 
 import importlib
 
-from lepton_ray import moved
-
-moved.install()
-
 __version__ = "0.1.0"
 
 

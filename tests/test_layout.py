@@ -1,5 +1,5 @@
-"""The package layout: no import cycle between modules or between stage packages, small modules,
-the README's layout section matching the tree, and old import paths still working."""
+"""The package layout: no import cycle between modules (type-checking imports included) or between stage
+packages, small modules, the README's layout section matching the tree."""
 
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 
 import lepton_ray
-from lepton_ray.moved import MOVED
 
 PACKAGE = Path(lepton_ray.__file__).parent
 README = PACKAGE.parent / "README.md"
@@ -27,13 +26,14 @@ def module_name(path: Path, root: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def runtime_imports(tree: ast.Module) -> list[ast.stmt]:
-    """Import statements that run: module level and inside functions, not under `if TYPE_CHECKING:`."""
+def imports(tree: ast.Module, type_checking: bool = True) -> list[ast.stmt]:
+    """Import statements: module level, inside functions and (`type_checking`) under `if TYPE_CHECKING:`: a module
+    cycle there is a cycle for type checkers and readers, the sign of a type living in the wrong module."""
     found = []
 
     def visit(node: ast.AST) -> None:
         for child in ast.iter_child_nodes(node):
-            if isinstance(child, ast.If) and "TYPE_CHECKING" in ast.unparse(child.test):
+            if not type_checking and isinstance(child, ast.If) and "TYPE_CHECKING" in ast.unparse(child.test):
                 for orelse in child.orelse:
                     visit(orelse)
                 continue
@@ -45,8 +45,9 @@ def runtime_imports(tree: ast.Module) -> list[ast.stmt]:
     return found
 
 
-def import_graph(root: Path) -> dict[str, set[str]]:
-    """Module -> the package modules it imports (a package stands for its `__init__`)."""
+def import_graph(root: Path, type_checking: bool = True) -> dict[str, set[str]]:
+    """Module -> the package modules it imports (a package stands for its `__init__`); `type_checking`: with the
+    imports under `if TYPE_CHECKING:`."""
     top = root.name
     modules = {module_name(path, root): path for path in root.rglob("*.py")}
 
@@ -58,7 +59,7 @@ def import_graph(root: Path) -> dict[str, set[str]]:
     graph: dict[str, set[str]] = {name: set() for name in modules}
     for name, path in modules.items():
         package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-        for node in runtime_imports(ast.parse(path.read_text())):
+        for node in imports(ast.parse(path.read_text()), type_checking):
             if isinstance(node, ast.Import):
                 targets = [alias.name for alias in node.names]
             else:
@@ -121,7 +122,7 @@ def write_package(root: Path, files: dict[str, str]) -> Path:
     return root / "pkg"
 
 
-def test_a_cycle_through_a_function_level_import_is_found_and_a_type_checking_one_is_not(tmp_path):
+def test_a_cycle_through_a_function_level_or_a_type_checking_import_is_found(tmp_path):
     package = write_package(tmp_path, {
         "pkg/__init__.py": "",
         "pkg/a/__init__.py": "",
@@ -132,7 +133,7 @@ def test_a_cycle_through_a_function_level_import_is_found_and_a_type_checking_on
     })
     graph = import_graph(package)
     assert graph["pkg.b.two"] == {"pkg.a.one"}
-    assert graph["pkg.b.three"] == set()
+    assert graph["pkg.b.three"] == {"pkg.a.one"} and import_graph(package, type_checking=False)["pkg.b.three"] == set()
     assert find_cycle(graph) in (["pkg.a.one", "pkg.b.two", "pkg.a.one"], ["pkg.b.two", "pkg.a.one", "pkg.b.two"])
 
 
@@ -158,7 +159,7 @@ def test_no_module_imports_itself_back_through_others():
 
 
 def test_stage_packages_depend_one_way():
-    cycle = find_cycle(stage_graph(import_graph(PACKAGE)))
+    cycle = find_cycle(stage_graph(import_graph(PACKAGE, type_checking=False)))  # a stage may name a higher stage's type
     assert cycle is None, "stage packages import each other: " + " -> ".join(cycle) + "; move the shared piece down to the lower stage"
 
 
@@ -176,24 +177,6 @@ def test_the_readme_layout_names_every_stage_package_and_top_level_module_and_no
     on_disk = {p.name for p in PACKAGE.iterdir() if p.is_dir() and (p / "__init__.py").exists()}
     on_disk |= {p.name for p in PACKAGE.glob("*.py") if p.name != "__init__.py"}
     assert readme_layout() == on_disk
-
-
-@pytest.mark.parametrize("old", sorted(MOVED))
-def test_an_old_import_path_gives_the_moved_module_itself_with_a_deprecation_warning(old):
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        module = importlib.import_module(old)
-    assert module is importlib.import_module(MOVED[old])
-    assert any(issubclass(w.category, DeprecationWarning) and MOVED[old] in str(w.message) for w in caught)
-
-
-def test_old_submodule_paths_are_the_same_module_so_registries_are_not_duplicated():
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        from lepton_ray.losses.base import LOSSES as old_losses
-    from lepton_ray.distill.losses.base import LOSSES
-
-    assert old_losses is LOSSES
 
 
 def test_the_public_entry_points_import_from_their_documented_paths():

@@ -23,6 +23,7 @@ from lepton_ray.config import WorkflowConfig, parse_workflow
 from lepton_ray.deploy.kd_gain import DistillationGain
 from lepton_ray.deploy.pareto import ACCURACY, Selection, chosen_trial, completed, noise_note, pareto_front, select
 from lepton_ray.data.contract import LAYOUT, TOKEN_LAYOUT, TOKENIZER_FILE, DataContract, TokenContract
+from lepton_ray.deploy.published import Published
 from lepton_ray.deploy.report import plot_pareto, usage_markdown, write_report
 from lepton_ray.errors import CheckpointError
 from lepton_ray.export.int8 import Int8Checks, Int8Files, calibration_images, export_int8, measure_int8, verify_int8
@@ -63,13 +64,6 @@ def student_loader(trials_root: Path) -> Callable[[dict[str, Any]], tuple[nn.Mod
         return load_student(parse_workflow(payload["workflow"]), payload), dict(payload.get("metrics", {}))
 
     return load
-
-
-@dataclass(frozen=True)
-class Published:
-    model_name: str
-    version: str
-    model_uri: str
 
 
 def write_raw_example(contract: DataContract | TokenContract, example: np.ndarray, label: int, predicted: int, path: Path) -> Path:

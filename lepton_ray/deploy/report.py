@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
     from lepton_ray.deploy.kd_gain import DistillationGain
     from lepton_ray.export.int8 import Int8Checks, Int8Files
-    from lepton_ray.deploy.publish import Published
+    from lepton_ray.deploy.published import Published
 
 
 UNCHANGED_FILE_KNOBS = (

@@ -61,7 +61,7 @@ def run_sweep(
     num_samples = wf.sweep.num_samples if space is not None else 1
     tracker = Tracker(uri, wf.tracking.experiment)
     warm = read_warm_start(wf.sweep.warm_start, space, wf.sweep) if wf.sweep.warm_start and not paths.study.is_file() else None
-    study = open_study(paths.root, wf.sweep, warm)
+    study = open_study(paths.root, wf.sweep, *((warm.front, warm.history) if warm else ()))
     if warm is not None:
         log(warm.describe())
     sweep_key = paths.key(sweep_id(study))

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 import optuna
 
@@ -24,10 +24,6 @@ NUMBER_KEY = "optuna_number"
 TUNE_ID_ATTR = "tune_trial_id"
 HISTORY_ATTR = "warm_start"
 """User attribute of a trial another sweep lent as history (`sweep/warm_start.py`): the folder it came from."""
-
-if TYPE_CHECKING:
-    from lepton_ray.sweep.warm_start import WarmStart
-
 
 def is_history(trial: optuna.trial.FrozenTrial) -> bool:
     return HISTORY_ATTR in trial.user_attrs
@@ -75,9 +71,11 @@ def set_constraints(trial: optuna.trial.Trial, cfg: SweepConfig, result: dict | 
         trial.set_constraint(name, value)
 
 
-def open_study(storage_dir: Path, cfg: SweepConfig, warm: WarmStart | None = None) -> optuna.Study:
-    """Create the study (queueing a warm start's front, then `baseline_trials`; adding the warm start's
-    history) or load the existing one."""
+def open_study(
+    storage_dir: Path, cfg: SweepConfig, front: list[dict[str, Any]] | None = None, history: list[optuna.trial.FrozenTrial] | None = None,
+) -> optuna.Study:
+    """Create the study (queueing a warm start's `front`, then `baseline_trials`; adding the warm start's
+    `history`: `sweep/warm_start.py`) or load the existing one."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage_dir.mkdir(parents=True, exist_ok=True)
     is_new = not (storage_dir / "study.db").exists()
@@ -91,11 +89,11 @@ def open_study(storage_dir: Path, cfg: SweepConfig, warm: WarmStart | None = Non
     if is_new:
         study.set_user_attr(SWEEP_ID_ATTR, uuid.uuid4().hex[:12])
         study.set_user_attr(CONSTRAINTS_ATTR, constraint_limits(cfg))
-        for params in (warm.front if warm else []):
+        for params in front or []:
             study.enqueue_trial(params)
         for params in cfg.baseline_trials:
             study.enqueue_trial(params, skip_if_exists=True)
-        study.add_trials(warm.history if warm else [])
+        study.add_trials(history or [])
     return study
 
 
