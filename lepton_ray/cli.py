@@ -47,7 +47,8 @@ def load_checked(args: argparse.Namespace):
 def cmd_validate(args: argparse.Namespace) -> int:
     from lepton_ray.checks import check_workflow, local_cluster_size
     from lepton_ray.cluster.ray_runtime import cluster_address
-    from lepton_ray.sweep.checks import check_sweep, selection_noise_warning, teacher_val_accuracy
+    from lepton_ray.export.metadata import artifact_metadata, describe
+    from lepton_ray.sweep.checks import check_sweep, selection_noise_warning, teacher_line, teacher_val_accuracy
 
     wf = load_workflow_args(args)
     splits: list = []
@@ -58,6 +59,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
     print(yaml.safe_dump(resolved, sort_keys=False))
     print(f"ok: {args.workflow} is valid")
     print(f"data: {wf.data.name}, {splits[0].summary()}")
+    if splits[0].factory_splits:
+        print(f"data: {wf.data.name} returned its own DataSplits, so data.seed, data.val_fraction, data.test_fraction and data.label_fraction are not used")
+    print(f"model input: {describe(artifact_metadata(splits[0].contract))}")
+    print(teacher_line(wf))
     for line in filter(None, [selection_noise_warning(wf, len(splits[0].val), teacher_val_accuracy(wf))]):
         print(line)
     return 0

@@ -17,7 +17,7 @@ from lepton_ray.config import DataConfig, load_workflow
 from lepton_ray.data.datasets import build_data
 from lepton_ray.trial.teacher import prepare_teachers
 
-from own_code import DATA_MODULE, MODELS_MODULE, write_project
+from own_code import DATA_MODULE, MODELS_MODULE, TEACHER_FILE, write_project
 
 
 @pytest.fixture
@@ -25,9 +25,18 @@ def project(tmp_path: Path, own_code: Path) -> Path:
     return write_project(tmp_path, own_code)
 
 
-def test_a_users_student_teacher_state_dict_and_data_factory_pass_validate(project, capsys):
+def test_a_users_student_teacher_state_dict_and_data_factory_pass_validate(project, tmp_path, own_code, capsys):
     assert main(["validate", str(project)]) == 0
-    assert "is valid" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "is valid" in out and "not used" not in out
+    normalisation = next(line for line in out.splitlines() if line.startswith("model input: "))
+    assert "= (raw * 1 - mean[c]) / std[c], mean [" in normalisation, "what a teacher trained elsewhere must be fed"
+    assert f"teacher: {own_code / TEACHER_FILE} (your file; its validation accuracy is measured when a sweep starts)" in out
+
+    (tmp_path / "splits").mkdir()
+    own_splits = write_project(tmp_path / "splits", own_code, {"data.name": f"{DATA_MODULE}:own_splits"})
+    assert main(["validate", str(own_splits)]) == 0
+    assert "returned its own DataSplits, so data.seed, data.val_fraction, data.test_fraction and data.label_fraction are not used" in capsys.readouterr().out
 
 
 def test_a_data_factory_keeps_its_own_test_split_and_gets_a_seeded_stratified_validation_split():

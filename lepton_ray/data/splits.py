@@ -25,6 +25,9 @@ class DataSplits:
     """(channels, height, width) of one image, or (max_length,) of one text's token ids."""
     contract: DataContract | TokenContract
     """How raw inputs become these tensors, and the class names: what the exported files carry."""
+    factory_splits: bool = False
+    """True when a data factory returned these splits itself (`data/user_data.py`): `data.seed`, `val_fraction`,
+    `test_fraction` and `label_fraction` were not applied to them."""
 
     def __post_init__(self) -> None:
         if tuple(self.contract.input_shape) != tuple(self.input_shape) or len(self.contract.class_names) != self.num_classes:

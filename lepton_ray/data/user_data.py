@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 import numpy as np
@@ -46,7 +46,7 @@ def user_data_factory(load: Callable[..., Any], name: str) -> Callable[[DataConf
             reason = (str(err).strip().splitlines() or [""])[0][:200]
             raise ConfigError(f"data.name: {name} raised {type(err).__name__}: {reason}; fix the factory or data.options") from None
         if isinstance(made, DataSplits):
-            return made
+            return replace(made, factory_splits=True)
         if not isinstance(made, TensorData):
             raise ConfigError(f"data.name: {name} returned a {type(made).__name__}; return lepton_ray.data.TensorData(images, labels, ...) or DataSplits")
         return _splits_of(made, cfg, name)

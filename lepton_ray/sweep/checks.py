@@ -20,6 +20,19 @@ def teacher_val_accuracy(wf: WorkflowConfig) -> float | None:
     return None if payload is None or "val_accuracy" not in payload else float(payload["val_accuracy"])
 
 
+def teacher_line(wf: WorkflowConfig) -> str:
+    """What `validate` says of the teacher: the file a sweep will use and its recorded validation accuracy."""
+    from lepton_ray.trial.teacher import locate_teacher
+
+    source = locate_teacher(wf, 0, wf.teacher)
+    if source.payload is None:
+        return f"teacher: {source.path} is not there yet; `train` and `sweep` train it first (teacher.train: {wf.teacher.train.epochs} epochs)"
+    accuracy = source.payload.get("val_accuracy")
+    if accuracy is None:
+        return f"teacher: {source.path} (your file; its validation accuracy is measured when a sweep starts)"
+    return f"teacher: {source.path}, validation accuracy {float(accuracy):.4f} (recorded when it was trained)"
+
+
 def selection_noise_warning(wf: WorkflowConfig, val_samples: int, teacher_accuracy: float | None) -> str | None:
     """`pareto.threshold_warning` for this workflow's policy: a threshold finer than its validation split resolves."""
     return threshold_warning(wf.selection, val_samples, teacher_accuracy)
