@@ -61,11 +61,19 @@ for _kind, _loader in {"models": _models, "losses": _losses, "datasets": _datase
     KINDS.register(_kind)(_loader)
 
 
+BY_IMPORT_PATH = {
+    "models": "or your own model by import path, e.g. student.name: my_models:tiny_cnn (its file listed under user_code)",
+    "datasets": "or your own data factory by import path, e.g. data.name: my_data:load returning TensorData or DataSplits (its file under user_code)",
+}
+"""Kinds whose fields also take `module:attribute` (`user_code.py`): said under the list."""
+
+
 def catalog(kind: str) -> list[tuple[str, str]]:
-    """(name, first docstring line) of everything registered under `kind`, sorted by name; unknown kind: ConfigError."""
+    """(name, first docstring paragraph on one line) of everything registered under `kind`, sorted by name; unknown kind: ConfigError."""
     return sorted((name, first_line(entry)) for name, entry in KINDS.get(kind)().items())
 
 
 def first_line(documented: object) -> str:
+    """The docstring's first paragraph as one line (a sentence may wrap in the source)."""
     doc = inspect.getdoc(documented) or ""
-    return doc.splitlines()[0] if doc else ""
+    return " ".join(line.strip() for line in doc.split("\n\n")[0].splitlines())

@@ -187,12 +187,14 @@ def cmd_stop(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from lepton_ray.catalog import catalog
+    from lepton_ray.catalog import BY_IMPORT_PATH, catalog
 
     entries = catalog(args.kind)
     width = max(len(name) for name, _ in entries)
     for name, description in entries:
         print(f"{name:<{width}}  {description}".rstrip())
+    if args.kind in BY_IMPORT_PATH:
+        print(f"({BY_IMPORT_PATH[args.kind]})")
     return 0
 
 

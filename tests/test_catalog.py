@@ -27,7 +27,15 @@ def test_list_prints_each_registered_name_with_its_docstrings_first_line(kind, c
     lines = capsys.readouterr().out.splitlines()
     name, description = KNOWN[kind]
     assert any(line.split()[0] == name and description in line for line in lines), lines
-    assert len(lines) == len(KINDS.get(kind)()), "one line per registered name"
+    footer = ["(or your own"] if kind in ("models", "datasets") else []
+    assert [line[: len("(or your own")] for line in lines[len(KINDS.get(kind)()):]] == footer, "one line per registered name, then the import-path note"
+    assert all(line.rstrip().endswith((".", ")", ":")) or line.startswith("(") for line in lines), "no description cut mid-sentence"
+
+
+def test_a_description_that_wraps_in_its_docstring_is_printed_whole(capsys):
+    assert main(["list", "models"]) == 0
+    line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("text_transformer "))
+    assert line.endswith("a final norm, the mean over real tokens, and a linear head."), line
 
 
 def test_list_compressors_names_them_by_their_compression_field(capsys):
