@@ -16,6 +16,12 @@ class TrialsFailedError(LeptonError):
     exit_code = 1
 
 
+class ClusterLostError(LeptonError):
+    """The Ray cluster under a running sweep went away; what finished is on disk and `--resume` continues."""
+
+    exit_code = 1
+
+
 class ConfigError(LeptonError):
     """A workflow or search-space file is invalid."""
 

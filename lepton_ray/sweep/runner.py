@@ -14,7 +14,8 @@ from lepton_ray.cluster.ray_runtime import init_ray
 from lepton_ray.config import WorkflowConfig, apply_overrides
 from lepton_ray.search_space import SearchSpace
 from lepton_ray.data.datasets import build_data
-from lepton_ray.errors import StorageFullError, TrackingError, TrialsFailedError
+from lepton_ray.cluster.watch import ClusterWatch
+from lepton_ray.errors import ClusterLostError, StorageFullError, TrackingError, TrialsFailedError
 from lepton_ray.sweep.checks import selection_noise_warning
 from lepton_ray.sweep.callbacks import MlflowTrialLogger, close_runs_of_finished_trials, error_line
 from lepton_ray.sweep.paths import SweepPaths, check_storage, sweep_paths
@@ -183,7 +184,15 @@ def _run_tuner(wf, shared_workflow, space, paths, study, remaining, teachers, da
             failure_config=tune.FailureConfig(max_failures=wf.resources.max_failures if runs_in_process(wf) else 0),
         ),
     )
-    results = tuner.fit()
+    watch = ClusterWatch(f"the finished trials and every checkpoint are safe under {paths.root}: run the same command with --resume "
+                         "(it starts a local cluster, or joins the one --address or RAY_ADDRESS names, once it is back)")
+    with watch:
+        try:
+            results = tuner.fit()
+        except Exception:
+            if watch.lost():
+                raise ClusterLostError(watch.message()) from None
+            raise
     if goal is not None and goal.met is not None:
         log(goal.summary(finished_count(study), wf.sweep.num_samples))
     if searcher.storage_full or any((result.metrics or {}).get(metrics.STORAGE_FULL) for result in results):
