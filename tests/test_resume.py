@@ -106,6 +106,8 @@ def test_a_sweep_whose_ray_cluster_is_stopped_says_so_in_one_line_and_resumes_to
     assert code == 1 and len(lines) == 1, driver_log.read_text()[-3000:]
     assert re.match(r"lepton-ray: error: the Ray cluster at \S+:\d+ went away mid-sweep .* run the same command with --resume", lines[0]), lines[0]
     assert driver_log.read_text().rstrip().endswith(lines[0]), "the last word is lepton-ray's"
+    for noise in ("Token authentication is enabled", " INFO mlflow", "Downloading artifacts"):
+        assert noise not in driver_log.read_text(), f"library notice on the console: {noise}"
 
     try:
         resumed = subprocess.run(_sweep_command(workflow, "--resume"), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=420)

@@ -127,3 +127,10 @@ def test_a_searcher_given_an_accuracy_floor_spends_its_trials_above_it(name):
     free = [above(SweepConfig(searcher=name, seed=seed, num_samples=14)) for seed in range(2)]  # gp: about 0.3 s an ask
     floored = [above(SweepConfig(searcher=name, seed=seed, num_samples=14, accuracy_floor=floor)) for seed in range(2)]
     assert sum(floored) >= 1.5 * sum(free), (free, floored)
+
+
+def test_the_default_gp_searcher_runs_its_batched_acquisition_search_with_greenlet():
+    """Without greenlet Optuna's GP sampler warns on every sweep and optimises its acquisition sequentially (slower asks)."""
+    from optuna._gp import batched_lbfgsb
+
+    assert batched_lbfgsb._greenlet_imports.is_successful()

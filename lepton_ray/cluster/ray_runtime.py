@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 
+from lepton_ray.console import DropNotice
 from lepton_ray.errors import ConfigError
 
 
@@ -59,6 +61,8 @@ def init_ray(address: str | None = None, py_modules: list[str] | None = None) ->
     if target:
         ray.init(address=target, logging_level="WARNING", log_to_driver=worker_logs, runtime_env=runtime_env)
         return
+    # lepton-ray turns token auth on for its local cluster on purpose (docstring): Ray's notice about it is not news.
+    logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(DropNotice("Token authentication is enabled for this Ray cluster"))
     ray.init(
         address="local",  # a cluster of its own: without it, ray.init joins the newest `ray start` on this machine
         num_cpus=os.cpu_count(),

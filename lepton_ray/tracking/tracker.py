@@ -14,6 +14,7 @@ from typing import Any, Callable, Iterable
 
 from lepton_ray.errors import TrackingError
 from lepton_ray.tracking.uris import use_for_mlflow_fluent_api, artifact_root, redact
+from lepton_ray.console import quiet_info_logs
 from lepton_ray.tracking.write_queue import PENDING_PREFIX, WriteQueue, warn_on_stderr
 
 PARENT_TAG = "mlflow.parentRunId"
@@ -53,6 +54,8 @@ class Tracker:
         if uri.startswith(("http://", "https://")):
             for name, value in HTTP_RETRY_DEFAULTS.items():
                 os.environ.setdefault(name, value)
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a tqdm bar per artifact read, between lepton-ray's lines
+        quiet_info_logs("mlflow")  # "Creating initial MLflow database tables..." and the like; warnings stay
         if redact(uri) != uri:  # MLflow prints "View run at <uri with credentials>" on every finished run
             os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
         if not create and uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
