@@ -140,7 +140,8 @@ def test_validate_prints_the_resolved_config_and_the_size_of_each_data_split(cap
     assert "distillation.temperature" in resolved["search_space"]["params"]
     data = build_data(load_workflow(path).data)
     assert (len(data.train), len(data.val), len(data.test)) == (1167, 270, 360)
-    assert out.strip().splitlines()[-1] == "data: digits, 1167 train / 270 val / 360 test images, 10 classes, input 1x8x8 (channels x height x width)"
+    assert "\ndata: digits, 1167 train / 270 val / 360 test images, 10 classes, input 1x8x8 (channels x height x width)\n" in out
+    assert "\nmodel input: Input `input`: float32 NCHW (N, 1, 8, 8) = (raw * 0.0625 - mean[c]) / std[c]" in out and "\nteacher: " in out
 
 
 def test_every_shipped_workflow_and_search_space_parses():

@@ -26,7 +26,8 @@ def teacher_line(wf: WorkflowConfig) -> str:
 
     source = locate_teacher(wf, 0, wf.teacher)
     if source.payload is None:
-        return f"teacher: {source.path} is not there yet; `train` and `sweep` train it first (teacher.train: {wf.teacher.train.epochs} epochs)"
+        why = f" ({source.note})" if source.note else ""
+        return f"teacher: {source.path} is not there yet; `train` and `sweep` train it first (teacher.train: {wf.teacher.train.epochs} epochs){why}"
     accuracy = source.payload.get("val_accuracy")
     if accuracy is None:
         return f"teacher: {source.path} (your file; its validation accuracy is measured when a sweep starts)"

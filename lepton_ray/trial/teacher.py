@@ -207,8 +207,9 @@ def check_teacher_fits(payload: dict[str, Any], data: DataSplits, field: str) ->
     except ConfigError as err:
         raise CheckpointError(f"{field}.checkpoint: the file names {architecture}, which does not build ({err})") from None
     mismatches = weight_mismatches(model.state_dict(), payload["state_dict"])
-    saved_classes = output_rows(payload["state_dict"])
-    if mismatches and saved_classes not in (None, data.num_classes) and output_rows(model.state_dict()) == data.num_classes:
+    saved_output, model_output = output_layer(payload["state_dict"]), output_layer(model.state_dict())
+    saved_classes = saved_output[1] if saved_output and model_output and saved_output[0] == model_output[0] else None
+    if mismatches and saved_classes not in (None, data.num_classes) and model_output[1] == data.num_classes:
         raise CheckpointError(
             f"{field}.checkpoint: the teacher's last layer gives {saved_classes} classes, but the data has {data.num_classes}; "
             "use a teacher trained on this data's classes"
@@ -226,10 +227,10 @@ def check_teacher_fits(payload: dict[str, Any], data: DataSplits, field: str) ->
         raise CheckpointError(f"{field}.checkpoint: weights do not fit {architecture} ({reason}); use a teacher saved for it") from None
 
 
-def output_rows(state_dict: dict[str, Any]) -> int | None:
-    """Rows of the last weight matrix or kernel in a state dict: the number of classes a classifier gives."""
-    weights = [value for key, value in state_dict.items() if key.endswith("weight") and getattr(value, "ndim", 0) >= 2]
-    return int(weights[-1].shape[0]) if weights else None
+def output_layer(state_dict: dict[str, Any]) -> tuple[str, int] | None:
+    """The last weight matrix or kernel of a state dict and its rows: a classifier's output layer and its classes."""
+    weights = [(key, value) for key, value in state_dict.items() if key.endswith("weight") and getattr(value, "ndim", 0) >= 2]
+    return (weights[-1][0], int(weights[-1][1].shape[0])) if weights else None
 
 
 def weight_mismatches(expected: dict[str, torch.Tensor], saved: dict[str, Any]) -> list[str]:
