@@ -1,4 +1,4 @@
-"""Fashion-MNIST end to end: the teacher, the dense student labels-only vs KD (seeds), a sweep's front on
+"""Fashion-MNIST end to end: the teacher, the dense student labels-only vs distilled (seeds), a sweep's front on
 the measured cost of the int8 file (chosen on validation), the champion's int8 file in ONNX Runtime on the 10k
 test images, and its labels-only control (what distillation bought at the champion's compression, 3 seeds).
 
@@ -51,7 +51,7 @@ PUBLISHED = {
 QUICK = {"training.epochs": 1, "teacher.train.epochs": 1, "sweep.num_samples": 2, "resources.max_concurrent_trials": 1, "selection.distillation_control.seeds": 1}
 CONTROL_SEEDS = 3
 """Seeds of the champion's labels-only control: each pairs a run with the teacher and one without."""
-LABELS_ONLY, KD = "labels only (alpha=0)", "kd"
+LABELS_ONLY, KD = "labels only (alpha=0)", "with teacher (the workflow's distillation)"
 DENSE_PROCESSES = 2
 """Dense runs at a time: each is single-threaded, so two use the machine's 2 cores as the sweep's two trials do."""
 
@@ -204,13 +204,13 @@ def figures(payload: dict[str, Any]) -> list[Figure]:
     champion = payload["champion"]
     return [
         Figure(NAME, "teacher test accuracy", payload["teacher"]["test_accuracy"], at_least=0.93),
-        Figure(NAME, "KD gain over labels only, dense student (pt)", payload["kd_gain_points"]),
+        Figure(NAME, "distillation gain over labels only, dense student (pt)", payload["kd_gain_points"]),
         Figure(NAME, "champion int8 ORT test accuracy", champion["int8_ort_test_accuracy"], at_least=0.90),
         Figure(NAME, "champion trial minus int8 accuracy, validation (pt)", champion["drop_points"], at_most=1.0),
-        Figure(NAME, f"distillation control: KD gain at the champion's compression (pt, {len(payload['distillation_control']['pairs'])} seeds)",
+        Figure(NAME, f"distillation control: gain at the champion's compression (pt, {len(payload['distillation_control']['pairs'])} seeds)",
                payload["distillation_control"]["gain_points"]),
         Figure(NAME, "front measured-cost span (x)", payload["front"]["span"], at_least=3.0),
-        Figure(NAME, "front point cheaper than dense KD student within 1 pt (x)", payload["front"]["cheapest_within_1pt_of_dense"], at_least=2.0),
+        Figure(NAME, "front point cheaper than the dense distilled student within 1 pt (x)", payload["front"]["cheapest_within_1pt_of_dense"], at_least=2.0),
         Figure(NAME, "max |PyTorch - reported| over trials (pt)", max(abs(t["pytorch_test_accuracy"] - t["reported_test_accuracy"]) * 100 for t in trials), at_most=0.0),
         Figure(NAME, "max reported - int8 ORT over trials (pt)", max((t["reported_test_accuracy"] - t["int8_ort_test_accuracy"]) * 100 for t in trials), at_most=1.0),
     ]
@@ -228,14 +228,14 @@ def markdown(payload: dict[str, Any]) -> str:
         f"## Teacher and published baselines (test accuracy, {payload['setting']['test_samples']:,} test images)", "",
         format_table(["model", "test accuracy"], [[f"this teacher: cnn_large, {teacher['parameters']} parameters", f"{teacher['test_accuracy']:.4f}"],
                                                   *[[name, f"{value:.3f}"] for name, value in payload["published_test_accuracy"].items()]]), "",
-        "## Dense student (the workflow's cnn_small at width 1, no compression): labels only vs KD", "",
+        "## Dense student (the workflow's cnn_small at width 1, no compression): labels only vs with its teacher (the workflow's distillation)", "",
         format_table(["student", "test accuracy mean +- sd", "per seed", f"{cost} (median)"], [
             [name, f"{row['mean']:.4f} +- {row['std']:.4f}", ", ".join(f"{r[metrics.TEST_ACCURACY]:.4f}" for r in row["runs"]),
              f"{statistics.median(r[cost] for r in row['runs']):,.0f}"] for name, row in dense.items()]), "",
-        f"KD gain: {payload['kd_gain_points']:+.2f} pt (seeds {payload['setting']['seeds']}).", "",
+        f"Distillation gain: {payload['kd_gain_points']:+.2f} pt (seeds {payload['setting']['seeds']}).", "",
         f"## Sweep: {sweep['trials']} trials ({sweep['finished']} finished), {sweep['wall_seconds'] / 60:.1f} min wall for `lepton-ray sweep --no-export`, "
         f"{sweep['select_export_publish_seconds']:.0f} s for select + export + publish", "",
-        f"Front on `{cost}` (measured on each trial's int8 file); the dense KD student costs {payload['dense_kd_student_cost']:,.0f}:", "",
+        f"Front on `{cost}` (measured on each trial's int8 file); the dense distilled student costs {payload['dense_kd_student_cost']:,.0f}:", "",
         format_table(["trial", f"{metrics.SELECTION_ACCURACY} (ranked by)", "test accuracy (reported)", cost, "x cheaper than dense", "pt below dense (test)"], [
             [str(p["trial"]), f"{p[metrics.SELECTION_ACCURACY]:.4f}", f"{p['test_accuracy']:.4f}", f"{p[cost]:,.0f}", f"{p['cheaper_than_dense']:.2f}",
              f"{p['loss_vs_dense_points']:+.2f}"] for p in payload["front"]["points"]]), "",
