@@ -293,6 +293,7 @@ def sweep_runs(wf: WorkflowConfig, student_accuracy: float):
     trials[metrics.TEST_ACCURACY] = [1.0, 0.5, 1.0, 1.0]  # ranks the trials otherwise: no decision may read it
     trials["size_bytes"] = [500.0, 2_000.0, 1_500.0, 4_000.0]  # the estimate ranks trials 2 and 3 the other way round
     trials["run_id"] = [tracker.start_run(f"t{t}", f"trial-{t}", {}, {}, parent_run_id=parent) for t, _, _ in rows]
+    trials["distillation.alpha"] = [0.1, 0.5, 0.9, 0.3]  # a searched knob, as the leaderboard names it
     return tracker, parent, trials
 
 
@@ -323,6 +324,10 @@ def champion(student, digits, mlflow_uri, tmp_path_factory) -> Champion:
     return Champion(wf, tracker, parent, trials, result)
 
 
+def wf_cost(champion) -> str:
+    return champion.wf.sweep.cost_metric
+
+
 def test_select_and_export_publishes_the_picked_trial_as_champion(champion, digits):
     import mlflow.pyfunc
 
@@ -331,7 +336,21 @@ def test_select_and_export_publishes_the_picked_trial_as_champion(champion, digi
     champion_version = tracker.client.get_model_version_by_alias("digits-student", "champion")
     assert str(champion_version.version) == result.published.version == "1"
     assert champion_version.tags["lepton.trial"] == "2"
-    assert [m.source_run_id for m in tracker.client.search_logged_models([tracker.experiment_id])] == [parent]
+    trial_run = trials.set_index("trial").loc[2, "run_id"]
+    (logged,) = tracker.client.search_logged_models([tracker.experiment_id])
+    assert logged.source_run_id == trial_run == champion_version.run_id, "the version's source is the trial that trained it"
+    assert logged.params == {"distillation.alpha": "0.5"}, "the knobs the pick trained with, not the base workflow's"
+    assert champion_version.tags["lepton.sweep_run_id"] == parent
+    trial_tags = tracker.client.get_run(trial_run).data.tags
+    assert trial_tags["lepton.champion"] == "true" and trial_tags["lepton.registered_version"] == "models:/digits-student/1"
+    assert trial_tags["mlflow.note.content"].startswith("**Champion**: trial 2, registered as `models:/digits-student/1`")
+    sweep_run = tracker.client.get_run(parent).data
+    assert sweep_run.tags["mlflow.note.content"] == trial_tags["mlflow.note.content"] and result.selection.explanation in sweep_run.tags["mlflow.note.content"]
+    assert sweep_run.metrics[metrics.SELECTION_ACCURACY] == pytest.approx(result.selection.row[metrics.SELECTION_ACCURACY])
+    assert sweep_run.metrics[wf_cost(champion)] == pytest.approx(result.selection.row[wf_cost(champion)]), "headline figures on the sweep run"
+    assert metrics.INT8_FILE_BYTES in sweep_run.metrics and "int8_bytes" not in sweep_run.metrics, "one name per figure across run levels"
+    assert "lepton.champion" not in tracker.client.get_run(trials.set_index("trial").loc[1, "run_id"]).data.tags
+    assert "mlflow.note.content" in tracker.client.get_experiment(tracker.experiment_id).tags
     loaded = mlflow.pyfunc.load_model("models:/digits-student@champion")
     images = digits.test.tensors[0][:8].numpy()
     expected = ort.InferenceSession(str(result.files.int8)).run(None, {INPUT_NAME: images})[0]

@@ -25,6 +25,7 @@ from lepton_ray.deploy.pareto import ACCURACY, Selection, chosen_trial, complete
 from lepton_ray.data.contract import LAYOUT, TOKEN_LAYOUT, TOKENIZER_FILE, DataContract, TokenContract
 from lepton_ray.deploy.published import Published
 from lepton_ray.deploy.report import plot_pareto, usage_markdown, write_report
+from lepton_ray.deploy.review import knobs, mark_champion, trial_run_id
 from lepton_ray.errors import CheckpointError
 from lepton_ray.export.int8 import Int8Checks, Int8Files, calibration_images, export_int8, measure_int8, verify_int8
 from lepton_ray.export.metadata import DATASET_KEY, LAYOUT_KEY, SWEEP_RUN_KEY, TRIAL_KEY, WORKFLOW_KEY, artifact_metadata
@@ -96,9 +97,10 @@ _INPUT_NOTES = {
 
 def publish(
     files: Int8Files, example: torch.Tensor, label: int, contract: DataContract | TokenContract, tracker: "Tracker", run_id: str, model_name: str,
-    tags: dict[str, str], notes: tuple[str, ...] = (),
+    tags: dict[str, str], notes: tuple[str, ...] = (), params: dict[str, Any] | None = None,
 ) -> Published:
-    """Log the int8 model to `run_id` (signature, a model-ready input example, the raw example file), register it
+    """Log the int8 model to `run_id` (signature, a model-ready input example, the raw example file, `params`: the
+    knobs it was trained with, shown on the logged model), register it
     with a description (`notes` first: how it was chosen, what distillation bought) and `tags` plus the file's
     metadata (its contract) as tags, alias the new version `champion`.
 
@@ -115,7 +117,7 @@ def publish(
     raw_example = write_raw_example(contract, example, label, int(output.argmax()), files.int8.parent / RAW_EXAMPLE_FILE)
     info = mlflow.onnx.log_model(
         onnx.load(str(files.int8)), name="int8_model", signature=infer_signature(example, output), input_example=example,
-        registered_model_name=model_name, run_id=run_id, save_as_external_data=False, onnx_execution_providers=["CPUExecutionProvider"],
+        registered_model_name=model_name, run_id=run_id, params=params, save_as_external_data=False, onnx_execution_providers=["CPUExecutionProvider"],
         pip_requirements=[f"onnx=={onnx.__version__}", f"onnxruntime=={ort.__version__}"],  # inferring them spawns a 10 s subprocess
         extra_files=[str(raw_example), *(str(path) for path in files.shipped_with)],
     )
@@ -188,7 +190,10 @@ def select_and_export(
         tags = {"lepton.selection": selection.explanation}  # trial and sweep run id come with the file's metadata
         example, label = dataset_images(data.test, [0])
         notes = (shipped_estimate(selection, checks, len(data.test)), *([gain.sentence()] if gain is not None else []))
-        published = publish(files, example, int(label[0]), data.contract, tracker, parent_run_id, wf.tracking.model_name, tags, notes)
+        source_run = trial_run_id(selection) or parent_run_id  # the version's source: the trial that trained it
+        published = publish(files, example, int(label[0]), data.contract, tracker, source_run, wf.tracking.model_name,
+                            {**tags, "lepton.sweep_run_id": parent_run_id}, notes, knobs(selection))
+        mark_champion(tracker, parent_run_id, selection, published, notes, cost_column)
     finally:
         report = write_report(out_dir / "report.md", candidates, cost_column, on_front, selection, teacher_accuracy, files, checks, published, trials,
                               gain, len(data.test))

@@ -27,6 +27,7 @@ from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantTy
 from torch import nn
 from torch.utils.data import Dataset
 
+from lepton_ray import metrics
 from lepton_ray.compress.quantize import activation_qparams
 from lepton_ray.config import LOW_BITS, MAX_WEIGHT_BITS, ExportConfig
 from lepton_ray.data.inputs import ModelInput, as_model_input
@@ -330,7 +331,7 @@ class Int8Checks:
     def as_metrics(self) -> dict[str, float]:
         values = {
             "int8_val_accuracy": self.int8_accuracy, "fp32_onnx_val_accuracy": self.fp32_accuracy, "int8_test_accuracy": self.int8_test_accuracy,
-            "int8_accuracy_drop_points": self.drop_points, "int8_bytes": self.int8_bytes, "fp32_onnx_bytes": self.fp32_bytes,
+            "int8_accuracy_drop_points": self.drop_points, metrics.INT8_FILE_BYTES: self.int8_bytes, "fp32_onnx_bytes": self.fp32_bytes,
         }
         for batch_size, latency in self.latency_ms.items():
             values |= {f"int8_latency_ms_b{batch_size}": latency["int8"], f"fp32_onnx_latency_ms_b{batch_size}": latency["fp32"]}

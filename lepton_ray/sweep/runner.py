@@ -103,7 +103,7 @@ def run_sweep(
         raise
     tracker.finish(parent_run_id, "FINISHED")
     tracker.report_unlogged()
-    log(f"MLflow: {tracker.run_url(parent_run_id)}  (browse: mlflow ui --backend-store-uri {redact(uri)})")
+    log(f"MLflow: {tracker.run_url(parent_run_id)}; review: {tracker.review_link()}")
     return outcome
 
 

@@ -193,3 +193,11 @@ class Tracker:
 
     def run_url(self, run_id: str) -> str:
         return f"{redact(self.uri)} experiment {self.experiment!r} ({self.experiment_id}) run {run_id}"
+
+    def review_link(self) -> str:
+        """Where to review the experiment in the MLflow UI: its runs view in the classic (not GenAI) mode, which a fresh
+        browser would not open by itself; a local store first needs `mlflow ui` (it serves on 127.0.0.1:5000)."""
+        served = self.uri.startswith(("http://", "https://"))
+        base = redact(self.uri).rstrip("/") if served else "http://127.0.0.1:5000"
+        link = f"{base}/#/experiments/{self.experiment_id}/runs?workflowType=machine_learning"
+        return link if served else f"{link} (after: mlflow ui --backend-store-uri {redact(self.uri)})"
