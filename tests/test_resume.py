@@ -57,6 +57,21 @@ def _sweep_command(workflow: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "lepton_ray.cli", "sweep", str(workflow), "--no-export", *extra]
 
 
+def _start_sweep(write_workflow, tmp_path: Path, num_samples: int):
+    """A sweep driver in its own session, logging to driver.log, its Ray processes marked as this test's.
+    Single-worker trials (they train in their Tune actors) keep it under a minute; a DDP worker's restart
+    from its checkpoint is tests/test_faults.py."""
+    slower = {"training.epochs": 6, "data.options": {"num_samples": 1200, "image_size": 8}, "resources.num_workers": 1}
+    workflow = write_workflow({**TINY, **slower, "sweep.num_samples": num_samples})
+    wf = load_workflow(workflow)
+    marker = secrets.token_hex(8)
+    env = {**os.environ, "PYTHONPATH": str(REPO), OWNER_VAR: marker}
+    driver_log = tmp_path / "driver.log"
+    with driver_log.open("w") as log:
+        driver = subprocess.Popen(_sweep_command(workflow), cwd=tmp_path, env=env, start_new_session=True, stdout=log, stderr=subprocess.STDOUT)
+    return workflow, wf, wf.run_dir / "sweep" / "study.db", marker, env, driver, driver_log
+
+
 def _wait_for_a_finished_and_a_running_trial(study_db: Path, driver: subprocess.Popen, driver_log: Path) -> None:
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
@@ -66,6 +81,16 @@ def _wait_for_a_finished_and_a_running_trial(study_db: Path, driver: subprocess.
         assert driver.poll() is None, f"the sweep ended before it could be interrupted:\n{driver_log.read_text()[-3000:]}"
         time.sleep(0.2)
     pytest.fail(f"no trial completed in time: {study_states(study_db)}")
+
+
+def _resume_to_exactly(num_samples: int, workflow: Path, wf, study_db: Path, env: dict, marker: str, tmp_path: Path) -> None:
+    """`sweep --resume` exits 0 and leaves exactly `num_samples` trials and runs (`_assert_resumed_to_exactly`)."""
+    try:
+        resumed = subprocess.run(_sweep_command(workflow, "--resume"), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=420)
+    finally:
+        _kill_owned(marker)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    _assert_resumed_to_exactly(num_samples, wf, study_db)
 
 
 def _assert_resumed_to_exactly(num_samples: int, wf, study_db: Path) -> None:
@@ -85,15 +110,7 @@ def _assert_resumed_to_exactly(num_samples: int, wf, study_db: Path) -> None:
 def test_a_sweep_whose_ray_cluster_is_stopped_says_so_in_one_line_and_resumes_to_exactly_num_samples(write_workflow, tmp_path):
     """As `ray stop` in another shell would: every Ray process of the driver's local cluster killed, the driver kept."""
     num_samples = 3
-    slower = {"training.epochs": 6, "data.options": {"num_samples": 1200, "image_size": 8}, "resources.num_workers": 1}
-    workflow = write_workflow({**TINY, **slower, "sweep.num_samples": num_samples})
-    wf = load_workflow(workflow)
-    study_db = wf.run_dir / "sweep" / "study.db"
-    marker = secrets.token_hex(8)
-    env = {**os.environ, "PYTHONPATH": str(REPO), OWNER_VAR: marker}
-    driver_log = tmp_path / "driver.log"
-    with driver_log.open("w") as log:
-        driver = subprocess.Popen(_sweep_command(workflow), cwd=tmp_path, env=env, start_new_session=True, stdout=log, stderr=subprocess.STDOUT)
+    workflow, wf, study_db, marker, env, driver, driver_log = _start_sweep(write_workflow, tmp_path, num_samples)
     try:
         _wait_for_a_finished_and_a_running_trial(study_db, driver, driver_log)
         _kill_owned(marker, spare=driver.pid)
@@ -109,29 +126,13 @@ def test_a_sweep_whose_ray_cluster_is_stopped_says_so_in_one_line_and_resumes_to
     for noise in ("Token authentication is enabled", " INFO mlflow", "Downloading artifacts"):
         assert noise not in driver_log.read_text(), f"library notice on the console: {noise}"
 
-    try:
-        resumed = subprocess.run(_sweep_command(workflow, "--resume"), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=420)
-    finally:
-        _kill_owned(marker)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    _assert_resumed_to_exactly(num_samples, wf, study_db)
+    _resume_to_exactly(num_samples, workflow, wf, study_db, env, marker, tmp_path)
 
 
 @pytest.mark.ray
 def test_killed_driver_resumes_to_exactly_num_samples_with_one_run_per_trial(write_workflow, tmp_path):
     num_samples = 3
-    # Single-worker trials (they train in their Tune actors) keep this under a minute; a DDP worker's
-    # restart from its checkpoint is tests/test_faults.py.
-    slower = {"training.epochs": 6, "data.options": {"num_samples": 1200, "image_size": 8}, "resources.num_workers": 1}
-    workflow = write_workflow({**TINY, **slower, "sweep.num_samples": num_samples})
-    wf = load_workflow(workflow)
-    study_db = wf.run_dir / "sweep" / "study.db"
-    marker = secrets.token_hex(8)
-    env = {**os.environ, "PYTHONPATH": str(REPO), OWNER_VAR: marker}
-
-    driver_log = tmp_path / "driver.log"
-    with driver_log.open("w") as log:
-        driver = subprocess.Popen(_sweep_command(workflow), cwd=tmp_path, env=env, start_new_session=True, stdout=log, stderr=subprocess.STDOUT)
+    workflow, wf, study_db, marker, env, driver, driver_log = _start_sweep(write_workflow, tmp_path, num_samples)
     try:
         _wait_for_a_finished_and_a_running_trial(study_db, driver, driver_log)
     finally:
@@ -141,13 +142,7 @@ def test_killed_driver_resumes_to_exactly_num_samples_with_one_run_per_trial(wri
     interrupted = study_states(study_db)
     assert "RUNNING" in interrupted and len(interrupted) < num_samples + 1
 
-    try:
-        resumed = subprocess.run(_sweep_command(workflow, "--resume"), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=420)
-    finally:
-        _kill_owned(marker)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-
-    _assert_resumed_to_exactly(num_samples, wf, study_db)
+    _resume_to_exactly(num_samples, workflow, wf, study_db, env, marker, tmp_path)
     tracker = Tracker(wf.tracking.uri, wf.tracking.experiment)
     sweeps = mlflow.search_runs(experiment_ids=[tracker.experiment_id], filter_string="tags.`lepton.kind` = 'sweep'")
     # Logged when the resumed driver trained anything (not when the interrupted trials had already finished on disk).
