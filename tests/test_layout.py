@@ -9,7 +9,6 @@ import inspect
 import re
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 
 import pytest
