@@ -43,6 +43,7 @@ PIPELINES: dict[str, dict[str, Any]] = {
     "aug": {"data.augment": {**AUGMENT, "views": 10}, "training.epochs": 10},
     "patient": {"data.augment": {**AUGMENT, "views": PATIENT_EPOCHS}, "training.epochs": PATIENT_EPOCHS},
     "mixup": {"data.augment": {**AUGMENT, "views": PATIENT_EPOCHS, "mix": "mixup"}, "training.epochs": PATIENT_EPOCHS},
+    "long": {"training.epochs": PATIENT_EPOCHS},
 }
 KD = {"distillation.losses": [{"name": "kd", "weight": 1.0}], "distillation.temperature": 4.0, "distillation.alpha": 0.7}
 """What workflows/fashion_mnist.yaml distilled with until the distill_gain measurements."""
@@ -53,6 +54,8 @@ RECIPES: dict[str, dict[str, Any]] = {
             "what": "decoupled KD (alpha 1, beta 8, T 4), 10 epochs"},
     "dist": {"pipeline": "plain", "teacher": {"distillation.alpha": 0.5, "distillation.temperature": 4.0, "distillation.losses": [{"name": "dist", "weight": 1.0}]},
              "what": "DIST (beta = gamma = 1, T 4), 10 epochs"},
+    "dist_long": {"pipeline": "long", "teacher": {"distillation.alpha": 0.5, "distillation.temperature": 4.0, "distillation.losses": [{"name": "dist", "weight": 1.0}]},
+                  "what": f"DIST (T 4, alpha 0.5), a patient schedule without augmentation: {PATIENT_EPOCHS} epochs"},
     "kd_aug": {"pipeline": "aug", "teacher": KD, "what": "kd + consistent flip/crop views (teacher sees the same view), 10 epochs"},
     "kd_aug_patient": {"pipeline": "patient", "teacher": KD, "what": f"kd + consistent views + a patient schedule: {PATIENT_EPOCHS} epochs, a fresh view each"},
     "function_matching": {"pipeline": "mixup", "teacher": {**KD, "distillation.alpha": 1.0},
@@ -70,6 +73,8 @@ CONFIGS: dict[str, dict[str, Any]] = {
                  "student.options.width": 1},  # trial 13, the pick: 15.5 KB gzip
     "compact": {"compression.channel_pruning.sparsity": 0.0397581, "compression.pruning.sparsity": 0.8, "compression.quantization.bits": 7,
                 "student.options.width": 1},  # trial 15, the most accurate point within the 10.8 KB goal: 10.6 KB gzip
+    # The pick of the DIST rerun at d1bd05a (trial 11: 16.4 KB gzip, 4 bits, nothing pruned).
+    "pick": {"compression.channel_pruning.sparsity": 0, "compression.pruning.sparsity": 0, "compression.quantization.bits": 4, "student.options.width": 1},
 }
 
 
@@ -196,7 +201,7 @@ def markdown(payload: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--recipes", default=",".join(RECIPES), help=f"comma-separated, of: {', '.join(RECIPES)}")
-    parser.add_argument("--configs", default="dense,champion,compact", help="comma-separated, of: dense, champion, compact")
+    parser.add_argument("--configs", default="dense,champion,compact", help=f"comma-separated, of: {', '.join(CONFIGS)}")
     parser.add_argument("--seeds", type=int, default=3, help="training seeds 0..N-1, the same for both arms of every row")
     parser.add_argument("--processes", type=int, default=2, help="runs at a time, one thread each")
     parser.add_argument("--quick", action="store_true", help="smoke run: 1 epoch, at most 2 views, the 1-epoch quick teacher")
