@@ -5,7 +5,8 @@ test images, and its labels-only control (what distillation bought at the champi
     .venv/bin/python -m benchmarks.fashion_mnist [--quick]    # writes benchmarks/results/fashion_mnist.{json,md}
 
 Needs the four Fashion-MNIST idx files: `apt-get install dataset-fashion-mnist` (Debian) or `--data-root`.
-The teacher is trained once through the product's teacher stage and cached under runs/teachers/. The
+The teacher is trained once through the product's teacher stage and cached under runs/teachers/, or copied
+there from the committed asset when the workflow still describes that teacher (benchmarks/teacher_asset.py). The
 dense students run through the trial's own loop, two at a time in worker processes (teacher outputs from the sweep's
 teacher cache). The sweep is the real `lepton-ray sweep` command (Ray, MLflow in a SQLite file under
 the benchmark's folder); its last stage (select, export, publish) then runs here, as the command runs it.
@@ -28,6 +29,7 @@ from typing import Any
 import torch
 
 from benchmarks.common import REPO, Figure, format_table, measured_commit, train_student, write_page, write_result
+from benchmarks.teacher_asset import install_committed_teacher
 from lepton_ray import metrics
 from lepton_ray.export.shipped_cost import file_cost
 from lepton_ray.config import WorkflowConfig, load_workflow
@@ -39,7 +41,7 @@ from lepton_ray.export.runtime import onnx_accuracy
 from lepton_ray.models.saved import load_teacher_module
 from lepton_ray.sweep.results import existing_sweep, select_export_publish
 from lepton_ray.trial.epoch import evaluate
-from lepton_ray.trial.teacher import Teacher, prepare_teachers
+from lepton_ray.trial.teacher import Teacher, fingerprint, prepare_teachers
 from lepton_ray.trial.trainer import sweep_teacher_cache
 
 NAME = "fashion_mnist"
@@ -62,7 +64,11 @@ def bench_workflow(folder: Path, quick: bool, data_root: Path | None, extra: dic
     overrides = {"output_dir": str(folder), "tracking.uri": f"sqlite:///{folder}/mlflow.db", "teacher.checkpoint": str(teacher_file),
                  "selection.distillation_control.seeds": CONTROL_SEEDS,
                  **({"data.root": str(data_root)} if data_root else {}), **(QUICK if quick else {}), **(extra or {})}
-    return load_workflow(WORKFLOW, overrides), overrides
+    wf = load_workflow(WORKFLOW, overrides)
+    installed = None if quick else install_committed_teacher(teacher_file, fingerprint(wf.teacher, wf.data, wf.training.seed))
+    if installed:
+        print(installed, flush=True)
+    return wf, overrides
 
 
 def dense_run(overrides: dict[str, Any], alpha: float, seed: int, teacher: Teacher, cache_folder: Path) -> dict[str, Any]:

@@ -3,7 +3,9 @@ No benchmark runs here."""
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import json
 import math
 
 import optuna
@@ -12,7 +14,10 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from benchmarks.common import Figure
+from benchmarks.common import REPO, Figure
+from benchmarks.teacher_asset import RECORD, install_committed_teacher
+from lepton_ray.config import load_workflow
+from lepton_ray.trial.teacher import fingerprint
 from benchmarks.search_efficiency import GridTable, distribution, headline, hypervolume_2d, replay, trials_to_share
 from lepton_ray import metrics
 from benchmarks.throughput_vs_peak import training_flops
@@ -210,3 +215,29 @@ def test_distill_gain_pairs_each_seed_and_gives_the_mean_and_sd_of_the_differenc
     assert len(names) == len(set(names)) == 2 * (3 + 1 + 1), "kd and dkd share one labels-only run per seed; each pipeline has its own"
     assert run_key("dense", "kd", "labels_only", 0) == run_key("dense", "dist", "labels_only", 0) != run_key("dense", "kd_aug", "labels_only", 0)
     assert [job[3] for job in jobs] == sorted(job[3] for job in jobs), "seed by seed: a stopped benchmark leaves whole seeds"
+
+
+def test_the_committed_fashion_mnist_teacher_is_the_workflows_teacher_and_is_installed_only_where_nothing_is():
+    """A workflow change that retrains the FM teacher fails here: retrain it and recommit the asset with its record."""
+    record = json.loads(RECORD.read_text())
+    asset = RECORD.parent / record["file"]
+    assert hashlib.sha256(asset.read_bytes()).hexdigest() == record["sha256"] and asset.stat().st_size <= 2 * 2**20
+    wf = load_workflow(REPO / "workflows" / "fashion_mnist.yaml")
+    assert fingerprint(wf.teacher, wf.data, wf.training.seed) == record["fingerprint"]
+    assert torch.load(asset, weights_only=False)["test_accuracy"] == record["test_accuracy"] >= 0.93
+
+
+def test_installing_the_committed_teacher_copies_it_once_and_never_over_a_file(tmp_path):
+    record = json.loads(RECORD.read_text())
+    target = tmp_path / "teachers" / "fm.pt"
+    assert "trains it" in install_committed_teacher(target, "another-fingerprint") and not target.exists()
+    assert "copied" in install_committed_teacher(target, record["fingerprint"])
+    assert target.read_bytes() == (RECORD.parent / record["file"]).read_bytes()
+    target.write_bytes(b"the user's own teacher")
+    assert install_committed_teacher(target, record["fingerprint"]) is None and target.read_bytes() == b"the user's own teacher"
+    tampered = tmp_path / "record.json"
+    (tmp_path / record["file"]).write_bytes(b"not the teacher")
+    tampered.write_text(json.dumps(record))
+    with pytest.raises(RuntimeError, match="sha256"):
+        install_committed_teacher(tmp_path / "other.pt", record["fingerprint"], tampered)
+    assert not (tmp_path / "other.pt").exists()
