@@ -35,7 +35,7 @@ from lepton_ray.data.datasets import DataSplits, build_data
 from lepton_ray.data.splits import split_indices
 from lepton_ray.errors import ExportError
 from lepton_ray.export.int8 import (
-    INT8_FILE, CalibrationImages, Int8Checks, activation_overrides, calibration_images, check_int8_graph, check_same_outputs, check_weight_grid,
+    CalibrationImages, Int8Checks, activation_overrides, calibration_images, check_int8_graph, check_same_outputs, check_weight_grid,
     export_int8, int8_input_qparams, int8_weights, measure_int8, verify_int8,
 )
 from lepton_ray.deploy.publish import FRONT_TAG, RAW_EXAMPLE_FILE
@@ -44,9 +44,10 @@ from lepton_ray.models.zoo import build_model
 from lepton_ray.export.metadata import (
     DATASET_KEY, PREPROCESSING_KEY, SWEEP_RUN_KEY, TRIAL_KEY, WORKFLOW_KEY, class_names, preprocessing, read_metadata,
 )
-from lepton_ray.export.onnx_graph import INPUT_NAME, compact_graph
+from lepton_ray.export.onnx_graph import INPUT_NAME, OUTPUT_NAME, compact_graph
 from lepton_ray.export.runtime import onnx_accuracy
 from lepton_ray.deploy.publish import ExportResult, select_and_export
+from lepton_ray.deploy.published import REGISTERED_FILE
 from lepton_ray.tracking.tracker import Tracker
 from lepton_ray.data.batches import iterate_batches, train_indices
 from lepton_ray.trial.epoch import Precision, evaluate, train_epoch
@@ -349,20 +350,50 @@ def test_select_and_export_publishes_the_picked_trial_as_champion(champion, digi
     assert sweep_run.metrics[metrics.SELECTION_ACCURACY] == pytest.approx(result.selection.row[metrics.SELECTION_ACCURACY])
     assert sweep_run.metrics[wf_cost(champion)] == pytest.approx(result.selection.row[wf_cost(champion)]), "headline figures on the sweep run"
     assert metrics.INT8_FILE_BYTES in sweep_run.metrics and "int8_bytes" not in sweep_run.metrics, "one name per figure across run levels"
+    history = tracker.client.get_metric_history(parent, metrics.SELECTION_ACCURACY)
+    assert len(history) == 1, "one figure per name: the exported file's own accuracy is export_int8_val_accuracy"
+    assert sweep_run.metrics["export_int8_val_accuracy"] == pytest.approx(result.checks.int8_accuracy)
     assert "lepton.champion" not in tracker.client.get_run(trials.set_index("trial").loc[1, "run_id"]).data.tags
     assert "mlflow.note.content" in tracker.client.get_experiment(tracker.experiment_id).tags
     loaded = mlflow.pyfunc.load_model("models:/digits-student@champion")
     images = digits.test.tensors[0][:8].numpy()
     expected = ort.InferenceSession(str(result.files.int8)).run(None, {INPUT_NAME: images})[0]
-    np.testing.assert_allclose(np.asarray(loaded.predict(images)["logits"]), expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(loaded.predict({INPUT_NAME: images})[OUTPUT_NAME]), expected, rtol=1e-5, atol=1e-5)
     front_tags = {int(t): tracker.client.get_run(run_id).data.tags[FRONT_TAG] for t, run_id in zip(trials["trial"], trials["run_id"])}
     assert front_tags == {1: "true", 2: "true", 3: "true", 4: "false"}
     artifacts = {item.path for item in tracker.client.list_artifacts(parent, "selection")}
-    assert artifacts == {"selection/pareto.png", "selection/report.md"}
+    assert artifacts == {"selection/pareto.png", "selection/report.md", "selection/leaderboard.csv"}
     report = result.report.read_text()
     assert "**passed**" in report and "version 1 (alias `champion`)" in report and result.selection.explanation in report
     assert "Spearman rank correlation of `size_bytes` (estimate) with `int8_gzip_bytes` (measured): 0.800 over 4 finished trials" in report
     assert result.plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_logged_report_shows_its_plot_in_the_mlflow_ui_names_the_registered_file_and_a_leaderboard_sits_beside_it(champion, monkeypatch, tmp_path):
+    """The UI renders report.md with react-markdown, which leaves a relative image link as written, so the browser
+    resolves it against the UI's root page: the link must fetch the logged PNG from MLflow's own server there."""
+    import urllib.parse
+
+    import mlflow
+    from mlflow.server import app, handlers
+
+    tracker, parent, result = champion.tracker, champion.parent, champion.result
+    logged = Path(mlflow.artifacts.download_artifacts(run_id=parent, artifact_path="selection/report.md", tracking_uri=tracker.uri, dst_path=str(tmp_path)))
+    report = logged.read_text()
+    (image,) = re.findall(r"!\[[^]]*\]\(([^)]+)\)", report)
+    page = f"http://127.0.0.1:5000/#/experiments/{tracker.experiment_id}/runs/{parent}/artifacts/selection/report.md"
+    url = urllib.parse.urlsplit(urllib.parse.urljoin(page, image))
+    monkeypatch.setattr(handlers, "_tracking_store", None)  # the in-process server reads this test's store
+    handlers._get_tracking_store(tracker.uri)
+    response = app.test_client().get(f"{url.path}?{url.query}")
+    assert response.status_code == 200 and response.data == result.plot.read_bytes(), "the UI fetches the logged pareto.png"
+    assert f"its file is `{REGISTERED_FILE}`" in report and f"For `{REGISTERED_FILE}` of `models:/digits-student/1` (the same code runs the export folder's `student.int8.onnx`):" in report
+    assert "e+0" not in report, "sizes as 14,270, never 1.427e+04"
+
+    board = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=parent, artifact_path="selection/leaderboard.csv", tracking_uri=tracker.uri, dst_path=str(tmp_path)))
+    assert list(board["trial"]) == [3, 2, 4, 1], "most accurate first"
+    assert list(board.columns[:2]) == ["trial", metrics.SELECTION_ACCURACY] and "distillation.alpha" in board.columns
+    assert list(board.loc[board["picked"], "trial"]) == [2] and set(board["run_id"]) == set(champion.trials["run_id"])
 
 
 # ---- the artifact contract: a deployer runs the champion from its metadata alone ----------------
@@ -379,9 +410,9 @@ def raw_digits_test_split() -> tuple[np.ndarray, np.ndarray]:
 def run_as_the_report_says(report: str, model_file: Path, raw: np.ndarray) -> list[str]:
     """Execute the report's onnxruntime snippet, which reads only the file's metadata, on `raw`."""
     code = re.search(r"```python\n(.*?)```", report, re.S).group(1)
-    assert f'"{INT8_FILE}"' in code
+    assert f'"{REGISTERED_FILE}"' in code, "the report's code opens the registered file"
     namespace = {"raw": raw}
-    exec(code.replace(f'"{INT8_FILE}"', repr(str(model_file))), namespace)
+    exec(code.replace(f'"{REGISTERED_FILE}"', repr(str(model_file))), namespace)
     return namespace["predicted"]
 
 
@@ -412,10 +443,11 @@ def test_the_registered_champion_carries_a_description_signature_input_examples_
 
     local = Path(mlflow.artifacts.download_artifacts(f"models:/digits-student/{version.version}", dst_path=str(tmp_path)))
     model = Model.load(str(local))
-    assert [(spec.type, spec.shape) for spec in model.signature.inputs.inputs] == [(np.dtype(np.float32), (-1, 1, 8, 8))]
-    assert [spec.shape for spec in model.signature.outputs.inputs] == [(-1, 10)]
+    assert [(spec.name, spec.type, spec.shape) for spec in model.signature.inputs.inputs] == [(INPUT_NAME, np.dtype(np.float32), (-1, 1, 8, 8))]
+    assert [(spec.name, spec.shape) for spec in model.signature.outputs.inputs] == [(OUTPUT_NAME, (-1, 10))]
+    assert [node.name for node in onnx.load(str(local / "model.onnx")).graph.input] == [INPUT_NAME], "the signature names the file's own tensors"
     assert read_metadata(local / "model.onnx") == file_metadata
-    example = np.asarray(model.load_input_example(str(local)))
+    example = model.load_input_example(str(local))[INPUT_NAME]
     assert np.array_equal(example, digits.test.tensors[0][:1].numpy()), "the logged example is model-ready"
     raw_example = json.loads((local / "extra_files" / RAW_EXAMPLE_FILE).read_text())
     raw = np.array(raw_example["raw"])

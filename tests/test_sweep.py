@@ -69,7 +69,11 @@ def test_small_sweep_logs_children_matches_leaderboard_and_records_failing_trial
     measured = (metrics.INT8_FILE_BYTES, metrics.INT8_GZIP_BYTES, metrics.LATENCY_IQR_MS, metrics.LATENCY_BATCH_MS, metrics.INT8_VAL_ACCURACY)
     for name in (metrics.TEST_ACCURACY, metrics.SIZE_BYTES, metrics.MACS, metrics.BOPS, metrics.LATENCY_MS, metrics.SPARSITY, metrics.BITS, metrics.TEACHER_TEST_ACCURACY, *measured):
         assert finished[f"metrics.{name}"].notna().all(), name
-    assert (finished["params.training.epochs"] == "2").all()
+    params = [name for name in runs.columns if name.startswith("params.") and runs[name].notna().any()]
+    assert sorted(params) == sorted(f"params.{knob}" for knob in good) + ["params.compression.pruning.sparsity"], "a trial logs its searched knobs only"
+    assert set(finished["params.training.lr"]) == {"0.05"}
+    parent = mlflow.get_run(outcome.parent_run_id)
+    assert parent.data.params["training.epochs"] == "2", "the workflow is logged once, on the sweep run"
 
     board = trials_frame(tracker, outcome.parent_run_id)
     by_run = runs.set_index("run_id")

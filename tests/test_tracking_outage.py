@@ -227,7 +227,7 @@ def test_server_stopped_mid_sweep_loses_nothing_and_the_callback_never_raises(tm
         tracker = Tracker(uri, "outage", retries=1, backoff_s=0.05, cooldown_s=0.0)
         wf = load_workflow(QUICKSTART)
         parent = tracker.start_run("sweep:outage", "sweep", wf.to_dict(), {"lepton.kind": "sweep"})
-        logger = MlflowTrialLogger(tracker, parent, "sweep:outage", wf.to_dict(), {"dataset": "digits"})
+        logger = MlflowTrialLogger(tracker, parent, "sweep:outage", {"dataset": "digits"})
         first = fake_trial("t0", 0)
         logger.on_trial_start(0, [], first)
         logger.on_trial_result(0, [], first, {metrics.EPOCH: 1, metrics.VAL_ACCURACY: 0.5})

@@ -80,11 +80,13 @@ def pareto_front(accuracy: np.ndarray, cost: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Selection:
-    """The picked trial's row of the trials table (column -> value), and why it was picked."""
+    """The picked trial's row of the trials table (column -> value), and why it was picked: `explanation` is the
+    whole line (figures and reason), `reason` the rule that decided alone ("knee of the 5-point front (...)")."""
 
     policy: str
     row: dict[str, Any]
     explanation: str
+    reason: str
 
     @property
     def trial(self) -> Any:
@@ -196,7 +198,7 @@ def format_cost(value: float) -> str:
 def _picked(policy: str, candidates: pd.DataFrame, index: Any, cost_column: str, reason: str) -> Selection:
     row = candidates.loc[[index]].to_dict("records")[0]  # per-column types kept (a Series would make ints floats)
     line = f"picked trial {row['trial']}: {ACCURACY} {row[ACCURACY]:.4f}, {cost_column} {format_cost(row[cost_column])}; {reason}"
-    return Selection(policy, row, line)
+    return Selection(policy, row, line, reason)
 
 
 def _best(candidates: pd.DataFrame, cost_column: str, accuracy_first: bool) -> Any:

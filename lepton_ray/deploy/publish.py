@@ -23,8 +23,10 @@ from lepton_ray.config import WorkflowConfig, parse_workflow
 from lepton_ray.deploy.kd_gain import DistillationGain
 from lepton_ray.deploy.pareto import ACCURACY, Selection, chosen_trial, completed, noise_note, pareto_front, select
 from lepton_ray.data.contract import LAYOUT, TOKEN_LAYOUT, TOKENIZER_FILE, DataContract, TokenContract
-from lepton_ray.deploy.published import Published
-from lepton_ray.deploy.report import plot_pareto, usage_markdown, write_report
+from lepton_ray.deploy.published import REGISTERED_FILE, Published
+from lepton_ray.deploy.report import (
+    PARETO_FILE, REPORT_FILE, SELECTION_ARTIFACTS, plot_pareto, usage_markdown, write_leaderboard_csv, write_report,
+)
 from lepton_ray.deploy.review import knobs, mark_champion, trial_run_id
 from lepton_ray.errors import CheckpointError
 from lepton_ray.export.int8 import Int8Checks, Int8Files, calibration_images, export_int8, measure_int8, verify_int8
@@ -84,8 +86,9 @@ def model_description(files: Int8Files) -> str:
     source = ", ".join(f"{key.removeprefix('lepton.')} `{files.metadata[key]}`" for key in (WORKFLOW_KEY, DATASET_KEY, TRIAL_KEY, SWEEP_RUN_KEY) if key in files.metadata)
     return "\n\n".join([
         f"int8 ONNX student ({source}). {_INPUT_NOTES[files.metadata.get(LAYOUT_KEY, LAYOUT)]}",
-        usage_markdown(files.metadata, "model.onnx"),
-        f"The logged input example is one test sample already preprocessed; `extra_files/{RAW_EXAMPLE_FILE}` (in the model's artifacts) holds it in raw units with its label and this model's prediction.",
+        usage_markdown(files.metadata, REGISTERED_FILE),
+        f"Through MLflow (`mlflow.pyfunc.load_model`), pass a dict naming the input tensor: `predict({{\"{INPUT_NAME}\": batch}})` returns "
+        f"`{{\"{OUTPUT_NAME}\": ...}}`. The logged input example is one test sample already preprocessed; `extra_files/{RAW_EXAMPLE_FILE}` (in the model's artifacts) holds it in raw units with its label and this model's prediction.",
     ])
 
 
@@ -99,8 +102,8 @@ def publish(
     files: Int8Files, example: torch.Tensor, label: int, contract: DataContract | TokenContract, tracker: "Tracker", run_id: str, model_name: str,
     tags: dict[str, str], notes: tuple[str, ...] = (), params: dict[str, Any] | None = None,
 ) -> Published:
-    """Log the int8 model to `run_id` (signature, a model-ready input example, the raw example file, `params`: the
-    knobs it was trained with, shown on the logged model), register it
+    """Log the int8 model to `run_id` (a signature naming the file's input and output tensors, a model-ready input
+    example, the raw example file, `params`: the knobs it was trained with, shown on the logged model), register it
     with a description (`notes` first: how it was chosen, what distillation bought) and `tags` plus the file's
     metadata (its contract) as tags, alias the new version `champion`.
 
@@ -116,7 +119,8 @@ def publish(
     output = ort_session(files.int8).run([OUTPUT_NAME], {INPUT_NAME: example})[0]
     raw_example = write_raw_example(contract, example, label, int(output.argmax()), files.int8.parent / RAW_EXAMPLE_FILE)
     info = mlflow.onnx.log_model(
-        onnx.load(str(files.int8)), name="int8_model", signature=infer_signature(example, output), input_example=example,
+        onnx.load(str(files.int8)), name="int8_model", signature=infer_signature({INPUT_NAME: example}, {OUTPUT_NAME: output}),
+        input_example={INPUT_NAME: example},
         registered_model_name=model_name, run_id=run_id, params=params, save_as_external_data=False, onnx_execution_providers=["CPUExecutionProvider"],
         pip_requirements=[f"onnx=={onnx.__version__}", f"onnxruntime=={ort.__version__}"],  # inferring them spawns a 10 s subprocess
         extra_files=[str(raw_example), *(str(path) for path in files.shipped_with)],
@@ -145,6 +149,7 @@ class ExportResult:
 
 
 GAIN_FILE = "distillation_control.json"
+LEADERBOARD_FILE = "leaderboard.csv"
 
 
 def select_and_export(
@@ -167,14 +172,15 @@ def select_and_export(
     on_front = pareto_front(candidates[ACCURACY].to_numpy(), candidates[cost_column].to_numpy())
     _tag_trials(tracker, parent_run_id, candidates, on_front, selection)
     out_dir = Path(out_dir)
-    plot = plot_pareto(candidates, cost_column, on_front, selection, teacher_accuracy, out_dir / "pareto.png")
-    tracker.log_artifacts(parent_run_id, [plot], "selection")
+    plot = plot_pareto(candidates, cost_column, on_front, selection, teacher_accuracy, out_dir / PARETO_FILE)
+    leaderboard = write_leaderboard_csv(out_dir / LEADERBOARD_FILE, trials, cost_column, selection)
+    tracker.log_artifacts(parent_run_id, [plot, leaderboard], SELECTION_ARTIFACTS)
     gain = measure_gain(selection) if measure_gain is not None else None
     if gain is not None:
         tracker.log_metrics(parent_run_id, gain.as_metrics())
         gain_file = out_dir / GAIN_FILE
         gain_file.write_text(json.dumps(asdict(gain), indent=2) + "\n")
-        tracker.log_artifacts(parent_run_id, [gain_file], "selection")
+        tracker.log_artifacts(parent_run_id, [gain_file], SELECTION_ARTIFACTS)
 
     student, student_metrics = load_student(selection.row)
     weight_bits = int(student_metrics.get(metrics.BITS, 32))
@@ -195,9 +201,9 @@ def select_and_export(
                             {**tags, "lepton.sweep_run_id": parent_run_id}, notes, knobs(selection))
         mark_champion(tracker, parent_run_id, selection, published, notes, cost_column)
     finally:
-        report = write_report(out_dir / "report.md", candidates, cost_column, on_front, selection, teacher_accuracy, files, checks, published, trials,
-                              gain, len(data.test))
-        tracker.log_artifacts(parent_run_id, [report], "selection")
+        report = write_report(out_dir / REPORT_FILE, candidates, cost_column, on_front, selection, teacher_accuracy, files, checks, published, trials,
+                              gain, len(data.test), parent_run_id)
+        tracker.log_artifacts(parent_run_id, [report], SELECTION_ARTIFACTS)
     return ExportResult(selection, files, checks, published, plot, report, gain)
 
 

@@ -8,6 +8,8 @@ estimated size ranked the trials by what their int8 files really cost (Spearman)
 from __future__ import annotations
 
 import math
+import textwrap
+import urllib.parse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -16,17 +18,24 @@ import pandas as pd
 
 from lepton_ray import metrics
 from lepton_ray.deploy.pareto import ACCURACY, Selection, completed, format_cost, noise_note
+from lepton_ray.deploy.published import REGISTERED_FILE, Published
 from lepton_ray.data.contract import LAYOUT, TOKEN_LAYOUT
+from lepton_ray.tracking.leaderboard import OFF_FRONT_COLUMN, knob_columns
 from lepton_ray.export.metadata import CLASS_NAMES_KEY, PREPROCESSING_KEY, describe, preprocessing
 
 if TYPE_CHECKING:
     from typing import Mapping
 
+    from matplotlib.figure import Figure
+
     from lepton_ray.deploy.kd_gain import DistillationGain
     from lepton_ray.export.int8 import Int8Checks, Int8Files
-    from lepton_ray.deploy.published import Published
 
 
+SELECTION_ARTIFACTS = "selection"
+"""The sweep run's artifact folder for the report, its plot, the leaderboard and the distillation control."""
+PARETO_FILE = "pareto.png"
+REPORT_FILE = "report.md"
 UNCHANGED_FILE_KNOBS = (
     "Knobs that change nothing in the shipped file: unstructured sparsity (`compression.pruning.sparsity`) and the bit-width "
     "(`compression.quantization.bits`: a b-bit grid is stored as int8) leave `int8_file_bytes` and int8 latency as they are "
@@ -59,37 +68,56 @@ def cost_agreement_markdown(trials: pd.DataFrame) -> str:
         if {metrics.SIZE_BYTES, measured} <= set(trials.columns):
             pairs = trials[[metrics.SIZE_BYTES, measured]].astype(float).dropna()
             rho = spearman(pairs[metrics.SIZE_BYTES].to_numpy(), pairs[measured].to_numpy())
+            figure = f"n/a ({_no_correlation_reason(pairs)})" if math.isnan(rho) else f"{rho:.3f}"
             lines.append(f"- Spearman rank correlation of `{metrics.SIZE_BYTES}` (estimate) with `{measured}` (measured): "
-                         f"{'n/a' if math.isnan(rho) else f'{rho:.3f}'} over {len(pairs)} finished trials")
+                         f"{figure} over {len(pairs)} finished trials")
     return "\n".join([*lines, f"- {UNCHANGED_FILE_KNOBS}"])
 
 
-def plot_pareto(trials: pd.DataFrame, cost_column: str, on_front: np.ndarray, selection: Selection, teacher_accuracy: float, path: Path) -> Path:
-    """Accuracy against cost: all trials, the front as a step line, the pick ringed, the teacher as a dashed line."""
-    import matplotlib
+def _no_correlation_reason(pairs: pd.DataFrame) -> str:
+    """Why `spearman` gave NaN on these pairs: too few, or a side with one value for every trial."""
+    if len(pairs) < 3:
+        return "fewer than 3 finished trials have both figures"
+    same = [f"`{name}` is {format_cost(pairs[name].iloc[0])} B for every trial" for name in pairs.columns if pairs[name].nunique() == 1]
+    return "; ".join(same) + ": no ranking to compare"
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    front = trials[on_front].sort_values(cost_column)
-    figure, axes = plt.subplots(figsize=(6.4, 4.4), dpi=120)
-    axes.scatter(trials[cost_column], trials[ACCURACY], s=22, color="0.6", label="trials")
-    axes.step(front[cost_column], front[ACCURACY], where="post", color="tab:blue", linewidth=1.2)
-    axes.scatter(front[cost_column], front[ACCURACY], s=30, color="tab:blue", label="Pareto front", zorder=3)
+def pareto_figure(trials: pd.DataFrame, cost_column: str, on_front: np.ndarray, selection: Selection, teacher_accuracy: float) -> "Figure":
+    """Accuracy against cost: the front as a line through its own points only (each labelled with its trial number),
+    dominated trials as separate markers, the pick ringed, the teacher as a dashed line; the title gives the
+    selection's own reason, so it says "knee" only when a knee decided."""
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import FuncFormatter
+
+    front = trials[on_front].sort_values([cost_column, ACCURACY])
+    dominated = trials[~np.asarray(on_front, dtype=bool)]
+    figure = Figure(figsize=(6.4, 4.6), dpi=120)
+    axes = figure.subplots()
+    # Straight segments between consecutive front points: a point inside one would dominate neither end nor be
+    # dominated, so it would be on the front itself. A step line's corners pass through dominated points.
+    axes.plot(front[cost_column], front[ACCURACY], color="tab:blue", linewidth=1.2, marker="o", markersize=5, label="Pareto front", zorder=3)
+    axes.scatter(dominated[cost_column], dominated[ACCURACY], s=22, marker="x", color="0.55", label="dominated", zorder=2)
+    for row in front.to_dict("records"):
+        axes.annotate(str(row["trial"]), (row[cost_column], row[ACCURACY]), xytext=(4, 4), textcoords="offset points", fontsize=7, color="tab:blue")
     axes.scatter([selection.row[cost_column]], [selection.row[ACCURACY]], s=160, facecolors="none", edgecolors="tab:red",
                  linewidths=2, label=f"picked: trial {selection.trial}", zorder=4)
     if math.isfinite(teacher_accuracy):
         axes.axhline(teacher_accuracy, color="0.2", linestyle="--", linewidth=1, label=f"teacher {teacher_accuracy:.3f} (validation)")
     axes.set_xlabel(label(cost_column) if cost_column in metrics.ESTIMATES else f"{cost_column} (measured on the int8 file)")
+    axes.xaxis.set_major_formatter(FuncFormatter(lambda value, _: format_cost(value)))  # 14,270 as in the tables, not 1.427e+04
     axes.set_ylabel(f"{ACCURACY} (validation)")
-    axes.set_title(f"{selection.policy}: {len(front)} of {len(trials)} trials on the front", fontsize=10)
+    axes.set_title(textwrap.fill(f"{len(front)} of {len(trials)} trials on the front; picked trial {selection.trial}: {selection.reason}", 80), fontsize=9)
     axes.grid(alpha=0.3)
     axes.legend(fontsize=8, loc="lower right")
     figure.tight_layout()
+    return figure
+
+
+def plot_pareto(trials: pd.DataFrame, cost_column: str, on_front: np.ndarray, selection: Selection, teacher_accuracy: float, path: Path) -> Path:
+    """`pareto_figure` saved as a PNG at `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path)
-    plt.close(figure)
+    pareto_figure(trials, cost_column, on_front, selection, teacher_accuracy).savefig(path)
     return path
 
 
@@ -106,6 +134,19 @@ def leaderboard_markdown(trials: pd.DataFrame, cost_column: str, on_front: np.nd
     return "\n".join(lines)
 
 
+def write_leaderboard_csv(path: Path, trials: pd.DataFrame, cost_column: str, selection: Selection) -> Path:
+    """Every trial of the sweep, most accurate first, as a CSV the MLflow UI shows as a table: the figures the report
+    shows, the searched knobs, front membership (and why not), the pick, status, error and run id."""
+    table = trials.assign(picked=trials["trial"] == selection.trial)
+    table = table.sort_values([ACCURACY, cost_column, "trial"], ascending=[False, True, True], na_position="last", kind="stable")
+    figures = [ACCURACY, *(name for name in REPORTED_COLUMNS if name != cost_column), cost_column]
+    order = ["trial", "status", *dict.fromkeys(figures), *knob_columns(trials), "on_front", OFF_FRONT_COLUMN, "picked", "error", "run_id"]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table[[name for name in order if name in table.columns]].to_csv(path, index=False)
+    return path
+
+
 def _cell(metric: str, value: float) -> str:
     if value is None or not math.isfinite(float(value)):
         return ""
@@ -120,7 +161,7 @@ def export_markdown(files: "Int8Files", checks: "Int8Checks", published: "Publis
         f"int8 ONNX {checks.int8_accuracy:.4f}; drop {checks.drop_points:.2f} pt, tolerance {checks.tolerance_points} pt: **{verdict}**",
         f"- test accuracy of the int8 ONNX file: {checks.int8_test_accuracy:.4f} (the estimate of what ships; measured once, compared with nothing)",
         f"- weights: {files.weight_bits if files.weight_bits <= 8 else 8}-bit grid, largest int8 code {files.max_weight_code}",
-        f"- size: fp32 ONNX {checks.fp32_bytes:,} B, int8 ONNX {checks.int8_bytes:,} B ({checks.size_ratio:.2f}x)",
+        f"- size: fp32 ONNX {format_cost(checks.fp32_bytes)} B, int8 ONNX {format_cost(checks.int8_bytes)} B ({checks.size_ratio:.2f}x)",
     ]
     for batch_size, latency in sorted(checks.latency_ms.items()):
         lines.append(
@@ -128,10 +169,11 @@ def export_markdown(files: "Int8Files", checks: "Int8Checks", published: "Publis
             f"int8 speed-up {checks.speedup(batch_size):.2f}x"
         )
     if published is not None:
-        lines.append(f"- published: model `{published.model_name}` version {published.version} (alias `champion`), {published.model_uri}")
+        lines.append(f"- published: model `{published.model_name}` version {published.version} (alias `champion`), {published.model_uri}; "
+                     f"its file is `{REGISTERED_FILE}`, the export folder's `{files.int8.name}` as MLflow's ONNX flavour stores it")
     else:
         lines.append("- published: **no** (a check failed)")
-    lines.append("- files: " + ", ".join(f"`{path.name}`" for path in (files.fp32, files.int8, *files.shipped_with)))
+    lines.append("- files in the export folder: " + ", ".join(f"`{path.name}`" for path in (files.fp32, files.int8, *files.shipped_with)))
     return "\n".join(lines)
 
 
@@ -189,24 +231,38 @@ def usage_markdown(metadata: "Mapping[str, str]", file_name: str) -> str:
     return f"{describe(metadata)}\n\n```python\n{usage_code(file_name, preprocessing(metadata)['layout'])}```"
 
 
+def pareto_image_markdown(run_id: str | None) -> str:
+    """The plot as the MLflow UI renders it: its markdown viewer leaves a relative link as it is, so the browser would
+    ask the server root for a bare `pareto.png`; `get-artifact` (relative to the UI's root) serves the run's artifact."""
+    local = f"The plot is `{PARETO_FILE}`, next to this page (the sweep run's `{SELECTION_ARTIFACTS}/` artifacts)."
+    if run_id is None:
+        return local
+    query = urllib.parse.urlencode({"path": f"{SELECTION_ARTIFACTS}/{PARETO_FILE}", "run_uuid": run_id})
+    return f"![Pareto front](get-artifact?{query})\n\n{local}"
+
+
 def write_report(
     path: Path, trials: pd.DataFrame, cost_column: str, on_front: np.ndarray, selection: Selection, teacher_accuracy: float,
     files: "Int8Files", checks: "Int8Checks", published: "Published | None", sweep_trials: pd.DataFrame | None = None,
-    gain: "DistillationGain | None" = None, test_samples: int | None = None,
+    gain: "DistillationGain | None" = None, test_samples: int | None = None, run_id: str | None = None,
 ) -> Path:
     """The page: pick, plot, leaderboard of the candidate `trials`, what distillation bought (`gain`), estimate against
-    measured cost over `sweep_trials` (all of the sweep's trials; default: the candidates), export checks."""
+    measured cost over `sweep_trials` (all of the sweep's trials; default: the candidates), export checks. `run_id`: the
+    sweep run the page and its plot are logged to (under `selection/`), so that the plot renders in MLflow."""
     sweep_trials = trials if sweep_trials is None else sweep_trials
     teacher = f"{teacher_accuracy:.4f}" if math.isfinite(teacher_accuracy) else "unknown"
     shipped = f"{checks.int8_test_accuracy:.4f} ({noise_note(checks.int8_test_accuracy, test_samples, 'test')})"
     left_off = len(completed(sweep_trials, cost_column)) - len(trials)
     held = f" {left_off} finished trial(s) left off the front: their int8 file lost more than `export.tolerance` on the validation split." if left_off else ""
+    model_file = REGISTERED_FILE if published is not None else files.int8.name
+    where = (f"`{model_file}` of `{published.model_uri}` (the same code runs the export folder's `{files.int8.name}`)" if published is not None
+             else f"`{model_file}` in the export folder (nothing was registered)")
     text = "\n\n".join([
         "# Selection and int8 export",
         f"Policy `{selection.policy}` on {label(cost_column)}: {selection.explanation}. Teacher validation accuracy: {teacher}.{held}",
         f"Chosen on validation only: the front and the pick rank by `{ACCURACY}`, the int8 file's accuracy on the validation split. "
         f"Estimate of what ships: the exported int8 file's test accuracy, {shipped}; no decision read the test split.",
-        "![Pareto front](pareto.png)",
+        pareto_image_markdown(run_id),
         "## What distillation bought",
         gain.markdown() if gain is not None else "- not measured: `selection.distillation_control.enabled` is off",
         "## Leaderboard",
@@ -217,7 +273,8 @@ def write_report(
         "## Export checks",
         export_markdown(files, checks, published),
         "## How to call the model",
-        usage_markdown(files.metadata, files.int8.name),
+        f"For {where}:",
+        usage_markdown(files.metadata, model_file),
     ])
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -8,7 +8,6 @@ from typing import Any, Callable
 from ray.tune import Callback
 
 from lepton_ray import metrics
-from lepton_ray.config import apply_overrides
 from lepton_ray.sweep.study import NUMBER_KEY
 from lepton_ray.tracking.tracker import Tracker
 from lepton_ray.trial.files import STUDENT_FILE
@@ -43,7 +42,7 @@ class MlflowTrialLogger(Callback):
     """
 
     def __init__(
-        self, tracker: Tracker, parent_run_id: str, sweep_key: str, base_workflow: dict[str, Any], tags: dict[str, str],
+        self, tracker: Tracker, parent_run_id: str, sweep_key: str, tags: dict[str, str],
         reference_metrics: dict[str, float] | None = None,
     ) -> None:
         self.tracker = tracker
@@ -51,7 +50,6 @@ class MlflowTrialLogger(Callback):
         """Logged on every trial run (the teacher's test accuracy), so a run reads on its own."""
         self.parent_run_id = parent_run_id
         self.sweep_key = sweep_key
-        self.base_workflow = base_workflow
         self.tags = tags
         self.run_ids: dict[str, str] = {}
         self.logged_epochs: dict[str, set[int]] = {}
@@ -63,7 +61,7 @@ class MlflowTrialLogger(Callback):
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
         number = trial.config[NUMBER_KEY]
-        params = apply_overrides(self.base_workflow, trial_overrides(trial.config))
+        params = trial_overrides(trial.config)  # the searched knobs alone: the sweep run holds the workflow once
         knobs = {f"knob.{k}": f"{v:.6g}" if isinstance(v, float) else str(v) for k, v in trial_overrides(trial.config).items()}
         tags = {**self.tags, "optuna_trial": str(number), "tune_trial_id": trial.trial_id, **knobs}
         run_id = self.tracker.start_run(trial_key(self.sweep_key, number), f"trial-{number:04d}", params, tags, parent_run_id=self.parent_run_id)

@@ -159,7 +159,7 @@ def _run_tuner(wf, shared_workflow, space, paths, study, remaining, teachers, da
         trials_root=str(paths.trials.resolve()),
     )
     callbacks = [
-        MlflowTrialLogger(tracker, parent_run_id, sweep_key, shared_workflow, tags, {metrics.TEACHER_TEST_ACCURACY: teachers[0].test_accuracy}),
+        MlflowTrialLogger(tracker, parent_run_id, sweep_key, tags, {metrics.TEACHER_TEST_ACCURACY: teachers[0].test_accuracy}),
         SweepProgress(wf.sweep.num_samples if space is not None else 1, (wf.sweep.num_samples if space else 1) - remaining, wf.sweep.cost_metric, log=log,
                       max_int8_drop_points=wf.export.tolerance),
         *([EpochLines(wf.training.epochs, log)] if space is None else []),  # `train`: one trial, so its epochs are the progress
