@@ -56,6 +56,8 @@ RECIPES: dict[str, dict[str, Any]] = {
              "what": "DIST (beta = gamma = 1, T 4), 10 epochs"},
     "dist_long": {"pipeline": "long", "teacher": {"distillation.alpha": 0.5, "distillation.temperature": 4.0, "distillation.losses": [{"name": "dist", "weight": 1.0}]},
                   "what": f"DIST (T 4, alpha 0.5), a patient schedule without augmentation: {PATIENT_EPOCHS} epochs"},
+    "dist_long_a75": {"pipeline": "long", "teacher": {"distillation.alpha": 0.75, "distillation.temperature": 4.0, "distillation.losses": [{"name": "dist", "weight": 1.0}]},
+                      "what": f"DIST (T 4, alpha 0.75: the teacher's share up), {PATIENT_EPOCHS} epochs without augmentation"},
     "kd_aug": {"pipeline": "aug", "teacher": KD, "what": "kd + consistent flip/crop views (teacher sees the same view), 10 epochs"},
     "kd_aug_patient": {"pipeline": "patient", "teacher": KD, "what": f"kd + consistent views + a patient schedule: {PATIENT_EPOCHS} epochs, a fresh view each"},
     "function_matching": {"pipeline": "mixup", "teacher": {**KD, "distillation.alpha": 1.0},
