@@ -92,7 +92,7 @@ def cmd_select(args: argparse.Namespace) -> int:
     """The workflow's selection policy over an existing sweep: the front and the pick, nothing written.
     It reads MLflow only, so it skips `check_workflow` (data and models: torch, the data set) and
     checks just what it uses: the policy and its options."""
-    from lepton_ray.tracking.leaderboard import format_table
+    from lepton_ray.deploy.leaderboard import format_table
     from lepton_ray.deploy.pareto import POLICIES, parse_options, select
     from lepton_ray.sweep.results import existing_sweep
     from lepton_ray.user_code import load_user_code
@@ -123,7 +123,7 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     from lepton_ray import metrics
     from lepton_ray.config import ExportConfig, SweepConfig, TrackingConfig
     from lepton_ray.sweep.results import workflow_sweep_run_id
-    from lepton_ray.tracking.leaderboard import format_table, latest_sweep_run_id, trials_frame
+    from lepton_ray.deploy.leaderboard import format_table, latest_sweep_run_id, trials_frame
     from lepton_ray.tracking.tracker import Tracker
     from lepton_ray.tracking.uris import tracking_uri
 

@@ -181,7 +181,7 @@ def wait_for_status(head: Head, job_id: str, wanted: str, timeout_s: float = 90)
 
 @pytest.mark.ray
 def test_submitted_sweep_succeeds_on_the_head_and_its_trials_are_in_mlflow(ray_head, write_workflow):
-    from lepton_ray.tracking.leaderboard import latest_sweep_run_id, trials_frame
+    from lepton_ray.deploy.leaderboard import latest_sweep_run_id, trials_frame
     from lepton_ray.tracking.tracker import Tracker
 
     path = write_workflow({**TINY, **ONE_WORKER, "sweep.num_samples": 2})

@@ -18,7 +18,7 @@ from lepton_ray.compress.pipeline import Compression
 from lepton_ray.config import CompressionConfig, load_workflow
 from lepton_ray.models.zoo import MODELS
 from lepton_ray.sweep.moasha import MultiObjectiveAsha, ParetoRungs, constrained_order, crowding_distances, nondominated_fronts, pareto_order, rung_milestones
-from lepton_ray.tracking.leaderboard import trials_frame
+from lepton_ray.deploy.leaderboard import trials_frame
 from lepton_ray.tracking.tracker import PARENT_TAG, Tracker
 
 

@@ -25,7 +25,7 @@ from lepton_ray.deploy.pareto import completed, pareto_front, select, standard_e
 from lepton_ray.sweep.control import control_folder, control_runs
 from lepton_ray.sweep.goal import meets
 from lepton_ray.sweep.study import is_final_result
-from lepton_ray.tracking.leaderboard import trials_frame
+from lepton_ray.deploy.leaderboard import trials_frame
 from lepton_ray.trial.files import newest_student_file
 from lepton_ray.trial.loop import run_trial
 from lepton_ray.trial.sessions import InProcessSession

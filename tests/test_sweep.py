@@ -15,7 +15,7 @@ from lepton_ray.cli import main
 from lepton_ray.config import load_workflow
 from lepton_ray.deploy import publish
 from lepton_ray.errors import ExportError
-from lepton_ray.tracking.leaderboard import trials_frame
+from lepton_ray.deploy.leaderboard import trials_frame
 from lepton_ray.sweep.results import SweepOutcome
 from lepton_ray.sweep.runner import run_sweep
 from lepton_ray.tracking.tracker import ERROR_TAG, PARENT_TAG, Tracker
@@ -70,7 +70,7 @@ def test_small_sweep_logs_children_matches_leaderboard_and_records_failing_trial
     for name in (metrics.TEST_ACCURACY, metrics.SIZE_BYTES, metrics.MACS, metrics.BOPS, metrics.LATENCY_MS, metrics.SPARSITY, metrics.BITS, metrics.TEACHER_TEST_ACCURACY, *measured):
         assert finished[f"metrics.{name}"].notna().all(), name
     params = [name for name in runs.columns if name.startswith("params.") and runs[name].notna().any()]
-    assert sorted(params) == sorted(f"params.{knob}" for knob in good) + ["params.compression.pruning.sparsity"], "a trial logs its searched knobs only"
+    assert sorted(params) == sorted([*(f"params.{knob}" for knob in good), "params.compression.pruning.sparsity"]), "a trial logs its searched knobs only"
     assert set(finished["params.training.lr"]) == {"0.05"}
     parent = mlflow.get_run(outcome.parent_run_id)
     assert parent.data.params["training.epochs"] == "2", "the workflow is logged once, on the sweep run"

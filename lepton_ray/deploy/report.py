@@ -20,7 +20,7 @@ from lepton_ray import metrics
 from lepton_ray.deploy.pareto import ACCURACY, Selection, completed, format_cost, noise_note
 from lepton_ray.deploy.published import REGISTERED_FILE, Published
 from lepton_ray.data.contract import LAYOUT, TOKEN_LAYOUT
-from lepton_ray.tracking.leaderboard import OFF_FRONT_COLUMN, knob_columns
+from lepton_ray.deploy.leaderboard import OFF_FRONT_COLUMN, knob_columns
 from lepton_ray.export.metadata import CLASS_NAMES_KEY, PREPROCESSING_KEY, describe, preprocessing
 
 if TYPE_CHECKING:

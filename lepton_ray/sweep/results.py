@@ -12,7 +12,7 @@ from lepton_ray.deploy.pareto import noise_note
 from lepton_ray.errors import ConfigError, TrackingError
 from lepton_ray.sweep.paths import SweepPaths, sweep_paths
 from lepton_ray.sweep.study import open_study, sweep_id
-from lepton_ray.tracking.leaderboard import latest_sweep_run_id, trials_frame
+from lepton_ray.deploy.leaderboard import latest_sweep_run_id, trials_frame
 from lepton_ray.tracking.tracker import Tracker
 from lepton_ray.tracking.uris import check_reachable, redact, tracking_uri
 

@@ -27,7 +27,7 @@ from lepton_ray.sweep.search import StudySearcher
 from lepton_ray.sweep.study import check_constraints_unchanged, finished_count, open_study, own_trials, sweep_id
 from lepton_ray.sweep.warm_start import read_warm_start
 from lepton_ray.sweep.trial_driver import runs_in_process, trial_driver, trial_resources
-from lepton_ray.tracking.leaderboard import format_table, trials_frame
+from lepton_ray.deploy.leaderboard import format_table, trials_frame
 from lepton_ray.tracking.lineage import lineage_tags
 from lepton_ray.tracking.tracker import Tracker
 from lepton_ray.tracking.uris import check_reachable, redact, tracking_uri
