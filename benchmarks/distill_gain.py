@@ -8,7 +8,8 @@ recipe and pipeline sets its own epochs, views, losses, T and alpha: the workflo
 Each (config, recipe, arm, seed) is one run of the trial's own loop in a worker process (two at a time, one thread
 each, as a sweep's trials run), the teacher's outputs read from a teacher cache built once per data pipeline here.
 A finished run is kept as JSON under runs/bench-distill_gain/ and read back, so a benchmark that stopped (a run
-costs 2-10 min on 2 cores; the whole table hours) continues where it was. Results, with seconds per run:
+costs 2-15 min on 2 cores; the whole table hours) continues where it was; rows of the previous results file whose runs
+are not on disk (another machine measured them) are carried over, each row naming the commits its runs were trained at. Results, with seconds per run:
 benchmarks/results/distill_gain.{json,md}. The gain of a recipe is the mean over seeds of (teacher - labels-only)
 test accuracy, in points, with the standard deviation of those paired differences.
 """
@@ -26,7 +27,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.common import REPO, Figure, format_table, train_student, write_page, write_result
+from benchmarks.common import REPO, Figure, format_table, measured_commit, result_path, train_student, write_page, write_result
 from benchmarks.fashion_mnist import bench_workflow
 from lepton_ray import metrics
 from lepton_ray.data.datasets import build_data
@@ -37,6 +38,7 @@ from lepton_ray.trial.trainer import sweep_teacher_cache
 NAME = "distill_gain"
 AUGMENT = {"hflip": True, "crop_padding": 2}
 PATIENT_EPOCHS = 30
+VERY_PATIENT_EPOCHS = 60
 # A pipeline is what both arms share (epochs, views, mixing): recipes on one pipeline share its labels-only runs.
 PIPELINES: dict[str, dict[str, Any]] = {
     "plain": {"training.epochs": 10},
@@ -44,6 +46,7 @@ PIPELINES: dict[str, dict[str, Any]] = {
     "patient": {"data.augment": {**AUGMENT, "views": PATIENT_EPOCHS}, "training.epochs": PATIENT_EPOCHS},
     "mixup": {"data.augment": {**AUGMENT, "views": PATIENT_EPOCHS, "mix": "mixup"}, "training.epochs": PATIENT_EPOCHS},
     "long": {"training.epochs": PATIENT_EPOCHS},
+    "longer": {"training.epochs": VERY_PATIENT_EPOCHS},
 }
 KD = {"distillation.losses": [{"name": "kd", "weight": 1.0}], "distillation.temperature": 4.0, "distillation.alpha": 0.7}
 """What workflows/fashion_mnist.yaml distilled with until the distill_gain measurements."""
@@ -58,6 +61,8 @@ RECIPES: dict[str, dict[str, Any]] = {
                   "what": f"DIST (T 4, alpha 0.5), a patient schedule without augmentation: {PATIENT_EPOCHS} epochs"},
     "dist_long_a75": {"pipeline": "long", "teacher": {"distillation.alpha": 0.75, "distillation.temperature": 4.0, "distillation.losses": [{"name": "dist", "weight": 1.0}]},
                       "what": f"DIST (T 4, alpha 0.75: the teacher's share up), {PATIENT_EPOCHS} epochs without augmentation"},
+    "dist_longer": {"pipeline": "longer", "teacher": {"distillation.alpha": 0.5, "distillation.temperature": 4.0, "distillation.losses": [{"name": "dist", "weight": 1.0}]},
+                    "what": f"DIST (T 4, alpha 0.5), {VERY_PATIENT_EPOCHS} epochs without augmentation: does the gain keep growing with the schedule?"},
     "kd_aug": {"pipeline": "aug", "teacher": KD, "what": "kd + consistent flip/crop views (teacher sees the same view), 10 epochs"},
     "kd_aug_patient": {"pipeline": "patient", "teacher": KD, "what": f"kd + consistent views + a patient schedule: {PATIENT_EPOCHS} epochs, a fresh view each"},
     "function_matching": {"pipeline": "mixup", "teacher": {**KD, "distillation.alpha": 1.0},
@@ -107,7 +112,7 @@ def one_run(overrides: dict[str, Any], teacher: Teacher | None, folder: Path, qu
     cache = sweep_teacher_cache(wf, [teacher], data, folder)[0] if uses_teacher else None
     started = time.perf_counter()
     final = train_student(wf, data, [load_teacher_module(teacher.payload)] if uses_teacher else [], cache)
-    result = {"seconds": time.perf_counter() - started, **{k: final[k] for k in (metrics.TEST_ACCURACY, metrics.BEST_VAL_ACCURACY, metrics.INT8_VAL_ACCURACY, metrics.INT8_GZIP_BYTES)}}
+    result = {"seconds": time.perf_counter() - started, "commit": measured_commit(), **{k: final[k] for k in (metrics.TEST_ACCURACY, metrics.BEST_VAL_ACCURACY, metrics.INT8_VAL_ACCURACY, metrics.INT8_GZIP_BYTES)}}
     out.write_text(json.dumps(result) + "\n")
     return result
 
@@ -152,19 +157,29 @@ def run(configs: list[str], recipes: list[str], seeds: list[int], quick: bool, p
             print(f"  {run_key(*job)}: test {results[run_key(*job)][metrics.TEST_ACCURACY]:.4f} ({results[run_key(*job)]['seconds']:.0f} s)", flush=True)
     return {"setting": {"workflow": "workflows/fashion_mnist.yaml", "seeds_asked": seeds, "configs": knobs, "recipes": RECIPES, "pipelines": PIPELINES,
                         "teacher_test_accuracy": teacher.test_accuracy, "processes": processes},
-            "rows": finished_rows(folder)}
+            "rows": {**carried_rows(result_path(NAME, quick)), **finished_rows(folder)}}
+
+
+def carried_rows(previous: Path) -> dict[str, dict[str, Any]]:
+    """The previous results file's rows (runs this machine no longer has), each naming the commits it was measured at."""
+    if not previous.is_file():
+        return {}
+    payload = json.loads(previous.read_text())
+    return {row: {"commits": [payload["commit"]], **values} for row, values in payload.get("rows", {}).items() if row.split("/")[1] in RECIPES}
 
 
 def finished_rows(folder: Path) -> dict[str, dict[str, Any]]:
     """Every (config, recipe) row with the seeds whose both arms are on disk, this invocation's and earlier ones'
-    (a screen at one seed and a confirmation at three land in one table, each row saying its seeds)."""
+    (a screen at one seed and a confirmation at three land in one table, each row saying its seeds and the commits
+    its runs were trained at)."""
     done = {path.stem: json.loads(path.read_text()) for path in folder.glob("*-seed*.json")}
     rows = {}
     for config in CONFIGS:
         for recipe in RECIPES:
             seeds = [s for s in range(100) if all(run_key(config, recipe, arm, s) in done for arm in (WITH_TEACHER, LABELS_ONLY))]
             if seeds:
-                rows[f"{config}/{recipe}"] = {"seeds": seeds, **gain_row([done[run_key(config, recipe, arm, s)] for s in seeds for arm in (WITH_TEACHER, LABELS_ONLY)], seeds)}
+                runs = [done[run_key(config, recipe, arm, s)] for s in seeds for arm in (WITH_TEACHER, LABELS_ONLY)]
+                rows[f"{config}/{recipe}"] = {"seeds": seeds, "commits": sorted({r.get("commit", "not recorded") for r in runs}), **gain_row(runs, seeds)}
     return rows
 
 
@@ -189,13 +204,15 @@ def figures(payload: dict[str, Any]) -> list[Figure]:
 
 def markdown(payload: dict[str, Any]) -> str:
     rows = [[row, RECIPES[row.split("/")[1]]["what"], f"{100 * statistics.mean(v['teacher_test_accuracy']):.2f}", f"{100 * statistics.mean(v['labels_only_test_accuracy']):.2f}",
-             f"{v['gain_points']:+.2f}" + (f" +- {v['gain_sd_points']:.2f}" if len(v['seeds']) > 1 else ""), len(v["seeds"]), f"{v['seconds_per_run']:.0f}"] for row, v in payload["rows"].items()]
+             f"{v['gain_points']:+.2f}" + (f" +- {v['gain_sd_points']:.2f}" if len(v['seeds']) > 1 else ""), len(v["seeds"]), f"{v['seconds_per_run']:.0f}",
+             ", ".join(commit[:7] + ("+dirty" if commit.endswith("+dirty") else "") for commit in v.get("commits", []))] for row, v in payload["rows"].items()]
     return "\n".join([
         "# What distillation buys on Fashion-MNIST, recipe by recipe", "",
         f"Measured at commit `{payload['commit']}`, {payload['measured_at']}{' (--quick smoke run)' if payload['quick'] else ''}; "
         f"teacher test accuracy {payload['setting']['teacher_test_accuracy']:.4f}. Test accuracy in %, mean over the row's seeds (0..N-1, the same for both arms); "
-        "gain: mean +- sd of the paired differences. Runs of one pipeline (epochs, views, mixing) share their labels-only arm.", "",
-        format_table(["config/recipe", "recipe", "with teacher", "labels only", "gain (pt)", "seeds", "s per run"], rows), "",
+        "gain: mean +- sd of the paired differences. Runs of one pipeline (epochs, views, mixing) share their labels-only arm. "
+        "`trained at`: the commits of the row's runs (rows whose runs are not on this machine are carried from the previous file).", "",
+        format_table(["config/recipe", "recipe", "with teacher", "labels only", "gain (pt)", "seeds", "s per run", "trained at"], rows), "",
         f"Configs: {json.dumps(payload['setting']['configs'])}.", "",
     ])
 
