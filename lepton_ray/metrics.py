@@ -38,7 +38,7 @@ NODE_ID = "node_id"
 shows where each attempt ran (a trial retried after its node was lost lists two)."""
 
 # Estimates: computed from the torch student, not measured on any file (`compress/cost.py: static_cost`).
-PARAMS = "params"
+PARAMS = "param_count"
 """Estimate: parameters of the student (conv/linear weights, biases, norms)."""
 NONZERO_PARAMS = "nonzero_params"
 """Estimate: parameters that are not zero."""

@@ -126,8 +126,7 @@ def close_trial_run(tracker: Tracker, run_id: str, result: dict[str, Any]) -> No
         return
     student_dir = result.get(CHECKPOINT_PATH_KEY)
     if student_dir and (Path(student_dir) / STUDENT_FILE).is_file():
-        tracker.log_artifacts(run_id, [Path(student_dir) / STUDENT_FILE], "student")
-        tracker.set_tags(run_id, {"student_checkpoint": str(Path(student_dir) / STUDENT_FILE)})
+        tracker.log_artifacts(run_id, [Path(student_dir) / STUDENT_FILE], "student")  # the run's `student/student.pt`, no path into this machine's folders
     tracker.finish(run_id, "FINISHED")
 
 
