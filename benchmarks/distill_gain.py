@@ -50,18 +50,20 @@ PIPELINES: dict[str, dict[str, Any]] = {
 }
 KD = {"distillation.losses": [{"name": "kd", "weight": 1.0}], "distillation.temperature": 4.0, "distillation.alpha": 0.7}
 """What workflows/fashion_mnist.yaml distilled with until the distill_gain measurements."""
+DIST = {"distillation.losses": [{"name": "dist", "weight": 1.0}], "distillation.temperature": 4.0, "distillation.alpha": 0.5}
+"""DIST as workflows/fashion_mnist.yaml distils with it since d1bd05a (beta = gamma = 1)."""
 RECIPES: dict[str, dict[str, Any]] = {
     "kd": {"pipeline": "plain", "teacher": KD, "what": "kd (T 4, alpha 0.7), 10 epochs, no augmentation"},
     "dkd": {"pipeline": "plain", "teacher": {"distillation.alpha": 0.5, "distillation.temperature": 4.0,
                                                   "distillation.losses": [{"name": "dkd", "weight": 1.0, "options": {"alpha": 1.0, "beta": 8.0}}]},
             "what": "decoupled KD (alpha 1, beta 8, T 4), 10 epochs"},
-    "dist": {"pipeline": "plain", "teacher": {"distillation.alpha": 0.5, "distillation.temperature": 4.0, "distillation.losses": [{"name": "dist", "weight": 1.0}]},
+    "dist": {"pipeline": "plain", "teacher": DIST,
              "what": "DIST (beta = gamma = 1, T 4), 10 epochs"},
-    "dist_long": {"pipeline": "long", "teacher": {"distillation.alpha": 0.5, "distillation.temperature": 4.0, "distillation.losses": [{"name": "dist", "weight": 1.0}]},
+    "dist_long": {"pipeline": "long", "teacher": DIST,
                   "what": f"DIST (T 4, alpha 0.5), a patient schedule without augmentation: {PATIENT_EPOCHS} epochs"},
-    "dist_long_a75": {"pipeline": "long", "teacher": {"distillation.alpha": 0.75, "distillation.temperature": 4.0, "distillation.losses": [{"name": "dist", "weight": 1.0}]},
+    "dist_long_a75": {"pipeline": "long", "teacher": {**DIST, "distillation.alpha": 0.75},
                       "what": f"DIST (T 4, alpha 0.75: the teacher's share up), {PATIENT_EPOCHS} epochs without augmentation"},
-    "dist_longer": {"pipeline": "longer", "teacher": {"distillation.alpha": 0.5, "distillation.temperature": 4.0, "distillation.losses": [{"name": "dist", "weight": 1.0}]},
+    "dist_longer": {"pipeline": "longer", "teacher": DIST,
                     "what": f"DIST (T 4, alpha 0.5), {VERY_PATIENT_EPOCHS} epochs without augmentation: does the gain keep growing with the schedule?"},
     "kd_aug": {"pipeline": "aug", "teacher": KD, "what": "kd + consistent flip/crop views (teacher sees the same view), 10 epochs"},
     "kd_aug_patient": {"pipeline": "patient", "teacher": KD, "what": f"kd + consistent views + a patient schedule: {PATIENT_EPOCHS} epochs, a fresh view each"},
