@@ -70,6 +70,8 @@ RECIPES: dict[str, dict[str, Any]] = {
     "function_matching": {"pipeline": "mixup", "teacher": {**KD, "distillation.alpha": 1.0},
                           "what": f"mixup views labelled by the teacher alone (alpha 1; labels-only: mixed labels), {PATIENT_EPOCHS} epochs"},
 }
+KERNELS = {"training.channels_last": False, "training.fused_optimizer": False}
+"""The kernels every run here was trained with (the defaults before issue 32): a rerun reproduces the table."""
 QUICK_EPOCHS, QUICK_VIEWS = 1, 2
 LABELS_ONLY, WITH_TEACHER = "labels_only", "teacher"
 
@@ -92,7 +94,7 @@ def run_overrides(config: dict[str, Any], recipe: str, arm: str, seed: int, quic
     (`quick`: one epoch over at most two views)."""
     spec = RECIPES[recipe]
     arm_overrides = spec["teacher"] if arm == WITH_TEACHER else {"distillation.alpha": 0.0}
-    overrides = {**config, **PIPELINES[spec["pipeline"]], **arm_overrides, "training.seed": seed}
+    overrides = {**KERNELS, **config, **PIPELINES[spec["pipeline"]], **arm_overrides, "training.seed": seed}
     if quick:
         overrides["training.epochs"] = QUICK_EPOCHS
         if "data.augment" in overrides:

@@ -121,15 +121,15 @@ def check_data_and_models(wf: WorkflowConfig) -> Any:
 
 
 def check_channels_last(wf: WorkflowConfig, student: Any, example: Any) -> None:
-    """A student whose forward `.view`s a conv output fails on channels_last weights: say so before any trial runs."""
-    if not wf.training.channels_last:
-        return
-    import torch
+    """A student whose forward `.view`s a conv output fails on channels_last weights: when the workflow asks for them
+    (`training.channels_last: true`), say so before any trial runs (unset, the trial falls back to the default layout)."""
+    from lepton_ray.trial.epoch import runs_channels_last
 
-    try:
-        student.to(memory_format=torch.channels_last)(example)
-    except RuntimeError as err:
-        raise ConfigError(f"training.channels_last: the student fails on channels_last weights ({str(err).strip().splitlines()[0][:160]}); set training.channels_last: false") from None
+    if wf.training.channels_last is not True:
+        return
+    failure = runs_channels_last(student, example)
+    if failure is not None:
+        raise ConfigError(f"training.channels_last: the student fails on channels_last weights ({failure}); set training.channels_last: false")
 
 
 @contextmanager

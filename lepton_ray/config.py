@@ -107,12 +107,14 @@ class TrainingConfig(StrictModel):
     seed: int = 0
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     divergence_loss: float = Field(1e4, gt=0, description="epoch train loss above which (or NaN/inf) a trial is stopped as diverged")
-    channels_last: bool = Field(False, description=(
-        "train the student's conv weights in channels_last memory format (oneDNN's NHWC kernels on CPU, tensor cores on GPU); "
-        "changes results in the last bits, so off by default (benchmarks/results/plain_loop.json has the speed-up)"))
-    fused_optimizer: bool = Field(False, description=(
-        "one fused kernel per optimizer step instead of a kernel per tensor (torch.optim's fused=True); Adam/AdamW differ from "
-        "the default in the last bits, so off by default (benchmarks/results/plain_loop.json has the speed-up)"))
+    channels_last: bool | None = Field(None, description=(
+        "train the student's conv weights in channels_last memory format (oneDNN's NHWC kernels on CPU, tensor cores on GPU). "
+        "Default (unset): on for a student with conv layers that runs on channels_last weights, off otherwise (text students, "
+        "a forward that `.view`s a conv output); true: required (validate refuses a student that cannot); false: off. "
+        "An epoch 0.69x as long, accuracy within the seed spread (benchmarks/results/plain_loop.json, default_speedups.json)"))
+    fused_optimizer: bool = Field(True, description=(
+        "one fused kernel per optimizer step instead of a kernel per tensor (torch.optim's fused=True); the same update "
+        "up to float rounding (benchmarks/results/default_speedups.json); false: torch's default (foreach)"))
 
 
 class ResourcesConfig(StrictModel):
@@ -278,6 +280,13 @@ class ExportConfig(StrictModel):
     tolerance: float = Field(1.0, ge=0, le=100, description="max int8 accuracy drop, in points")
     calibration_samples: int = Field(512, ge=1)
     latency_batch_size: int = Field(64, ge=1)
+    trial_latency: bool | None = Field(None, description=(
+        "each trial times its int8 file in ONNX Runtime (latency_ms, latency_batch_ms: about 2 s of interleaved rounds). "
+        "Default (unset): only when sweep.cost_metric is a latency; the published pick is timed either way"))
+
+    def times_trials(self, cost_metric: str) -> bool:
+        """Whether a trial measures its int8 file's latency: asked for, or the cost the sweep minimises."""
+        return self.trial_latency if self.trial_latency is not None else cost_metric in metrics.LATENCY_COSTS
 
 
 class WorkflowConfig(StrictModel):
@@ -323,6 +332,13 @@ class WorkflowConfig(StrictModel):
             raise ValueError(
                 f"compression.quantization.start_epoch must be < training.epochs={epochs}, got {qat_start}"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _latency_cost_is_timed(self) -> "WorkflowConfig":
+        if self.export.trial_latency is False and self.sweep.cost_metric in metrics.LATENCY_COSTS:
+            raise ValueError(f"export.trial_latency must be unset or true when sweep.cost_metric is a latency ({self.sweep.cost_metric}), "
+                             "which every trial times; remove export.trial_latency")
         return self
 
     @property

@@ -33,6 +33,10 @@ SETUP_S = "setup_s"
 """Seconds a worker spent from entering the loop to its first epoch (data, teachers, student, compression)."""
 COMPUTE_S = "compute_s"
 """Seconds of training, evaluation and finishing so far: the trial's work, without start-up overhead."""
+REESTIMATE_S = "reestimate_s"
+"""Seconds of `compute_s` spent re-estimating BatchNorm statistics (`trial/batchnorm.py`), the final student's included."""
+FINISH_S = "finish_s"
+"""Seconds of `compute_s` spent finishing the trial: baking the compression, testing, exporting and measuring its int8 file."""
 NODE_ID = "node_id"
 """Reported (a string, not logged as a metric) by an in-process trial: the Ray node training it, so a run
 shows where each attempt ran (a trial retried after its node was lost lists two)."""
@@ -79,6 +83,8 @@ INT8_VAL_ACCURACY = "int8_val_accuracy"
 ESTIMATES = (PARAMS, NONZERO_PARAMS, SPARSITY, SIZE_BYTES, MACS, BOPS)
 """Figures computed from the torch student rather than measured on the shipped file: labelled so wherever shown."""
 MEASURED_COSTS = (INT8_GZIP_BYTES, INT8_FILE_BYTES, LATENCY_MS, LATENCY_BATCH_MS)
+LATENCY_COSTS = (LATENCY_MS, LATENCY_BATCH_MS)
+"""Measured costs that need timing rounds in ONNX Runtime (the others read the file)."""
 COST_METRICS = (*MEASURED_COSTS, SIZE_BYTES, MACS, BOPS, PARAMS)
 """Figures a workflow may name as the cost to minimise or constrain."""
 

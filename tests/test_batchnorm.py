@@ -12,6 +12,7 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import nn
 
+from lepton_ray import metrics
 from lepton_ray.compress.quantize import ActivationFQ, QuantizationAwareTraining
 from lepton_ray.config import QuantizationConfig
 from lepton_ray.data.batches import Batch
@@ -187,7 +188,6 @@ def test_a_pruned_low_rank_qat_student_scores_in_eval_mode_what_it_scores_with_b
     """Both the test accuracy a trial reports and the student it ships lose at most 1 pt to batch statistics."""
     from pathlib import Path
 
-    from lepton_ray import metrics
     from lepton_ray.checkpoints import load_safe
     from lepton_ray.config import parse_workflow
     from lepton_ray.trial.files import STUDENT_FILE, load_student
@@ -214,23 +214,30 @@ def recording(events: list[tuple[str, int]], name: str, real):
     return call
 
 
-def test_the_trial_reestimates_after_set_up_before_every_evaluation_and_on_the_finalized_student(tmp_path, monkeypatch):
+def test_the_trial_reestimates_after_set_up_before_each_evaluation_that_may_pick_best_and_on_the_finalized_student(tmp_path, monkeypatch):
+    """Three epochs, QAT from the last third: epochs 1 and 2 cannot become `best` (their compression is not
+    final), so their validation reads the running statistics; epoch 3's is re-estimated, and so is the finalized copy."""
     from lepton_ray.trial import loop
 
     events: list[tuple[str, int]] = []
     for name in ("reestimate_batchnorm", "train_epoch", "evaluate", "static_cost", "packed_size_bytes"):
         monkeypatch.setattr(loop, name, recording(events, name, getattr(loop, name)))
-    _compressed_trial(tmp_path, epochs=2)
+    _, reports = _compressed_trial(tmp_path, epochs=3)
     student = events[0][1]
     planned = next(i for i, (name, _) in enumerate(events) if name == "packed_size_bytes")
     assert planned == 1 and events.pop(planned)[1] != student, "planned_size_bytes: costed on a copy at set-up, the student untouched"
-    assert events[:2] == [("reestimate_batchnorm", student), ("train_epoch", student)], "after the structural steps, before training"
-    evaluations = [i for i, (name, _) in enumerate(events) if name == "evaluate"]
-    assert len(evaluations) == 3, "one validation per epoch and the test"
-    assert all(events[i - 1] == ("reestimate_batchnorm", events[i][1]) for i in evaluations)
-    (cost,) = [i for i, (name, _) in enumerate(events) if name == "static_cost"]
-    finalized = events[cost][1]
-    assert finalized != student and events[evaluations[-1]][1] == finalized, "the test figure and the costs are of the finalized copy"
+    assert [name for name, _ in events] == [
+        "reestimate_batchnorm",  # after the structural steps, before training
+        "train_epoch", "evaluate", "train_epoch", "evaluate",  # QAT not on yet: these epochs cannot be `best`
+        "train_epoch", "reestimate_batchnorm", "evaluate",  # final compression: this validation may pick `best`
+        "reestimate_batchnorm", "evaluate", "static_cost",  # the finalized copy: re-estimated, tested, costed
+    ]
+    assert all(module == student for _, module in events[:8])
+    finalized = events[-1][1]
+    assert finalized != student and events[-3][1] == events[-2][1] == finalized, "the test figure and the costs are of the finalized copy"
+    final = reports[-1]
+    assert 0 < final[metrics.REESTIMATE_S] and 0 < final[metrics.FINISH_S] and final[metrics.REESTIMATE_S] + final[metrics.FINISH_S] < final[metrics.COMPUTE_S]
+    assert metrics.LATENCY_MS not in final, "the sweep's cost is gzip bytes: no latency rounds in the trial"
 
 
 def test_teacher_training_reestimates_before_each_validation(monkeypatch):

@@ -152,3 +152,18 @@ def test_every_shipped_workflow_and_search_space_parses():
     assert workflows
     for path in workflows:
         load_workflow(path)
+
+
+def test_trials_time_their_int8_file_only_when_the_sweep_minimises_a_latency_or_the_workflow_asks():
+    from lepton_ray import metrics
+    from lepton_ray.config import ExportConfig
+
+    unset = ExportConfig()
+    assert [unset.times_trials(cost) for cost in (metrics.INT8_GZIP_BYTES, metrics.SIZE_BYTES, metrics.LATENCY_MS, metrics.LATENCY_BATCH_MS)] == [False, False, True, True]
+    assert ExportConfig(trial_latency=True).times_trials(metrics.INT8_GZIP_BYTES)
+    assert not ExportConfig(trial_latency=False).times_trials(metrics.LATENCY_MS)
+
+
+def test_a_latency_cost_with_trial_timing_off_is_refused_naming_both_fields():
+    with pytest.raises(ConfigError, match=r"export.trial_latency: must be unset or true when sweep.cost_metric is a latency \(latency_ms\)"):
+        load_workflow(QUICKSTART, {"sweep.cost_metric": "latency_ms", "export.trial_latency": False})

@@ -126,6 +126,7 @@ def measured_trial(request, tmp_path_factory):
 
     config = _loop_config(epochs=2)
     config["workflow"]["compression"]["quantization"]["bits"] = request.param
+    config["workflow"]["export"]["trial_latency"] = True  # the latency figures below: timed in the trial when asked for
     reports = []
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(int8, "export_int8", keep_a_copy)

@@ -184,3 +184,36 @@ def test_channels_last_weights_and_a_fused_optimizer_train_and_ship_the_same_stu
     assert finals[True]["test_accuracy"] > 0.85
     assert abs(finals[True]["test_accuracy"] - finals[False]["test_accuracy"]) <= 0.03
     assert abs(finals[True]["int8_val_accuracy"] - finals[True]["best_val_accuracy"]) <= 0.01
+
+
+class _ViewsAConvOutput(torch.nn.Module):
+    """A student whose forward `.view`s a conv output: it cannot run on channels_last weights."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.head = torch.nn.Conv2d(1, 4, 3), torch.nn.Linear(4 * 6 * 6, 10)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        features = self.conv(images)
+        return self.head(features.view(features.shape[0], -1))
+
+
+def test_unset_channels_last_is_on_for_a_conv_student_and_off_for_a_student_that_cannot_run_it():
+    from lepton_ray.config import TrainingConfig
+    from lepton_ray.trial.epoch import memory_format
+
+    example = torch.randn(2, 1, 8, 8)
+    unset = TrainingConfig()
+    assert unset.channels_last is None and unset.fused_optimizer
+    conv_student = build_model(load_workflow(QUICKSTART).student, (1, 8, 8), 10)
+    assert memory_format(unset, conv_student, example) == torch.channels_last
+    assert memory_format(TrainingConfig(channels_last=False), conv_student, example) == torch.contiguous_format
+    mlp = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+    assert memory_format(unset, mlp, example) == torch.contiguous_format, "no conv weights: nothing to lay out"
+    viewer = _ViewsAConvOutput()
+    with pytest.raises(RuntimeError):
+        viewer.to(memory_format=torch.channels_last)(example)
+    viewer = _ViewsAConvOutput()
+    assert memory_format(unset, viewer, example) == torch.contiguous_format
+    assert next(viewer.parameters()).is_contiguous(), "the probe ran on a copy"
+    assert memory_format(TrainingConfig(channels_last=True), viewer, example) == torch.channels_last, "asked for: validate refuses it first"

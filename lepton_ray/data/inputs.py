@@ -99,7 +99,7 @@ class TokenInput(ModelInput):
             (wf.compression.channel_pruning.sparsity > 0, "compression.channel_pruning.sparsity",
              "structured channel pruning is for conv students; set it to 0 and use compression.pruning, quantization or low_rank"),
             (wf.teacher.train is not None and wf.teacher.train.augment is not None, "teacher.train.augment", "flips and crops do not apply to token ids; remove it"),
-            (wf.training.channels_last, "training.channels_last", "channels_last is for conv weights; set it to false"),
+            (wf.training.channels_last is True, "training.channels_last", "channels_last is for conv weights; set it to false"),
         ]
         for failed, field, fix in refused:
             if failed:

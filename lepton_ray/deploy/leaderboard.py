@@ -19,6 +19,7 @@ METRIC_COLUMNS = [
     metrics.INT8_VAL_ACCURACY, metrics.BEST_VAL_ACCURACY, metrics.TEST_ACCURACY,
     metrics.INT8_GZIP_BYTES, metrics.INT8_FILE_BYTES, metrics.LATENCY_MS, metrics.LATENCY_IQR_MS, metrics.LATENCY_BATCH_MS, metrics.LATENCY_BATCH_IQR_MS,
     metrics.SIZE_BYTES, metrics.MACS, metrics.BOPS, metrics.PARAMS, metrics.SPARSITY, metrics.BITS, metrics.EPOCH,
+    metrics.SETUP_S, metrics.COMPUTE_S, metrics.REESTIMATE_S, metrics.FINISH_S,
 ]
 ESTIMATE_MARK = "~"
 

@@ -44,6 +44,8 @@ def latency_cost(path: Path, input_shape: ModelInput | tuple[int, ...], batch_si
     return {metrics.LATENCY_MS: single_ms, metrics.LATENCY_IQR_MS: single_iqr, metrics.LATENCY_BATCH_MS: batch_ms, metrics.LATENCY_BATCH_IQR_MS: batch_iqr}
 
 
-def shipped_cost(int8_path: Path, input_shape: ModelInput | tuple[int, ...], latency_batch_size: int) -> dict[str, float]:
-    """Cost figures measured on the int8 ONNX file a student ships as, keyed by metric name."""
-    return {**file_cost(int8_path), **latency_cost(int8_path, input_shape, latency_batch_size)}
+def shipped_cost(int8_path: Path, input_shape: ModelInput | tuple[int, ...], latency_batch_size: int | None) -> dict[str, float]:
+    """Cost figures measured on the int8 ONNX file a student ships as, keyed by metric name; no latency
+    rounds when `latency_batch_size` is None (a cost that reads the file alone is cheaper than a timing)."""
+    timed = latency_cost(int8_path, input_shape, latency_batch_size) if latency_batch_size is not None else {}
+    return {**file_cost(int8_path), **timed}

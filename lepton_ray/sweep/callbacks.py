@@ -18,7 +18,7 @@ LOGGED_METRICS = {
     metrics.EPOCH, metrics.TRAIN_LOSS, metrics.VAL_ACCURACY, metrics.VAL_LOSS, metrics.TEST_ACCURACY,
     *metrics.ESTIMATES, metrics.BITS, metrics.INT8_FILE_BYTES, metrics.INT8_GZIP_BYTES, metrics.LATENCY_MS, metrics.LATENCY_IQR_MS,
     metrics.LATENCY_BATCH_MS, metrics.LATENCY_BATCH_IQR_MS, metrics.INT8_VAL_ACCURACY, metrics.BEST_VAL_ACCURACY, metrics.BEST_EPOCH, metrics.DIVERGED,
-    metrics.RESTARTS, metrics.IMAGES_PER_S, metrics.SETUP_S, metrics.COMPUTE_S, metrics.PLANNED_SIZE_BYTES,
+    metrics.RESTARTS, metrics.IMAGES_PER_S, metrics.SETUP_S, metrics.COMPUTE_S, metrics.REESTIMATE_S, metrics.FINISH_S, metrics.PLANNED_SIZE_BYTES,
 }
 
 

@@ -7,6 +7,7 @@ step function in the package.
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 from dataclasses import dataclass
 from typing import Iterator, Union
@@ -153,6 +154,23 @@ def build_optimizer(cfg: TrainingConfig, params: list[nn.Parameter]) -> torch.op
     return optimizer_cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
 
 
-def memory_format(cfg: TrainingConfig) -> torch.memory_format:
-    """Layout of the student's 4-D (conv) weights; activations follow the weights' layout through each conv."""
-    return torch.channels_last if cfg.channels_last else torch.contiguous_format
+def memory_format(cfg: TrainingConfig, student: nn.Module, example: torch.Tensor) -> torch.memory_format:
+    """Layout of the student's 4-D (conv) weights; activations follow the weights' layout through each conv.
+    `training.channels_last` unset: channels_last wherever the student has conv weights and runs on them."""
+    if cfg.channels_last is None:
+        wanted = any(param.dim() == 4 for param in student.parameters()) and runs_channels_last(student, example) is None
+    else:
+        wanted = cfg.channels_last
+    return torch.channels_last if wanted else torch.contiguous_format
+
+
+def runs_channels_last(student: nn.Module, example: torch.Tensor) -> str | None:
+    """None when a copy of `student` with channels_last weights forwards `example` (eval mode, no grad), else the
+    first line of its error (a forward that `.view`s a conv output)."""
+    probe = copy.deepcopy(student).eval().to(memory_format=torch.channels_last)
+    try:
+        with torch.no_grad():
+            probe(example)
+    except RuntimeError as err:
+        return str(err).strip().splitlines()[0][:160]
+    return None

@@ -2,9 +2,9 @@
 
 Read top to bottom: build data, teachers and student; compression hooks at named points
 (`prepare`, `on_epoch_start`, `is_final`, `finalize`); BatchNorm statistics re-estimated on
-training batches after the structural steps, before each evaluation that picks or reports a
-student, and on the finalized student; one report per epoch; the last report carries the test
-accuracy and cost figures of the best fully-compressed student.
+training batches after the structural steps, before each evaluation that may pick the `best`
+student (epochs where the compression is final), and on the finalized student; one report per
+epoch; the last report carries the test accuracy and cost figures of the best fully-compressed student.
 The epoch functions (`trial/epoch.py`) also train teachers in-process (no Ray, no DDP).
 """
 
@@ -80,7 +80,7 @@ def run_trial(loop_config: dict[str, Any], session: TrialSession) -> None:
     planned = {metrics.PLANNED_SIZE_BYTES: planned_size_bytes(wf, unwrap(student), compression)}
     state = _restore(student, objective, optimizer, compression, session)
     best = state["best"]
-    timing = {metrics.SETUP_S: time.perf_counter() - entered, metrics.COMPUTE_S: 0.0}
+    timing = {metrics.SETUP_S: time.perf_counter() - entered, metrics.COMPUTE_S: 0.0, metrics.REESTIMATE_S: 0.0}
 
     for epoch in range(state["next_epoch"], wf.training.epochs):
         epoch_started = time.perf_counter()
@@ -91,7 +91,8 @@ def run_trial(loop_config: dict[str, Any], session: TrialSession) -> None:
         batches = iterate_batches(data.train, shard, wf.training.batch_size, device, view)
         train_loss = train_epoch(student, teachers, objective, batches, optimizer, precision)
         images_per_s = len(shard) * world()[1] / (time.perf_counter() - epoch_started)
-        reestimate_batchnorm(student, train_batches(wf, data, epoch, device))  # val accuracy picks `best`
+        if compression.is_final(epoch):  # val accuracy may pick `best`; before, the running statistics are close enough for a curve
+            timing[metrics.REESTIMATE_S] += timed(reestimate_batchnorm, student, train_batches(wf, data, epoch, device))
         val_accuracy, val_loss = evaluate(student, data.val, wf.training.batch_size, device)
         timing[metrics.COMPUTE_S] += time.perf_counter() - epoch_started
         epoch_metrics = {
@@ -112,7 +113,9 @@ def run_trial(loop_config: dict[str, Any], session: TrialSession) -> None:
             continue
         finish_started = time.perf_counter()
         final_metrics, student_payload = _finish(wf, student, compression, best, data, device)
-        epoch_metrics[metrics.COMPUTE_S] += time.perf_counter() - finish_started
+        final_metrics[metrics.FINISH_S] = time.perf_counter() - finish_started
+        epoch_metrics[metrics.COMPUTE_S] += final_metrics[metrics.FINISH_S]
+        epoch_metrics[metrics.REESTIMATE_S] += final_metrics.pop(metrics.REESTIMATE_S)
         session.report({**epoch_metrics, **final_metrics}, {TRIAL_STATE_FILE: state, STUDENT_FILE: student_payload})
 
 
@@ -128,7 +131,8 @@ def set_up_student(
     student = build_model(wf.student, data.model_input, data.num_classes)
     compression = Compression(wf.compression, wf.training.epochs)
     example = next(iterate_batches(data.train, [0, 1], 2, torch.device("cpu"))).images
-    student = compression.prepare(student, example).to(memory_format=memory_format(wf.training))
+    student = compression.prepare(student, example)
+    student = student.to(memory_format=memory_format(wf.training, student, example))
     objective = build_objective(wf, student, teachers, example)
     student = prepare_model(student)
     objective = objective.to(device)
@@ -143,7 +147,7 @@ def _finish(wf: WorkflowConfig, student: nn.Module, compression: Compression, be
     module = unwrap(student)
     module.load_state_dict(best["student"])
     final = compression.finalize(copy.deepcopy(module))
-    reestimate_batchnorm(final, train_batches(wf, data, wf.training.epochs - 1, device))  # activation fake-quant is gone
+    reestimate_s = timed(reestimate_batchnorm, final, train_batches(wf, data, wf.training.epochs - 1, device))  # activation fake-quant is gone
     test_accuracy, _ = evaluate(final, data.test, wf.training.batch_size, device)  # the student as saved and shipped
     final = final.cpu()
     bits = wf.compression.quantization.bits or 32
@@ -151,7 +155,14 @@ def _finish(wf: WorkflowConfig, student: nn.Module, compression: Compression, be
     measured = _measure_shipped_file(final, data, wf, bits) if world()[0] == 0 else {}
     final_metrics = {metrics.TEST_ACCURACY: test_accuracy, metrics.BEST_VAL_ACCURACY: best["val_accuracy"], metrics.BEST_EPOCH: best["epoch"], **estimates, **measured}
     payload = model_payload(final, wf.student.name, wf.student.options, data, metrics={k: float(v) for k, v in final_metrics.items()}, workflow=wf.to_dict())
-    return final_metrics, payload
+    return {**final_metrics, metrics.REESTIMATE_S: reestimate_s}, payload
+
+
+def timed(step: Callable[..., Any], *args: Any) -> float:
+    """Seconds `step(*args)` took."""
+    started = time.perf_counter()
+    step(*args)
+    return time.perf_counter() - started
 
 
 def planned_size_bytes(wf: WorkflowConfig, student: nn.Module, compression: Compression) -> float:
@@ -179,7 +190,8 @@ TRIAL_CALIBRATION_SAMPLES = 64
 
 def _measure_shipped_file(final: nn.Module, data: DataSplits, wf: WorkflowConfig, weight_bits: int) -> dict[str, float]:
     """The int8 ONNX export of a finalized student (the publish step's route, float or quantized), measured:
-    its bytes, gzip bytes and ORT latency (`shipped_cost`), and its accuracy in ORT on the validation split.
+    its bytes, gzip bytes, ORT latency where the workflow asks for it (`export.trial_latency`: `shipped_cost`),
+    and its accuracy in ORT on the validation split.
     The file carries its input contract as a shipped one does (only the trial and sweep ids are left out)."""
     # here, not at the top: onnx and ORT's quantizer add ~0.7 s to every worker's start, and only rank 0 exports
     from lepton_ray.export.int8 import calibration_images, export_int8
@@ -190,7 +202,7 @@ def _measure_shipped_file(final: nn.Module, data: DataSplits, wf: WorkflowConfig
     images = calibration_images(data.train, TRIAL_CALIBRATION_SAMPLES, wf.data.seed).cpu()
     with tempfile.TemporaryDirectory(prefix="lepton-shipped-") as folder:
         int8_path = export_int8(final, data.model_input, images, weight_bits, Path(folder), artifact_metadata(data.contract, wf.name)).int8
-        measured = shipped_cost(int8_path, data.model_input, wf.export.latency_batch_size)
+        measured = shipped_cost(int8_path, data.model_input, wf.export.latency_batch_size if wf.export.times_trials(wf.sweep.cost_metric) else None)
         return {**measured, metrics.INT8_VAL_ACCURACY: onnx_accuracy(int8_path, data.val)}
 
 

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from lepton_ray.checkpoints import load_safe, save_atomic
-from lepton_ray.config import DataConfig, ModelSpec, TeacherConfig, WorkflowConfig
+from lepton_ray.config import DataConfig, ModelSpec, TeacherConfig, TrainingConfig, WorkflowConfig
 from lepton_ray.data.datasets import DataSplits
 from lepton_ray.data.inputs import model_input_of
 from lepton_ray.errors import CheckpointError, ConfigError
@@ -25,7 +25,7 @@ from lepton_ray.models.zoo import build_model
 from lepton_ray.data.batches import augment_view, iterate_batches, train_indices
 from lepton_ray.models.saved import load_teacher_module, model_payload
 from lepton_ray.trial.batchnorm import reestimate_batchnorm
-from lepton_ray.trial.epoch import Precision, epoch_lr, evaluate, set_lr, train_epoch
+from lepton_ray.trial.epoch import Precision, epoch_lr, evaluate, memory_format, set_lr, train_epoch
 from lepton_ray.console import echo
 
 
@@ -244,15 +244,18 @@ def weight_mismatches(expected: dict[str, torch.Tensor], saved: dict[str, Any]) 
     return shapes + missing + unexpected
 
 
-def train_teacher(cfg: TeacherConfig, data: DataSplits, seed: int, fingerprint_value: str, log=echo) -> dict[str, Any]:
+def train_teacher(cfg: TeacherConfig, data: DataSplits, seed: int, fingerprint_value: str, log=echo, kernels: TrainingConfig = TrainingConfig()) -> dict[str, Any]:
     """Plain supervised training in this process with the trial's own epoch function; keeps the best-val weights.
-    One line per epoch: on real data a teacher trains for many minutes."""
+    One line per epoch: on real data a teacher trains for many minutes. `kernels`: the students' defaults
+    (channels_last weights where the model runs them, fused Adam); `benchmarks/end_to_end.py` times the ones before."""
     assert cfg.train is not None
     started = time.perf_counter()
     torch.manual_seed(seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = build_model(cfg, data.model_input, data.num_classes, field="teacher").to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
+    example = next(iterate_batches(data.train, [0, 1], 2, device)).images
+    model = model.to(memory_format=memory_format(kernels, model, example))
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, fused=kernels.fused_optimizer or None)
     objective = DistillationObjective.hard_labels_only()
     precision = Precision("fp32", device)
     best_accuracy, best_state = -1.0, None
@@ -267,6 +270,7 @@ def train_teacher(cfg: TeacherConfig, data: DataSplits, seed: int, fingerprint_v
             best_accuracy, best_state = val_accuracy, {k: v.detach().clone() for k, v in model.state_dict().items()}
         log(f"  teacher epoch {epoch + 1}/{cfg.train.epochs}: val accuracy {val_accuracy:.4f} ({time.perf_counter() - started:.0f} s)")
     model.load_state_dict(best_state)
+    model = model.to(memory_format=torch.contiguous_format)  # the file holds plain tensors, whatever the kernels were
     test_accuracy, _ = evaluate(model, data.test, 256, device)
     return model_payload(model, cfg.name, cfg.options, data, test_accuracy=test_accuracy, val_accuracy=best_accuracy, fingerprint=fingerprint_value,
                          train_seconds=time.perf_counter() - started)
