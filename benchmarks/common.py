@@ -26,6 +26,7 @@ import torch
 
 from lepton_ray.data.batches import augment_view, iterate_batches, train_indices
 from lepton_ray.config import WorkflowConfig, load_workflow
+from lepton_ray.deploy.pareto import format_cost
 from lepton_ray.data.datasets import DataSplits
 from lepton_ray.trial.sessions import InProcessSession
 from lepton_ray.distill.teacher_cache import TeacherCache
@@ -132,8 +133,8 @@ class Figure:
     @property
     def goal(self) -> str:
         if self.at_most is not None:
-            return f"<= {self.at_most:g}"
-        return f">= {self.at_least:g}" if self.at_least is not None else "-"
+            return f"<= {format_cost(self.at_most)}"
+        return f">= {format_cost(self.at_least)}" if self.at_least is not None else "-"
 
     @property
     def verdict(self) -> str:
@@ -144,7 +145,7 @@ class Figure:
         return "pass" if within and math.isfinite(self.value) else "FAIL"
 
     def row(self) -> list[str]:
-        return [self.benchmark, self.name, f"{self.value:.4g}", self.goal, self.verdict]
+        return [self.benchmark, self.name, format_cost(self.value), self.goal, self.verdict]
 
 
 def format_table(headers: list[str], rows: list[list[str]]) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import mlflow
 import optuna
@@ -70,6 +71,9 @@ def test_small_sweep_logs_children_matches_leaderboard_and_records_failing_trial
     for name in (metrics.TEST_ACCURACY, metrics.SIZE_BYTES, metrics.MACS, metrics.BOPS, metrics.SPARSITY, metrics.BITS, metrics.TEACHER_TEST_ACCURACY, *measured):
         assert finished[f"metrics.{name}"].notna().all(), name
     assert f"metrics.{metrics.LATENCY_MS}" not in runs.columns, "the cost is gzip bytes: trials spend no time on latency rounds"
+    machine_paths = {column: value for column in runs.columns if column.startswith(("tags.", "params.")) for value in runs[column].dropna()
+                     if isinstance(value, str) and str(tmp_path.resolve()) in str(Path(value).resolve()) and Path(value).is_absolute()}
+    assert not machine_paths, f"a trial run names a path of this machine (a moved store could not resolve it): {machine_paths}"
     params = [name for name in runs.columns if name.startswith("params.") and runs[name].notna().any()]
     assert sorted(params) == sorted([*(f"params.{knob}" for knob in good), "params.compression.pruning.sparsity"]), "a trial logs its searched knobs only"
     assert set(finished["params.training.lr"]) == {"0.05"}
