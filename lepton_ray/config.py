@@ -111,7 +111,7 @@ class TrainingConfig(StrictModel):
         "train the student's conv weights in channels_last memory format (oneDNN's NHWC kernels on CPU, tensor cores on GPU). "
         "Default (unset): on for a student with conv layers that runs on channels_last weights, off otherwise (text students, "
         "a forward that `.view`s a conv output); true: required (validate refuses a student that cannot); false: off. "
-        "An epoch 0.69x as long, accuracy within the seed spread (benchmarks/results/plain_loop.json, default_speedups.json)"))
+        "An epoch 0.74x as long on the FM student, accuracy within the seed spread (benchmarks/results/plain_loop.json, default_speedups.md)"))
     fused_optimizer: bool = Field(True, description=(
         "one fused kernel per optimizer step instead of a kernel per tensor (torch.optim's fused=True); the same update "
         "up to float rounding (benchmarks/results/default_speedups.json); false: torch's default (foreach)"))
