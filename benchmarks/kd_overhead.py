@@ -18,14 +18,12 @@ import argparse
 import statistics
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import TensorDataset
 
-from benchmarks.common import Figure, StudentRun, figures_table, format_table, write_result
+from benchmarks.common import Figure, StudentRun, figures_table, first_training_images, format_table, write_result
 from benchmarks.fashion_mnist import bench_workflow
 from lepton_ray.compress.cost import count_macs
 from lepton_ray.data.datasets import build_data
@@ -62,7 +60,7 @@ def run(rounds: int, cache_builds: int, train_samples: int, quick: bool) -> dict
         wf = bench_workflow(Path(folder), quick, None)[0]
         data = build_data(wf.data)
         (prepared,) = prepare_teachers(wf, data)
-    data = replace(data, train=TensorDataset(*(tensor[:train_samples] for tensor in data.train.tensors)))
+    data = first_training_images(data, train_samples)
     teacher = load_teacher_module(prepared.payload)
     layers = DistillationObjective(wf.distillation).teacher_layers
     key = cache_key([prepared.sha256], wf.data.model_dump(mode="json"), layers)

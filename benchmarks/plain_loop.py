@@ -23,15 +23,14 @@ import argparse
 import copy
 import statistics
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import TensorDataset
 
-from benchmarks.common import REPO, Figure, StudentRun, figures_table, write_result
+from benchmarks.common import REPO, Figure, StudentRun, figures_table, first_training_images, write_result
 from lepton_ray.config import WorkflowConfig, load_workflow
 from lepton_ray.data.splits import DataSplits
 from lepton_ray.data.batches import train_indices
@@ -123,7 +122,7 @@ def fashion_mnist_arms(folder: Path, train_samples: int | None, plain_arms: tupl
         raise SystemExit("plain_loop: plain_epoch computes DIST (beta = gamma = 1, weight 1), and the workflow's losses changed; update plain_epoch")
     data = build_data(wf.data)
     if train_samples:
-        data = replace(data, train=TensorDataset(*(tensor[:train_samples] for tensor in data.train.tensors)))
+        data = first_training_images(data, train_samples)
     cache, _ = sweep_teacher_cache(wf, prepare_teachers(wf, data, log=lambda _: None), data, folder)
     teacher_logits = cache.logits[0][0]  # view 0: the students train unaugmented
     ours = StudentRun(wf, data, cache)

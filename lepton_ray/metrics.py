@@ -36,7 +36,8 @@ COMPUTE_S = "compute_s"
 REESTIMATE_S = "reestimate_s"
 """Seconds of `compute_s` spent re-estimating BatchNorm statistics (`trial/batchnorm.py`), the final student's included."""
 FINISH_S = "finish_s"
-"""Seconds of `compute_s` spent finishing the trial: baking the compression, testing, exporting and measuring its int8 file."""
+"""Seconds of `compute_s` spent finishing the trial: baking the compression, testing, exporting and measuring its int8 file
+(its BatchNorm re-estimation is in `reestimate_s`, so compute_s = epochs + reestimate_s + finish_s)."""
 NODE_ID = "node_id"
 """Reported (a string, not logged as a metric) by an in-process trial: the Ray node training it, so a run
 shows where each attempt ran (a trial retried after its node was lost lists two)."""

@@ -25,7 +25,7 @@ from lepton_ray.models.zoo import build_model
 from lepton_ray.data.batches import augment_view, iterate_batches, train_indices
 from lepton_ray.models.saved import load_teacher_module, model_payload
 from lepton_ray.trial.batchnorm import reestimate_batchnorm
-from lepton_ray.trial.epoch import Precision, epoch_lr, evaluate, memory_format, set_lr, train_epoch
+from lepton_ray.trial.epoch import Precision, build_optimizer, epoch_lr, evaluate, memory_format, set_lr, train_epoch
 from lepton_ray.console import echo
 
 
@@ -255,7 +255,7 @@ def train_teacher(cfg: TeacherConfig, data: DataSplits, seed: int, fingerprint_v
     model = build_model(cfg, data.model_input, data.num_classes, field="teacher").to(device)
     example = next(iterate_batches(data.train, [0, 1], 2, device)).images
     model = model.to(memory_format=memory_format(kernels, model, example))
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, fused=kernels.fused_optimizer or None)
+    optimizer = build_optimizer(kernels.model_copy(update={"optimizer": "adam", "lr": cfg.train.lr, "weight_decay": 0.0}), list(model.parameters()))
     objective = DistillationObjective.hard_labels_only()
     precision = Precision("fp32", device)
     best_accuracy, best_state = -1.0, None
