@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import json
 import os
 import pickle
 import re
@@ -23,7 +24,10 @@ def save_atomic(obj: Any, path: Path) -> None:
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        torch.save(obj, tmp_name)
+        if path.suffix == ".json":  # a table a person reads (in MLflow), not a torch payload
+            Path(tmp_name).write_text(json.dumps(obj, indent=1) + "\n")
+        else:
+            torch.save(obj, tmp_name)
         os.replace(tmp_name, path)
     except BaseException as err:
         full = is_storage_full(err) or nearly_full(path.parent)  # measured before the partial file is removed

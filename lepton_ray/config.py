@@ -11,18 +11,19 @@ import re
 from pathlib import Path
 from typing import Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer, model_validator
+from pydantic import Field, ValidationError, field_validator, model_serializer, model_validator
 
 from lepton_ray import metrics
+from lepton_ray.compression_config import (  # noqa: F401  (re-exported: the compression block of a workflow)
+    FLOAT_WEIGHT_BITS, LOW_BITS, MAX_WEIGHT_BITS, AllocationConfig, ChannelPruningConfig, CompressionConfig, LowRankConfig, PruningConfig,
+    QuantizationConfig, WeightBitWidth, stored_bits_per_weight,
+)
+from lepton_ray.config_base import StrictModel
 from lepton_ray.errors import ConfigError
 from lepton_ray.yaml_input import apply_overrides, read_yaml
 
 Scalar = Union[bool, int, float, str, None]
 Options = dict[str, Union[Scalar, list[Scalar]]]
-
-
-class StrictModel(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class AugmentConfig(StrictModel):
@@ -124,77 +125,6 @@ class ResourcesConfig(StrictModel):
     gpus_per_worker: float = Field(1.0, gt=0, le=8)
     max_concurrent_trials: int = Field(2, ge=1)
     max_failures: int = Field(1, ge=0, description="worker-group restarts per trial")
-
-
-class PruningConfig(StrictModel):
-    """Global unstructured magnitude pruning on a cubic schedule (Zhu & Gupta, 2017)."""
-
-    sparsity: float = Field(0.0, ge=0, le=0.95)
-    start_epoch: int = Field(0, ge=0)
-    end_epoch: int | None = Field(None, ge=0, description="default: two thirds of the epochs")
-
-
-class ChannelPruningConfig(StrictModel):
-    """Structured channel removal applied before distillation."""
-
-    sparsity: float = Field(0.0, ge=0, le=0.9)
-
-
-MAX_WEIGHT_BITS = 7
-"""Widest weight grid offered: int8 weight codes past +-63 saturate ONNX Runtime's u8 x s8 kernels on x86
-CPUs without VNNI (AVX2), so an 8-bit grid would ship a different model there (measured on an AVX2 EPYC:
-a digits student at 8 bits 95.8% in its QDQ math, 90.6% through ORT's kernels; at 7 bits, identical)."""
-
-
-LOW_BITS = (1, 2)
-"""Binary ({-a, +a}) and ternary ({-a, 0, +a}) weights per output channel (`compress/quantize.py`)."""
-
-
-class QuantizationConfig(StrictModel):
-    """b-bit weight / 8-bit activation fake-quant training (QAT); 2 bits is ternary, 1 bit binary."""
-
-    bits: Literal[1, 2, 4, 5, 6, 7] | None = None
-    activation_bits: Literal[8] = 8
-    start_epoch: int | None = Field(None, ge=0, description="default: last third of the epochs")
-    end_layer_bits: Literal[1, 2, 7] | None = Field(
-        None, description=f"bits of the first and last conv/linear layer of a binary or ternary student (default {MAX_WEIGHT_BITS}: "
-        "they hold few weights and decide most of the accuracy: the first sees raw pixels, the last writes the logits)",
-    )
-
-    @model_validator(mode="after")
-    def _end_layers_of_low_bit_students_only(self) -> "QuantizationConfig":
-        if self.end_layer_bits is not None and self.bits not in LOW_BITS:
-            raise ValueError(f"end_layer_bits is for binary or ternary students (bits 1 or 2), not bits {self.bits}; remove it")
-        return self
-
-    @property
-    def layer_bits(self) -> tuple[int, int] | None:
-        """(bits of the first and last layer, of every other layer), or None without QAT."""
-        if self.bits is None:
-            return None
-        ends = (self.end_layer_bits or MAX_WEIGHT_BITS) if self.bits in LOW_BITS else self.bits
-        return ends, self.bits
-
-    @field_validator("bits", mode="before")
-    @classmethod
-    def _no_8bit_grid(cls, value: Any) -> Any:
-        if value == 8:
-            raise ValueError(
-                f"8 is not offered: int8 weight codes past +-63 saturate ONNX Runtime's integer kernels on x86 CPUs without VNNI, "
-                f"so the shipped file would compute another model; use {MAX_WEIGHT_BITS} (exact on every CPU)"
-            )
-        return value
-
-
-class LowRankConfig(StrictModel):
-    rank_ratio: float | None = Field(None, gt=0, le=1)
-
-
-class CompressionConfig(StrictModel):
-    pruning: PruningConfig = PruningConfig()
-    channel_pruning: ChannelPruningConfig = ChannelPruningConfig()
-    quantization: QuantizationConfig = QuantizationConfig()
-    low_rank: LowRankConfig = LowRankConfig()
 
 
 class TrackingConfig(StrictModel):
@@ -332,6 +262,19 @@ class WorkflowConfig(StrictModel):
             raise ValueError(
                 f"compression.quantization.start_epoch must be < training.epochs={epochs}, got {qat_start}"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _allocation_replaces_uniform_settings(self) -> "WorkflowConfig":
+        compression = self.compression
+        if not compression.allocation.active:
+            return self
+        uniform = {"quantization.bits": compression.quantization.bits, "quantization.per_layer": compression.quantization.per_layer or None,
+                   "pruning.sparsity": compression.pruning.sparsity or None, "pruning.per_layer": compression.pruning.per_layer or None,
+                   "low_rank.rank_ratio": compression.low_rank.rank_ratio}
+        if set_too := [name for name, value in uniform.items() if value is not None]:
+            raise ValueError(f"compression.{set_too[0]} cannot be set with compression.allocation.bits_per_weight, which chooses every layer's "
+                             "bits and sparsity; remove it")
         return self
 
     @model_validator(mode="after")

@@ -10,6 +10,7 @@ formula, so new layer types are counted without code here. No Ray or MLflow.
 
 from __future__ import annotations
 
+from typing import Sequence
 
 import torch
 from torch import nn
@@ -58,37 +59,41 @@ def _other_parameters(model: nn.Module) -> list[torch.Tensor]:
     return [p for p in model.parameters() if id(p) not in layer_ids] + biases
 
 
-def packed_size_bytes(model: nn.Module, weight_bits: int = FLOAT_BITS, end_layer_bits: int | None = None) -> float:
+def packed_size_bytes(model: nn.Module, weight_bits: int | Sequence[int] = FLOAT_BITS, end_layer_bits: int | None = None) -> float:
     """`size_bytes` alone (no forward pass): conv/linear weights as `stored_weight_bits` at each layer's bits
-    (`layer_bit_widths`), every other parameter at 32 bits."""
+    (`layer_bit_widths`: one width, or one per layer), every other parameter at 32 bits."""
     weights = weight_tensors(model)
     size_bits = sum(stored_weight_bits(w, bits) for w, bits in zip(weights, layer_bit_widths(len(weights), weight_bits, end_layer_bits)))
     return (size_bits + sum(p.numel() for p in _other_parameters(model)) * FLOAT_BITS) / 8
 
 
 def static_cost(
-    model: nn.Module, input_shape: ModelInput | tuple[int, ...], weight_bits: int = FLOAT_BITS, activation_bits: int = FLOAT_BITS, end_layer_bits: int | None = None,
+    model: nn.Module, input_shape: ModelInput | tuple[int, ...], weight_bits: int | Sequence[int] = FLOAT_BITS, activation_bits: int = FLOAT_BITS,
+    end_layer_bits: int | None = None,
 ) -> dict[str, float]:
     """Estimates: params, non-zeros, sparsity, packed size in bytes, MACs and BOPs of `model` in a format that
     stores `weight_bits` per weight and skips zeros (the int8 file does neither; `shipped_cost` measures it).
 
     Size: conv/linear weights as `stored_weight_bits`; every other parameter (biases, norms) at
     32 bits; buffers (BatchNorm running statistics) are not counted, they fold into the conv at export. Sparsity is over conv/linear weights. BOPs = MACs * weight_bits * activation_bits * density.
-    `end_layer_bits`: the first and last conv/linear layer's bits where they differ (binary and ternary students).
+    `end_layer_bits`: the first and last conv/linear layer's bits where they differ (binary and ternary students);
+    `weight_bits` may instead be one width per layer. `bits` is then the weights' mean width, weighted by their count.
     """
     weights = weight_tensors(model)
+    widths = layer_bit_widths(len(weights), weight_bits, end_layer_bits)
     other = _other_parameters(model)
     weight_count = sum(w.numel() for w in weights)
     weight_nonzero = sum(int(torch.count_nonzero(w)) for w in weights)
     other_count = sum(p.numel() for p in other)
     density = weight_nonzero / weight_count if weight_count else 1.0
     macs = count_macs(model, input_shape)
+    mean_bits = sum(bits * w.numel() for bits, w in zip(widths, weights)) / weight_count if weight_count else FLOAT_BITS
     return {
         metrics.PARAMS: weight_count + other_count,
         metrics.NONZERO_PARAMS: weight_nonzero + other_count,
         metrics.SPARSITY: 1.0 - density,
-        metrics.BITS: weight_bits,
-        metrics.SIZE_BYTES: packed_size_bytes(model, weight_bits, end_layer_bits),
+        metrics.BITS: weight_bits if isinstance(weight_bits, int) else mean_bits,
+        metrics.SIZE_BYTES: packed_size_bytes(model, widths),
         metrics.MACS: macs,
-        metrics.BOPS: macs * weight_bits * activation_bits * density,
+        metrics.BOPS: macs * mean_bits * activation_bits * density,
     }

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Iterable, Sequence
+
 from torch import nn
 from torch.nn.utils import parametrize
+
+from lepton_ray.errors import ConfigError
 
 WEIGHT_LAYER_TYPES = (nn.Conv2d, nn.Linear)
 """Layers whose weights are pruned, quantized and counted by the cost model."""
@@ -13,10 +17,26 @@ def weight_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return [(name, module) for name, module in model.named_modules() if isinstance(module, WEIGHT_LAYER_TYPES)]
 
 
-def layer_bit_widths(count: int, bits: int, end_layer_bits: int | None = None) -> list[int]:
-    """Weight bits of each of `count` conv/linear layers in `weight_layers` order: `end_layer_bits` for the first and
-    the last where given (binary and ternary students), `bits` for the rest. QAT and the size estimate both use it."""
+def layer_bit_widths(count: int, bits: int | Sequence[int], end_layer_bits: int | None = None) -> list[int]:
+    """Weight bits of each of `count` conv/linear layers in `weight_layers` order: a sequence is already per layer;
+    an int is every layer's, with `end_layer_bits` for the first and the last where given (binary and ternary
+    students). QAT and the size estimate both use it."""
+    if not isinstance(bits, int):
+        if len(bits) != count:
+            raise ValueError(f"{len(bits)} bit-widths for {count} conv/linear layers")
+        return list(bits)
     return [end_layer_bits if end_layer_bits is not None and index in (0, count - 1) else bits for index in range(count)]
+
+
+def layer_names(model: nn.Module) -> list[str]:
+    return [name for name, _ in weight_layers(model)]
+
+
+def check_layer_names(field: str, named: Iterable[str], model: nn.Module) -> None:
+    """`ConfigError` naming `field` when it names a layer the student does not have (a typo would compress nothing)."""
+    known = layer_names(model)
+    if unknown := sorted(set(named) - set(known)):
+        raise ConfigError(f"{field}: no conv/linear layer named {unknown[0]!r} in the student; its layers are {', '.join(known)}")
 
 
 def full_compression_epoch(epochs: int) -> int:

@@ -15,7 +15,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from lepton_ray.compress.base import Compressor, register_compressor
-from lepton_ray.compress.layers import bake_weights, full_compression_epoch, weight_layers
+from lepton_ray.compress.layers import bake_weights, check_layer_names, full_compression_epoch, weight_layers
 from lepton_ray.config import PruningConfig
 from lepton_ray.errors import ConfigError
 
@@ -73,6 +73,7 @@ class MagnitudePruning(Compressor):
         self.end_epoch = cfg.end_epoch if cfg.end_epoch is not None else min(max(cfg.start_epoch, full_compression_epoch(epochs)), epochs - 1)
 
     def prepare(self, model: nn.Module, example_input: torch.Tensor) -> nn.Module:
+        check_layer_names("compression.pruning.per_layer", self.cfg.per_layer, model)
         for _, layer in weight_layers(model):
             parametrize.register_parametrization(layer, "weight", WeightMask(layer.weight))
         return model
@@ -81,9 +82,15 @@ class MagnitudePruning(Compressor):
         return cubic_sparsity(epoch, self.cfg.sparsity, self.start_epoch, self.end_epoch)
 
     def on_epoch_start(self, model: nn.Module, epoch: int) -> None:
-        if self.start_epoch <= epoch <= self.end_epoch:
-            with torch.no_grad():
+        if not self.start_epoch <= epoch <= self.end_epoch:
+            return
+        with torch.no_grad():
+            if not self.cfg.per_layer:
                 set_global_magnitude_masks([layer for _, layer in weight_layers(model)], self.sparsity_at(epoch))
+                return
+            for name, layer in weight_layers(model):  # each named layer on its own cubic schedule to its own target
+                if name in self.cfg.per_layer:
+                    set_global_magnitude_masks([layer], cubic_sparsity(epoch, self.cfg.per_layer[name], self.start_epoch, self.end_epoch))
 
     def is_final(self, epoch: int) -> bool:
         return epoch >= self.end_epoch
@@ -95,4 +102,4 @@ class MagnitudePruning(Compressor):
 
 @register_compressor(PruningConfig)
 def magnitude_pruning(cfg: PruningConfig, epochs: int) -> MagnitudePruning | None:
-    return MagnitudePruning(cfg, epochs) if cfg.sparsity > 0 else None
+    return MagnitudePruning(cfg, epochs) if cfg.active else None

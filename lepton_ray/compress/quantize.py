@@ -12,13 +12,15 @@ observer buffers and broadcasts rank 0's ranges; `on_epoch_start` only switches 
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
 from lepton_ray.compress.base import Compressor, register_compressor
-from lepton_ray.compress.layers import bake_weights, full_compression_epoch, layer_bit_widths, weight_layers
-from lepton_ray.config import QuantizationConfig
+from lepton_ray.compress.layers import bake_weights, check_layer_names, full_compression_epoch, layer_bit_widths, layer_names, weight_layers
+from lepton_ray.config import FLOAT_WEIGHT_BITS, QuantizationConfig
 from lepton_ray.errors import ConfigError
 
 _MIN_SCALE = 1e-12
@@ -137,12 +139,14 @@ def _quantize_input(layer: nn.Module, args: tuple) -> tuple:
     return (getattr(layer, INPUT_QUANT)(args[0]), *args[1:])
 
 
-def install_fake_quant(model: nn.Module, weight_bits: int, activation_bits: int, end_layer_bits: int | None = None) -> None:
-    """Add (disabled) weight and input fake-quant to every conv/linear layer; the first and the last at
-    `end_layer_bits` when given (`QuantizationConfig.layer_bits`)."""
+def install_fake_quant(model: nn.Module, weight_bits: int | Sequence[int], activation_bits: int, end_layer_bits: int | None = None) -> None:
+    """Add (disabled) weight and input fake-quant to every conv/linear layer: `weight_bits` per layer (a sequence, as
+    `QuantizationConfig.bits_of` gives), or one width with the first and the last at `end_layer_bits` when given.
+    A layer at `FLOAT_WEIGHT_BITS` keeps float weights; its input is still fake-quantized (the int8 file quantizes it)."""
     layers = [layer for _, layer in weight_layers(model)]
     for layer, bits in zip(layers, layer_bit_widths(len(layers), weight_bits, end_layer_bits)):
-        parametrize.register_parametrization(layer, "weight", WeightFQ(bits))
+        if bits < FLOAT_WEIGHT_BITS:
+            parametrize.register_parametrization(layer, "weight", WeightFQ(bits))
         layer.add_module(INPUT_QUANT, ActivationFQ(activation_bits))
         layer.register_forward_pre_hook(_quantize_input)
 
@@ -182,8 +186,8 @@ class QuantizationAwareTraining(Compressor):
         self.start_epoch = cfg.start_epoch if cfg.start_epoch is not None else full_compression_epoch(epochs)
 
     def prepare(self, model: nn.Module, example_input: torch.Tensor) -> nn.Module:
-        end_bits, bits = self.cfg.layer_bits
-        install_fake_quant(model, bits, self.cfg.activation_bits, end_bits)
+        check_layer_names("compression.quantization.per_layer", self.cfg.per_layer, model)
+        install_fake_quant(model, self.cfg.bits_of(layer_names(model)), self.cfg.activation_bits)
         return model
 
     def on_epoch_start(self, model: nn.Module, epoch: int) -> None:
@@ -200,4 +204,4 @@ class QuantizationAwareTraining(Compressor):
 
 @register_compressor(QuantizationConfig)
 def quantization_aware_training(cfg: QuantizationConfig, epochs: int) -> QuantizationAwareTraining | None:
-    return QuantizationAwareTraining(cfg, epochs) if cfg.bits is not None else None
+    return QuantizationAwareTraining(cfg, epochs) if cfg.active else None

@@ -29,7 +29,7 @@ from lepton_ray.deploy.report import (
 )
 from lepton_ray.deploy.review import knobs, mark_champion, trial_run_id
 from lepton_ray.errors import CheckpointError
-from lepton_ray.export.int8 import Int8Checks, Int8Files, calibration_images, export_int8, measure_int8, verify_int8
+from lepton_ray.export.int8 import Int8Checks, Int8Files, WeightBits, calibration_images, export_int8, measure_int8, verify_int8
 from lepton_ray.export.metadata import DATASET_KEY, LAYOUT_KEY, SWEEP_RUN_KEY, TRIAL_KEY, WORKFLOW_KEY, artifact_metadata
 from lepton_ray.export.runtime import dataset_images, ort_session
 from lepton_ray.export.onnx_graph import INPUT_NAME, OUTPUT_NAME
@@ -47,6 +47,8 @@ RAW_EXAMPLE_FILE = "raw_input_example.json"
 """Shipped with the MLflow model: one test image in raw units, its label and what the int8 file predicts for it."""
 FRONT_TAG = "lepton.pareto_front"
 """Tag on each trial run of a published sweep: whether it is on the Pareto front."""
+PER_LAYER_BITS_KEY = "weight_bits"
+"""Key of a student payload trained with per-layer bits: layer name -> weight bits (absent when one width served all)."""
 
 
 def student_file(trials_root: Path, trial: int) -> Path:
@@ -59,12 +61,14 @@ def student_file(trials_root: Path, trial: int) -> Path:
 
 
 def student_loader(trials_root: Path) -> Callable[[dict[str, Any]], tuple[nn.Module, dict[str, Any]]]:
-    """Rebuild a trial's student with that trial's own workflow (its compression decides the structure)."""
+    """Rebuild a trial's student with that trial's own workflow (its compression decides the structure), with its
+    metrics and, for a per-layer-bits student, its `PER_LAYER_BITS_KEY` map."""
 
     def load(row: dict[str, Any]) -> tuple[nn.Module, dict[str, Any]]:
         path = student_file(trials_root, int(row["trial"]))
         payload = load_safe(path, f"trial {row['trial']} student")
-        return load_student(parse_workflow(payload["workflow"]), payload), dict(payload.get("metrics", {}))
+        per_layer = {PER_LAYER_BITS_KEY: payload[PER_LAYER_BITS_KEY]} if PER_LAYER_BITS_KEY in payload else {}
+        return load_student(parse_workflow(payload["workflow"]), payload), {**payload.get("metrics", {}), **per_layer}
 
     return load
 
@@ -183,7 +187,7 @@ def select_and_export(
         tracker.log_artifacts(parent_run_id, [gain_file], SELECTION_ARTIFACTS)
 
     student, student_metrics = load_student(selection.row)
-    weight_bits = int(student_metrics.get(metrics.BITS, 32))
+    weight_bits = export_weight_bits(student_metrics)
     metadata = artifact_metadata(data.contract, wf.name, selection.trial, parent_run_id)
     images = calibration_images(data.train, wf.export.calibration_samples, wf.data.seed)
     files = export_int8(student, data.model_input, images, weight_bits, out_dir, metadata)
@@ -205,6 +209,14 @@ def select_and_export(
                               gain, len(data.test), parent_run_id)
         tracker.log_artifacts(parent_run_id, [report], SELECTION_ARTIFACTS)
     return ExportResult(selection, files, checks, published, plot, report, gain)
+
+
+def export_weight_bits(student_metrics: dict[str, Any]) -> WeightBits:
+    """The weight bits the student is exported with: its per-layer map when it was trained with one
+    (`PER_LAYER_BITS_KEY`, from the payload via `student_loader`), else its one width (32, a float student, if none)."""
+    if PER_LAYER_BITS_KEY in student_metrics:
+        return {layer: int(bits) for layer, bits in student_metrics[PER_LAYER_BITS_KEY].items()}
+    return int(student_metrics.get(metrics.BITS, 32))
 
 
 def shipped_estimate(selection: Selection, checks: Int8Checks, test_samples: int) -> str:

@@ -11,7 +11,7 @@ import math
 import textwrap
 import urllib.parse
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Mapping
 
 import numpy as np
 import pandas as pd
@@ -24,12 +24,10 @@ from lepton_ray.deploy.leaderboard import OFF_FRONT_COLUMN, knob_columns
 from lepton_ray.export.metadata import CLASS_NAMES_KEY, PREPROCESSING_KEY, describe, preprocessing
 
 if TYPE_CHECKING:
-    from typing import Mapping
-
     from matplotlib.figure import Figure
 
     from lepton_ray.deploy.kd_gain import DistillationGain
-    from lepton_ray.export.int8 import Int8Checks, Int8Files
+    from lepton_ray.export.int8 import Int8Checks, Int8Files, WeightBits
 
 
 SELECTION_ARTIFACTS = "selection"
@@ -153,6 +151,23 @@ def _cell(metric: str, value: float) -> str:
     return f"{value:.4f}" if metric in ACCURACY_COLUMNS else format_cost(float(value))
 
 
+LISTED_LAYERS = 6
+"""Layers a per-layer weight line names before it stops with '...': the line stays short."""
+
+
+def weight_grids(weight_bits: "WeightBits") -> str:
+    """The int8 file's weight grid in a few words: '4-bit grid', or 'per-layer grids (2-7 bits: features.0 7, ...)'."""
+    if not isinstance(weight_bits, Mapping):
+        return f"{min(weight_bits, 8)}-bit grid"
+    if not weight_bits:
+        return "per-layer grids (none: every layer float, rounded to 7 bits)"
+    widths = sorted(set(weight_bits.values()))
+    span = f"{widths[0]}-{widths[-1]}" if len(widths) > 1 else f"{widths[0]}"
+    layers = [f"{layer} {bits}" for layer, bits in weight_bits.items()]
+    listed = ", ".join(layers[:LISTED_LAYERS]) + (", ..." if len(layers) > LISTED_LAYERS else "")
+    return f"per-layer grids ({span} bits: {listed})"
+
+
 def export_markdown(files: "Int8Files", checks: "Int8Checks", published: "Published | None") -> str:
     """The export checks as a list: accuracies, verdict, sizes, latency ratios, where the model went."""
     verdict = "passed" if checks.passed else "FAILED"
@@ -160,7 +175,7 @@ def export_markdown(files: "Int8Files", checks: "Int8Checks", published: "Publis
         f"- validation accuracy: trial (fake-quant) {checks.trial_accuracy:.4f}, fp32 ONNX {checks.fp32_accuracy:.4f}, "
         f"int8 ONNX {checks.int8_accuracy:.4f}; drop {checks.drop_points:.2f} pt, tolerance {checks.tolerance_points} pt: **{verdict}**",
         f"- test accuracy of the int8 ONNX file: {checks.int8_test_accuracy:.4f} (the estimate of what ships; measured once, compared with nothing)",
-        f"- weights: {files.weight_bits if files.weight_bits <= 8 else 8}-bit grid, largest int8 code {files.max_weight_code}",
+        f"- weights: {weight_grids(files.weight_bits)}, largest int8 code {files.max_weight_code}",
         f"- size: fp32 ONNX {format_cost(checks.fp32_bytes)} B, int8 ONNX {format_cost(checks.int8_bytes)} B ({checks.size_ratio:.2f}x)",
     ]
     for batch_size, latency in sorted(checks.latency_ms.items()):

@@ -3,8 +3,8 @@
 The route measured to work on this stack (see STACK.md): fp32 ONNX from `torch.onnx.export`
 (dynamo, dynamic batch), ORT's `quant_pre_process`, then `quantize_static` in QDQ format with
 per-channel int8 weights and uint8 activations calibrated on training images. Per-channel scale
-overrides put the weights on the student's own b-bit grid, so a 4- or 6-bit student's weights
-survive exactly. Activation scales stay calibrated even for a QAT student: fixing each layer input to the range
+overrides put the weights on the student's own b-bit grid (one for all layers, or one per layer: `WeightBits`), so a
+4- or 6-bit student's weights survive exactly. Activation scales stay calibrated even for a QAT student: fixing each layer input to the range
 its fake-quant trained with (`input_ranges`) was measured no closer to the PyTorch student over 12 digits and
 Fashion-MNIST students (benchmarks/results/activation_ranges.md: within 1-3 test images either way, larger max
 difference with the trial's 64 images, larger logit RMSE). The file is then compacted (`onnx_graph.compact_graph`),
@@ -28,6 +28,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from lepton_ray import metrics
+from lepton_ray.compress.cost import FLOAT_BITS
 from lepton_ray.compress.quantize import activation_qparams
 from lepton_ray.config import LOW_BITS, MAX_WEIGHT_BITS, ExportConfig
 from lepton_ray.data.inputs import ModelInput, as_model_input
@@ -45,6 +46,9 @@ WEIGHT_OPS = ("Conv", "Gemm", "MatMul")
 FLOAT_COMPUTE_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul", "FusedConv", "FusedGemm", "FusedMatMul"})
 """Ops that, left in the ORT-optimized int8 graph, mean a Q/DQ pair was not fused (slower than fp32)."""
 COMPACT_CHECK_IMAGES = 64
+WeightBits = int | Mapping[str, int]
+"""Declared weight bits: one width for every Conv/Gemm/MatMul weight, or layer name (torch module name, its weight is
+the initializer `<layer>.weight`) -> bits, a layer left out being float (rounded to `MAX_WEIGHT_BITS`, not grid-checked)."""
 
 
 # ---- fp32 and int8 files ---------------------------------------------------------------------
@@ -76,14 +80,35 @@ def shipped_weight_bits(weight_bits: int) -> int:
     return MAX_WEIGHT_BITS if weight_bits in LOW_BITS else min(weight_bits, MAX_WEIGHT_BITS)
 
 
-def grid_overrides(model: onnx.ModelProto, weight_bits: int) -> dict[str, list[dict[str, Any]]]:
-    """`TensorQuantOverrides` putting each Conv/Gemm/MatMul weight on the symmetric b-bit grid.
+def initializer_bits(weight_bits: WeightBits, initializer: str) -> int:
+    """Declared bits of one weight initializer: the single width, or its layer's entry (`<layer>.weight`);
+    `FLOAT_BITS` for a layer the mapping leaves out."""
+    if not isinstance(weight_bits, Mapping):
+        return int(weight_bits)
+    return weight_bits.get(initializer.removesuffix(".weight"), FLOAT_BITS)
+
+
+def _qmax(bits: int) -> int:
+    """Largest |code| of the shipped symmetric grid for `bits` declared bits."""
+    return 2 ** (shipped_weight_bits(bits) - 1) - 1
+
+
+def _check_layer_names(weight_names: set[str], weight_bits: WeightBits) -> None:
+    """A per-layer mapping may only name layers whose `<layer>.weight` is a Conv/Gemm/MatMul weight of the graph."""
+    if not isinstance(weight_bits, Mapping):
+        return
+    if unknown := sorted(layer for layer in weight_bits if f"{layer}.weight" not in weight_names):
+        raise ExportError(f"weight_bits: no Conv/Gemm/MatMul with weight '<layer>.weight' in the exported graph for layer(s) {unknown}; pass the student's own layer names")
+
+
+def grid_overrides(model: onnx.ModelProto, weight_bits: WeightBits) -> dict[str, list[dict[str, Any]]]:
+    """`TensorQuantOverrides` putting each Conv/Gemm/MatMul weight on the symmetric grid of its declared bits
+    (`initializer_bits`); raises ExportError for a per-layer mapping naming a layer the graph lacks.
 
     scale_c = max|w_c| / (2^(b-1) - 1), zero point 0, per output channel. An all-zero (pruned)
     channel borrows the tensor's largest scale: its codes are 0 anyway, and a tiny scale would
     overflow the int32 bias (bias scale = input scale * weight scale).
     """
-    qmax = 2 ** (shipped_weight_bits(weight_bits) - 1) - 1
     initializers = {init.name: init for init in model.graph.initializer}
     overrides: dict[str, list[dict[str, Any]]] = {}
     for node in model.graph.node:
@@ -91,9 +116,11 @@ def grid_overrides(model: onnx.ModelProto, weight_bits: int) -> dict[str, list[d
             continue
         weight = numpy_helper.to_array(initializers[node.input[1]])
         axis = _output_channel_axis(node)
+        qmax = _qmax(initializer_bits(weight_bits, node.input[1]))
         scales = np.abs(np.moveaxis(weight, axis, 0).reshape(weight.shape[axis], -1)).max(axis=1) / qmax
         scales[scales == 0] = scales.max() if scales.max() > 0 else 1.0
         overrides[node.input[1]] = [{"axis": axis, "scale": np.float32(s), "zero_point": np.int8(0)} for s in scales]
+    _check_layer_names(set(overrides), weight_bits)
     return overrides
 
 
@@ -141,7 +168,7 @@ class Int8Files:
 
     fp32: Path
     int8: Path
-    weight_bits: int
+    weight_bits: WeightBits
     max_weight_code: int
     """Largest |int8 weight code|: at most 2^(b-1)-1 for a b-bit grid."""
     metadata: Mapping[str, str] = field(default_factory=dict)
@@ -159,15 +186,16 @@ max error stayed 0.398 either way (activation rounding dominates there); the war
 
 
 def export_int8(
-    student: nn.Module, input_shape: ModelInput | tuple[int, ...], calibration_images: torch.Tensor, weight_bits: int, out_dir: Path,
+    student: nn.Module, input_shape: ModelInput | tuple[int, ...], calibration_images: torch.Tensor, weight_bits: WeightBits, out_dir: Path,
     metadata: Mapping[str, str] | None = None, input_ranges: Mapping[str, tuple[float, float]] | None = None,
 ) -> Int8Files:
     """fp32 ONNX -> pre-process -> static QDQ int8 (b-bit weight grid kept), checked; raises ExportError.
 
     `weight_bits` <= 7 declares the student's weights already on that symmetric per-channel grid
     (baked by QAT) and the export fails if they are not; above 7 (a float student) the weights
-    are rounded to `MAX_WEIGHT_BITS` (7). Both files carry `metadata` (`export/metadata.artifact_metadata`:
-    how to preprocess raw inputs, the class names) so a deployer can run them without this code.
+    are rounded to `MAX_WEIGHT_BITS` (7). A mapping (`WeightBits`) declares this per layer, a layer it leaves
+    out being float. Both files carry `metadata` (`export/metadata.artifact_metadata`: how to preprocess raw
+    inputs, the class names) so a deployer can run them without this code.
     `input_ranges` (layer name -> trained (min, max)) fixes those layers' input scales
     (`activation_overrides`); every other activation is calibrated on the images.
     """
@@ -263,14 +291,15 @@ def int8_input_qparams(int8_path: Path) -> dict[str, tuple[float, int]]:
     return qparams
 
 
-def check_weight_grid(fp32_path: Path, int8_path: Path, weight_bits: int) -> int:
-    """Largest |weight code|; for a declared b-bit grid (b <= 7), fail unless codes fit it and dequantize to the fp32 weights."""
+def check_weight_grid(fp32_path: Path, int8_path: Path, weight_bits: WeightBits) -> int:
+    """Largest |weight code|; for each weight declared on a b-bit grid (b <= 7, `initializer_bits`), fail unless its
+    codes fit that grid and dequantize to the fp32 weights."""
     fp32_weights = {init.name: numpy_helper.to_array(init) for init in onnx.load(str(fp32_path)).graph.initializer}
-    qmax = 2 ** (shipped_weight_bits(weight_bits) - 1) - 1
     max_code = 0
     for name, (codes, scales, axis) in int8_weights(int8_path).items():
         max_code = max(max_code, int(np.abs(codes.astype(np.int32)).max(initial=0)))
-        if weight_bits > MAX_WEIGHT_BITS:
+        bits = initializer_bits(weight_bits, name)
+        if bits > MAX_WEIGHT_BITS:
             continue
         if name not in fp32_weights:
             raise ExportError(f"int8 weight {name!r} has no fp32 counterpart in {fp32_path}; the quantizer renamed it")
@@ -278,9 +307,9 @@ def check_weight_grid(fp32_path: Path, int8_path: Path, weight_bits: int) -> int
         shape[axis] = -1
         scale = scales.reshape(shape) if scales.ndim else scales
         error = float((np.abs(codes * scale - fp32_weights[name]) / scale).max(initial=0))
-        if np.abs(codes.astype(np.int32)).max(initial=0) > qmax or error > GRID_TOLERANCE:
+        if np.abs(codes.astype(np.int32)).max(initial=0) > _qmax(bits) or error > GRID_TOLERANCE:
             raise ExportError(
-                f"weight {name!r} is not on the declared {weight_bits}-bit grid (error {error:.3g} of a step); "
+                f"weight {name!r} is not on the declared {bits}-bit grid (error {error:.3g} of a step); "
                 "export the student as finalized by its QAT run, or declare its real bit width"
             )
     return max_code

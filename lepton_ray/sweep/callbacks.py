@@ -10,7 +10,7 @@ from ray.tune import Callback
 from lepton_ray import metrics
 from lepton_ray.sweep.study import NUMBER_KEY
 from lepton_ray.tracking.tracker import Tracker
-from lepton_ray.trial.files import STUDENT_FILE
+from lepton_ray.trial.files import ALLOCATION_FILE, STUDENT_FILE
 from lepton_ray.trial.sessions import CHECKPOINT_PATH_KEY
 
 
@@ -127,6 +127,8 @@ def close_trial_run(tracker: Tracker, run_id: str, result: dict[str, Any]) -> No
     student_dir = result.get(CHECKPOINT_PATH_KEY)
     if student_dir and (Path(student_dir) / STUDENT_FILE).is_file():
         tracker.log_artifacts(run_id, [Path(student_dir) / STUDENT_FILE], "student")  # the run's `student/student.pt`, no path into this machine's folders
+    if student_dir and (Path(student_dir) / ALLOCATION_FILE).is_file():
+        tracker.log_artifacts(run_id, [Path(student_dir) / ALLOCATION_FILE], "allocation")  # per layer: bits, sparsity, bytes, shift
     tracker.finish(run_id, "FINISHED")
 
 

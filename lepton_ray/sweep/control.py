@@ -22,7 +22,7 @@ from lepton_ray.sweep.callbacks import error_line
 from lepton_ray.sweep.paths import SweepPaths
 from lepton_ray.sweep.trial_driver import RUN_NAME_KEY, trial_driver, trial_resources, runs_in_process
 from lepton_ray.trial.files import STUDENT_FILE, finished_trial_metrics, newest_student_file, trial_run_name
-from lepton_ray.trial.trainer import TrialInputs, put_trial_inputs
+from lepton_ray.trial.trainer import put_trial_inputs
 
 if TYPE_CHECKING:
     from lepton_ray.data.datasets import DataSplits
@@ -88,7 +88,6 @@ def _train(
     teachers: list["Teacher"], address: str | None, log: Callable[[str], None],
 ) -> list[str]:
     """The runs through Ray Tune, as many at a time as the sweep's trials; one error line per failed run."""
-    import ray
     from ray import tune
 
     from lepton_ray.cluster.ray_runtime import init_ray
@@ -97,7 +96,7 @@ def _train(
     init_ray(address, py_modules(wf.user_code))
     folder.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(folder / "tune", ignore_errors=True)  # Tune's bookkeeping of an interrupted attempt; finished runs are kept
-    inputs = put_trial_inputs(wf, teachers, data, paths.root, log) if teachers else TrialInputs(teachers=[], data=ray.put(data))
+    inputs = put_trial_inputs(trial_workflow, teachers, data, paths.root, log)
     trainable = tune.with_parameters(_control_driver, base_workflow=trial_workflow.to_dict(), inputs=inputs, trials_root=str(folder.resolve()))
     tuner = tune.Tuner(
         tune.with_resources(trainable, trial_resources(trial_workflow)),

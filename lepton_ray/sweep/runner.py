@@ -155,7 +155,7 @@ def _run_tuner(wf, shared_workflow, space, paths, study, remaining, teachers, da
     trainable = tune.with_parameters(
         trial_driver,
         base_workflow=shared_workflow,
-        inputs=put_trial_inputs(wf, teachers, data, paths.root, log),
+        inputs=put_trial_inputs(wf, teachers, data, paths.root, log, list(space.params) if space is not None else []),
         trials_root=str(paths.trials.resolve()),
     )
     callbacks = [

@@ -10,18 +10,21 @@ import contextlib
 import copy
 import math
 from dataclasses import dataclass
-from typing import Iterator, Union
+from typing import TYPE_CHECKING, Iterator, Union
 
 import torch
 import torch.distributed as dist
 from torch import nn
 from torch.utils.data import Dataset
 
-from lepton_ray.config import TrainingConfig
-from lepton_ray.data.batches import Batch, eval_indices, iterate_batches, world
+from lepton_ray.config import TrainingConfig, WorkflowConfig
+from lepton_ray.data.batches import Batch, augment_view, eval_indices, iterate_batches, train_indices, world
 from lepton_ray.distill.losses import DistillationObjective, DistillInputs
 from lepton_ray.distill.teacher_cache import TeacherCache
 from lepton_ray.models.features import capture_features
+
+if TYPE_CHECKING:
+    from lepton_ray.data.datasets import DataSplits
 
 
 def all_reduce_sums(*values: float, device: torch.device) -> list[float]:
@@ -174,3 +177,9 @@ def runs_channels_last(student: nn.Module, example: torch.Tensor) -> str | None:
     except RuntimeError as err:
         return str(err).strip().splitlines()[0][:160]
     return None
+
+
+def train_batches(wf: WorkflowConfig, data: "DataSplits", epoch: int, device: torch.device) -> Iterator[Batch]:
+    """This rank's training batches of `epoch` as the loop draws them: the epoch's shard and augmentation view."""
+    view = augment_view(wf.data.augment, len(data.train), epoch, wf.data.seed)
+    return iterate_batches(data.train, train_indices(len(data.train), epoch, wf.training.seed), wf.training.batch_size, device, view)

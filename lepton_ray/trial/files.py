@@ -19,6 +19,8 @@ from lepton_ray.trial.sessions import CHECKPOINT_PATH_KEY
 
 TRIAL_STATE_FILE = "trial_state.pt"
 STUDENT_FILE = "student.pt"
+ALLOCATION_FILE = "allocation.json"
+"""A per-layer allocated student's table (layer, bits, sparsity, stored bytes, profiled shift), next to its student file."""
 DIVERGED_FILE = "diverged.pt"
 
 

@@ -16,13 +16,14 @@ import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import torch
 from torch import nn
 
 from lepton_ray import metrics
 from lepton_ray.compress.cost import packed_size_bytes, static_cost
+from lepton_ray.compress.layers import layer_names
 from lepton_ray.compress.pipeline import Compression
 from lepton_ray.config import WorkflowConfig, parse_workflow
 from lepton_ray.data.batches import Batch, augment_view, iterate_batches, on_device, train_indices, world
@@ -33,8 +34,9 @@ from lepton_ray.models.features import capture_features, unwrap
 from lepton_ray.models.saved import load_teacher_module, model_payload
 from lepton_ray.models.zoo import build_model
 from lepton_ray.trial.batchnorm import reestimate_batchnorm
-from lepton_ray.trial.epoch import Precision, Teachers, build_optimizer, epoch_lr, evaluate, memory_format, set_lr, teacher_outputs, train_epoch
-from lepton_ray.trial.files import DIVERGED_FILE, STUDENT_FILE, TRIAL_STATE_FILE, newest_readable_state
+from lepton_ray.trial.epoch import Precision, Teachers, build_optimizer, epoch_lr, evaluate, memory_format, set_lr, teacher_outputs, train_batches, train_epoch
+from lepton_ray.trial.files import ALLOCATION_FILE, DIVERGED_FILE, STUDENT_FILE, TRIAL_STATE_FILE, newest_readable_state
+from lepton_ray.trial.per_layer import allocated_workflow, allocation_table
 from lepton_ray.trial.sessions import RayTrainSession, TrialSession
 
 
@@ -75,7 +77,10 @@ def run_trial(loop_config: dict[str, Any], session: TrialSession) -> None:
         torch.set_num_threads(intra_op_threads(wf.resources.cpus_per_worker))
     data = trial_data(wf, loop_config, device)
     teachers = teacher_source(wf, loop_config, device) if wf.distillation.alpha > 0 else []  # alpha 0: labels only, no teacher forward
+    budget = wf.compression.allocation.bits_per_weight
+    wf, allocation = allocated_workflow(wf, loop_config.get("sensitivity"), data)  # per-layer bits and sparsity under the budget
     student, compression, objective, optimizer, precision = set_up_student(wf, data, teachers, session.prepare_model, device)
+    allocated = {ALLOCATION_FILE: allocation_table(allocation, unwrap(student), budget)} if allocation is not None else {}
     reestimate_batchnorm(student, train_batches(wf, data, 0, device))  # channel pruning / low-rank changed what each BatchNorm sees
     planned = {metrics.PLANNED_SIZE_BYTES: planned_size_bytes(wf, unwrap(student), compression)}
     state = _restore(student, objective, optimizer, compression, session)
@@ -117,7 +122,7 @@ def run_trial(loop_config: dict[str, Any], session: TrialSession) -> None:
         epoch_metrics[metrics.COMPUTE_S] += finish_s
         epoch_metrics[metrics.REESTIMATE_S] += final_metrics[metrics.REESTIMATE_S]
         final_metrics[metrics.FINISH_S] = finish_s - final_metrics.pop(metrics.REESTIMATE_S)  # each second counted once
-        session.report({**epoch_metrics, **final_metrics}, {TRIAL_STATE_FILE: state, STUDENT_FILE: student_payload})
+        session.report({**epoch_metrics, **final_metrics}, {TRIAL_STATE_FILE: state, STUDENT_FILE: student_payload, **allocated})
 
 
 def set_up_student(
@@ -151,11 +156,16 @@ def _finish(wf: WorkflowConfig, student: nn.Module, compression: Compression, be
     reestimate_s = timed(reestimate_batchnorm, final, train_batches(wf, data, wf.training.epochs - 1, device))  # activation fake-quant is gone
     test_accuracy, _ = evaluate(final, data.test, wf.training.batch_size, device)  # the student as saved and shipped
     final = final.cpu()
-    bits = wf.compression.quantization.bits or 32
-    estimates = static_cost(final, data.model_input, bits, wf.compression.quantization.activation_bits if bits < 32 else 32, end_layer_bits(wf))
-    measured = _measure_shipped_file(final, data, wf, bits) if world()[0] == 0 else {}
+    quantization = wf.compression.quantization
+    bits = quantization.bits_of(layer_names(final)) if quantization.per_layer else quantization.bits or 32
+    activation_bits = quantization.activation_bits if quantization.active else 32
+    estimates = static_cost(final, data.model_input, bits, activation_bits, end_layer_bits(wf))
+    shipped_bits = dict(zip(layer_names(final), bits)) if quantization.per_layer else bits  # the export's grid of each layer
+    measured = _measure_shipped_file(final, data, wf, shipped_bits) if world()[0] == 0 else {}
     final_metrics = {metrics.TEST_ACCURACY: test_accuracy, metrics.BEST_VAL_ACCURACY: best["val_accuracy"], metrics.BEST_EPOCH: best["epoch"], **estimates, **measured}
-    payload = model_payload(final, wf.student.name, wf.student.options, data, metrics={k: float(v) for k, v in final_metrics.items()}, workflow=wf.to_dict())
+    per_layer = {"weight_bits": shipped_bits} if quantization.per_layer else {}
+    payload = model_payload(final, wf.student.name, wf.student.options, data, metrics={k: float(v) for k, v in final_metrics.items()}, workflow=wf.to_dict(),
+                            **per_layer)
     return {**final_metrics, metrics.REESTIMATE_S: reestimate_s}, payload
 
 
@@ -168,7 +178,8 @@ def timed(step: Callable[..., Any], *args: Any) -> float:
 
 def planned_size_bytes(wf: WorkflowConfig, student: nn.Module, compression: Compression) -> float:
     """`size_bytes` of the student this trial will finish with, known before its first epoch (`Compression.planned`)."""
-    bits = wf.compression.quantization.bits or 32
+    quantization = wf.compression.quantization
+    bits = quantization.bits_of(layer_names(student)) if quantization.per_layer else quantization.bits or 32
     with torch.no_grad():
         return packed_size_bytes(compression.planned(student), bits, end_layer_bits(wf))  # the size only: no forward pass at start-up
 
@@ -179,17 +190,11 @@ def end_layer_bits(wf: WorkflowConfig) -> int | None:
     return layer_bits[0] if layer_bits else None
 
 
-def train_batches(wf: WorkflowConfig, data: DataSplits, epoch: int, device: torch.device) -> Iterator[Batch]:
-    """This rank's training batches of `epoch` as the loop draws them: the epoch's shard and augmentation view."""
-    view = augment_view(wf.data.augment, len(data.train), epoch, wf.data.seed)
-    return iterate_batches(data.train, train_indices(len(data.train), epoch, wf.training.seed), wf.training.batch_size, device, view)
-
-
 TRIAL_CALIBRATION_SAMPLES = 64
 """Calibration images for the int8 file a trial measures (the final export uses `export.calibration_samples`)."""
 
 
-def _measure_shipped_file(final: nn.Module, data: DataSplits, wf: WorkflowConfig, weight_bits: int) -> dict[str, float]:
+def _measure_shipped_file(final: nn.Module, data: DataSplits, wf: WorkflowConfig, weight_bits: int | dict[str, int]) -> dict[str, float]:
     """The int8 ONNX export of a finalized student (the publish step's route, float or quantized), measured:
     its bytes, gzip bytes, ORT latency where the workflow asks for it (`export.trial_latency`: `shipped_cost`),
     and its accuracy in ORT on the validation split.

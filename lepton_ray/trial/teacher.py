@@ -257,7 +257,7 @@ def train_teacher(cfg: TeacherConfig, data: DataSplits, seed: int, fingerprint_v
     model = model.to(memory_format=memory_format(kernels, model, example))
     optimizer = build_optimizer(kernels.model_copy(update={"optimizer": "adam", "lr": cfg.train.lr, "weight_decay": 0.0}), list(model.parameters()))
     objective = DistillationObjective.hard_labels_only()
-    precision = Precision("fp32", device)
+    precision = Precision(kernels.precision, device)
     best_accuracy, best_state = -1.0, None
     for epoch in range(cfg.train.epochs):
         set_lr(optimizer, epoch_lr(cfg.train.lr, "cosine", epoch, cfg.train.epochs))

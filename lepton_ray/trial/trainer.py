@@ -13,6 +13,7 @@ from lepton_ray.distill.losses import DistillationObjective
 from lepton_ray.distill.teacher_cache import cache_key, load_or_build_cache
 from lepton_ray.models.saved import load_teacher_module
 from lepton_ray.trial.loop import train_loop_per_worker
+from lepton_ray.trial.per_layer import allocates, sweep_profile
 from lepton_ray.trial.teacher import Teacher
 
 if TYPE_CHECKING:
@@ -33,9 +34,11 @@ class TrialInputs:
     data: Any = None
     """Ref of the in-memory `DataSplits`; None makes each worker build its data itself."""
     teacher_cache: Any = None
+    sensitivity: dict[str, Any] | None = None
+    """The sweep's per-layer sensitivity profile (`trial/per_layer.py`) where a trial may allocate; small plain data."""
 
     def loop_config(self, wf: WorkflowConfig) -> dict[str, Any]:
-        return {"workflow": wf.to_dict(), "teachers": self.teachers, "data": self.data, "teacher_cache": self.teacher_cache}
+        return {"workflow": wf.to_dict(), "teachers": self.teachers, "data": self.data, "teacher_cache": self.teacher_cache, "sensitivity": self.sensitivity}
 
 
 TRAIN_POLL_INTERVAL_S = "0.1"
@@ -68,8 +71,11 @@ def build_trainer(wf: WorkflowConfig, inputs: TrialInputs, storage_path: Path, n
     )
 
 
-def put_trial_inputs(wf: WorkflowConfig, teachers: list[Teacher], data: "DataSplits", storage: Path, log: Callable[[str], None]) -> TrialInputs:
-    """Put teachers, in-memory data and the teacher cache where every trial's workers read them."""
+def put_trial_inputs(
+    wf: WorkflowConfig, teachers: list[Teacher], data: "DataSplits", storage: Path, log: Callable[[str], None], searched: Sequence[str] = (),
+) -> TrialInputs:
+    """Put teachers, in-memory data and the teacher cache where every trial's workers read them; the sensitivity
+    profile too where the workflow or the searched knobs (`searched`) allocate per layer."""
     import ray
     from torch.utils.data import TensorDataset
 
@@ -77,7 +83,8 @@ def put_trial_inputs(wf: WorkflowConfig, teachers: list[Teacher], data: "DataSpl
     return TrialInputs(
         teachers=[ray.put(teacher.payload) for teacher in teachers],
         data=ray.put(data) if in_memory else None,
-        teacher_cache=shared_teacher_cache(wf, teachers, data, storage, log),
+        teacher_cache=shared_teacher_cache(wf, teachers, data, storage, log) if teachers else None,
+        sensitivity=sweep_profile(wf, data, storage, log) if allocates(wf, list(searched)) else None,
     )
 
 
