@@ -33,8 +33,8 @@ NAME = "default_speedups"
 RECIPE = "dist"
 """distill_gain's DIST recipe, 10 epochs: long enough to separate the arms from noise, short enough for 3 seeds x 2 configs."""
 ARMS: dict[str, dict[str, Any]] = {
-    "defaults": {"training.channels_last": None, "training.fused_optimizer": True},
-    "before": {"training.channels_last": False, "training.fused_optimizer": False},
+    "defaults": {"training.channels_last": None, "training.fused_optimizer": True, "training.precision": "auto"},
+    "before": {"training.channels_last": False, "training.fused_optimizer": False, "training.precision": "fp32"},
 }
 
 

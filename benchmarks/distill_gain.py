@@ -70,7 +70,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     "function_matching": {"pipeline": "mixup", "teacher": {**KD, "distillation.alpha": 1.0},
                           "what": f"mixup views labelled by the teacher alone (alpha 1; labels-only: mixed labels), {PATIENT_EPOCHS} epochs"},
 }
-KERNELS = {"training.channels_last": False, "training.fused_optimizer": False}
+KERNELS = {"training.channels_last": False, "training.fused_optimizer": False, "training.precision": "fp32"}
 """The kernels every run here was trained with (the defaults before issue 32): a rerun reproduces the table."""
 QUICK_EPOCHS, QUICK_VIEWS = 1, 2
 LABELS_ONLY, WITH_TEACHER = "labels_only", "teacher"

@@ -30,7 +30,7 @@ from lepton_ray.trial.teacher import prepare_teachers, train_teacher
 
 NAME = "end_to_end"
 OLD_RECIPE_EPOCHS, QUICK_OLD_RECIPE_EPOCHS = 2, 1
-OLD_KERNELS = TrainingConfig(channels_last=False, fused_optimizer=False)
+OLD_KERNELS = TrainingConfig(channels_last=False, fused_optimizer=False, precision="fp32")
 """What teacher training ran before issue 32 (the same recipe: epochs, batch, learning rate, views)."""
 SECONDS = (metrics.SETUP_S, metrics.COMPUTE_S, metrics.REESTIMATE_S, metrics.FINISH_S)
 

@@ -106,7 +106,10 @@ class TrainingConfig(StrictModel):
     weight_decay: float = Field(0.0, ge=0)
     momentum: float = Field(0.9, ge=0, lt=1)
     seed: int = 0
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description=(
+        "autocast dtype of the training passes (evaluation, the saved student and its export stay fp32). auto: bf16 where the device "
+        "multiplies bf16 natively (a CUDA GPU that supports it; a CPU with AMX tiles: 2.5x a conv step here), fp32 elsewhere "
+        "(trial/epoch.py: resolve_precision)"))
     divergence_loss: float = Field(1e4, gt=0, description="epoch train loss above which (or NaN/inf) a trial is stopped as diverged")
     channels_last: bool | None = Field(None, description=(
         "train the student's conv weights in channels_last memory format (oneDNN's NHWC kernels on CPU, tensor cores on GPU). "

@@ -217,3 +217,37 @@ def test_unset_channels_last_is_on_for_a_conv_student_and_off_for_a_student_that
     assert memory_format(unset, viewer, example) == torch.contiguous_format
     assert next(viewer.parameters()).is_contiguous(), "the probe ran on a copy"
     assert memory_format(TrainingConfig(channels_last=True), viewer, example) == torch.channels_last, "asked for: validate refuses it first"
+
+
+@pytest.mark.parametrize(("amx", "expected"), [(True, "bf16"), (False, "fp32")])
+def test_auto_precision_is_bf16_on_a_cpu_with_amx_tiles_and_fp32_elsewhere_and_an_explicit_choice_stands(monkeypatch, amx, expected):
+    from lepton_ray.trial.epoch import Precision, resolve_precision
+
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    assert resolve_precision("auto", CPU) == expected
+    assert Precision("auto", CPU).name == expected
+    assert (Precision("auto", CPU).autocast().__class__ is torch.autocast) == (expected == "bf16")
+    assert resolve_precision("fp32", CPU) == "fp32" and resolve_precision("bf16", CPU) == "bf16"
+    assert load_workflow(QUICKSTART).training.precision == "auto", "the shipped default"
+
+
+def test_the_losses_read_fp32_logits_under_bf16_autocast():
+    """A bf16 forward, an fp32 loss: what the objective receives is fp32 whatever the forward's dtype."""
+    from lepton_ray.distill.losses import DistillationObjective
+    from lepton_ray.config import DistillationConfig
+    from lepton_ray.data.batches import Batch
+
+    seen = []
+
+    class Spy(DistillationObjective):
+        def forward(self, inputs):
+            seen.append((inputs.student_logits.dtype, [t.dtype for t in inputs.teacher_logits]))
+            return super().forward(inputs)
+
+    torch.manual_seed(0)
+    student = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+    teacher = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10)).eval()
+    objective = Spy(DistillationConfig(alpha=0.5), uses_teacher=True)
+    batch = Batch(torch.randn(8, 1, 8, 8), torch.randint(0, 10, (8,)), torch.arange(8))
+    loss = train_epoch(student, [teacher], objective, [batch], torch.optim.SGD(student.parameters(), lr=0.1), Precision("bf16", CPU))
+    assert seen == [(torch.float32, [torch.float32])] and np.isfinite(loss)
