@@ -4,7 +4,8 @@
 
 Each (config, arm, seed) is one whole trial through the trial's own loop (`benchmarks.distill_gain.one_run`: two at a
 time, one thread each, the teacher's outputs from the sweep's cache), on distill_gain's 10-epoch DIST recipe: `defaults`
-is the workflow as it ships (channels_last weights, fused Adam), `before` turns both off as the defaults were before.
+is the workflow as it ships (channels_last weights, fused Adam, precision auto: bf16 on an AMX CPU), `before` turns them
+off (fp32) as the defaults were before.
 Both arms share seed, data order and initial weights, so the paired difference of their test accuracies is what the
 kernels changed; it is set against the seed spread of each arm. Seconds per run (the whole trial, evaluation and
 finish included) give the end-to-end speed-up; `plain_loop` has the per-epoch one. Finished runs are kept under
@@ -100,8 +101,12 @@ def markdown(payload: dict[str, Any]) -> str:
         "# The default speed-ups against the defaults before them (issue 32)", "",
         f"Measured at commit `{payload['commit']}`, {payload['measured_at']}{' (--quick smoke run)' if payload['quick'] else ''}. "
         f"Fashion-MNIST, distill_gain's `{RECIPE}` recipe (10 epochs), seeds {payload['setting']['seeds']}, both arms of a seed from the same "
-        "initial weights and data order. `defaults`: channels_last weights (unset: on for this conv student) and fused Adam; "
-        "`before`: both off. Test accuracy in %, mean +- sd over seeds; difference: mean +- sd of the paired differences.", "",
+        "initial weights and data order. `defaults`: channels_last weights (unset: on for this conv student), fused Adam and "
+        "`training.precision: auto` (bf16 autocast on a CPU with AMX tiles, as here); `before`: all off (fp32). Test accuracy in %, "
+        "mean +- sd over seeds; difference: mean +- sd of the paired differences.", "",
+        "Runs are kept and read back, so an arm may come from an earlier commit: " + "; ".join(
+            f"{arm} at {', '.join(sorted({str(run.get('commit', '?'))[:7] for key, run in payload['runs'].items() if f'-{arm}-' in key}))}" for arm in ARMS)
+        + ". Seconds of runs measured on different days saw different loads: the ratio is indicative; `plain_loop` times the epochs side by side.", "",
         format_table(["config", "defaults", "before", "defaults - before (pt)", "s per run, defaults", "s per run, before", "ratio"], rows), "",
         figures_table(figures(payload)), "",
         f"Configs: {json.dumps(payload['setting']['configs'])}.", "",

@@ -2,13 +2,15 @@
 
 The workflow's student (`workflows/fashion_mnist.yaml`: cnn_small [16, 32, 64], batch 128, Adam, KD on the
 sweep's teacher cache) trains whole epochs over the first `TRAIN_SAMPLES` training images, one thread, as the
-trial trains it with the workflow's defaults (`ours`: channels_last and a fused optimizer since issue 32), with
-both off (`ours-off`, the defaults before), and as a plain PyTorch loop with the same two knobs on
+trial trains it with the workflow's defaults (`ours`: channels_last, a fused optimizer and precision auto, bf16 on
+an AMX CPU, since issue 32), with them off (`ours-off`, the fp32 defaults before), and as a plain PyTorch loop with the same two knobs on
 (`plain+fast`, `benchmarks/plain_loop.py`): the ceiling this student reaches
 on this CPU. FLOPs per epoch are `training_flops(macs, samples)`, MACs from `lepton_ray.compress.cost.count_macs`
 (conv and linear layers; norms, activations and the optimizer step are not counted). The reference is `torch.mm`
 of two n x n fp32 matrices (2 n^3 FLOPs), timed in the same process with the same thread count after every round
-of epochs; medians of both.
+of epochs; medians of both. Where the defaults train in bf16, the bf16 matmul's FLOP/s is timed beside it and
+reported too: against the fp32 peak the goal reads what the defaults buy, against the bf16 one how far from the
+ceiling of their own precision they are.
 
     .venv/bin/python -m benchmarks.throughput_vs_peak [--quick]    # writes benchmarks/results/throughput_vs_peak.json
 """
@@ -25,6 +27,7 @@ import torch
 
 from benchmarks.common import Figure, figures_table, write_result
 from benchmarks.plain_loop import fashion_mnist_arms, time_rounds
+from lepton_ray.trial.epoch import resolve_precision
 from lepton_ray.compress.cost import count_macs
 from lepton_ray.models.zoo import build_model
 
@@ -65,14 +68,22 @@ def run(rounds: int, matmul_size: int, train_samples: int) -> dict[str, Any]:
         generator = torch.Generator().manual_seed(0)
         left, right = (torch.randn(matmul_size, matmul_size, generator=generator) for _ in range(2))
         matmul_seconds: list[float] = []
-        epoch_seconds, _ = time_rounds(arms, rounds, between=lambda: matmul_seconds.append(time_matmul(left, right)))
+        bf16_seconds: list[float] = []
+
+        def between() -> None:
+            matmul_seconds.append(time_matmul(left, right))
+            bf16_seconds.append(time_matmul(left.bfloat16(), right.bfloat16()))
+
+        epoch_seconds, _ = time_rounds(arms, rounds, between=between)
     matmul_flop_s = matmul_flops(matmul_size) / statistics.median(matmul_seconds[1:])  # after round 0, the warm-up
+    bf16_flop_s = matmul_flops(matmul_size) / statistics.median(bf16_seconds[1:])
     samples = len(arms.data.train)
     training_flop_s = {name: training_flops(macs, samples) / statistics.median(seconds) for name, seconds in epoch_seconds.items()}
     return {
         "setting": {
             "workflow": "workflows/fashion_mnist.yaml", "student": arms.wf.student.model_dump(), "train_samples": samples,
             "batch_size": arms.wf.training.batch_size, "torch_threads": TORCH_THREADS, "rounds": rounds, "matmul_size": matmul_size,
+            "default_precision": resolve_precision(arms.wf.training.precision, torch.device("cpu")),
             "flops": "training: 3 x 2 x MACs per sample (conv + linear only); matmul: 2 n^3",
         },
         "student_macs": macs,
@@ -80,7 +91,9 @@ def run(rounds: int, matmul_size: int, train_samples: int) -> dict[str, Any]:
         "matmul_seconds": matmul_seconds,
         "training_gflop_s": {name: value / 1e9 for name, value in training_flop_s.items()},
         "matmul_gflop_s": matmul_flop_s / 1e9,
+        "bf16_matmul_gflop_s": bf16_flop_s / 1e9,
         "training_over_matmul": {name: value / matmul_flop_s for name, value in training_flop_s.items()},
+        "training_over_bf16_matmul": {name: value / bf16_flop_s for name, value in training_flop_s.items()},
     }
 
 
@@ -91,6 +104,8 @@ def figures(payload: dict[str, Any]) -> list[Figure]:
         *(Figure(NAME, f"same, {name}", ratio[name]) for name in ratio if name != "ours"),
         Figure(NAME, "student training GFLOP/s", gflop_s["ours"]),
         Figure(NAME, f"fp32 matmul GFLOP/s (n={payload['setting']['matmul_size']}, {payload['setting']['torch_threads']} thread)", payload["matmul_gflop_s"]),
+        *([Figure(NAME, "same defaults / bf16 matmul FLOP/s (the peak of the precision they train in)", payload["training_over_bf16_matmul"]["ours"]),
+           Figure(NAME, "bf16 matmul GFLOP/s", payload["bf16_matmul_gflop_s"])] if "bf16_matmul_gflop_s" in payload else []),
     ]
 
 
