@@ -23,7 +23,7 @@ from typing import Any
 
 from benchmarks.common import RESULTS, Figure, describe_machine, describe_machine_line, figures_table, result_path
 
-BENCHMARKS = ["kd_overhead", "throughput_vs_peak", "plain_loop", "default_speedups", "search_grid", "search_efficiency", "multi_fidelity", "image_folder", "low_bit", "int8_speedup", "sweep_overhead", "ddp_fixed_cost", "concurrency_scaling", "worker_threads", "fashion_mnist", "distill_gain", "end_to_end", "sweep_scale", "text_kd"]
+BENCHMARKS = ["kd_overhead", "throughput_vs_peak", "plain_loop", "default_speedups", "search_grid", "search_efficiency", "multi_fidelity", "image_folder", "low_bit", "int8_speedup", "sweep_overhead", "ddp_fixed_cost", "concurrency_scaling", "worker_threads", "fashion_mnist", "distill_gain", "end_to_end", "sweep_scale", "text_kd", "sensitivity_profile", "allocation_front"]
 
 
 def load_benchmark(name: str) -> ModuleType | None:

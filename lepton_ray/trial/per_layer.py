@@ -63,7 +63,7 @@ def measure_profile(wf: WorkflowConfig, data: DataSplits, device: torch.device, 
     torch.manual_seed(wf.training.seed)
     student = build_model(wf.student, data.model_input, data.num_classes).to(device)
     optimizer = build_optimizer(wf.training, list(student.parameters()))
-    objective, precision = DistillationObjective.hard_labels_only(), Precision("fp32", device)
+    objective, precision = DistillationObjective.hard_labels_only(), Precision(wf.training.precision, device)
     for epoch in range(cfg.profile_epochs):
         set_lr(optimizer, epoch_lr(wf.training.lr, wf.training.lr_schedule, epoch, cfg.profile_epochs))
         train_epoch(student, [], objective, train_batches(wf, data, epoch, device), optimizer, precision)

@@ -1,0 +1,127 @@
+"""Per-layer allocation against uniform compression on Fashion-MNIST (issue 33): the same sweep, two search spaces.
+
+    .venv/bin/python -m benchmarks.allocation_front [--trials 16] [--seeds 3] [--epochs N] [--quick]
+
+`uniform` is `search_spaces/fashion_mnist.yaml` (one bit-width and one sparsity for the whole student);
+`allocation` is `search_spaces/fashion_mnist_allocation.yaml` (a budget in stored bits per weight, each layer's bits
+and sparsity allocated from the sweep's sensitivity profile). Everything else is the workflow's: student, teacher
+(the committed asset), recipe, searcher; both spaces run with the same sampler seeds and trial counts through
+`lepton-ray sweep --no-export`. Per sweep: the normalised hypervolume of its trials (int8 validation accuracy up,
+int8 gzip bytes down) in the box from (the workflow's `sweep.accuracy_floor`, the dense distilled student's gzip
+bytes) to (1, 0), as `search_efficiency` measures fronts; and, at the uniform champion's validation accuracy (the
+workflow's policy on the uniform sweep, within 0.3 pt), the cheapest allocated student. Finished sweeps are kept
+under runs/bench-allocation_front/ and read back. `--epochs` shortens every trial (a screen, not the issue's figure).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+from typing import Any
+
+from benchmarks.common import REPO, Figure, figures_table, format_table, write_page, write_result
+from benchmarks.fashion_mnist import bench_workflow, run_sweep
+from benchmarks.search_efficiency import hypervolume_2d
+from lepton_ray import metrics
+from lepton_ray.deploy.pareto import completed, select
+from lepton_ray.sweep.results import existing_sweep
+
+NAME = "allocation_front"
+SPACES = {"uniform": "search_spaces/fashion_mnist.yaml", "allocation": "search_spaces/fashion_mnist_allocation.yaml"}
+DENSE_GZIP_BYTES = 24_581
+"""The dense distilled FM student's int8 gzip bytes (`benchmarks/results/fashion_mnist.json: dense_kd_student_cost`): the box's cost edge."""
+MATCH_POINTS = 0.3
+ACCURACY, COST = metrics.SELECTION_ACCURACY, metrics.INT8_GZIP_BYTES
+
+
+def one_sweep(space: str, seed: int, trials: int, epochs: int | None, quick: bool) -> dict[str, Any]:
+    tag = f"{space}-seed{seed}-n{trials}" + (f"-e{epochs}" if epochs else "") + ("-quick" if quick else "")
+    folder = REPO / "runs" / f"bench-{NAME}" / tag
+    kept = folder / "result.json"
+    if kept.is_file():
+        return json.loads(kept.read_text())
+    folder.mkdir(parents=True, exist_ok=True)
+    extra = {"sweep.space": str(REPO / SPACES[space]), "sweep.seed": seed, "sweep.num_samples": trials, **({"training.epochs": epochs} if epochs else {})}
+    wf, overrides = bench_workflow(folder, quick, None, extra)
+    seconds = run_sweep(overrides)
+    outcome, _ = existing_sweep(wf)
+    done = completed(outcome.trials, COST, wf.export.tolerance)
+    champion = select(outcome.trials, COST, float("nan"), wf.selection, wf.export.tolerance)
+    result = {"space": space, "seed": seed, "trials": trials, "epochs": wf.training.epochs, "seconds": seconds, "accuracy_floor": wf.sweep.accuracy_floor,
+              "points": [{"trial": int(row["trial"]), ACCURACY: float(row[ACCURACY]), COST: float(row[COST]), metrics.TEST_ACCURACY: float(row[metrics.TEST_ACCURACY])}
+                         for _, row in done.iterrows()],
+              "champion": {"trial": int(champion.trial), ACCURACY: float(champion.row[ACCURACY]), COST: float(champion.row[COST])}}
+    kept.write_text(json.dumps(result, indent=1) + "\n")
+    return result
+
+
+def normalised_hypervolume(result: dict[str, Any]) -> float:
+    floor = result["accuracy_floor"]
+    area = hypervolume_2d([p[ACCURACY] for p in result["points"]], [p[COST] for p in result["points"]], (floor, DENSE_GZIP_BYTES))
+    return area / ((1.0 - floor) * DENSE_GZIP_BYTES)
+
+
+def cheaper_at_champion(uniform: dict[str, Any], allocation: dict[str, Any]) -> float:
+    """Uniform champion's gzip bytes / the cheapest allocated student within `MATCH_POINTS` of its validation accuracy (NaN: none)."""
+    target = uniform["champion"][ACCURACY] - MATCH_POINTS / 100
+    matching = [p[COST] for p in allocation["points"] if p[ACCURACY] >= target]
+    return uniform["champion"][COST] / min(matching) if matching else float("nan")
+
+
+def run(trials: int, seeds: list[int], epochs: int | None, quick: bool) -> dict[str, Any]:
+    sweeps = {f"{space}-seed{seed}": one_sweep(space, seed, trials, epochs, quick) for seed in seeds for space in SPACES}
+    hv = {space: [normalised_hypervolume(sweeps[f"{space}-seed{seed}"]) for seed in seeds] for space in SPACES}
+    ratios = [a / u if u else float("nan") for a, u in zip(hv["allocation"], hv["uniform"])]
+    differences = [a - u for a, u in zip(hv["allocation"], hv["uniform"])]
+    standard_error = statistics.stdev(differences) / len(differences) ** 0.5 if len(differences) > 1 else float("nan")
+    return {"setting": {"trials": trials, "seeds": seeds, "epochs": epochs or "the workflow's", "spaces": SPACES, "dense_gzip_bytes": DENSE_GZIP_BYTES,
+                        "match_points": MATCH_POINTS},
+            "sweeps": sweeps, "hypervolume": hv, "hypervolume_ratio": statistics.mean(ratios),
+            "hypervolume_difference": statistics.mean(differences), "hypervolume_difference_se": standard_error,
+            "cheaper_at_uniform_champion": [cheaper_at_champion(sweeps[f"uniform-seed{s}"], sweeps[f"allocation-seed{s}"]) for s in seeds]}
+
+
+def figures(payload: dict[str, Any]) -> list[Figure]:
+    seeds = len(payload["setting"]["seeds"])
+    return [
+        Figure(NAME, f"allocation / uniform normalised hypervolume, mean of {seeds} sampler seed(s)", payload["hypervolume_ratio"], at_least=1.10),
+        Figure(NAME, "allocation - uniform hypervolume / its standard error (goal: > 2)",
+               payload["hypervolume_difference"] / payload["hypervolume_difference_se"] if payload["hypervolume_difference_se"] else float("nan"), at_least=2.0),
+        Figure(NAME, f"uniform champion's gzip bytes / cheapest allocated student within {MATCH_POINTS} pt of its val accuracy, mean",
+               statistics.mean(payload["cheaper_at_uniform_champion"]), at_least=1.3),
+    ]
+
+
+def markdown(payload: dict[str, Any]) -> str:
+    rows = []
+    for key, sweep in payload["sweeps"].items():
+        best = max(sweep["points"], key=lambda p: p[ACCURACY])
+        rows.append([key, sweep["epochs"], len(sweep["points"]), f"{normalised_hypervolume(sweep):.4f}", f"{100 * best[ACCURACY]:.2f}",
+                     f"trial {sweep['champion']['trial']}: {100 * sweep['champion'][ACCURACY]:.2f}% at {sweep['champion'][COST]:,.0f} B", f"{sweep['seconds']:.0f}"])
+    return "\n".join([
+        "# Per-layer allocation against uniform compression, Fashion-MNIST (issue 33)", "",
+        f"Measured at commit `{payload['commit']}`, {payload['measured_at']}{' (--quick smoke run)' if payload['quick'] else ''}: "
+        f"{payload['setting']['trials']} trials per sweep, sampler seeds {payload['setting']['seeds']}, epochs: {payload['setting']['epochs']}.", "",
+        figures_table(figures(payload)), "",
+        format_table(["sweep", "epochs", "finished trials", "normalised hypervolume", "best int8 val %", "champion (workflow policy)", "sweep s"], rows), "",
+    ])
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--trials", type=int, default=16)
+    parser.add_argument("--seeds", type=int, default=3, help="sampler seeds 0..N-1, the same for both spaces")
+    parser.add_argument("--epochs", type=int, default=None, help="shorter trials than the workflow's (a screen)")
+    parser.add_argument("--quick", action="store_true", help="smoke run: the workflow's quick settings, 2 trials, 1 seed")
+    args = parser.parse_args(argv)
+    trials, seeds = (2, [0]) if args.quick else (args.trials, list(range(args.seeds)))
+    payload = write_result(NAME, run(trials, seeds, args.epochs, args.quick), args.quick)
+    write_page(NAME, markdown(payload), args.quick)
+    print(figures_table(figures(payload)))
+    return payload
+
+
+if __name__ == "__main__":
+    main()
