@@ -18,10 +18,9 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-from pathlib import Path
 from typing import Any
 
-from benchmarks.common import REPO, Figure, figures_table, format_table, write_page, write_result
+from benchmarks.common import REPO, Figure, figures_table, format_table, write_result_and_page
 from benchmarks.fashion_mnist import bench_workflow, run_sweep
 from benchmarks.search_efficiency import hypervolume_2d
 from lepton_ray import metrics
@@ -117,10 +116,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--quick", action="store_true", help="smoke run: the workflow's quick settings, 2 trials, 1 seed")
     args = parser.parse_args(argv)
     trials, seeds = (2, [0]) if args.quick else (args.trials, list(range(args.seeds)))
-    payload = write_result(NAME, run(trials, seeds, args.epochs, args.quick), args.quick)
-    write_page(NAME, markdown(payload), args.quick)
-    print(figures_table(figures(payload)))
-    return payload
+    return write_result_and_page(NAME, run(trials, seeds, args.epochs, args.quick), args.quick, markdown, figures)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass, replace
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch.utils.data import TensorDataset
@@ -110,6 +110,15 @@ def write_page(name: str, text: str, quick: bool) -> Path:
     page.write_text(text)
     print(f"wrote {page.relative_to(REPO)}")
     return page
+
+
+def write_result_and_page(name: str, payload: dict[str, Any], quick: bool, markdown: Callable[[dict[str, Any]], str],
+                          figures: Callable[[dict[str, Any]], list["Figure"]]) -> dict[str, Any]:
+    """A benchmark's whole output: its JSON, its Markdown page, its figures table on stdout; returns what was written."""
+    written = write_result(name, payload, quick)
+    write_page(name, markdown(written), quick)
+    print(figures_table(figures(written)))
+    return written
 
 
 def describe_machine_line(machine: dict[str, Any]) -> str:

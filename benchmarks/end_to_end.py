@@ -17,10 +17,9 @@ import argparse
 import shutil
 import statistics
 import time
-from pathlib import Path
 from typing import Any
 
-from benchmarks.common import REPO, Figure, figures_table, format_table, write_page, write_result
+from benchmarks.common import REPO, Figure, figures_table, format_table, write_result_and_page
 from benchmarks.fashion_mnist import QUICK, WORKFLOW, run_sweep
 from lepton_ray import metrics
 from lepton_ray.config import SelectionConfig, TrainingConfig, load_workflow
@@ -140,10 +139,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smoke run: the workflow's quick settings (1 epoch, 2 trials)")
     args = parser.parse_args(argv)
-    payload = write_result(NAME, run(args.quick), args.quick)
-    write_page(NAME, markdown(payload), args.quick)
-    print(figures_table(figures(payload)))
-    return payload
+    return write_result_and_page(NAME, run(args.quick), args.quick, markdown, figures)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.common import REPO, Figure, figures_table, format_table, write_page, write_result
+from benchmarks.common import REPO, Figure, figures_table, format_table, write_result_and_page
 from lepton_ray.compress.layers import weight_layers
 from lepton_ray.compress.sensitivity import CANDIDATE_BITS, CANDIDATE_SPARSITY, sensitivity_profile
 from lepton_ray.config import DataConfig, ModelSpec, load_workflow
@@ -99,10 +99,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smoke run: 1 profile epoch, the two small students")
     args = parser.parse_args(argv)
-    payload = write_result(NAME, run(args.quick), args.quick)
-    write_page(NAME, markdown(payload), args.quick)
-    print(figures_table(figures(payload)))
-    return payload
+    return write_result_and_page(NAME, run(args.quick), args.quick, markdown, figures)
 
 
 if __name__ == "__main__":
