@@ -15,6 +15,7 @@ Every trial's saved student is then re-tested in PyTorch and as an int8 file in 
 
 from __future__ import annotations
 
+import os
 import argparse
 import multiprocessing
 import shutil
@@ -31,6 +32,7 @@ import torch
 from benchmarks.common import REPO, Figure, format_table, measured_commit, train_student, write_page, write_result
 from benchmarks.teacher_asset import install_committed_teacher
 from lepton_ray import metrics
+from lepton_ray.tracking import uris
 from lepton_ray.export.shipped_cost import file_cost
 from lepton_ray.config import WorkflowConfig, load_workflow
 from lepton_ray.data.datasets import DataSplits, build_data
@@ -111,8 +113,14 @@ def run_sweep(overrides: dict[str, Any]) -> float:
     for key, value in overrides.items():
         command += ["--set", f"{key}={value}"]
     started = time.perf_counter()
-    subprocess.run(command, cwd=REPO, check=True)
+    subprocess.run(command, cwd=REPO, check=True, env=user_environment())
     return time.perf_counter() - started
+
+
+def user_environment() -> dict[str, str]:
+    """This process's environment less `MLFLOW_TRACKING_URI` where a `Tracker` here wrote it (mlflow.set_tracking_uri
+    does): a child `lepton-ray` would take it for the user's and log into the previous sweep's store."""
+    return {key: value for key, value in os.environ.items() if not (key == "MLFLOW_TRACKING_URI" and value == uris._URI_SET_BY_TRACKER)}
 
 
 def retest_trials(wf: WorkflowConfig, trials: Any, data: DataSplits, trials_root: Path, out: Path) -> list[dict[str, Any]]:
