@@ -115,8 +115,9 @@ def train_epoch(
     loss_sum, count = 0.0, 0
     for batch in batches:
         images, labels = batch.images, batch.labels
-        with precision.autocast():  # the forward passes; the losses below read them in fp32, as a bf16 softmax would round them
-            teacher_logits, teacher_features = teacher_outputs(teachers, batch, objective.teacher_layers)
+        # teachers in fp32, as the teacher cache holds them (a live and a cached teacher give the same targets)
+        teacher_logits, teacher_features = teacher_outputs(teachers, batch, objective.teacher_layers)
+        with precision.autocast():  # the student's forward; the losses below read it in fp32, as a bf16 softmax would round it
             with capture_features(student, objective.student_layers, "student layer") as student_features:
                 student_logits = student(images)
         loss = objective(DistillInputs(
