@@ -157,7 +157,7 @@ def _finish(wf: WorkflowConfig, student: nn.Module, compression: Compression, be
     test_accuracy, _ = evaluate(final, data.test, wf.training.batch_size, device)  # the student as saved and shipped
     final = final.cpu()
     quantization = wf.compression.quantization
-    bits = quantization.bits_of(layer_names(final)) if quantization.per_layer else quantization.bits or 32
+    bits = student_weight_bits(wf, final)
     activation_bits = quantization.activation_bits if quantization.active else 32
     estimates = static_cost(final, data.model_input, bits, activation_bits, end_layer_bits(wf))
     shipped_bits = dict(zip(layer_names(final), bits)) if quantization.per_layer else bits  # the export's grid of each layer
@@ -178,10 +178,15 @@ def timed(step: Callable[..., Any], *args: Any) -> float:
 
 def planned_size_bytes(wf: WorkflowConfig, student: nn.Module, compression: Compression) -> float:
     """`size_bytes` of the student this trial will finish with, known before its first epoch (`Compression.planned`)."""
-    quantization = wf.compression.quantization
-    bits = quantization.bits_of(layer_names(student)) if quantization.per_layer else quantization.bits or 32
     with torch.no_grad():
-        return packed_size_bytes(compression.planned(student), bits, end_layer_bits(wf))  # the size only: no forward pass at start-up
+        return packed_size_bytes(compression.planned(student), student_weight_bits(wf, student), end_layer_bits(wf))  # the size only: no forward pass at start-up
+
+
+def student_weight_bits(wf: WorkflowConfig, student: nn.Module) -> int | list[int]:
+    """Weight bits of the student's conv/linear layers for the cost figures: one per layer (`weight_layers` order) where
+    `quantization.per_layer` names some, else the one width (32: float), with `end_layer_bits` beside it."""
+    quantization = wf.compression.quantization
+    return quantization.bits_of(layer_names(student)) if quantization.per_layer else quantization.bits or 32
 
 
 def end_layer_bits(wf: WorkflowConfig) -> int | None:
