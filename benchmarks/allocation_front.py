@@ -9,8 +9,13 @@ and sparsity allocated from the sweep's sensitivity profile). Everything else is
 `lepton-ray sweep --no-export`. Per sweep: the normalised hypervolume of its trials (int8 validation accuracy up,
 int8 gzip bytes down) in the box from (the workflow's `sweep.accuracy_floor`, the dense distilled student's gzip
 bytes) to (1, 0), as `search_efficiency` measures fronts; and, at the uniform champion's validation accuracy (the
-workflow's policy on the uniform sweep, within 0.3 pt), the cheapest allocated student. Finished sweeps are kept
-under runs/bench-allocation_front/ and read back. `--epochs` shortens every trial (a screen, not the issue's figure).
+workflow's policy on the uniform sweep, within 0.3 pt), the cheapest allocated student. `--epochs` shortens every
+trial (a screen, not the issue's figure).
+
+A full run is six 16-trial sweeps of 30 epochs: about five hours on 2 cores, longer than a working session. Each
+finished sweep is therefore kept as a committed record, `results/allocation_front_sweeps/<sweep>.json`, with the
+commit and machine it ran on; a later run reads the records back and runs only the missing sweeps, and `--partial`
+writes the page from the seeds whose two sweeps are both recorded, without running any.
 """
 
 from __future__ import annotations
@@ -18,9 +23,10 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+from pathlib import Path
 from typing import Any
 
-from benchmarks.common import REPO, Figure, figures_table, format_table, write_result_and_page
+from benchmarks.common import REPO, RESULTS, Figure, describe_machine, figures_table, format_table, measured_commit, write_result_and_page
 from benchmarks.fashion_mnist import bench_workflow, run_sweep
 from benchmarks.search_efficiency import hypervolume_2d
 from lepton_ray import metrics
@@ -32,15 +38,22 @@ SPACES = {"uniform": "search_spaces/fashion_mnist.yaml", "allocation": "search_s
 DENSE_GZIP_BYTES = 24_581
 """The dense distilled FM student's int8 gzip bytes (`benchmarks/results/fashion_mnist.json: dense_kd_student_cost`): the box's cost edge."""
 MATCH_POINTS = 0.3
+BUDGET_BYTES = 10_800
+"""Issue 31's size for a Fashion-MNIST student (int8 gzip bytes): each sweep's most accurate trial within it is shown."""
 ACCURACY, COST = metrics.SELECTION_ACCURACY, metrics.INT8_GZIP_BYTES
 
 
+def sweep_record(space: str, seed: int, trials: int, epochs: int | None, quick: bool) -> Path:
+    """Where a finished sweep is kept: committed beside the results, a smoke run's under runs/ only."""
+    tag = f"{space}-seed{seed}-n{trials}" + (f"-e{epochs}" if epochs else "")
+    return REPO / "runs" / f"bench-{NAME}" / f"{tag}-quick" / "result.json" if quick else RESULTS / f"{NAME}_sweeps" / f"{tag}.json"
+
+
 def one_sweep(space: str, seed: int, trials: int, epochs: int | None, quick: bool) -> dict[str, Any]:
-    tag = f"{space}-seed{seed}-n{trials}" + (f"-e{epochs}" if epochs else "") + ("-quick" if quick else "")
-    folder = REPO / "runs" / f"bench-{NAME}" / tag
-    kept = folder / "result.json"
+    kept = sweep_record(space, seed, trials, epochs, quick)
     if kept.is_file():
         return json.loads(kept.read_text())
+    folder = REPO / "runs" / f"bench-{NAME}" / (kept.parent.name if quick else kept.stem)
     folder.mkdir(parents=True, exist_ok=True)
     extra = {"sweep.space": str(REPO / SPACES[space]), "sweep.seed": seed, "sweep.num_samples": trials, **({"training.epochs": epochs} if epochs else {})}
     wf, overrides = bench_workflow(folder, quick, None, extra)
@@ -49,9 +62,11 @@ def one_sweep(space: str, seed: int, trials: int, epochs: int | None, quick: boo
     done = completed(outcome.trials, COST, wf.export.tolerance)
     champion = select(outcome.trials, COST, float("nan"), wf.selection, wf.export.tolerance)
     result = {"space": space, "seed": seed, "trials": trials, "epochs": wf.training.epochs, "seconds": seconds, "accuracy_floor": wf.sweep.accuracy_floor,
+              "commit": measured_commit(), "cpu_model": describe_machine()["cpu_model"],
               "points": [{"trial": int(row["trial"]), ACCURACY: float(row[ACCURACY]), COST: float(row[COST]), metrics.TEST_ACCURACY: float(row[metrics.TEST_ACCURACY])}
                          for _, row in done.iterrows()],
               "champion": {"trial": int(champion.trial), ACCURACY: float(champion.row[ACCURACY]), COST: float(champion.row[COST])}}
+    kept.parent.mkdir(parents=True, exist_ok=True)
     kept.write_text(json.dumps(result, indent=1) + "\n")
     return result
 
@@ -62,11 +77,22 @@ def normalised_hypervolume(result: dict[str, Any]) -> float:
     return area / ((1.0 - floor) * DENSE_GZIP_BYTES)
 
 
+def within_budget(result: dict[str, Any]) -> dict[str, Any] | None:
+    """The trial with the best validation accuracy at most `BUDGET_BYTES` (issue 31's size), or None."""
+    fitting = [p for p in result["points"] if p[COST] <= BUDGET_BYTES]
+    return max(fitting, key=lambda p: p[ACCURACY]) if fitting else None
+
+
 def cheaper_at_champion(uniform: dict[str, Any], allocation: dict[str, Any]) -> float:
     """Uniform champion's gzip bytes / the cheapest allocated student within `MATCH_POINTS` of its validation accuracy (NaN: none)."""
     target = uniform["champion"][ACCURACY] - MATCH_POINTS / 100
     matching = [p[COST] for p in allocation["points"] if p[ACCURACY] >= target]
     return uniform["champion"][COST] / min(matching) if matching else float("nan")
+
+
+def recorded_seeds(trials: int, seeds: list[int], epochs: int | None) -> list[int]:
+    """The seeds whose sweeps in both spaces are already recorded."""
+    return [seed for seed in seeds if all(sweep_record(space, seed, trials, epochs, False).is_file() for space in SPACES)]
 
 
 def run(trials: int, seeds: list[int], epochs: int | None, quick: bool) -> dict[str, Any]:
@@ -97,14 +123,18 @@ def markdown(payload: dict[str, Any]) -> str:
     rows = []
     for key, sweep in payload["sweeps"].items():
         best = max(sweep["points"], key=lambda p: p[ACCURACY])
+        within = within_budget(sweep)
         rows.append([key, sweep["epochs"], len(sweep["points"]), f"{normalised_hypervolume(sweep):.4f}", f"{100 * best[ACCURACY]:.2f}",
-                     f"trial {sweep['champion']['trial']}: {100 * sweep['champion'][ACCURACY]:.2f}% at {sweep['champion'][COST]:,.0f} B", f"{sweep['seconds']:.0f}"])
+                     f"trial {sweep['champion']['trial']}: {100 * sweep['champion'][ACCURACY]:.2f}% at {sweep['champion'][COST]:,.0f} B",
+                     f"trial {within['trial']}: {100 * within[ACCURACY]:.2f}% / {100 * within[metrics.TEST_ACCURACY]:.2f}% at {within[COST]:,.0f} B" if within else "none",
+                     f"{sweep['seconds']:.0f}", f"`{sweep.get('commit', payload['commit'])[:12]}`, {sweep.get('cpu_model', 'the page machine')}"])
     return "\n".join([
         "# Per-layer allocation against uniform compression, Fashion-MNIST (issue 33)", "",
         f"Measured at commit `{payload['commit']}`, {payload['measured_at']}{' (--quick smoke run)' if payload['quick'] else ''}: "
         f"{payload['setting']['trials']} trials per sweep, sampler seeds {payload['setting']['seeds']}, epochs: {payload['setting']['epochs']}.", "",
         figures_table(figures(payload)), "",
-        format_table(["sweep", "epochs", "finished trials", "normalised hypervolume", "best int8 val %", "champion (workflow policy)", "sweep s"], rows), "",
+        format_table(["sweep", "epochs", "finished trials", "normalised hypervolume", "best int8 val %", "champion (workflow policy)",
+                      f"most accurate within {BUDGET_BYTES:,} B on validation: int8 val / test", "sweep s", "measured at, on"], rows), "",
     ])
 
 
@@ -114,8 +144,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--seeds", type=int, default=3, help="sampler seeds 0..N-1, the same for both spaces")
     parser.add_argument("--epochs", type=int, default=None, help="shorter trials than the workflow's (a screen)")
     parser.add_argument("--quick", action="store_true", help="smoke run: the workflow's quick settings, 2 trials, 1 seed")
+    parser.add_argument("--partial", action="store_true", help="run nothing: the page from the seeds already recorded in both spaces")
     args = parser.parse_args(argv)
     trials, seeds = (2, [0]) if args.quick else (args.trials, list(range(args.seeds)))
+    if args.partial:
+        seeds = recorded_seeds(trials, seeds, args.epochs)
+        if not seeds:
+            raise SystemExit(f"{NAME} --partial: no seed has both sweeps recorded under {RESULTS.relative_to(REPO)}/{NAME}_sweeps/; run without --partial")
     return write_result_and_page(NAME, run(trials, seeds, args.epochs, args.quick), args.quick, markdown, figures)
 
 
