@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchmarks.common import CPU, REPO, RESULTS, Figure, format_table, measured_commit, quickstart_workflow, train_student, write_result
+from benchmarks.common import CPU, MEASURED_KERNELS, REPO, RESULTS, Figure, format_table, measured_commit, quickstart_workflow, train_student, write_result
 from lepton_ray.checkpoints import load_safe
 from lepton_ray.compress.quantize import trained_input_ranges
 from lepton_ray.config import WorkflowConfig, load_workflow
@@ -115,7 +115,7 @@ def run_dataset(label: str, make_workflow: Any, teachers: list[torch.nn.Module],
 def run(quick: bool, seeds: list[int], fashion_root: Path | None) -> dict[str, Any]:
     commit = measured_commit()
     bits = BITS[:1] if quick else BITS
-    extra = QUICK if quick else {}
+    extra = {**MEASURED_KERNELS, **(QUICK if quick else {})}
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="lepton-ranges-") as scratch:
         folder = Path(scratch)

@@ -39,6 +39,10 @@ RESULTS = REPO / "benchmarks" / "results"
 QUICKSTART = REPO / "workflows" / "digits_quickstart.yaml"
 CPU = torch.device("cpu")
 VERSIONED = ("ray", "optuna", "onnxruntime", "onnx")
+MEASURED_KERNELS = {"training.channels_last": False, "training.fused_optimizer": False, "training.precision": "fp32"}
+"""The training kernels before issue 32 (contiguous weights, unfused optimizer, fp32), which the committed figures were
+measured with: a benchmark that trains pins them so a rerun measures what its file says. A benchmark rerun on the
+defaults drops the pin and says so in its page."""
 
 
 # ---- machine and result files ----------------------------------------------------------------

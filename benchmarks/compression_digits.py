@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.common import QUICKSTART, REPO, RESULTS, measured_commit, quickstart_workflow, train_student
+from benchmarks.common import MEASURED_KERNELS, QUICKSTART, REPO, RESULTS, measured_commit, quickstart_workflow, train_student
 from lepton_ray import metrics
 from lepton_ray.data.datasets import build_data
 from lepton_ray.trial.teacher import prepare_teachers
@@ -68,7 +68,7 @@ def main() -> None:
     for variant in args.variants:
         runs = []
         for seed in args.seeds:
-            wf = quickstart_workflow({**VARIANTS[variant], "training.seed": seed})
+            wf = quickstart_workflow({**MEASURED_KERNELS, **VARIANTS[variant], "training.seed": seed})
             started = time.perf_counter()
             final_metrics = train_student(wf, data, [teacher])
             runs.append({name: final_metrics[name] for name in REPORTED})

@@ -22,7 +22,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import REPO, Figure, figures_table, format_table, write_page, write_result
+from benchmarks.common import MEASURED_KERNELS, REPO, Figure, figures_table, format_table, write_page, write_result
 from benchmarks.distill_gain import CONFIGS, run_overrides, one_run
 from benchmarks.fashion_mnist import bench_workflow
 from lepton_ray import metrics
@@ -35,7 +35,7 @@ RECIPE = "dist"
 """distill_gain's DIST recipe, 10 epochs: long enough to separate the arms from noise, short enough for 3 seeds x 2 configs."""
 ARMS: dict[str, dict[str, Any]] = {
     "defaults": {"training.channels_last": None, "training.fused_optimizer": True, "training.precision": "auto"},
-    "before": {"training.channels_last": False, "training.fused_optimizer": False, "training.precision": "fp32"},
+    "before": MEASURED_KERNELS,
 }
 
 

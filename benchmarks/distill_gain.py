@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.common import REPO, Figure, format_table, measured_commit, result_path, train_student, write_page, write_result
+from benchmarks.common import MEASURED_KERNELS, REPO, Figure, format_table, measured_commit, result_path, train_student, write_page, write_result
 from benchmarks.fashion_mnist import bench_workflow
 from lepton_ray import metrics
 from lepton_ray.data.datasets import build_data
@@ -70,8 +70,6 @@ RECIPES: dict[str, dict[str, Any]] = {
     "function_matching": {"pipeline": "mixup", "teacher": {**KD, "distillation.alpha": 1.0},
                           "what": f"mixup views labelled by the teacher alone (alpha 1; labels-only: mixed labels), {PATIENT_EPOCHS} epochs"},
 }
-KERNELS = {"training.channels_last": False, "training.fused_optimizer": False, "training.precision": "fp32"}
-"""The kernels every run here was trained with (the defaults before issue 32): a rerun reproduces the table."""
 QUICK_EPOCHS, QUICK_VIEWS = 1, 2
 LABELS_ONLY, WITH_TEACHER = "labels_only", "teacher"
 
@@ -94,7 +92,7 @@ def run_overrides(config: dict[str, Any], recipe: str, arm: str, seed: int, quic
     (`quick`: one epoch over at most two views)."""
     spec = RECIPES[recipe]
     arm_overrides = spec["teacher"] if arm == WITH_TEACHER else {"distillation.alpha": 0.0}
-    overrides = {**KERNELS, **config, **PIPELINES[spec["pipeline"]], **arm_overrides, "training.seed": seed}
+    overrides = {**MEASURED_KERNELS, **config, **PIPELINES[spec["pipeline"]], **arm_overrides, "training.seed": seed}
     if quick:
         overrides["training.epochs"] = QUICK_EPOCHS
         if "data.augment" in overrides:

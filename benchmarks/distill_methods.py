@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import REPO, RESULTS, measured_commit, train_student
+from benchmarks.common import MEASURED_KERNELS, REPO, RESULTS, measured_commit, train_student
 from lepton_ray import metrics
 from lepton_ray.config import WorkflowConfig, load_workflow
 from lepton_ray.data.datasets import build_data
@@ -64,7 +64,7 @@ def row_workflow(row: str) -> tuple[Path, dict[str, object]]:
 
 
 def run(seeds: list[int], label_fraction: float, epochs: int) -> dict[str, object]:
-    student_overrides = {"data.label_fraction": label_fraction, "training.epochs": epochs}
+    student_overrides = {**MEASURED_KERNELS, "data.label_fraction": label_fraction, "training.epochs": epochs}
     results: dict[str, dict[str, object]] = {}
     teacher_accuracy: dict[str, float] = {}
     for row in ROWS:

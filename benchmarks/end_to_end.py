@@ -19,7 +19,7 @@ import statistics
 import time
 from typing import Any
 
-from benchmarks.common import REPO, Figure, figures_table, format_table, write_result_and_page
+from benchmarks.common import MEASURED_KERNELS, REPO, Figure, figures_table, format_table, write_result_and_page
 from benchmarks.fashion_mnist import QUICK, WORKFLOW, run_sweep
 from lepton_ray import metrics
 from lepton_ray.config import SelectionConfig, TrainingConfig, load_workflow
@@ -33,7 +33,7 @@ NAME = "end_to_end"
 OLD_RECIPE_EPOCHS, QUICK_OLD_RECIPE_EPOCHS = 2, 1
 SIZE_GOAL_BYTES = 10_800
 """Issue 31's size: the front's most accurate student within it, chosen on validation, is reported beside the champion."""
-OLD_KERNELS = TrainingConfig(channels_last=False, fused_optimizer=False, precision="fp32")
+OLD_KERNELS = TrainingConfig(**{path.removeprefix("training."): value for path, value in MEASURED_KERNELS.items()})
 """What teacher training ran before issue 32 (the same recipe: epochs, batch, learning rate, views)."""
 SECONDS = (metrics.SETUP_S, metrics.COMPUTE_S, metrics.REESTIMATE_S, metrics.FINISH_S)
 

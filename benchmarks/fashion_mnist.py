@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.common import REPO, Figure, format_table, measured_commit, train_student, write_page, write_result
+from benchmarks.common import MEASURED_KERNELS, REPO, Figure, format_table, measured_commit, train_student, write_page, write_result
 from benchmarks.teacher_asset import install_committed_teacher
 from lepton_ray import metrics
 from lepton_ray.tracking import uris
@@ -56,9 +56,6 @@ QUICK = {"training.epochs": 1, "teacher.train.epochs": 1, "sweep.num_samples": 2
 CONTROL_SEEDS = 3
 """Seeds of the champion's labels-only control: each pairs a run with the teacher and one without."""
 LABELS_ONLY, KD = "labels only (alpha=0)", "with teacher (the workflow's distillation)"
-KERNELS = {"training.channels_last": False, "training.fused_optimizer": False, "training.precision": "fp32"}
-"""The kernels the committed results were measured with (the defaults before issue 32), so that a rerun reproduces
-them; `benchmarks/end_to_end.py` runs the workflow with today's defaults, and default_speedups compares the two."""
 DENSE_PROCESSES = 2
 """Dense runs at a time: each is single-threaded, so two use the machine's 2 cores as the sweep's two trials do."""
 
@@ -164,7 +161,7 @@ def run(quick: bool, seeds: list[int], data_root: Path | None) -> dict[str, Any]
     commit = measured_commit()
     folder = REPO / "runs" / f"bench-{NAME}{'-quick' if quick else ''}"
     shutil.rmtree(folder, ignore_errors=True)  # the benchmark's own scratch folder: every run measures a fresh sweep
-    wf, overrides = bench_workflow(folder, quick, data_root, KERNELS)
+    wf, overrides = bench_workflow(folder, quick, data_root, MEASURED_KERNELS)
     started = time.perf_counter()
     data = build_data(wf.data)
     load_seconds = time.perf_counter() - started

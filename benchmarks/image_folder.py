@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch.utils.data import Subset
 
-from benchmarks.common import REPO, Figure, StudentRun, measured_commit, write_result
+from benchmarks.common import MEASURED_KERNELS, REPO, Figure, StudentRun, measured_commit, write_result
 from benchmarks.fashion_mnist import WORKFLOW
 from lepton_ray.config import DataConfig, load_workflow
 from lepton_ray.data.datasets import FASHION_MNIST_CLASSES, FASHION_MNIST_DEBIAN, IDX_FILES, _find_idx, _read_idx
@@ -95,7 +95,7 @@ def run(quick: bool, data_root: Path) -> dict[str, Any]:
     identical = all(torch.equal(a.tensors[0], b.tensors[0]) and torch.equal(a.tensors[1], b.tensors[1])
                     for a, b in zip((from_folder.train, from_folder.val, from_folder.test), (in_memory.train, in_memory.val, in_memory.test)))
     variants = {"in_memory": in_memory, "imagefolder": from_folder, "decoded_every_epoch": file_backed(folder / "train", cfg, in_memory)}
-    wf = load_workflow(WORKFLOW, {"distillation.alpha": 0.0, "output_dir": str(folder / "runs"), "training.epochs": EPOCHS})
+    wf = load_workflow(WORKFLOW, {**MEASURED_KERNELS, "distillation.alpha": 0.0, "output_dir": str(folder / "runs"), "training.epochs": EPOCHS})
     runs = {name: StudentRun(wf, data, []) for name, data in variants.items()}
     seconds: dict[str, list[float]] = {name: [] for name in runs}
     for epoch in range(EPOCHS):

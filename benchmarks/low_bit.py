@@ -21,7 +21,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
-from benchmarks.common import REPO, Figure, format_table, measured_commit, write_result
+from benchmarks.common import MEASURED_KERNELS, REPO, Figure, format_table, measured_commit, write_result
 from benchmarks.fashion_mnist import bench_workflow
 from benchmarks.search_grid import BITS, start_worker, train_point
 from lepton_ray import metrics
@@ -37,7 +37,7 @@ def run(quick: bool, data_root, teacher_file) -> dict[str, Any]:
     setting = SETTINGS[quick]
     folder = REPO / "runs" / f"bench-{NAME}{'-quick' if quick else ''}"
     shutil.rmtree(folder, ignore_errors=True)
-    _, overrides = bench_workflow(folder, quick, data_root, {"training.epochs": setting["epochs"], "compression.pruning.sparsity": 0.0,
+    _, overrides = bench_workflow(folder, quick, data_root, {**MEASURED_KERNELS, "training.epochs": setting["epochs"], "compression.pruning.sparsity": 0.0,
                                                              "compression.channel_pruning.sparsity": 0.0, "student.options.width": 1.0,
                                                              **({"teacher.checkpoint": str(teacher_file)} if teacher_file else {})})
     points = [{BITS: bits, "training.seed": seed} for bits in BIT_WIDTHS for seed in setting["seeds"]]

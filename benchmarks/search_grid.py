@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch.utils.data import TensorDataset
 
-from benchmarks.common import REPO, Figure, measured_commit, train_student_reports, write_result
+from benchmarks.common import MEASURED_KERNELS, REPO, Figure, measured_commit, train_student_reports, write_result
 from benchmarks.fashion_mnist import WORKFLOW, bench_workflow
 from lepton_ray import metrics
 from lepton_ray.config import load_workflow
@@ -111,7 +111,7 @@ def run(quick: bool, data_root: Path | None, teacher_file: Path | None, train_sa
     commit = measured_commit()  # at the start: the tree may move during a long run
     folder = REPO / "runs" / f"bench-{NAME}{'-quick' if quick else ''}"
     shutil.rmtree(folder, ignore_errors=True)  # the teacher cache here must be this run's sample's
-    extra = {"training.epochs": EPOCHS[quick], "training.batch_size": BATCH_SIZE, **({"teacher.checkpoint": str(teacher_file)} if teacher_file else {})}
+    extra = {**MEASURED_KERNELS, "training.epochs": EPOCHS[quick], "training.batch_size": BATCH_SIZE, **({"teacher.checkpoint": str(teacher_file)} if teacher_file else {})}
     wf, overrides = bench_workflow(folder, quick, data_root, extra)
     started = time.perf_counter()
     shared = prepare(overrides, train_samples, val_samples, folder)  # trains the teacher if needed, builds the cache once

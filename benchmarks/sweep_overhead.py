@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.common import QUICKSTART, Figure, write_result
+from benchmarks.common import MEASURED_KERNELS, QUICKSTART, Figure, write_result
 from lepton_ray import metrics
 from lepton_ray.checks import check_workflow
 from lepton_ray.config import WorkflowConfig, load_workflow
@@ -36,12 +36,13 @@ SEED_SPACE = "params:\n  training.seed: {type: int, low: 0, high: 100000}\n"
 
 
 def benchmark_workflow(folder: Path, trials: int, epochs: int, workers: int, concurrent: int, extra: dict[str, Any] | None = None) -> WorkflowConfig:
-    """The quickstart with its own storage, MLflow file and a seed-only search space (random sampler); `extra` overrides on top."""
+    """The quickstart with its own storage, MLflow file, a seed-only search space (random sampler) and the kernels its
+    benchmarks' committed figures were measured with (`MEASURED_KERNELS`); `extra` overrides on top."""
     folder.mkdir(parents=True, exist_ok=True)
     space = folder / "seed_space.yaml"
     space.write_text(SEED_SPACE)
     return load_workflow(QUICKSTART, {
-        "name": f"bench-w{workers}-c{concurrent}", "output_dir": str(folder / "runs"),
+        **MEASURED_KERNELS, "name": f"bench-w{workers}-c{concurrent}", "output_dir": str(folder / "runs"),
         "teacher.checkpoint": str(folder / "teacher.pt"), "tracking.uri": f"sqlite:///{folder / 'mlflow.db'}",
         "tracking.experiment": f"bench-w{workers}-c{concurrent}", "sweep.space": str(space), "sweep.searcher": "random",
         "sweep.num_samples": trials, "training.epochs": epochs, "resources.num_workers": workers,

@@ -30,7 +30,7 @@ from typing import Any
 
 import yaml
 
-from benchmarks.common import QUICKSTART, Figure, measured_commit, result_path, write_result
+from benchmarks.common import MEASURED_KERNELS, QUICKSTART, Figure, measured_commit, result_path, write_result
 from lepton_ray import metrics
 from lepton_ray.cluster.local_nodes import local_nodes
 from lepton_ray.config import apply_overrides, load_workflow
@@ -58,7 +58,7 @@ def workflow_file(folder: Path, trials: int, searcher: str) -> Path:
     (folder / "space.yaml").write_text(SPACE)
     name = f"scale-{searcher}-{trials}"
     content = apply_overrides(yaml.safe_load(QUICKSTART.read_text()), {
-        **TINY_TRIAL, "name": name, "output_dir": str(folder / "runs"), "teacher.checkpoint": str(folder.parent / "teacher.pt"),
+        **MEASURED_KERNELS, **TINY_TRIAL, "name": name, "output_dir": str(folder / "runs"), "teacher.checkpoint": str(folder.parent / "teacher.pt"),
         "tracking.uri": f"sqlite:///{folder / 'mlflow.db'}", "tracking.experiment": name, "sweep.space": str(folder / "space.yaml"),
         "sweep.searcher": searcher, "sweep.num_samples": trials,
     })

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.common import REPO, Figure, format_table, train_student, write_result
+from benchmarks.common import MEASURED_KERNELS, REPO, Figure, format_table, train_student, write_result
 from lepton_ray import metrics
 from lepton_ray.checkpoints import load_safe
 from lepton_ray.config import WorkflowConfig, load_workflow
@@ -46,7 +46,7 @@ def seed_workflow(seed: int, quick: bool, overrides: dict[str, Any] | None = Non
     epochs = {key: value for key, value in {"teacher.train.epochs": setting["teacher_epochs"], "training.epochs": setting["student_epochs"]}.items() if value}
     folder = REPO / "runs" / f"bench-{NAME}{'-quick' if quick else ''}"
     paths = {"output_dir": str(folder), "teacher.checkpoint": str(folder / f"teacher-seed{seed}.pt")}
-    return load_workflow(WORKFLOW, {**paths, **epochs, "training.seed": seed, "compression.pruning.sparsity": 0.0, "compression.quantization.bits": None,
+    return load_workflow(WORKFLOW, {**MEASURED_KERNELS, **paths, **epochs, "training.seed": seed, "compression.pruning.sparsity": 0.0, "compression.quantization.bits": None,
                                     **(overrides or {})})
 
 
