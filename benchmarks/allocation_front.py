@@ -127,7 +127,7 @@ def markdown(payload: dict[str, Any]) -> str:
         rows.append([key, sweep["epochs"], len(sweep["points"]), f"{normalised_hypervolume(sweep):.4f}", f"{100 * best[ACCURACY]:.2f}",
                      f"trial {sweep['champion']['trial']}: {100 * sweep['champion'][ACCURACY]:.2f}% at {sweep['champion'][COST]:,.0f} B",
                      f"trial {within['trial']}: {100 * within[ACCURACY]:.2f}% / {100 * within[metrics.TEST_ACCURACY]:.2f}% at {within[COST]:,.0f} B" if within else "none",
-                     f"{sweep['seconds']:.0f}", f"`{sweep.get('commit', payload['commit'])[:12]}`, {sweep.get('cpu_model', 'the page machine')}"])
+                     f"{sweep['seconds']:.0f}", f"`{sweep.get('commit', 'not recorded')[:12]}`, {sweep.get('cpu_model', 'the page machine')}"])
     return "\n".join([
         "# Per-layer allocation against uniform compression, Fashion-MNIST (issue 33)", "",
         f"Measured at commit `{payload['commit']}`, {payload['measured_at']}{' (--quick smoke run)' if payload['quick'] else ''}: "

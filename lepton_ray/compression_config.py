@@ -150,10 +150,16 @@ class AllocationConfig(StrictModel):
         return self.bits_per_weight is not None
 
 
+def stored_bits(count: float, nonzero: float, bits: int) -> float:
+    """Bits `count` weights with `nonzero` non-zeros take at `bits`: dense, or a 1-bit-per-weight bitmap plus the
+    non-zeros when smaller (per-channel scales aside). The one storage formula: `size_bytes` measures with it
+    (`compress/cost.py: stored_weight_bits`) and allocation budgets with it."""
+    return min(count * bits, count + nonzero * bits)
+
+
 def stored_bits_per_weight(bits: int, sparsity: float) -> float:
-    """Bits one weight takes at `bits` and `sparsity`: dense, or a 1-bit-per-weight bitmap plus the non-zeros when smaller
-    (`compress/cost.py: stored_weight_bits`, per-channel scales aside)."""
-    return min(bits, 1 + (1 - sparsity) * bits)
+    """`stored_bits` of one weight at `sparsity`: what an allocation budget in bits per weight counts."""
+    return stored_bits(1, 1 - sparsity, bits)
 
 
 class CompressionConfig(StrictModel):

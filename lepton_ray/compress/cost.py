@@ -18,6 +18,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from lepton_ray import metrics
 from lepton_ray.compress.layers import layer_bit_widths, weight_layers
+from lepton_ray.compression_config import stored_bits
 from lepton_ray.data.inputs import ModelInput, as_model_input
 
 FLOAT_BITS = 32
@@ -49,7 +50,7 @@ def stored_weight_bits(weight: torch.Tensor, bits: int) -> int:
     numel = weight.numel()
     nonzero = int(torch.count_nonzero(weight))
     scale_bits = weight.shape[0] * FLOAT_BITS if bits < FLOAT_BITS else 0
-    return min(numel * bits, numel + nonzero * bits) + scale_bits
+    return int(stored_bits(numel, nonzero, bits)) + scale_bits
 
 
 def _other_parameters(model: nn.Module) -> list[torch.Tensor]:
