@@ -69,7 +69,7 @@ def run(seeds: list[int], label_fraction: float, epochs: int) -> dict[str, objec
     teacher_accuracy: dict[str, float] = {}
     for row in ROWS:
         path, overrides = row_workflow(row)
-        wf = load_workflow(path, overrides)
+        wf = load_workflow(path, {**MEASURED_KERNELS, **overrides})  # the pin reaches the teachers too
         teachers = [] if row == BASELINE else teachers_for(wf, teacher_accuracy)
         started = time.perf_counter()
         accuracies = [test_accuracy(load_workflow(path, {**student_overrides, **overrides, "training.seed": seed}), teachers) for seed in seeds]

@@ -29,7 +29,7 @@ def trained(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Replaces teacher training by an untrained model of the right shape; lists the epochs of each training."""
     runs: list[int] = []
 
-    def train(cfg, data, seed, fingerprint_value, log=print):
+    def train(cfg, data, seed, fingerprint_value, log=print, kernels=None):
         runs.append(cfg.train.epochs)
         model = build_model(cfg, data.input_shape, data.num_classes, field="teacher")
         return model_payload(model, cfg.name, cfg.options, data, test_accuracy=0.5, fingerprint=fingerprint_value)
@@ -51,6 +51,20 @@ def test_a_teacher_is_trained_and_saved_where_no_file_exists_and_reused_after(tm
     assert first.path == tmp_path / "teachers" / "large.pt" and first.payload["fingerprint"] == fingerprint(wf.teacher, wf.data, wf.training.seed)
     (again,) = prepare_teachers(wf, data, log=lambda _: None)
     assert trained == [15] and again.sha256 == first.sha256
+
+
+@pytest.mark.parametrize("pinned, expected_channels_last", [(False, False), (True, None), (None, None)])
+def test_the_teacher_trains_with_the_workflows_kernels(tmp_path, data, monkeypatch, pinned, expected_channels_last):
+    """A benchmark or user pinning `training` kernels pins the teacher stage too; channels_last: true (checked against the
+    student only) becomes 'where the teacher runs it'."""
+    kernels_seen = []
+    real = teacher.train_teacher
+    monkeypatch.setattr(teacher, "train_teacher", lambda *args: kernels_seen.append(args[5]) or real(*args))
+    wf = load_workflow(QUICKSTART, {"output_dir": str(tmp_path / "runs"), "teacher.checkpoint": str(tmp_path / "t.pt"), "teacher.train": {"epochs": 1},
+                                    "training.precision": "fp32", "training.fused_optimizer": False, "training.channels_last": pinned})
+    prepare_teachers(wf, data, log=lambda _: None)
+    (kernels,) = kernels_seen
+    assert (kernels.precision, kernels.fused_optimizer, kernels.channels_last) == ("fp32", False, expected_channels_last)
 
 
 def test_a_teacher_trained_for_other_settings_is_kept_and_this_workflows_own_goes_to_the_run_folder(tmp_path, data, trained):

@@ -158,7 +158,7 @@ def prepare_teachers(wf: WorkflowConfig, data: DataSplits, log=echo) -> list[Tea
         if payload is None:
             assert cfg.train is not None  # locate_teacher refuses a missing file without a 'train' block
             log(f"training teacher {cfg.name} ({cfg.train.epochs} epochs) -> {source.path}")
-            payload = train_teacher(cfg, data, wf.training.seed, fingerprint(cfg, wf.data, wf.training.seed), log)
+            payload = train_teacher(cfg, data, wf.training.seed, fingerprint(cfg, wf.data, wf.training.seed), log, teacher_kernels(wf.training))
             save_atomic(payload, source.path)
         payload = fit_to_data(payload, data)
         check_teacher_fits(payload, data, source.field)
@@ -244,10 +244,17 @@ def weight_mismatches(expected: dict[str, torch.Tensor], saved: dict[str, Any]) 
     return shapes + missing + unexpected
 
 
+def teacher_kernels(training: TrainingConfig) -> TrainingConfig:
+    """The workflow's training kernels (precision, fused optimizer, memory format) for its teacher: a user who pins them
+    pins the whole run. `channels_last: true` was checked against the student only, so the teacher gets it where it
+    runs on it (unset) rather than forced."""
+    return training.model_copy(update={"channels_last": None}) if training.channels_last else training
+
+
 def train_teacher(cfg: TeacherConfig, data: DataSplits, seed: int, fingerprint_value: str, log=echo, kernels: TrainingConfig = TrainingConfig()) -> dict[str, Any]:
     """Plain supervised training in this process with the trial's own epoch function; keeps the best-val weights.
-    One line per epoch: on real data a teacher trains for many minutes. `kernels`: the students' defaults
-    (channels_last weights where the model runs them, fused Adam); `benchmarks/end_to_end.py` times the ones before."""
+    One line per epoch: on real data a teacher trains for many minutes. `kernels`: the workflow's (`teacher_kernels`),
+    by default channels_last weights where the model runs them, fused Adam; `benchmarks/end_to_end.py` times the ones before."""
     assert cfg.train is not None
     started = time.perf_counter()
     torch.manual_seed(seed)
