@@ -146,6 +146,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--quick", action="store_true", help="smoke run: the workflow's quick settings, 2 trials, 1 seed")
     parser.add_argument("--partial", action="store_true", help="run nothing: the page from the seeds already recorded in both spaces")
     args = parser.parse_args(argv)
+    if args.seeds < 1 or args.trials < 1:
+        parser.error("--seeds and --trials count sweeps and trials: give 1 or more")
     trials, seeds = (2, [0]) if args.quick else (args.trials, list(range(args.seeds)))
     if args.partial:
         seeds = recorded_seeds(trials, seeds, args.epochs)
