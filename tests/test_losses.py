@@ -23,7 +23,7 @@ from conftest import REPO
 from test_data import write_release
 
 CPU = torch.device("cpu")
-METHODS = ["kd", "hard", "logit_mse", "hint", "attention", "multi_teacher", "dkd", "dist"]
+METHODS = ["kd", "hard", "logit_mse", "hint", "attention", "multi_teacher", "dkd", "dist", "kd_std"]
 
 STUDENT_LOGITS = [[1.0, 2.0, 0.5], [0.0, -1.0, 3.0]]
 TEACHER_LOGITS = [[2.0, 1.0, 0.0], [1.0, 0.5, 2.5]]
@@ -148,6 +148,22 @@ def reference_dist(z_s, z_t, beta, gamma, tau):
     return beta * inter_loss + gamma * intra_loss
 
 
+def reference_kd_std(logits_student_in, logits_teacher_in, temperature):
+    """The logit-standardisation authors' kd (github.com/sunshangquan/logit-standardization-KD, mdistiller/distillers/KD.py,
+    `kd_loss` with logit_stand=True), as published."""
+
+    def normalize(logit):
+        mean = logit.mean(dim=-1, keepdims=True)
+        stdv = logit.std(dim=-1, keepdims=True)
+        return (logit - mean) / (1e-7 + stdv)
+
+    logits_student, logits_teacher = normalize(logits_student_in), normalize(logits_teacher_in)
+    log_pred_student = torch.nn.functional.log_softmax(logits_student / temperature, dim=1)
+    pred_teacher = torch.nn.functional.softmax(logits_teacher / temperature, dim=1)
+    loss_kd = torch.nn.functional.kl_div(log_pred_student, pred_teacher, reduction="none").sum(1).mean()
+    return loss_kd * temperature**2
+
+
 def random_batch(seed: int, temperature: float, labels: torch.Tensor | None = None, classes: int = 10) -> DistillInputs:
     generator = torch.Generator().manual_seed(seed)
     student, teacher = torch.randn(16, classes, generator=generator) * 3, torch.randn(16, classes, generator=generator) * 3
@@ -194,6 +210,23 @@ def test_dist_is_zero_for_a_student_whose_probabilities_are_an_affine_copy_of_th
     batch = random_batch(2, 1.0)
     same = DistillInputs(batch.teacher_logits[0].clone(), batch.labels, batch.teacher_logits, 1.0)
     assert float(make("dist")(same)) == pytest.approx(0.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.0, 4.0])
+def test_kd_std_equals_the_published_implementation(temperature):
+    for seed in range(3):
+        batch = random_batch(seed, temperature)
+        expected = reference_kd_std(batch.student_logits, batch.teacher_logits[0], temperature)
+        torch.testing.assert_close(make("kd_std")(batch), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_kd_std_ignores_each_samples_logit_scale_and_shift_where_kd_does_not():
+    """A student whose logits are an affine copy of the teacher's (per sample, positive scale) has no kd_std loss left."""
+    batch = random_batch(3, 2.0)
+    scale, shift = torch.rand(16, 1) * 3 + 0.2, torch.randn(16, 1) * 5
+    affine = DistillInputs(batch.teacher_logits[0] * scale + shift, batch.labels, batch.teacher_logits, 2.0)
+    assert float(make("kd_std")(affine)) == pytest.approx(0.0, abs=1e-5)
+    assert float(make("kd")(affine)) > 1e-3
 
 
 @pytest.mark.parametrize(

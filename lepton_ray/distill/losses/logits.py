@@ -1,4 +1,5 @@
-"""Losses on the teachers' output logits: soft targets, hard targets, logit regression, ensembles, decoupled KD, DIST."""
+"""Losses on the teachers' output logits: soft targets, hard targets, logit regression, ensembles, decoupled KD, DIST,
+logit-standardised KD."""
 
 from __future__ import annotations
 
@@ -16,6 +17,25 @@ class SoftTargetKD(DistillationLoss):
     def forward(self, inputs: DistillInputs) -> torch.Tensor:
         teacher_probs = F.softmax(inputs.teacher_logits[0] / inputs.temperature, dim=-1)
         return soft_target_kl(inputs.student_logits, teacher_probs, inputs.temperature)
+
+
+@LOSSES.register("kd_std")
+class StandardisedKD(DistillationLoss):
+    """Logit standardisation (Sun et al., CVPR 2024): kd on each sample's z-scored logits, (z - mean) / std over the
+    classes, for student and teacher alike. The student then matches the teacher's logit *relations*, not their
+    range, which a small student cannot reach; T is a base temperature on unit-spread logits (the paper's 2).
+    Needs every teacher logit (mean and std over all classes)."""
+
+    needs_every_teacher_logit = True
+
+    def forward(self, inputs: DistillInputs) -> torch.Tensor:
+        student, teacher = _standardised(inputs.student_logits.float()), _standardised(inputs.teacher_logits[0].float())
+        return soft_target_kl(student, F.softmax(teacher / inputs.temperature, dim=-1), inputs.temperature)
+
+
+def _standardised(logits: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
+    """Each row z-scored (sample standard deviation, as the authors' `torch.std`)."""
+    return (logits - logits.mean(dim=-1, keepdim=True)) / (logits.std(dim=-1, keepdim=True) + eps)
 
 
 @LOSSES.register("hard")
