@@ -1,6 +1,6 @@
 """Per-layer allocation against uniform compression on Fashion-MNIST (issue 33): the same sweep, two search spaces.
 
-    .venv/bin/python -m benchmarks.allocation_front [--trials 16] [--seeds 3] [--epochs N] [--quick]
+    .venv/bin/python -m benchmarks.allocation_front [--trials 16] [--seeds 3] [--epochs N] [--quick] [--space S] [--partial]
 
 `uniform` is `search_spaces/fashion_mnist.yaml` (one bit-width and one sparsity for the whole student);
 `allocation` is `search_spaces/fashion_mnist_allocation.yaml` (a budget in stored bits per weight, each layer's bits
@@ -145,10 +145,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--epochs", type=int, default=None, help="shorter trials than the workflow's (a screen)")
     parser.add_argument("--quick", action="store_true", help="smoke run: the workflow's quick settings, 2 trials, 1 seed")
     parser.add_argument("--partial", action="store_true", help="run nothing: the page from the seeds already recorded in both spaces")
+    parser.add_argument("--space", choices=list(SPACES), default=None,
+                        help="run and record only this space's sweeps (one sweep is ~1.5 h on 2 cores); the page needs both: --partial after")
     args = parser.parse_args(argv)
     if args.seeds < 1 or args.trials < 1:
         parser.error("--seeds and --trials count sweeps and trials: give 1 or more")
     trials, seeds = (2, [0]) if args.quick else (args.trials, list(range(args.seeds)))
+    if args.space:
+        for seed in seeds:
+            result = one_sweep(args.space, seed, trials, args.epochs, args.quick)
+            print(f"{args.space}-seed{seed}: recorded at {sweep_record(args.space, seed, trials, args.epochs, args.quick)} "
+                  f"(normalised hypervolume {normalised_hypervolume(result):.4f})")
+        return {}
     if args.partial:
         seeds = recorded_seeds(trials, seeds, args.epochs)
         if not seeds:
