@@ -36,7 +36,7 @@ from lepton_ray.tracking import uris
 from lepton_ray.export.shipped_cost import file_cost
 from lepton_ray.config import WorkflowConfig, load_workflow
 from lepton_ray.data.datasets import DataSplits, build_data
-from lepton_ray.deploy.publish import student_loader
+from lepton_ray.deploy.publish import export_weight_bits, student_loader
 from lepton_ray.deploy.report import spearman
 from lepton_ray.export.int8 import calibration_images, export_int8
 from lepton_ray.export.runtime import onnx_accuracy
@@ -128,7 +128,7 @@ def retest_trials(wf: WorkflowConfig, trials: Any, data: DataSplits, trials_root
     for _, row in trials[trials["status"] == "finished"].iterrows():
         student, saved = load(row.to_dict())
         pytorch_accuracy, _ = evaluate(student, data.test, 512, torch.device("cpu"))
-        files = export_int8(student, data.input_shape, images, int(saved.get(metrics.BITS, 32)), out / f"trial{int(row['trial'])}")
+        files = export_int8(student, data.input_shape, images, export_weight_bits(saved), out / f"trial{int(row['trial'])}")  # per-layer grids as published
         rows.append({
             "trial": int(row["trial"]), "reported_test_accuracy": float(row[metrics.TEST_ACCURACY]), "pytorch_test_accuracy": pytorch_accuracy,
             "int8_ort_test_accuracy": onnx_accuracy(files.int8, data.test), "int8_val_accuracy": float(row[metrics.INT8_VAL_ACCURACY]),
