@@ -144,8 +144,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--seeds", type=int, default=3, help="sampler seeds 0..N-1, the same for both spaces")
     parser.add_argument("--epochs", type=int, default=None, help="shorter trials than the workflow's (a screen)")
     parser.add_argument("--quick", action="store_true", help="smoke run: the workflow's quick settings, 2 trials, 1 seed")
-    parser.add_argument("--partial", action="store_true", help="run nothing: the page from the seeds already recorded in both spaces")
-    parser.add_argument("--space", choices=list(SPACES), default=None,
+    only = parser.add_mutually_exclusive_group()
+    only.add_argument("--partial", action="store_true", help="run nothing: the page from the seeds already recorded in both spaces")
+    only.add_argument("--space", choices=list(SPACES), default=None,
                         help="run and record only this space's sweeps (one sweep is ~1.5 h on 2 cores); the page needs both: --partial after")
     args = parser.parse_args(argv)
     if args.seeds < 1 or args.trials < 1:

@@ -52,7 +52,7 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     args = parser.parse_args()
     torch.set_num_threads(1)
-    base = quickstart_workflow({**MEASURED_KERNELS, "export.trial_latency": True})  # the pin reaches the teacher too  # latency is one of the figures compared
+    base = quickstart_workflow({**MEASURED_KERNELS, "export.trial_latency": True})  # the pin reaches the teacher too; latency is one of the figures compared
     data = build_data(base.data)
     (teacher_entry,) = prepare_teachers(base, data)
     teacher = load_teacher_module(teacher_entry.payload)

@@ -256,3 +256,28 @@ def test_installing_the_committed_teacher_copies_it_once_and_never_over_a_file(t
     with pytest.raises(RuntimeError, match="sha256"):
         install_committed_teacher(tmp_path / "other.pt", record["fingerprint"], tampered)
     assert not (tmp_path / "other.pt").exists()
+
+
+def test_allocation_front_reads_recorded_sweeps_back_and_refuses_what_it_cannot_run(tmp_path, monkeypatch, capsys):
+    """A recorded sweep is read, not rerun (`--space`); `--partial` with one space recorded says so in one line; a
+    count below 1 and `--space` beside `--partial` are refused by argparse (exit 2)."""
+    from benchmarks import allocation_front
+
+    monkeypatch.setattr(allocation_front, "REPO", tmp_path)
+    monkeypatch.setattr(allocation_front, "RESULTS", tmp_path / "results")
+    record = {"space": "allocation", "seed": 0, "trials": 2, "epochs": 30, "seconds": 1.0, "accuracy_floor": 0.86,
+              "points": [{"trial": 0, allocation_front.ACCURACY: 0.93, allocation_front.COST: 10_000.0, metrics.TEST_ACCURACY: 0.92}],
+              "champion": {"trial": 0, allocation_front.ACCURACY: 0.93, allocation_front.COST: 10_000.0}}
+    path = allocation_front.sweep_record("allocation", 0, 2, None, False)
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(record))
+    monkeypatch.setattr(allocation_front, "run_sweep", lambda overrides: pytest.fail("a recorded sweep ran again"))
+    assert allocation_front.main(["--trials", "2", "--seeds", "1", "--space", "allocation"]) == {}
+    expected = (0.93 - 0.86) * (allocation_front.DENSE_GZIP_BYTES - 10_000) / ((1 - 0.86) * allocation_front.DENSE_GZIP_BYTES)  # the box the point dominates
+    assert f"allocation-seed0: recorded at {path} (normalised hypervolume {expected:.4f})" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="no seed has both sweeps recorded"):
+        allocation_front.main(["--trials", "2", "--seeds", "1", "--partial"])
+    for argv in (["--seeds", "0"], ["--trials", "0"], ["--partial", "--space", "uniform"]):
+        with pytest.raises(SystemExit) as exited:
+            allocation_front.main(argv)
+        assert exited.value.code == 2, argv
