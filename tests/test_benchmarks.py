@@ -281,3 +281,13 @@ def test_allocation_front_reads_recorded_sweeps_back_and_refuses_what_it_cannot_
         with pytest.raises(SystemExit) as exited:
             allocation_front.main(argv)
         assert exited.value.code == 2, argv
+    # Both spaces recorded, the allocation sweep's points re-tested in ORT: issue 31's figure is the int8 test accuracy
+    # of the most accurate point within the budget on validation (trial 1, not the more accurate but larger trial 0).
+    record["points"] = [{**record["points"][0], allocation_front.INT8_TEST: 0.921},
+                        {"trial": 1, allocation_front.ACCURACY: 0.91, allocation_front.COST: 9_000.0, metrics.TEST_ACCURACY: 0.905, allocation_front.INT8_TEST: 0.907}]
+    record["points"][0][allocation_front.COST] = allocation_front.BUDGET_BYTES + 1
+    path.write_text(json.dumps(record))
+    allocation_front.sweep_record("uniform", 0, 2, None, False).write_text(json.dumps({**record, "space": "uniform"}))
+    payload = allocation_front.run(2, [0], None, False)
+    assert payload["budget_pick_int8_test"]["per_seed"] == [0.907]
+    assert "trial 1: 91.00% / 90.50% / 90.70% at 9,000 B" in allocation_front.markdown({**payload, "commit": "c", "measured_at": "t", "quick": False})
