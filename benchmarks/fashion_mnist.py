@@ -39,6 +39,7 @@ from lepton_ray.data.datasets import DataSplits, build_data
 from lepton_ray.deploy.publish import export_weight_bits, student_loader
 from lepton_ray.deploy.report import spearman
 from lepton_ray.export.int8 import calibration_images, export_int8
+from lepton_ray.export.metadata import artifact_metadata
 from lepton_ray.export.runtime import onnx_accuracy
 from lepton_ray.models.saved import load_teacher_module
 from lepton_ray.sweep.results import existing_sweep, select_export_publish
@@ -121,14 +122,16 @@ def user_environment() -> dict[str, str]:
 
 
 def retest_trials(wf: WorkflowConfig, trials: Any, data: DataSplits, trials_root: Path, out: Path) -> list[dict[str, Any]]:
-    """Each finished trial's saved student: PyTorch test accuracy next to the reported one, and its int8 file's ORT test accuracy."""
+    """Each finished trial's saved student: PyTorch test accuracy next to the reported one, and its int8 file's ORT test
+    accuracy and bytes (calibrated on `export.calibration_samples` images, as publish does)."""
     load = student_loader(trials_root)
     images = calibration_images(data.train, wf.export.calibration_samples, wf.data.seed)
     rows = []
     for _, row in trials[trials["status"] == "finished"].iterrows():
         student, saved = load(row.to_dict())
         pytorch_accuracy, _ = evaluate(student, data.test, 512, torch.device("cpu"))
-        files = export_int8(student, data.input_shape, images, export_weight_bits(saved), out / f"trial{int(row['trial'])}")  # per-layer grids as published
+        files = export_int8(student, data.input_shape, images, export_weight_bits(saved), out / f"trial{int(row['trial'])}",  # per-layer grids as published
+                            artifact_metadata(data.contract, wf.name))  # and the input contract a trial's file carries: its bytes are the logged ones
         rows.append({
             "trial": int(row["trial"]), "reported_test_accuracy": float(row[metrics.TEST_ACCURACY]), "pytorch_test_accuracy": pytorch_accuracy,
             "int8_ort_test_accuracy": onnx_accuracy(files.int8, data.test), "int8_val_accuracy": float(row[metrics.INT8_VAL_ACCURACY]),
