@@ -99,14 +99,16 @@ def test_submit_stages_the_users_files_next_to_the_package_and_names_them_there(
 
 
 @pytest.mark.ray
-def test_a_sweep_with_two_ddp_workers_imports_the_users_code_on_every_worker_then_selects_and_exports(project, tmp_path):
+def test_a_sweep_with_two_ddp_workers_imports_the_users_code_on_every_worker_then_selects_and_exports(tmp_path, own_code):
     """Run as a user would, from a folder where the user's modules are not importable: only `user_code`
-    (the driver) and Ray's py_modules (the workers) can find them."""
+    (the driver) and Ray's py_modules (the workers) can find them. One trial and the pick's labels-only
+    control: two DDP worker groups, each importing the user's files."""
+    project = write_project(tmp_path, own_code, {"sweep.num_samples": 1})
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     done = subprocess.run([sys.executable, "-m", "lepton_ray.cli", "sweep", str(project)], cwd=elsewhere, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert "2/2 done (0 failed" in done.stdout
+    assert "1/1 done (0 failed" in done.stdout and "distillation bought" in done.stdout
     export = tmp_path / "runs" / "own_code" / "sweep" / "export"
     assert (export / "student.int8.onnx").is_file() and "registered models:/own-code-student/1" in done.stdout
 
