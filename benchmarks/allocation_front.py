@@ -15,8 +15,9 @@ the allocation sweeps' most accurate student within 10,800 B (chosen on validati
 
 A full run is six 16-trial sweeps of 30 epochs: about five hours on 2 cores, longer than a working session. Each
 finished sweep is therefore kept as a committed record, `results/allocation_front_sweeps/<sweep>.json`, with the
-commit and machine it ran on; a later run reads the records back and runs only the missing sweeps, and `--partial`
-writes the page from the seeds whose two sweeps are both recorded, without running any.
+commit and machine it ran on; a later run reads the records back and runs only the missing sweeps (resuming one that a
+stopped session left under runs/ on the same machine), and `--partial` writes the page from the seeds whose two
+sweeps are both recorded, without running any.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from lepton_ray import metrics
 from lepton_ray.deploy.pareto import completed, select
 from lepton_ray.config import WorkflowConfig
 from lepton_ray.data.datasets import build_data
+from lepton_ray.sweep.paths import sweep_paths
 from lepton_ray.sweep.results import SweepOutcome, existing_sweep
 
 NAME = "allocation_front"
@@ -66,12 +68,14 @@ def one_sweep(space: str, seed: int, trials: int, epochs: int | None, quick: boo
         return result  # recorded before the int8 retest, on a machine whose trials are gone: its table says "not measured"
     folder.mkdir(parents=True, exist_ok=True)
     wf, overrides = bench_workflow(folder, quick, None, extra)
-    seconds = run_sweep(overrides) if result is None else None
+    resumed = result is None and sweep_paths(wf, single=False).study.is_file()  # a session stopped mid-sweep on this machine
+    seconds = run_sweep(overrides, resume=resumed) if result is None else None
     outcome, _ = existing_sweep(wf)
     if result is None:
         done = completed(outcome.trials, COST, wf.export.tolerance)
         champion = select(outcome.trials, COST, float("nan"), wf.selection, wf.export.tolerance)
-        result = {"space": space, "seed": seed, "trials": trials, "epochs": wf.training.epochs, "seconds": seconds, "accuracy_floor": wf.sweep.accuracy_floor,
+        result = {"space": space, "seed": seed, "trials": trials, "epochs": wf.training.epochs, "seconds": seconds, "resumed": resumed,  # seconds: this run's part
+                  "accuracy_floor": wf.sweep.accuracy_floor,
                   "commit": measured_commit(), "cpu_model": describe_machine()["cpu_model"],
                   "points": [{"trial": int(row["trial"]), ACCURACY: float(row[ACCURACY]), COST: float(row[COST]), metrics.TEST_ACCURACY: float(row[metrics.TEST_ACCURACY])}
                              for _, row in done.iterrows()],
@@ -157,7 +161,7 @@ def markdown(payload: dict[str, Any]) -> str:
                      f"trial {sweep['champion']['trial']}: {100 * sweep['champion'][ACCURACY]:.2f}% at {sweep['champion'][COST]:,.0f} B",
                      f"trial {within['trial']}: {100 * within[ACCURACY]:.2f}% / {100 * within[metrics.TEST_ACCURACY]:.2f}% / "
                      + (f"{100 * within[INT8_TEST]:.2f}%" if INT8_TEST in within else "not measured") + f" at {within[COST]:,.0f} B" if within else "none",
-                     f"{sweep['seconds']:.0f}", f"`{sweep.get('commit', 'not recorded')[:12]}`, {sweep.get('cpu_model', 'the page machine')}"])
+                     f"{sweep['seconds']:.0f}" + (" (resumed: the last part)" if sweep.get("resumed") else ""), f"`{sweep.get('commit', 'not recorded')[:12]}`, {sweep.get('cpu_model', 'the page machine')}"])
     return "\n".join([
         "# Per-layer allocation against uniform compression, Fashion-MNIST (issue 33)", "",
         f"Measured at commit `{payload['commit']}`, {payload['measured_at']}{' (--quick smoke run)' if payload['quick'] else ''}: "

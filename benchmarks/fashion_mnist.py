@@ -105,9 +105,10 @@ def dense_students(overrides: dict[str, Any], teacher: Teacher, cache_folder: Pa
     return out
 
 
-def run_sweep(overrides: dict[str, Any]) -> float:
-    """`lepton-ray sweep --no-export` on the workflow, as a user runs it; its wall seconds."""
-    command = [str(Path(sys.executable).parent / "lepton-ray"), "sweep", str(WORKFLOW), "--no-export"]
+def run_sweep(overrides: dict[str, Any], resume: bool = False) -> float:
+    """`lepton-ray sweep --no-export` on the workflow (`--resume`: continue the one interrupted under its output_dir),
+    as a user runs it; its wall seconds."""
+    command = [str(Path(sys.executable).parent / "lepton-ray"), "sweep", str(WORKFLOW), "--no-export", *["--resume"] * resume]
     for key, value in overrides.items():
         command += ["--set", f"{key}={value}"]
     started = time.perf_counter()

@@ -291,3 +291,33 @@ def test_allocation_front_reads_recorded_sweeps_back_and_refuses_what_it_cannot_
     payload = allocation_front.run(2, [0], None, False)
     assert payload["budget_pick_int8_test"]["per_seed"] == [0.907]
     assert "trial 1: 91.00% / 90.50% / 90.70% at 9,000 B" in allocation_front.markdown({**payload, "commit": "c", "measured_at": "t", "quick": False})
+
+
+def test_allocation_front_resumes_a_sweep_a_stopped_session_left_on_disk(tmp_path, monkeypatch):
+    """No record but the sweep's study on disk (a session stopped mid-sweep): the sweep is resumed, not started again."""
+    from benchmarks import allocation_front
+    from lepton_ray.config import load_workflow
+    from lepton_ray.sweep.paths import sweep_paths
+
+    monkeypatch.setattr(allocation_front, "REPO", tmp_path)
+    monkeypatch.setattr(allocation_front, "RESULTS", tmp_path / "results")
+    wf = load_workflow(REPO / "workflows" / "fashion_mnist.yaml", {"output_dir": str(tmp_path / "runs")})
+    monkeypatch.setattr(allocation_front, "bench_workflow", lambda folder, quick, root, extra: (wf, {}))
+    calls = []
+
+    class Stop(Exception):
+        pass
+
+    def run_sweep(overrides, resume=False):
+        calls.append(resume)
+        raise Stop
+
+    monkeypatch.setattr(allocation_front, "run_sweep", run_sweep)
+    with pytest.raises(Stop):
+        allocation_front.one_sweep("allocation", 0, 2, None, False)  # nothing on disk: a new sweep
+    study = sweep_paths(wf, single=False).study
+    study.parent.mkdir(parents=True)
+    study.touch()  # what a driver stopped mid-sweep leaves
+    with pytest.raises(Stop):
+        allocation_front.one_sweep("allocation", 0, 2, None, False)
+    assert calls == [False, True]
