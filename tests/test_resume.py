@@ -83,14 +83,15 @@ def _wait_for_a_finished_and_a_running_trial(study_db: Path, driver: subprocess.
     pytest.fail(f"no trial completed in time: {study_states(study_db)}")
 
 
-def _resume_to_exactly(num_samples: int, workflow: Path, wf, study_db: Path, env: dict, marker: str, tmp_path: Path) -> None:
-    """`sweep --resume` exits 0 and leaves exactly `num_samples` trials and runs (`_assert_resumed_to_exactly`)."""
+def _resume_to_exactly(num_samples: int, workflow: Path, wf, study_db: Path, env: dict, marker: str, tmp_path: Path) -> str:
+    """`sweep --resume` exits 0 and leaves exactly `num_samples` trials and runs (`_assert_resumed_to_exactly`); its console."""
     try:
         resumed = subprocess.run(_sweep_command(workflow, "--resume"), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=420)
     finally:
         _kill_owned(marker)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     _assert_resumed_to_exactly(num_samples, wf, study_db)
+    return resumed.stdout + resumed.stderr
 
 
 def _assert_resumed_to_exactly(num_samples: int, wf, study_db: Path) -> None:
@@ -142,7 +143,9 @@ def test_killed_driver_resumes_to_exactly_num_samples_with_one_run_per_trial(wri
     interrupted = study_states(study_db)
     assert "RUNNING" in interrupted and len(interrupted) < num_samples + 1
 
-    _resume_to_exactly(num_samples, workflow, wf, study_db, env, marker, tmp_path)
+    console = _resume_to_exactly(num_samples, workflow, wf, study_db, env, marker, tmp_path)
+    first_status = next(line for line in console.splitlines() if line.startswith("[sweep] "))
+    assert re.search(r"best \S+ 0\.\d{4} \| front size [1-9]", first_status), f"trials finished before the resume count: {first_status}"
     tracker = Tracker(wf.tracking.uri, wf.tracking.experiment)
     sweeps = mlflow.search_runs(experiment_ids=[tracker.experiment_id], filter_string="tags.`lepton.kind` = 'sweep'")
     # Logged when the resumed driver trained anything (not when the interrupted trials had already finished on disk).

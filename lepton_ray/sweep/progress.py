@@ -19,7 +19,7 @@ class SweepProgress(Callback):
 
     def __init__(
         self, total: int, already_done: int, cost_metric: str, interval_s: float = 10.0, log: Callable[[str], None] = echo,
-        max_int8_drop_points: float | None = None,
+        max_int8_drop_points: float | None = None, earlier_results: list[dict] = (),
     ) -> None:
         self.total = total
         self.max_int8_drop_points = max_int8_drop_points
@@ -31,6 +31,9 @@ class SweepProgress(Callback):
         self.started = time.monotonic()
         self.last_print = 0.0
         self.points: list[tuple[float, float]] = []
+        """(accuracy, cost) of the trials finished since this driver started: the ETA counts these."""
+        self.earlier_points = [point for point in map(self._front_point, earlier_results) if point is not None]
+        """The same for trials finished before a --resume (counted in `already_done`): best and front include them."""
         self.off_front = 0
         """Finished trials whose int8 file fell outside `max_int8_drop_points`."""
         self.ended: set[str] = set()
@@ -47,13 +50,19 @@ class SweepProgress(Callback):
             self.interrupted += 1
         elif result.get(metrics.INPUT_ERROR):
             self.failed += 1
-        elif is_final_result(result) and not self._int8_holds(result):
-            self.off_front += 1
-        elif is_final_result(result):
-            self.points.append((float(result.get(metrics.SELECTION_ACCURACY, "nan")), float(result[self.cost_metric])))
-        else:
+        elif not is_final_result(result):
             self.pruned += 1
+        elif (point := self._front_point(result)) is None:
+            self.off_front += 1
+        else:
+            self.points.append(point)
         self._print(trials, force=True)
+
+    def _front_point(self, result: dict) -> tuple[float, float] | None:
+        """(accuracy, cost) of a final result, or None where its int8 file is kept off the front."""
+        if not is_final_result(result) or not self._int8_holds(result):
+            return None
+        return float(result.get(metrics.SELECTION_ACCURACY, "nan")), float(result[self.cost_metric])
 
     def _int8_holds(self, result: dict) -> bool:
         accuracy, int8 = result.get(metrics.BEST_VAL_ACCURACY), result.get(metrics.INT8_VAL_ACCURACY)
@@ -82,8 +91,9 @@ class SweepProgress(Callback):
         done = self.already_done + finished_now
         elapsed = now - self.started
         eta = f"~{(elapsed / finished_now) * (self.total - done):.0f}s left" if finished_now else "eta unknown"
-        best = max((acc for acc, _ in self.points if math.isfinite(acc)), default=float("nan"))
-        front = int(pareto_front([a for a, _ in self.points], [c for _, c in self.points]).sum()) if self.points else 0
+        points = self.earlier_points + self.points
+        best = max((acc for acc, _ in points if math.isfinite(acc)), default=float("nan"))
+        front = int(pareto_front([a for a, _ in points], [c for _, c in points]).sum()) if points else 0
         interrupted = f", {self.interrupted} interrupted (storage full)" if self.interrupted else ""
         off_front = f", {self.off_front} int8 file outside export.tolerance" if self.off_front else ""
         self.log(

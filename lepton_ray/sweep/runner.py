@@ -120,6 +120,12 @@ def close_runs_left_open(tracker, parent_run_id: str, study, paths: SweepPaths, 
         log(f"closed the MLflow runs of trials {closed}: they had finished before the last driver stopped")
 
 
+def completed_results(study, paths: SweepPaths) -> list[dict]:
+    """Final metrics of the trials finished before a --resume, read from their run folders: the status line's front."""
+    folders = [paths.trials / trial_run_name(t.number) for t in own_trials(study) if t.state.name == "COMPLETE"]
+    return [result for result in map(finished_trial_metrics, folders) if result is not None]
+
+
 def _read_trials(tracker, parent_run_id: str, wf: WorkflowConfig, paths: SweepPaths):
     """The leaderboard from MLflow; an unreachable server is one clear line (the trials are safe on disk)."""
 
@@ -161,7 +167,7 @@ def _run_tuner(wf, shared_workflow, space, paths, study, remaining, teachers, da
     callbacks = [
         MlflowTrialLogger(tracker, parent_run_id, sweep_key, tags, {metrics.TEACHER_TEST_ACCURACY: teachers[0].test_accuracy}),
         SweepProgress(wf.sweep.num_samples if space is not None else 1, (wf.sweep.num_samples if space else 1) - remaining, wf.sweep.cost_metric, log=log,
-                      max_int8_drop_points=wf.export.tolerance),
+                      max_int8_drop_points=wf.export.tolerance, earlier_results=completed_results(study, paths)),
         *([EpochLines(wf.training.epochs, log)] if space is None else []),  # `train`: one trial, so its epochs are the progress
     ]
     searcher = StudySearcher(study, space, wf.sweep)
