@@ -291,6 +291,17 @@ def test_allocation_front_reads_recorded_sweeps_back_and_refuses_what_it_cannot_
     payload = allocation_front.run(2, [0], None, False)
     assert payload["budget_pick_int8_test"]["per_seed"] == [0.907]
     assert "trial 1: 91.00% / 90.50% / 90.70% at 9,000 B" in allocation_front.markdown({**payload, "commit": "c", "measured_at": "t", "quick": False})
+    # --partial: the comparison from seed 0 (both spaces recorded), issue 31's figure from both allocation sweeps
+    from benchmarks import common
+
+    monkeypatch.setattr(common, "REPO", tmp_path)
+    monkeypatch.setattr(common, "RESULTS", tmp_path / "results")
+    record["points"][1][allocation_front.INT8_TEST] = 0.913
+    allocation_front.sweep_record("allocation", 1, 2, None, False).write_text(json.dumps({**record, "seed": 1}))
+    payload = allocation_front.main(["--trials", "2", "--seeds", "3", "--partial"])
+    assert payload["setting"]["seeds"] == [0] and payload["budget_pick_int8_test"]["seeds"] == [0, 1]
+    assert payload["budget_pick_int8_test"]["per_seed"] == [0.907, 0.913]
+    assert "int8 ORT test accuracy, mean of 2 seed(s)" in (tmp_path / "results" / f"{allocation_front.NAME}.md").read_text()
 
 
 def test_allocation_front_resumes_a_sweep_a_stopped_session_left_on_disk(tmp_path, monkeypatch):
