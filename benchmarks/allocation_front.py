@@ -157,6 +157,14 @@ def figures(payload: dict[str, Any]) -> list[Figure]:
     ]
 
 
+def budget_line(pick: dict[str, Any]) -> str:
+    """Issue 31's figure with its spread: one line under the figures table."""
+    per_seed = ", ".join(f"{100 * value:.2f}%" for value in pick["per_seed"])
+    spread = f" +- {100 * pick['sd']:.2f} pt (sd over seeds)" if len(pick["per_seed"]) > 1 else " (one seed: no spread)"
+    return (f"Issue 31's size figure, per allocation sweep (sampler seeds {pick.get('seeds', 'as above')}): {per_seed}; "
+            f"mean {100 * pick['mean']:.2f}%{spread}.")
+
+
 def markdown(payload: dict[str, Any]) -> str:
     rows = []
     for key, sweep in payload["sweeps"].items():
@@ -172,6 +180,7 @@ def markdown(payload: dict[str, Any]) -> str:
         f"Measured at commit `{payload['commit']}`, {payload['measured_at']}{' (--quick smoke run)' if payload['quick'] else ''}: "
         f"{payload['setting']['trials']} trials per sweep, sampler seeds {payload['setting']['seeds']}, epochs: {payload['setting']['epochs']}.", "",
         figures_table(figures(payload)), "",
+        budget_line(payload["budget_pick_int8_test"]), "",
         format_table(["sweep", "epochs", "finished trials", "normalised hypervolume", "best int8 val %", "champion (workflow policy)",
                       f"most accurate within {BUDGET_BYTES:,} B on validation: int8 val / test (PyTorch) / int8 ORT test", "sweep s", "measured at, on"], rows), "",
     ])

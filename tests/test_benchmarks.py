@@ -301,7 +301,9 @@ def test_allocation_front_reads_recorded_sweeps_back_and_refuses_what_it_cannot_
     payload = allocation_front.main(["--trials", "2", "--seeds", "3", "--partial"])
     assert payload["setting"]["seeds"] == [0] and payload["budget_pick_int8_test"]["seeds"] == [0, 1]
     assert payload["budget_pick_int8_test"]["per_seed"] == [0.907, 0.913]
-    assert "int8 ORT test accuracy, mean of 2 seed(s)" in (tmp_path / "results" / f"{allocation_front.NAME}.md").read_text()
+    page = (tmp_path / "results" / f"{allocation_front.NAME}.md").read_text()
+    assert "int8 ORT test accuracy, mean of 2 seed(s)" in page
+    assert "(sampler seeds [0, 1]): 90.70%, 91.30%; mean 91.00% +- 0.42 pt (sd over seeds)." in page
 
 
 def test_allocation_front_resumes_a_sweep_a_stopped_session_left_on_disk(tmp_path, monkeypatch):
