@@ -24,10 +24,8 @@ postgres:
 quickstart: setup
 	$(BIN)/lepton-ray sweep workflows/digits_quickstart.yaml
 
-# Two test processes (pytest-xdist), a file each at a time: on 2 cores a serial run left one core idle while Ray and
-# the subprocess drivers started (11 CPU-minutes in 20 wall-minutes at 0370b3c).
 test: setup postgres
-	$(BIN)/python -m pytest -q --numprocesses 2 --dist loadfile
+	$(BIN)/python -m pytest -q
 
 benchmarks: setup
 	$(BIN)/python -m benchmarks.run_all
