@@ -67,13 +67,14 @@ def nearly_full(folder: Path) -> bool:
         return False
 
 
-def load_safe(path: Path, field: str = "checkpoint") -> dict[str, Any]:
-    """Load tensors and plain containers only; pickled code is refused, never run."""
+def load_safe(path: Path, field: str = "checkpoint", mmap: bool = False) -> dict[str, Any]:
+    """Load tensors and plain containers only; pickled code is refused, never run. `mmap`: tensors are mapped, not
+    read, for a caller that wants the small entries only (a finished trial's metrics)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{field}: file {str(path)!r} not found; pass a checkpoint saved by lepton-ray")
     try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
+        loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as err:
         named = re.search(r"GLOBAL ([\w.]+)", str(err))
         what = f"it names the Python object {named[1]}, which loading would call" if named else "it is a pickle the weights-only loader does not accept"

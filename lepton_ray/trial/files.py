@@ -38,7 +38,7 @@ def finished_trial_metrics(run_folder: Path) -> dict[str, Any] | None:
     student_file = newest_student_file(run_folder)
     if student_file is None:
         return None
-    payload = load_safe(student_file, "student checkpoint")
+    payload = load_safe(student_file, "student checkpoint", mmap=True)  # the metrics only: a resume reads every finished trial's
     return {**payload.get("metrics", {}), CHECKPOINT_PATH_KEY: str(student_file.parent)}
 
 
