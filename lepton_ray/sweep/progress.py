@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Callable
+from typing import Callable, Sequence
 
 from ray.tune import Callback
 
@@ -19,7 +19,7 @@ class SweepProgress(Callback):
 
     def __init__(
         self, total: int, already_done: int, cost_metric: str, interval_s: float = 10.0, log: Callable[[str], None] = echo,
-        max_int8_drop_points: float | None = None, earlier_results: list[dict] = (),
+        max_int8_drop_points: float | None = None, earlier_results: Sequence[dict] = (),
     ) -> None:
         self.total = total
         self.max_int8_drop_points = max_int8_drop_points
