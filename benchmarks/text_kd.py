@@ -1,11 +1,14 @@
-"""Text: teacher vs labels-only student vs KD student on the Amazon fine-food reviews, 3 seeds; and what int8 route
+"""Text: teacher vs labels-only student vs KD and DIST students on the Amazon fine-food reviews, 3 seeds; and what int8 route
 the text export should take (static QDQ with or without the embedding table, dynamic), in bytes and ORT accuracy.
 
 `workflows/reviews_text.yaml` as it ships (needs the `text` extra): for each seed its transformer teacher is trained
 (training.seed = the seed, cached under runs/teachers/), then each student family (bag of embeddings, the 2-layer
 width-32 transformer) is trained through the trial's own loop (`benchmarks.common.train_student`, no Ray) with labels
-only (distillation.alpha 0) and with KD from that seed's teacher. No compression, so the rows compare distillation alone.
-Reported: test accuracy (PyTorch, the best-validation epoch, as a trial reports it) mean +- sd and per seed, and the
+only (distillation.alpha 0), with the workflow's KD, and with DIST as `workflows/fashion_mnist.yaml` distils (the loss
+that paid on Fashion-MNIST, `benchmarks/distill_gain.py`; issue 31's "the same question for text"), all on the
+workflow's schedule. No compression, so the rows compare distillation alone.
+Reported: test accuracy (PyTorch, the best-validation epoch, as a trial reports it) mean +- sd and per seed, each
+distilled arm's gain over labels only (mean +- sd of the per-seed differences), and the
 int8 file's ORT validation accuracy against the trial's. For seed 0's KD students, the int8 file three ways: ours
 (static QDQ of MatMul, Gemm and the embedding Gather, compacted), static QDQ of MatMul/Gemm only (the table stays
 fp32), and `quantize_dynamic`; each file's bytes and ORT test accuracy. These files carry no metadata; a trial's file
@@ -26,6 +29,7 @@ from typing import Any
 import torch
 
 from benchmarks.common import MEASURED_KERNELS, REPO, Figure, format_table, train_student, write_result
+from benchmarks.distill_gain import DIST
 from lepton_ray import metrics
 from lepton_ray.checkpoints import load_safe
 from lepton_ray.config import WorkflowConfig, load_workflow
@@ -37,6 +41,12 @@ from lepton_ray.trial.teacher import prepare_teachers
 NAME = "text_kd"
 WORKFLOW = REPO / "workflows" / "reviews_text.yaml"
 STUDENTS = ("bag_of_embeddings", "text_transformer")
+ARMS: dict[str, dict[str, Any]] = {
+    "labels only": {"distillation.alpha": 0.0},
+    "KD": {},
+    "DIST": DIST,
+}
+"""Each arm's overrides of the workflow; KD is the workflow's own distillation."""
 SETTINGS = {False: {"seeds": (0, 1, 2), "teacher_epochs": None, "student_epochs": None}, True: {"seeds": (0,), "teacher_epochs": 1, "student_epochs": 1}}
 """None: the workflow's own epochs."""
 
@@ -84,10 +94,10 @@ def run(quick: bool) -> dict[str, Any]:
         teacher_accuracy.append(prepared.test_accuracy)
         teacher = [load_teacher_module(prepared.payload)]
         for student in STUDENTS:
-            for arm, alpha in (("labels only", 0.0), ("KD", wf.distillation.alpha)):
-                run_wf = seed_workflow(seed, quick, {"student.name": student, "distillation.alpha": alpha})
+            for arm, overrides in ARMS.items():
+                run_wf = seed_workflow(seed, quick, {"student.name": student, **overrides})
                 with tempfile.TemporaryDirectory(prefix="lepton-text-kd-") as folder:
-                    report = train_student(run_wf, data, teacher if alpha > 0 else [], run_folder=Path(folder))
+                    report = train_student(run_wf, data, teacher if run_wf.distillation.alpha > 0 else [], run_folder=Path(folder))
                     if seed == 0 and arm == "KD":
                         payload = load_safe(newest_student_file(Path(folder)), "student")
                         routes[student] = int8_routes(load_student(run_wf, payload), data, run_wf, Path(folder))
@@ -102,8 +112,14 @@ def run(quick: bool) -> dict[str, Any]:
             metrics.INT8_FILE_BYTES: statistics.mean(report[metrics.INT8_FILE_BYTES] for report in reports),
             metrics.INT8_GZIP_BYTES: statistics.mean(report[metrics.INT8_GZIP_BYTES] for report in reports),
         }
+    for student in STUDENTS:
+        labels_only = summary[f"{student}, labels only"]["test_accuracy"]["per_seed"]
+        for arm in ARMS:
+            if arm != "labels only":
+                with_teacher = summary[f"{student}, {arm}"]["test_accuracy"]["per_seed"]
+                summary[f"{student}, {arm}"]["gain_pt"] = spread([100 * (a - b) for a, b in zip(with_teacher, labels_only)])
     wf = seed_workflow(0, quick)
-    setting = {"seeds": list(SETTINGS[quick]["seeds"]), "workflow": WORKFLOW.name, "teacher_epochs": wf.teacher.train.epochs, "student_epochs": wf.training.epochs,
+    setting = {"arms": ARMS, "seeds": list(SETTINGS[quick]["seeds"]), "workflow": WORKFLOW.name, "teacher_epochs": wf.teacher.train.epochs, "student_epochs": wf.training.epochs,
                "alpha": wf.distillation.alpha, "temperature": wf.distillation.temperature, "data_options": wf.data.options, "torch_threads": torch.get_num_threads()}
     return {"setting": setting, "seconds": time.perf_counter() - started, "summary": summary, "int8_routes_seed0_kd": routes}
 
@@ -111,17 +127,23 @@ def run(quick: bool) -> dict[str, Any]:
 def figures(payload: dict[str, Any]) -> list[Figure]:
     summary = payload["summary"]
     out = [Figure(NAME, f"{row} test accuracy (mean of {len(payload['setting']['seeds'])} seeds)", values["test_accuracy"]["mean"]) for row, values in summary.items()]
-    out += [Figure(NAME, f"{student}: KD - labels only test accuracy (pt)", 100 * (summary[f"{student}, KD"]["test_accuracy"]["mean"] - summary[f"{student}, labels only"]["test_accuracy"]["mean"]))
-            for student in STUDENTS]
+    out += [Figure(NAME, f"{student}: {arm} - labels only test accuracy (pt)", 100 * (summary[f"{student}, {arm}"]["test_accuracy"]["mean"] - summary[f"{student}, labels only"]["test_accuracy"]["mean"]))
+            for student in STUDENTS for arm in ARMS if arm != "labels only"]
     trial_gaps = [values["max_abs_trial_minus_int8_val_pt"] for values in summary.values() if "max_abs_trial_minus_int8_val_pt" in values]
     out.append(Figure(NAME, "max abs(trial - int8 ORT validation accuracy) over all students (pt)", max(trial_gaps), at_most=1.0))
     return out
 
 
+def gain_text(gain: dict[str, Any] | None) -> str:
+    return "-" if gain is None else f"{gain['mean']:+.2f} +- {gain['sd']:.2f}"
+
+
 def table(payload: dict[str, Any]) -> str:
     rows = [[row, f"{100 * v['test_accuracy']['mean']:.2f} +- {100 * v['test_accuracy']['sd']:.2f}", ", ".join(f"{100 * a:.1f}" for a in v["test_accuracy"]["per_seed"]),
-             f"{v.get(metrics.INT8_FILE_BYTES, float('nan')):,.0f}", f"{v.get('max_abs_trial_minus_int8_val_pt', float('nan')):.2f}"] for row, v in payload["summary"].items()]
-    text = format_table(["model", "test accuracy % (mean +- sd)", "per seed", "int8 file bytes", "max abs trial - int8 val (pt)"], rows)
+             gain_text(v.get("gain_pt")), f"{v.get(metrics.INT8_FILE_BYTES, float('nan')):,.0f}", f"{v.get('max_abs_trial_minus_int8_val_pt', float('nan')):.2f}"]
+            for row, v in payload["summary"].items()]
+    text = format_table(["model", "test accuracy % (mean +- sd)", "per seed", "gain over labels only (pt, paired by seed)", "int8 file bytes",
+                         "max abs trial - int8 val (pt)"], rows)
     for student, routes in payload["int8_routes_seed0_kd"].items():
         text += "\n\n" + format_table([f"{student} (seed 0, KD): file", "bytes", "ORT test accuracy %"],
                                       [[route, f"{r['bytes']:,}", f"{100 * r['ort_test_accuracy']:.2f}"] for route, r in routes.items()])
