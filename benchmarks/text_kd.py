@@ -6,7 +6,8 @@ the text export should take (static QDQ with or without the embedding table, dyn
 width-32 transformer) is trained through the trial's own loop (`benchmarks.common.train_student`, no Ray) with labels
 only (distillation.alpha 0), with the workflow's KD, and with DIST as `workflows/fashion_mnist.yaml` distils (the loss
 that paid on Fashion-MNIST, `benchmarks/distill_gain.py`; issue 31's "the same question for text"), all on the
-workflow's schedule. No compression, so the rows compare distillation alone.
+workflow's schedule. No compression, so the rows compare distillation alone. (DIST lost 5-6 pt here, so `validate`
+now refuses it for two classes; the arm trains through `train_student`, which skips `validate`, to keep the evidence.)
 Reported: test accuracy (PyTorch, the best-validation epoch, as a trial reports it) mean +- sd and per seed, each
 distilled arm's gain over labels only (mean +- sd of the per-seed differences), and the
 int8 file's ORT validation accuracy against the trial's. For seed 0's KD students, the int8 file three ways: ours

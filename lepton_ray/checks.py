@@ -116,7 +116,7 @@ def check_data_and_models(wf: WorkflowConfig) -> Any:
             shape = list(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
             raise ConfigError(f"{field}.name: model {spec.name!r} maps one image to {shape}; it must return logits of shape (N, {data.num_classes})")
     check_channels_last(wf, models[0], data.train[0][0].unsqueeze(0))
-    check_losses(wf, models[0], models[1:], data.train[0][0].unsqueeze(0))
+    check_losses(wf, models[0], models[1:], data.train[0][0].unsqueeze(0), data.num_classes)
     return data
 
 
@@ -141,13 +141,14 @@ def _option_values(field: str, what: str) -> Iterator[None]:
         raise ConfigError(f"{field}: {str(err).strip().splitlines()[0][:200]}; check the option values for {what}") from None
 
 
-def check_losses(wf: WorkflowConfig, student: Any, teachers: list[Any], example: Any) -> None:
-    """Loss options, the layers they name and their feature shapes, on untrained models of the right architecture."""
+def check_losses(wf: WorkflowConfig, student: Any, teachers: list[Any], example: Any, num_classes: int) -> None:
+    """Loss options, the classes and layers they need and their feature shapes, on untrained models of the right architecture."""
     from lepton_ray.distill.losses import DistillationObjective
     from lepton_ray.trial.loop import build_objective
 
     objective = DistillationObjective(wf.distillation)
     for loss in objective.losses:
+        loss.check_classes(num_classes)
         for side, model, names in (("student", student, loss.student_layers), ("teacher", teachers[0], loss.teacher_layers)):
             for name in names:
                 try:

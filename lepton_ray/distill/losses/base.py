@@ -50,6 +50,9 @@ class DistillationLoss(nn.Module):
         """Called with the number of teachers (`teacher` plus `extra_teachers`) before anything trains, so
         options that depend on it are refused by `validate`, not at a trial's first batch."""
 
+    def check_classes(self, count: int) -> None:
+        """Called by `validate` with the data set's number of classes, for losses that are not defined for every count."""
+
     def setup(self, student_shapes: dict[str, torch.Size], teacher_shapes: dict[str, torch.Size]) -> None:
         """Called once with the captured feature shapes, before DDP wrapping (build adapters here)."""
 

@@ -158,6 +158,12 @@ class DIST(DistillationLoss):
     With y = softmax(z/T): T^2 * (beta * (1 - mean over samples of pearson(y_s[b, :], y_t[b, :])) + gamma * (1 - mean
     over classes of pearson(y_s[:, c], y_t[:, c]))): inter-class relations per sample, intra-class relations across
     the batch. Defaults beta = gamma = 1 (the paper's). Needs every teacher logit.
+
+    Refused for two classes: the inter-class Pearson of two centred probabilities is +-1 whatever they are (no
+    gradient), and the intra-class one is blind to a shift of the student's probabilities, which is where its
+    decision threshold lies. On the 2-class reviews it cost 5.0 and 6.4 pt against labels only (3 seeds,
+    `benchmarks/results/text_kd.json`); seed 0's bag of embeddings squeezed its probabilities into 0.29-0.61 and
+    predicted the minority class for 3% of the test reviews (labels only: 28%; true share 34%).
     """
 
     needs_every_teacher_logit = True
@@ -167,6 +173,10 @@ class DIST(DistillationLoss):
         if beta < 0 or gamma < 0:
             raise ValueError(f"beta: beta and gamma must be >= 0, got beta={beta}, gamma={gamma}")
         self.beta, self.gamma = beta, gamma
+
+    def check_classes(self, count: int) -> None:
+        if count < 3:
+            raise ConfigError(f"{self.field}.name: dist relates classes to each other and needs 3 or more, the data has {count}; use kd")
 
     def forward(self, inputs: DistillInputs) -> torch.Tensor:
         temperature = inputs.temperature
