@@ -290,7 +290,14 @@ def test_allocation_front_reads_recorded_sweeps_back_and_refuses_what_it_cannot_
     allocation_front.sweep_record("uniform", 0, 2, None, False).write_text(json.dumps({**record, "space": "uniform"}))
     payload = allocation_front.run(2, [0], None, False)
     assert payload["budget_pick_int8_test"]["per_seed"] == [0.907]
-    assert "trial 1: 91.00% / 90.50% / 90.70% at 9,000 B" in allocation_front.markdown({**payload, "commit": "c", "measured_at": "t", "quick": False})
+    page = allocation_front.markdown({**payload, "commit": "c", "measured_at": "t", "quick": False})
+    assert "trial 1: 91.00% / 90.50% / 90.70% at 9,000 B" in page
+    # the ladder: nothing within 3,000-8,000 B; 91.00% within 10,800 B (trial 1), 93.00% within 16,000 B (trial 0); equal sweeps differ by 0
+    ladder = allocation_front.budget_ladder(payload["sweeps"])
+    assert ladder in page
+    rows = {cells[0]: cells[1:] for cells in ([cell.strip() for cell in line.strip("|").split("|")] for line in ladder.splitlines()[2:])}
+    assert rows["allocation-seed0"] == rows["uniform-seed0"] == ["-", "-", "-", "-", "91.00", "93.00"]
+    assert rows["allocation - uniform, seed 0 (pt)"] == ["-", "-", "-", "-", "+0.00", "+0.00"]
     # --partial: the comparison from seed 0 (both spaces recorded), issue 31's figure from both allocation sweeps
     from benchmarks import common
 
