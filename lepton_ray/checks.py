@@ -64,15 +64,17 @@ def check_tracking(wf: WorkflowConfig) -> None:
     check_reachable(tracking_uri(wf.tracking.uri))
 
 
-def check_methods(wf: WorkflowConfig) -> None:
+def check_methods(wf: WorkflowConfig, num_classes: int | None = None) -> None:
     """Each compressor and loss builds from its config, so its own option checks (and those needing the
-    teacher count) run here, without a model: cheap enough for every search-space edge."""
+    teacher count, or the data's classes where known) run here, without a model: cheap enough for every search-space edge."""
     from lepton_ray.compress.pipeline import Compression
     from lepton_ray.distill.losses import DistillationObjective
 
     Compression(wf.compression, wf.training.epochs)
     for loss in DistillationObjective(wf.distillation).losses:
         loss.check_teachers(1 + len(wf.extra_teachers))
+        if num_classes is not None:
+            loss.check_classes(num_classes)
 
 
 def check_teachers(wf: WorkflowConfig) -> Callable[[Any], None]:
@@ -190,17 +192,17 @@ def search_space_for(wf: WorkflowConfig) -> SearchSpace | None:
     return load_search_space(wf.sweep.space) if wf.sweep.space is not None else None
 
 
-def check_search_space(wf: WorkflowConfig, space: SearchSpace) -> None:
+def check_search_space(wf: WorkflowConfig, space: SearchSpace, num_classes: int | None = None) -> None:
     """Every knob must name a workflow field, and its whole range must give valid workflows: each edge
     (each choice), registry names and method options included (e.g. a loss name searched as
     `distillation.losses.0.name`), and for a float range a value between integers too, which an
-    integer field refuses."""
+    integer field refuses. `num_classes`: the data's, where built (a loss searched that needs more is refused)."""
     raw = wf.to_dict()
     for path, param in space.params.items():
         values: list[Any] = param.choices if param.type == "categorical" else [param.low, param.high]
         for value in values:
             try:
-                check_parsed(parse_workflow(apply_overrides(raw, {path: value})))
+                check_parsed(parse_workflow(apply_overrides(raw, {path: value})), num_classes=num_classes)
             except ConfigError as err:
                 raise ConfigError(f"search_space.params.{path}: value {value!r} gives an invalid workflow ({err})") from None
         if param.type == "float":
@@ -224,14 +226,14 @@ def fractional_value_inside(low: float, high: float) -> float:
     return low + (high - low) / 3
 
 
-def check_parsed(wf: WorkflowConfig, on_worker: bool = False) -> None:
+def check_parsed(wf: WorkflowConfig, on_worker: bool = False, num_classes: int | None = None) -> None:
     """The checks that need no data or models: the user's code imports (`on_worker`: from what Ray
     shipped), registry names (import paths resolve), and each method's own option checks."""
     from lepton_ray.user_code import load_user_code
 
     load_user_code(wf.user_code, on_worker)
     check_names(wf)
-    check_methods(wf)
+    check_methods(wf, num_classes)
 
 
 def check_baseline_trials(wf: WorkflowConfig, space: SearchSpace) -> None:
@@ -269,5 +271,5 @@ def check_workflow(wf: WorkflowConfig, cluster: tuple[float, float] | None = Non
         on_data(data)
     space = search_space_for(wf)
     if space is not None:
-        check_search_space(wf, space)
+        check_search_space(wf, space, data.num_classes)
     return space

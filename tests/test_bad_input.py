@@ -202,6 +202,10 @@ TABLE = [
     Bad("dist on a 2-class data set", "distillation.losses.0.name: dist relates classes to each other and needs 3 or more, the data has 2; use kd",
         overrides={"data": {"name": "synthetic", "options": {"num_classes": 2}}, "teacher.checkpoint": "{tmp}/teacher.pt", "teacher.train": TRAIN_BLOCK,
                    "distillation.losses": [{"name": "dist"}]}),
+    Bad("dist searched on a 2-class data set", "search_space.params.distillation.losses.0.name: value 'dist' gives an invalid workflow "
+        "(distillation.losses.0.name: dist relates classes to each other and needs 3 or more, the data has 2; use kd)",
+        overrides={"data": {"name": "synthetic", "options": {"num_classes": 2}}, "teacher.checkpoint": "{tmp}/teacher.pt", "teacher.train": TRAIN_BLOCK},
+        space="params:\n  distillation.losses.0.name: {type: categorical, choices: [kd, dist]}\n"),
     Bad("float range on training.epochs", "search_space.params.training.epochs: a float range samples values such as",
         space="params:\n  training.epochs: {type: float, low: 2, high: 6}\n"),
     Bad("top-level key twice", "key 'training' is given twice", append="training: {epochs: 3}\n"),
