@@ -298,6 +298,10 @@ def test_allocation_front_reads_recorded_sweeps_back_and_refuses_what_it_cannot_
     rows = {cells[0]: cells[1:] for cells in ([cell.strip() for cell in line.strip("|").split("|")] for line in ladder.splitlines()[2:])}
     assert rows["allocation-seed0"] == rows["uniform-seed0"] == ["-", "-", "-", "-", "91.00", "93.00"]
     assert rows["allocation - uniform, seed 0 (pt)"] == ["-", "-", "-", "-", "+0.00", "+0.00"]
+    uniform_lower = {"uniform-seed0": {**record, "space": "uniform", "points": [{**record["points"][1], allocation_front.ACCURACY: 0.905}]},
+                     "allocation-seed0": record}
+    differences = allocation_front.budget_ladder(uniform_lower).splitlines()[-1]
+    assert [cell.strip() for cell in differences.strip("|").split("|")][1:] == ["-", "-", "-", "-", "+0.50", "+2.50"]
     # --partial: the comparison from seed 0 (both spaces recorded), issue 31's figure from both allocation sweeps
     from benchmarks import common
 
