@@ -28,8 +28,10 @@ from typing import Any
 import torch
 
 from benchmarks.common import MEASURED_KERNELS, REPO, Figure, format_table, measured_commit, result_path, train_student, write_page, write_result
-from benchmarks.fashion_mnist import bench_workflow
+from benchmarks.fashion_mnist import QUICK, WORKFLOW, bench_workflow
 from lepton_ray import metrics
+from lepton_ray.config import load_workflow
+from lepton_ray.data.batches import iterate_batches
 from lepton_ray.data.datasets import build_data
 from lepton_ray.models.saved import load_teacher_module
 from lepton_ray.trial.teacher import Teacher, prepare_teachers
@@ -52,6 +54,8 @@ KD = {"distillation.losses": [{"name": "kd", "weight": 1.0}], "distillation.temp
 """What workflows/fashion_mnist.yaml distilled with until the distill_gain measurements."""
 DIST = {"distillation.losses": [{"name": "dist", "weight": 1.0}], "distillation.temperature": 4.0, "distillation.alpha": 0.5}
 """DIST as workflows/fashion_mnist.yaml distils with it since d1bd05a (beta = gamma = 1)."""
+ENSEMBLE_SEEDS = (1, 2)
+"""Training seeds of the teachers an ensemble recipe adds to the workflow's (seed 0): its recipe, data and split."""
 RECIPES: dict[str, dict[str, Any]] = {
     "kd": {"pipeline": "plain", "teacher": KD, "what": "kd (T 4, alpha 0.7), 10 epochs, no augmentation"},
     "dkd": {"pipeline": "plain", "teacher": {"distillation.alpha": 0.5, "distillation.temperature": 4.0,
@@ -66,6 +70,9 @@ RECIPES: dict[str, dict[str, Any]] = {
                   "what": f"DIST (T 4, alpha 0.5), a patient schedule without augmentation: {PATIENT_EPOCHS} epochs"},
     "dist_long_a75": {"pipeline": "long", "teacher": {**DIST, "distillation.alpha": 0.75},
                       "what": f"DIST (T 4, alpha 0.75: the teacher's share up), {PATIENT_EPOCHS} epochs without augmentation"},
+    "dist_long_ensemble": {"pipeline": "long", "teacher": DIST, "teachers": 1 + len(ENSEMBLE_SEEDS),
+                           "what": f"DIST (T 4, alpha 0.5) against a {1 + len(ENSEMBLE_SEEDS)}-teacher ensemble's averaged probabilities "
+                                   f"(the teacher + the same recipe trained with seeds {', '.join(map(str, ENSEMBLE_SEEDS))}), {PATIENT_EPOCHS} epochs"},
     "dist_longer": {"pipeline": "longer", "teacher": DIST,
                     "what": f"DIST (T 4, alpha 0.5), {VERY_PATIENT_EPOCHS} epochs without augmentation: does the gain keep growing with the schedule?"},
     "kd_aug": {"pipeline": "aug", "teacher": KD, "what": "kd + consistent flip/crop views (teacher sees the same view), 10 epochs"},
@@ -94,7 +101,7 @@ def run_overrides(config: dict[str, Any], recipe: str, arm: str, seed: int, quic
     """A run's workflow overrides: the config's knobs, the recipe's pipeline, the arm's distillation, the seed
     (`quick`: one epoch over at most two views)."""
     spec = RECIPES[recipe]
-    arm_overrides = spec["teacher"] if arm == WITH_TEACHER else {"distillation.alpha": 0.0}
+    arm_overrides = {**spec["teacher"], **extra_teacher_overrides(spec.get("teachers", 1) - 1, quick)} if arm == WITH_TEACHER else {"distillation.alpha": 0.0}
     overrides = {**MEASURED_KERNELS, **config, **PIPELINES[spec["pipeline"]], **arm_overrides, "training.seed": seed}
     if quick:
         overrides["training.epochs"] = QUICK_EPOCHS
@@ -103,20 +110,56 @@ def run_overrides(config: dict[str, Any], recipe: str, arm: str, seed: int, quic
     return overrides
 
 
+def extra_teacher_file(seed: int, quick: bool) -> Path:
+    """Where the ensemble's teacher of training seed `seed` is kept: next to the workflow's (runs/teachers/)."""
+    teacher = REPO / Path(load_workflow(WORKFLOW).teacher.checkpoint).with_suffix(".quick.pt" if quick else ".pt")
+    return teacher.with_name(f"{teacher.stem}.seed{seed}{teacher.suffix}")
+
+
+def extra_teacher_overrides(count: int, quick: bool) -> dict[str, Any]:
+    """`extra_teachers`: the workflow's teacher spec with the files of the first `count` ensemble seeds."""
+    if count == 0:
+        return {}
+    spec = load_workflow(WORKFLOW, QUICK if quick else {}).teacher.model_dump(mode="json")
+    return {"extra_teachers": [{**spec, "checkpoint": str(extra_teacher_file(seed, quick))} for seed in ENSEMBLE_SEEDS[:count]]}
+
+
+def ensemble_teachers(folder: Path, quick: bool, data: Any, count: int) -> list[Teacher]:
+    """The first `count` extra teachers, each trained by the product's teacher stage with its own training seed
+    (same split: the data's seed is separate) the first time, then read back from its file."""
+    teachers = []
+    for seed in ENSEMBLE_SEEDS[:count]:
+        seeded = bench_workflow(folder, quick, None, {"training.seed": seed, "teacher.checkpoint": str(extra_teacher_file(seed, quick))})[0]
+        teachers += prepare_teachers(seeded, data)
+    return teachers
+
+
+def ensemble_accuracy(teachers: list[Teacher], split: Any) -> float:
+    """Test accuracy of the teachers' averaged probabilities (at T 1), what an ensemble recipe distils from."""
+    modules = [load_teacher_module(t.payload).eval() for t in teachers]
+    correct = 0
+    with torch.no_grad():
+        for batch in iterate_batches(split, list(range(len(split))), 512, torch.device("cpu")):
+            averaged = torch.stack([module(batch.images).float().softmax(dim=-1) for module in modules]).mean(dim=0)
+            correct += int((averaged.argmax(dim=-1) == batch.labels).sum())
+    return correct / len(split)
+
+
 def run_key(config: str, recipe: str, arm: str, seed: int) -> str:
     """A run's name: labels-only runs are named by their pipeline, so the recipes that share it share them."""
     return f"{config}-{recipe if arm == WITH_TEACHER else RECIPES[recipe]['pipeline']}-{arm}-seed{seed}"
 
 
-def one_run(overrides: dict[str, Any], teacher: Teacher | None, folder: Path, quick: bool, out: Path) -> dict[str, Any]:
-    """One run in a worker process, its final metrics written to `out` (read back by a later benchmark run)."""
+def one_run(overrides: dict[str, Any], teachers: list[Teacher], folder: Path, quick: bool, out: Path) -> dict[str, Any]:
+    """One run in a worker process (`teachers`: none for the labels-only arm), its final metrics written to `out`
+    (read back by a later benchmark run)."""
     torch.set_num_threads(1)
     wf = bench_workflow(folder, quick, None, overrides)[0]
     data = build_data(wf.data)
-    uses_teacher = teacher is not None and wf.distillation.alpha > 0
-    cache = sweep_teacher_cache(wf, [teacher], data, folder)[0] if uses_teacher else None
+    used = teachers if wf.distillation.alpha > 0 else []
+    cache = sweep_teacher_cache(wf, used, data, folder)[0] if used else None
     started = time.perf_counter()
-    final = train_student(wf, data, [load_teacher_module(teacher.payload)] if uses_teacher else [], cache)
+    final = train_student(wf, data, [load_teacher_module(t.payload) for t in used], cache)
     result = {"seconds": time.perf_counter() - started, "commit": measured_commit(), **{k: final[k] for k in (metrics.TEST_ACCURACY, metrics.BEST_VAL_ACCURACY, metrics.INT8_VAL_ACCURACY, metrics.INT8_GZIP_BYTES)}}
     out.write_text(json.dumps(result) + "\n")
     return result
@@ -143,10 +186,11 @@ def run(configs: list[str], recipes: list[str], seeds: list[int], quick: bool, p
     knobs = CONFIGS
     wf = bench_workflow(folder, quick, None)[0]
     data = build_data(wf.data)
-    (teacher,) = prepare_teachers(wf, data)
-    for pipeline in {RECIPES[r]["pipeline"] for r in recipes}:  # each pipeline's cache built once here, not by two workers at once
-        piped = bench_workflow(folder, quick, None, run_overrides({}, next(r for r in recipes if RECIPES[r]["pipeline"] == pipeline), WITH_TEACHER, 0, quick))[0]
-        sweep_teacher_cache(piped, [teacher], build_data(piped.data), folder)
+    teachers = prepare_teachers(wf, data)
+    teachers += ensemble_teachers(folder, quick, data, max(RECIPES[r].get("teachers", 1) for r in recipes) - 1)
+    for recipe in recipes:  # each (pipeline, teachers) cache built once here, not by two workers at once
+        piped = bench_workflow(folder, quick, None, run_overrides({}, recipe, WITH_TEACHER, 0, quick))[0]
+        sweep_teacher_cache(piped, teachers[:RECIPES[recipe].get("teachers", 1)], build_data(piped.data), folder)
     results: dict[str, dict[str, Any]] = {}
     with ProcessPoolExecutor(max_workers=processes, mp_context=multiprocessing.get_context("spawn")) as pool:
         futures = {}
@@ -156,12 +200,15 @@ def run(configs: list[str], recipes: list[str], seeds: list[int], quick: bool, p
                 results[run_key(*job)] = json.loads(out.read_text())
                 continue
             overrides = run_overrides(knobs[job[0]], job[1], job[2], job[3], quick)
-            futures[job] = pool.submit(one_run, overrides, teacher if job[2] == WITH_TEACHER else None, folder, quick, out)
+            used = teachers[:RECIPES[job[1]].get("teachers", 1)] if job[2] == WITH_TEACHER else []
+            futures[job] = pool.submit(one_run, overrides, used, folder, quick, out)
         for job, future in futures.items():
             results[run_key(*job)] = future.result()
             print(f"  {run_key(*job)}: test {results[run_key(*job)][metrics.TEST_ACCURACY]:.4f} ({results[run_key(*job)]['seconds']:.0f} s)", flush=True)
     return {"setting": {"workflow": "workflows/fashion_mnist.yaml", "seeds_asked": seeds, "configs": knobs, "recipes": RECIPES, "pipelines": PIPELINES,
-                        "teacher_test_accuracy": teacher.test_accuracy, "processes": processes},
+                        "teacher_test_accuracy": teachers[0].test_accuracy, "processes": processes,
+                        "ensemble": {"teacher_test_accuracy": [t.test_accuracy for t in teachers],
+                                     "averaged_test_accuracy": ensemble_accuracy(teachers, data.test)} if len(teachers) > 1 else None},
             "rows": {**carried_rows(result_path(NAME, quick)), **finished_rows(folder)}}
 
 
@@ -219,7 +266,17 @@ def markdown(payload: dict[str, Any]) -> str:
         "`trained at`: the commits of the row's runs (rows whose runs are not on this machine are carried from the previous file).", "",
         format_table(["config/recipe", "recipe", "with teacher", "labels only", "gain (pt)", "seeds", "s per run", "trained at"], rows), "",
         f"Configs: {json.dumps(payload['setting']['configs'])}.", "",
+        *ensemble_line(payload["setting"].get("ensemble")),
     ])
+
+
+def ensemble_line(ensemble: dict[str, Any] | None) -> list[str]:
+    """The ensemble recipe's teachers: each one's test accuracy and their averaged probabilities'."""
+    if not ensemble:
+        return []
+    each = ", ".join(f"{100 * accuracy:.2f}" for accuracy in ensemble["teacher_test_accuracy"])
+    return [f"Ensemble teachers (seeds 0, {', '.join(map(str, ENSEMBLE_SEEDS))}): test accuracy {each}%; their averaged probabilities "
+            f"{100 * ensemble['averaged_test_accuracy']:.2f}%.", ""]
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -7,6 +7,7 @@ import hashlib
 import itertools
 import json
 import math
+from pathlib import Path
 
 import optuna
 import pytest
@@ -215,6 +216,20 @@ def test_distill_gain_pairs_each_seed_and_gives_the_mean_and_sd_of_the_differenc
     assert len(names) == len(set(names)) == 2 * (3 + 1 + 1), "kd and dkd share one labels-only run per seed; each pipeline has its own"
     assert run_key("dense", "kd", "labels_only", 0) == run_key("dense", "dist", "labels_only", 0) != run_key("dense", "kd_aug", "labels_only", 0)
     assert [job[3] for job in jobs] == sorted(job[3] for job in jobs), "seed by seed: a stopped benchmark leaves whole seeds"
+
+
+def test_an_ensemble_recipe_distils_from_the_teacher_and_one_extra_teacher_per_ensemble_seed():
+    from benchmarks.distill_gain import ENSEMBLE_SEEDS, extra_teacher_file, run_overrides
+    from benchmarks.fashion_mnist import WORKFLOW
+
+    with_teacher = run_overrides({}, "dist_long_ensemble", "teacher", 0)
+    files = [Path(teacher["checkpoint"]) for teacher in with_teacher["extra_teachers"]]
+    assert files == [extra_teacher_file(seed, False) for seed in ENSEMBLE_SEEDS] and len(set(files)) == len(ENSEMBLE_SEEDS)
+    assert all(f.parent == REPO / "runs" / "teachers" and f.name.endswith(f".seed{s}.pt") for f, s in zip(files, ENSEMBLE_SEEDS))
+    wf = load_workflow(WORKFLOW, with_teacher)
+    assert [t.name for t in wf.extra_teachers] == [wf.teacher.name] * len(ENSEMBLE_SEEDS) and wf.distillation.losses[0].name == "dist"
+    assert "extra_teachers" not in run_overrides({}, "dist_long_ensemble", "labels_only", 0), "the labels-only arm is the dist_long pipeline's"
+    assert "extra_teachers" not in run_overrides({}, "dist_long", "teacher", 0)
 
 
 def test_distill_gain_keeps_the_previous_files_rows_whose_runs_are_not_on_disk_with_their_commits(tmp_path):

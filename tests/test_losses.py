@@ -205,6 +205,17 @@ def test_dist_equals_the_published_implementation(temperature, beta, gamma):
         torch.testing.assert_close(make("dist", beta=beta, gamma=gamma)(batch), expected, rtol=1e-5, atol=1e-6)
 
 
+def test_dist_with_several_teachers_matches_the_published_loss_on_their_averaged_probabilities():
+    """An ensemble's soft targets (Hinton et al. 2015): the mean of the teachers' softmax(z/T), in the authors' loss."""
+    for seed in range(3):
+        batch, second = random_batch(seed, 4.0), random_batch(seed + 10, 4.0).teacher_logits[0]
+        ensemble = DistillInputs(batch.student_logits, batch.labels, [batch.teacher_logits[0], second], 4.0)
+        averaged = ((batch.teacher_logits[0] / 4.0).softmax(dim=1) + (second / 4.0).softmax(dim=1)) / 2
+        expected = reference_dist(batch.student_logits, 4.0 * averaged.log(), 1.0, 1.0, 4.0)  # softmax(T log p / T) = p
+        torch.testing.assert_close(make("dist")(ensemble), expected, rtol=1e-5, atol=1e-6)
+        assert not torch.allclose(make("dist")(ensemble), make("dist")(batch)), "the second teacher must count"
+
+
 def test_dist_is_zero_for_a_student_whose_probabilities_are_an_affine_copy_of_the_teachers():
     """Pearson correlation ignores scale and shift: identical soft outputs give no loss."""
     batch = random_batch(2, 1.0)

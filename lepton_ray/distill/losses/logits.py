@@ -157,7 +157,8 @@ class DIST(DistillationLoss):
 
     With y = softmax(z/T): T^2 * (beta * (1 - mean over samples of pearson(y_s[b, :], y_t[b, :])) + gamma * (1 - mean
     over classes of pearson(y_s[:, c], y_t[:, c]))): inter-class relations per sample, intra-class relations across
-    the batch. Defaults beta = gamma = 1 (the paper's). Needs every teacher logit.
+    the batch. Defaults beta = gamma = 1 (the paper's). Needs every teacher logit. With several teachers (`teacher`
+    plus `extra_teachers`), y_t is their averaged probabilities, the ensemble's soft targets as in `multi_teacher`.
 
     Refused for two classes: the inter-class Pearson of two centred probabilities is +-1 whatever they are (no
     gradient), and the intra-class one is blind to a shift of the student's probabilities, which is where its
@@ -181,7 +182,7 @@ class DIST(DistillationLoss):
     def forward(self, inputs: DistillInputs) -> torch.Tensor:
         temperature = inputs.temperature
         student = F.softmax(inputs.student_logits.float() / temperature, dim=-1)
-        teacher = F.softmax(inputs.teacher_logits[0].float() / temperature, dim=-1)
+        teacher = torch.stack([F.softmax(logits.float() / temperature, dim=-1) for logits in inputs.teacher_logits]).mean(dim=0)
         inter = 1 - _pearson(student, teacher, dim=1).mean()
         intra = 1 - _pearson(student, teacher, dim=0).mean()
         return temperature**2 * (self.beta * inter + self.gamma * intra)
