@@ -68,7 +68,9 @@ def bench_workflow(folder: Path, quick: bool, data_root: Path | None, extra: dic
                  "selection.distillation_control.seeds": CONTROL_SEEDS,
                  **({"data.root": str(data_root)} if data_root else {}), **(QUICK if quick else {}), **(extra or {})}
     wf = load_workflow(WORKFLOW, overrides)
-    installed = None if quick else install_committed_teacher(teacher_file, fingerprint(wf.teacher, wf.data, wf.training.seed))
+    # Only the workflow's own teacher is the asset's: one trained with another seed (distill_gain's ensemble) has its own file.
+    uses_asset = not quick and Path(wf.teacher.checkpoint) == teacher_file
+    installed = install_committed_teacher(teacher_file, fingerprint(wf.teacher, wf.data, wf.training.seed)) if uses_asset else None
     if installed:
         print(installed, flush=True)
     return wf, overrides

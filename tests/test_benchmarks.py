@@ -257,6 +257,17 @@ def test_the_committed_fashion_mnist_teacher_is_the_workflows_teacher_and_is_ins
     assert torch.load(asset, weights_only=False)["test_accuracy"] == record["test_accuracy"] >= 0.93
 
 
+def test_the_fm_benchmarks_install_the_committed_teacher_only_for_the_workflows_own_teacher(tmp_path, monkeypatch, capsys):
+    """An ensemble teacher trained with another seed has its own file: no word about the asset, nothing copied for it."""
+    from benchmarks import fashion_mnist
+    monkeypatch.setattr(fashion_mnist, "REPO", tmp_path)
+    installed = tmp_path / load_workflow(fashion_mnist.WORKFLOW).teacher.checkpoint
+    fashion_mnist.bench_workflow(tmp_path / "bench", False, None, {"training.seed": 1, "teacher.checkpoint": str(tmp_path / "seed1.pt")})
+    assert capsys.readouterr().out == "" and not installed.exists()
+    fashion_mnist.bench_workflow(tmp_path / "bench", False, None)
+    assert "copied" in capsys.readouterr().out and installed.read_bytes() == (RECORD.parent / json.loads(RECORD.read_text())["file"]).read_bytes()
+
+
 def test_installing_the_committed_teacher_copies_it_once_and_never_over_a_file(tmp_path):
     record = json.loads(RECORD.read_text())
     target = tmp_path / "teachers" / "fm.pt"
