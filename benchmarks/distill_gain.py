@@ -267,6 +267,7 @@ def markdown(payload: dict[str, Any]) -> str:
         format_table(["config/recipe", "recipe", "with teacher", "labels only", "gain (pt)", "seeds", "s per run", "trained at"], rows), "",
         f"Configs: {json.dumps(payload['setting']['configs'])}.", "",
         *ensemble_line(payload["setting"].get("ensemble")),
+        *ensemble_versus_one_teacher(payload["rows"]),
     ])
 
 
@@ -277,6 +278,29 @@ def ensemble_line(ensemble: dict[str, Any] | None) -> list[str]:
     each = ", ".join(f"{100 * accuracy:.2f}" for accuracy in ensemble["teacher_test_accuracy"])
     return [f"Ensemble teachers (seeds 0, {', '.join(map(str, ENSEMBLE_SEEDS))}): test accuracy {each}%; their averaged probabilities "
             f"{100 * ensemble['averaged_test_accuracy']:.2f}%.", ""]
+
+
+def one_teacher_recipe(recipe: str) -> str | None:
+    """The recipe an ensemble one differs from only in its number of teachers (dist_long for dist_long_ensemble)."""
+    spec = RECIPES[recipe]
+    return next((name for name, other in RECIPES.items()
+                 if other.get("teachers", 1) == 1 and other["pipeline"] == spec["pipeline"] and other["teacher"] == spec["teacher"]), None)
+
+
+def ensemble_versus_one_teacher(rows: dict[str, dict[str, Any]]) -> list[str]:
+    """What the extra teachers bought: each ensemble row's with-teacher arm against its one-teacher row's, paired by seed
+    (the labels-only arm is the same runs, so this is the difference of the two gains)."""
+    lines = []
+    for row, values in rows.items():
+        config, recipe = row.split("/")
+        single = f"{config}/{one_teacher_recipe(recipe)}"
+        if RECIPES[recipe].get("teachers", 1) == 1 or single not in rows or rows[single]["seeds"] != values["seeds"]:
+            continue
+        differences = [100 * (e - o) for e, o in zip(values["teacher_test_accuracy"], rows[single]["teacher_test_accuracy"])]
+        spread = f" +- {statistics.stdev(differences):.2f}" if len(differences) > 1 else ""
+        lines += [f"Ensemble against one teacher, same pipeline and seeds: {row} - {single} = {statistics.mean(differences):+.2f}{spread} pt "
+                  f"(paired by seed, {len(differences)} seeds: {', '.join(f'{d:+.2f}' for d in differences)}).", ""]
+    return lines
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -232,6 +232,20 @@ def test_an_ensemble_recipe_distils_from_the_teacher_and_one_extra_teacher_per_e
     assert "extra_teachers" not in run_overrides({}, "dist_long", "teacher", 0)
 
 
+def test_the_distill_gain_page_gives_what_the_extra_teachers_bought_paired_by_seed():
+    from benchmarks.distill_gain import ensemble_versus_one_teacher, one_teacher_recipe
+
+    assert one_teacher_recipe("dist_long_ensemble") == "dist_long", "same pipeline and loss, one teacher"
+    rows = {"pick/dist_long": {"seeds": [0, 1], "teacher_test_accuracy": [0.915, 0.910]},
+            "pick/dist_long_ensemble": {"seeds": [0, 1], "teacher_test_accuracy": [0.914, 0.915]},
+            "dense/dist_long_ensemble": {"seeds": [0], "teacher_test_accuracy": [0.92]}}
+    lines = [line for line in ensemble_versus_one_teacher(rows) if line]
+    assert lines == ["Ensemble against one teacher, same pipeline and seeds: pick/dist_long_ensemble - pick/dist_long = +0.20 +- 0.42 pt "
+                     "(paired by seed, 2 seeds: -0.10, +0.50)."], "dense has no one-teacher row to pair with"
+    rows["pick/dist_long"]["seeds"] = [0, 2]
+    assert ensemble_versus_one_teacher(rows) == [], "other seeds: no pairing"
+
+
 def test_distill_gain_keeps_the_previous_files_rows_whose_runs_are_not_on_disk_with_their_commits(tmp_path):
     from benchmarks.distill_gain import carried_rows, finished_rows, run_key
 
