@@ -232,6 +232,22 @@ def test_an_ensemble_recipe_distils_from_the_teacher_and_one_extra_teacher_per_e
     assert "extra_teachers" not in run_overrides({}, "dist_long", "teacher", 0)
 
 
+def test_distill_gain_judges_each_gain_against_twice_the_pooled_seed_sd_as_issue_31_asks():
+    from benchmarks.distill_gain import figures
+
+    rows = {"pick/dist_long": {"seeds": [0, 1, 2], "gain_points": 0.85, "teacher_test_accuracy": [0.9175, 0.9112, 0.9156],
+                               "labels_only_test_accuracy": [0.9048, 0.9063, 0.9076]},
+            "dense/dkd": {"seeds": [0], "gain_points": -1.7, "teacher_test_accuracy": [0.8856], "labels_only_test_accuracy": [0.9026]}}
+    by_name = {figure.name: figure for figure in figures({"rows": rows})}
+    ratio = by_name["pick/dist_long: gain / pooled seed sd of the two arms"]
+    assert ratio.value == pytest.approx(0.85 / 0.2491, rel=1e-3) and ratio.verdict == "pass"  # sds 0.32 and 0.14 pt, pooled 0.25
+    assert by_name["pick/dist_long: teacher - labels only (pt, 3 seeds)"].verdict == "FAIL", "0.85 pt is under the 1.0 pt goal"
+    assert sorted(by_name) == ["dense/dkd: teacher - labels only (pt, 1 seeds)", "pick/dist_long: gain / pooled seed sd of the two arms",
+                               "pick/dist_long: teacher - labels only (pt, 3 seeds)"], "one seed has no spread to judge by"
+    rows["pick/dist_long"]["gain_points"] = 0.4
+    assert {f.name: f for f in figures({"rows": rows})}["pick/dist_long: gain / pooled seed sd of the two arms"].verdict == "FAIL", "0.4 pt is 1.6 sd"
+
+
 def test_the_distill_gain_page_gives_what_the_extra_teachers_bought_paired_by_seed():
     from benchmarks.distill_gain import ensemble_versus_one_teacher, one_teacher_recipe
 
