@@ -97,8 +97,12 @@ class MultiTeacherKD(DistillationLoss):
 
     def forward(self, inputs: DistillInputs) -> torch.Tensor:
         weights = self.teacher_weights(inputs.teacher_logits)
-        probs = torch.stack([F.softmax(logits.float() / inputs.temperature, dim=-1) for logits in inputs.teacher_logits])
-        return soft_target_kl(inputs.student_logits, (weights * probs).sum(dim=0), inputs.temperature)
+        return soft_target_kl(inputs.student_logits, (weights * teacher_probabilities(inputs)).sum(dim=0), inputs.temperature)
+
+
+def teacher_probabilities(inputs: DistillInputs) -> torch.Tensor:
+    """(teachers, batch, classes): every teacher's softmax(t/T) in float32, what an ensemble's soft targets mix."""
+    return torch.stack([F.softmax(logits.float() / inputs.temperature, dim=-1) for logits in inputs.teacher_logits])
 
 
 def target_classes(inputs: DistillInputs) -> torch.Tensor:
@@ -182,7 +186,7 @@ class DIST(DistillationLoss):
     def forward(self, inputs: DistillInputs) -> torch.Tensor:
         temperature = inputs.temperature
         student = F.softmax(inputs.student_logits.float() / temperature, dim=-1)
-        teacher = torch.stack([F.softmax(logits.float() / temperature, dim=-1) for logits in inputs.teacher_logits]).mean(dim=0)
+        teacher = teacher_probabilities(inputs).mean(dim=0)
         inter = 1 - _pearson(student, teacher, dim=1).mean()
         intra = 1 - _pearson(student, teacher, dim=0).mean()
         return temperature**2 * (self.beta * inter + self.gamma * intra)
