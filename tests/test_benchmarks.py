@@ -252,12 +252,13 @@ def test_the_distill_gain_page_gives_what_the_extra_teachers_bought_paired_by_se
     from benchmarks.distill_gain import ensemble_versus_one_teacher, one_teacher_recipe
 
     assert one_teacher_recipe("dist_long_ensemble") == "dist_long", "same pipeline and loss, one teacher"
-    rows = {"pick/dist_long": {"seeds": [0, 1], "teacher_test_accuracy": [0.915, 0.910]},
-            "pick/dist_long_ensemble": {"seeds": [0, 1], "teacher_test_accuracy": [0.914, 0.915]},
-            "dense/dist_long_ensemble": {"seeds": [0], "teacher_test_accuracy": [0.92]}}
+    rows = {"pick/dist_long": {"seeds": [0, 1], "teacher_test_accuracy": [0.915, 0.910], "teacher_val_accuracy": [0.920, 0.922]},
+            "pick/dist_long_ensemble": {"seeds": [0, 1], "teacher_test_accuracy": [0.914, 0.915], "teacher_val_accuracy": [0.921, 0.922]},
+            "dense/dist_long_ensemble": {"seeds": [0], "teacher_test_accuracy": [0.92], "teacher_val_accuracy": [0.92]}}
     lines = [line for line in ensemble_versus_one_teacher(rows) if line]
-    assert lines == ["Ensemble against one teacher, same pipeline and seeds: pick/dist_long_ensemble - pick/dist_long = +0.20 +- 0.42 pt "
-                     "(paired by seed, 2 seeds: -0.10, +0.50)."], "dense has no one-teacher row to pair with"
+    assert lines == ["Ensemble against one teacher, same pipeline and seeds: pick/dist_long_ensemble - pick/dist_long, paired by seed (2 seeds): "
+                     "validation (what choosing the number of teachers reads) +0.05 +- 0.07 pt (+0.10, +0.00); "
+                     "test (reported) +0.20 +- 0.42 pt (-0.10, +0.50)."], "dense has no one-teacher row to pair with"
     rows["pick/dist_long"]["seeds"] = [0, 2]
     assert ensemble_versus_one_teacher(rows) == [], "other seeds: no pairing"
 
