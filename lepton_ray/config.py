@@ -231,7 +231,11 @@ class WorkflowConfig(StrictModel):
     )
     data: DataConfig = DataConfig()
     teacher: TeacherConfig
-    extra_teachers: list[TeacherConfig] = Field(default_factory=list)
+    extra_teachers: list[TeacherConfig] = Field(
+        default_factory=list,
+        description="more teachers: every logit loss distils from the ensemble (averaged probabilities, multi_teacher weighs them); "
+        "feature losses read `teacher`'s features",
+    )
     student: ModelSpec
     distillation: DistillationConfig = DistillationConfig()
     compression: CompressionConfig = CompressionConfig()

@@ -205,17 +205,6 @@ def test_dist_equals_the_published_implementation(temperature, beta, gamma):
         torch.testing.assert_close(make("dist", beta=beta, gamma=gamma)(batch), expected, rtol=1e-5, atol=1e-6)
 
 
-def test_dist_with_several_teachers_matches_the_published_loss_on_their_averaged_probabilities():
-    """An ensemble's soft targets (Hinton et al. 2015): the mean of the teachers' softmax(z/T), in the authors' loss."""
-    for seed in range(3):
-        batch, second = random_batch(seed, 4.0), random_batch(seed + 10, 4.0).teacher_logits[0]
-        ensemble = DistillInputs(batch.student_logits, batch.labels, [batch.teacher_logits[0], second], 4.0)
-        averaged = ((batch.teacher_logits[0] / 4.0).softmax(dim=1) + (second / 4.0).softmax(dim=1)) / 2
-        expected = reference_dist(batch.student_logits, 4.0 * averaged.log(), 1.0, 1.0, 4.0)  # softmax(T log p / T) = p
-        torch.testing.assert_close(make("dist")(ensemble), expected, rtol=1e-5, atol=1e-6)
-        assert not torch.allclose(make("dist")(ensemble), make("dist")(batch)), "the second teacher must count"
-
-
 def test_dist_is_zero_for_a_student_whose_probabilities_are_an_affine_copy_of_the_teachers():
     """Pearson correlation ignores scale and shift: identical soft outputs give no loss."""
     batch = random_batch(2, 1.0)
@@ -238,6 +227,66 @@ def test_kd_std_ignores_each_samples_logit_scale_and_shift_where_kd_does_not():
     affine = DistillInputs(batch.teacher_logits[0] * scale + shift, batch.labels, batch.teacher_logits, 2.0)
     assert float(make("kd_std")(affine)) == pytest.approx(0.0, abs=1e-5)
     assert float(make("kd")(affine)) > 1e-3
+
+
+def ensemble_teacher(teachers: list[torch.Tensor], temperature: float) -> torch.Tensor:
+    """One teacher's logits whose softmax(z/T) is the teachers' averaged softmax(t/T): T * log of that average."""
+    return temperature * torch.stack([(t / temperature).softmax(dim=1) for t in teachers]).mean(dim=0).log()
+
+
+@pytest.mark.parametrize(("name", "options"), [("kd", {}), ("dkd", {}), ("dkd", {"alpha": 0.5, "beta": 2.0}), ("dist", {})])
+def test_each_soft_target_loss_with_several_teachers_distils_from_their_averaged_probabilities(name, options):
+    """Hinton et al. (2015, sec. 2): an ensemble's soft targets are its teachers' averaged softmax(t/T); every soft-target
+    loss given `extra_teachers` must equal itself against one teacher with those probabilities, not the first teacher's."""
+    for seed, temperature in [(0, 4.0), (1, 1.0), (2, 2.0)]:
+        batch, more = random_batch(seed, temperature), [random_batch(seed + 10 + k, temperature).teacher_logits[0] for k in range(2)]
+        teachers = [batch.teacher_logits[0], *more]
+        several = DistillInputs(batch.student_logits, batch.labels, teachers, temperature)
+        one = DistillInputs(batch.student_logits, batch.labels, [ensemble_teacher(teachers, temperature)], temperature)
+        torch.testing.assert_close(make(name, **options)(several), make(name, **options)(one), rtol=1e-5, atol=1e-6)
+        assert not torch.allclose(make(name, **options)(several), make(name, **options)(batch)), "the extra teachers must count"
+
+
+def test_dkd_with_several_teachers_takes_their_averaged_prediction_as_the_target_of_unlabeled_samples():
+    batch, second = random_batch(4, 4.0), random_batch(14, 4.0).teacher_logits[0]
+    teachers = [batch.teacher_logits[0], second]
+    averaged = torch.stack([t.softmax(dim=1) for t in teachers]).mean(dim=0)
+    unlabeled = DistillInputs(batch.student_logits, torch.full((16,), -1), teachers, 4.0)
+    assert (averaged.argmax(dim=1) != batch.teacher_logits[0].argmax(dim=1)).any(), "the batch must tell the two targets apart"
+    expected = reference_dkd(batch.student_logits, ensemble_teacher(teachers, 4.0), averaged.argmax(dim=1), 1.0, 8.0, 4.0)
+    torch.testing.assert_close(make("dkd")(unlabeled), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_kd_std_with_several_teachers_averages_the_probabilities_of_their_standardised_logits():
+    temperature = 2.0
+    batch, second = random_batch(5, temperature), random_batch(15, temperature).teacher_logits[0] * 4 + 3
+    teachers = [batch.teacher_logits[0], second]
+
+    def standardised(z: torch.Tensor) -> torch.Tensor:  # the authors' normalize()
+        return (z - z.mean(dim=-1, keepdim=True)) / (1e-7 + z.std(dim=-1, keepdim=True))
+
+    target = torch.stack([(standardised(t) / temperature).softmax(dim=1) for t in teachers]).mean(dim=0)
+    log_student = (standardised(batch.student_logits) / temperature).log_softmax(dim=1)
+    expected = torch.nn.functional.kl_div(log_student, target, reduction="none").sum(1).mean() * temperature**2
+    several = DistillInputs(batch.student_logits, batch.labels, teachers, temperature)
+    torch.testing.assert_close(make("kd_std")(several), expected, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(make("kd_std")(several), make("kd_std")(batch)), "the second teacher must count"
+
+
+def test_hard_with_several_teachers_is_cross_entropy_against_the_argmax_of_their_averaged_probabilities():
+    """Sample 0: the first teacher says class 0; the ensemble (softmax at T 1, averaged) says class 1."""
+    q = softmax_rows(STUDENT_LOGITS)
+    averaged = [[(a + b) / 2 for a, b in zip(ra, rb)] for ra, rb in zip(softmax_rows(TEACHER_LOGITS), softmax_rows(SECOND_TEACHER))]
+    ensemble_labels = [row.index(max(row)) for row in averaged]
+    assert ensemble_labels != [0, 2], "the ensemble must disagree with the first teacher somewhere"
+    expected = -sum(math.log(q[b][c]) for b, c in enumerate(ensemble_labels)) / 2
+    assert make("hard")(inputs(4.0, teachers=(TEACHER_LOGITS, SECOND_TEACHER))).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_logit_mse_with_several_teachers_regresses_onto_their_mean_logits():
+    mean = [[(a + b) / 2 for a, b in zip(ra, rb)] for ra, rb in zip(TEACHER_LOGITS, SECOND_TEACHER)]
+    diffs = [(s - t) ** 2 for srow, trow in zip(STUDENT_LOGITS, mean) for s, t in zip(srow, trow)]
+    assert make("logit_mse")(inputs(teachers=(TEACHER_LOGITS, SECOND_TEACHER))).item() == pytest.approx(sum(diffs) / 6, rel=1e-6)
 
 
 @pytest.mark.parametrize(

@@ -1,7 +1,14 @@
 """Losses on the teachers' output logits: soft targets, hard targets, logit regression, ensembles, decoupled KD, DIST,
-logit-standardised KD."""
+logit-standardised KD.
+
+With several teachers (`teacher` plus `extra_teachers`) every loss here distils from the ensemble, as Hinton et al.
+(2015, sec. 2) do: soft targets are the teachers' averaged probabilities, hard targets their argmax, logit regression
+their mean logits (`multi_teacher` adds weights). With one teacher each loss is exactly its single-teacher form."""
 
 from __future__ import annotations
+
+import math
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -15,8 +22,7 @@ class SoftTargetKD(DistillationLoss):
     """Hinton et al., 2015: T^2 * KL(softmax(t/T) || softmax(s/T)), batch mean (T^2 keeps grads T-independent)."""
 
     def forward(self, inputs: DistillInputs) -> torch.Tensor:
-        teacher_probs = F.softmax(inputs.teacher_logits[0] / inputs.temperature, dim=-1)
-        return soft_target_kl(inputs.student_logits, teacher_probs, inputs.temperature)
+        return soft_target_kl(inputs.student_logits, teacher_probabilities(inputs).mean(dim=0), inputs.temperature)
 
 
 @LOSSES.register("kd_std")
@@ -29,8 +35,8 @@ class StandardisedKD(DistillationLoss):
     needs_every_teacher_logit = True
 
     def forward(self, inputs: DistillInputs) -> torch.Tensor:
-        student, teacher = _standardised(inputs.student_logits.float()), _standardised(inputs.teacher_logits[0].float())
-        return soft_target_kl(student, F.softmax(teacher / inputs.temperature, dim=-1), inputs.temperature)
+        teacher = teacher_probabilities(inputs, transform=_standardised).mean(dim=0)
+        return soft_target_kl(_standardised(inputs.student_logits.float()), teacher, inputs.temperature)
 
 
 def _standardised(logits: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
@@ -40,20 +46,21 @@ def _standardised(logits: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
 
 @LOSSES.register("hard")
 class HardTeacherLabels(DistillationLoss):
-    """Hard-target distillation: CE(s, argmax t), batch mean."""
+    """Hard-target distillation: CE(s, argmax t), batch mean; several teachers: the argmax of their averaged
+    probabilities (at T = 1, the ensemble's own prediction)."""
 
     def forward(self, inputs: DistillInputs) -> torch.Tensor:
-        return F.cross_entropy(inputs.student_logits, inputs.teacher_logits[0].argmax(dim=-1))
+        return F.cross_entropy(inputs.student_logits, ensemble_logits(inputs, temperature=1.0).argmax(dim=-1))
 
 
 @LOSSES.register("logit_mse")
 class LogitMSE(DistillationLoss):
-    """Ba & Caruana, 2014: mean over all elements of (s - t)^2."""
+    """Ba & Caruana, 2014: mean over all elements of (s - t)^2; several teachers: t is their mean logits."""
 
     needs_every_teacher_logit = True
 
     def forward(self, inputs: DistillInputs) -> torch.Tensor:
-        return F.mse_loss(inputs.student_logits, inputs.teacher_logits[0])
+        return F.mse_loss(inputs.student_logits, torch.stack(inputs.teacher_logits).mean(dim=0))
 
 
 @LOSSES.register("multi_teacher")
@@ -100,18 +107,33 @@ class MultiTeacherKD(DistillationLoss):
         return soft_target_kl(inputs.student_logits, (weights * teacher_probabilities(inputs)).sum(dim=0), inputs.temperature)
 
 
-def teacher_probabilities(inputs: DistillInputs) -> torch.Tensor:
-    """(teachers, batch, classes): every teacher's softmax(t/T) in float32, what an ensemble's soft targets mix."""
-    return torch.stack([F.softmax(logits.float() / inputs.temperature, dim=-1) for logits in inputs.teacher_logits])
+def teacher_probabilities(
+    inputs: DistillInputs, temperature: float | None = None, transform: Callable[[torch.Tensor], torch.Tensor] = lambda logits: logits,
+) -> torch.Tensor:
+    """(teachers, batch, classes): every teacher's softmax(transform(t)/T) in float32 (T: the loss's temperature unless
+    given), what an ensemble's soft targets mix."""
+    scale = inputs.temperature if temperature is None else temperature
+    return torch.stack([F.softmax(transform(logits.float()) / scale, dim=-1) for logits in inputs.teacher_logits])
+
+
+def ensemble_logits(inputs: DistillInputs, temperature: float | None = None) -> torch.Tensor:
+    """(batch, classes) logits whose softmax is the teachers' averaged softmax(t/T) (T: the loss's unless given): one
+    teacher's t/T itself, several teachers' log of their averaged probabilities, a logsumexp of their log-probabilities
+    so that no probability underflows to log 0."""
+    scale = inputs.temperature if temperature is None else temperature
+    if len(inputs.teacher_logits) == 1:
+        return inputs.teacher_logits[0].float() / scale
+    logs = torch.stack([F.log_softmax(logits.float() / scale, dim=-1) for logits in inputs.teacher_logits])
+    return logs.logsumexp(dim=0) - math.log(len(logs))
 
 
 def target_classes(inputs: DistillInputs) -> torch.Tensor:
     """Each sample's target class: its label (of a mixed image, the label with the larger share), or (unlabeled
-    samples, label -1) the primary teacher's argmax."""
+    samples, label -1) the teachers' prediction: the argmax of their averaged probabilities at T = 1 (as `hard`)."""
     labels = inputs.labels
     if inputs.shares is not None and inputs.partner_labels is not None:
         labels = torch.where(inputs.shares >= 0.5, labels, inputs.partner_labels)
-    return torch.where(labels >= 0, labels, inputs.teacher_logits[0].argmax(dim=-1))
+    return torch.where(labels >= 0, labels, ensemble_logits(inputs, temperature=1.0).argmax(dim=-1))
 
 
 @LOSSES.register("dkd")
@@ -122,7 +144,8 @@ class DecoupledKD(DistillationLoss):
     NCKD = KL(softmax(t_/g / T) || softmax(s_/g / T)) over the classes other than g; the loss is
     T^2 * (alpha * TCKD + beta * NCKD), batch mean. Plain kd weighs NCKD by 1 - p_t,g, which a confident
     teacher drives to 0; `beta` (default 8, the paper's CIFAR setting) restores it. Unlabeled samples take the
-    teacher's argmax as g. Needs every teacher logit (the non-target distribution).
+    teacher's argmax as g. Needs every teacher logit (the non-target distribution). Several teachers: p_t is their
+    averaged probabilities.
     """
 
     needs_every_teacher_logit = True
@@ -135,7 +158,7 @@ class DecoupledKD(DistillationLoss):
 
     def forward(self, inputs: DistillInputs) -> torch.Tensor:
         temperature = inputs.temperature
-        student, teacher = inputs.student_logits.float() / temperature, inputs.teacher_logits[0].float() / temperature
+        student, teacher = inputs.student_logits.float() / temperature, ensemble_logits(inputs)
         is_target = F.one_hot(target_classes(inputs), student.shape[-1]).bool()
         log_p_student, log_p_teacher = F.log_softmax(student, dim=-1), F.log_softmax(teacher, dim=-1)
         binary_student = _binary_log_probs(log_p_student, is_target)
