@@ -69,6 +69,8 @@ RECIPES: dict[str, dict[str, Any]] = {
                "what": "logit-standardised kd (Sun et al. 2024: T 2 on z-scored logits, alpha 0.9 as the paper's teacher-heavy weights), 10 epochs"},
     "dist_long": {"pipeline": "long", "teacher": DIST,
                   "what": f"DIST (T 4, alpha 0.5), a patient schedule without augmentation: {PATIENT_EPOCHS} epochs"},
+    "dist_long_t1": {"pipeline": "long", "teacher": {**DIST, "distillation.temperature": 1.0},
+                     "what": f"DIST (T 1, the FM sweep's choice on nearly every front point; alpha 0.5), {PATIENT_EPOCHS} epochs without augmentation"},
     "dist_long_a75": {"pipeline": "long", "teacher": {**DIST, "distillation.alpha": 0.75},
                       "what": f"DIST (T 4, alpha 0.75: the teacher's share up), {PATIENT_EPOCHS} epochs without augmentation"},
     "dist_long_ensemble": {"pipeline": "long", "teacher": DIST, "teachers": 1 + len(ENSEMBLE_SEEDS),
@@ -95,6 +97,8 @@ CONFIGS: dict[str, dict[str, Any]] = {
                 "student.options.width": 1},  # trial 15, the most accurate point within the 10.8 KB goal: 10.6 KB gzip
     # The pick of the DIST rerun at d1bd05a (trial 11: 16.4 KB gzip, 4 bits, nothing pruned).
     "pick": {"compression.channel_pruning.sparsity": 0, "compression.pruning.sparsity": 0, "compression.quantization.bits": 4, "student.options.width": 1},
+    # The FM rerun at b861c23's most accurate front point within 10.8 KB (trial 13: 8.9 KB gzip), the size goal's student.
+    "size": {"compression.channel_pruning.sparsity": 0.33886, "compression.pruning.sparsity": 0, "compression.quantization.bits": 4, "student.options.width": 1},
 }
 
 
