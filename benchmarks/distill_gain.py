@@ -70,7 +70,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     "dist_long": {"pipeline": "long", "teacher": DIST,
                   "what": f"DIST (T 4, alpha 0.5), a patient schedule without augmentation: {PATIENT_EPOCHS} epochs"},
     "dist_long_t1": {"pipeline": "long", "teacher": {**DIST, "distillation.temperature": 1.0},
-                     "what": f"DIST (T 1, the FM sweep's choice on nearly every front point; alpha 0.5), {PATIENT_EPOCHS} epochs without augmentation"},
+                     "what": f"DIST (T 1, the FM rerun's searcher's choice on 8 of its 12 front points; alpha 0.5), {PATIENT_EPOCHS} epochs without augmentation"},
     "dist_long_a75": {"pipeline": "long", "teacher": {**DIST, "distillation.alpha": 0.75},
                       "what": f"DIST (T 4, alpha 0.75: the teacher's share up), {PATIENT_EPOCHS} epochs without augmentation"},
     "dist_long_ensemble": {"pipeline": "long", "teacher": DIST, "teachers": 1 + len(ENSEMBLE_SEEDS),
@@ -281,7 +281,7 @@ def best_schedule_gains(rows: dict[str, dict[str, Any]]) -> list[tuple[str, str,
     """What distillation bought when each arm trains as long as suits it: per config and schedule family with two or
     more schedules on the same seeds, the teacher arm of the row with the best mean validation accuracy against the
     labels-only arm of the row with the best (a labels-only run that overfits at 60 epochs is compared at 30), paired
-    by seed on test. A same-schedule gain can be inflated by the baseline's overfitting; this one cannot."""
+    by seed on test. A same-schedule gain can be inflated by the baseline's overfitting; here each arm is at its best."""
     out = []
     for config in CONFIGS:
         families: dict[str, list[str]] = {}
