@@ -274,7 +274,12 @@ def schedule_family(recipe: str) -> str:
     spec = RECIPES[recipe]
     same = [name for name, other in RECIPES.items() if other["teacher"] == spec["teacher"] and other.get("teachers", 1) == spec.get("teachers", 1)
             and set(PIPELINES[other["pipeline"]]) == {"training.epochs"}]
-    return min(same, key=lambda name: PIPELINES[RECIPES[name]["pipeline"]]["training.epochs"]) if recipe in same else recipe
+    return min(same, key=recipe_epochs) if recipe in same else recipe
+
+
+def recipe_epochs(recipe: str) -> int:
+    """The epochs both arms of a recipe train for (its pipeline's)."""
+    return PIPELINES[RECIPES[recipe]["pipeline"]]["training.epochs"]
 
 
 def best_schedule_gains(rows: dict[str, dict[str, Any]]) -> list[tuple[str, str, tuple[str, str], list[float]]]:
@@ -303,11 +308,10 @@ def best_schedule_lines(rows: dict[str, dict[str, Any]]) -> list[str]:
     """The page's account of `best_schedule_gains`: which schedule each arm's validation chose, and the paired test gain."""
     lines = []
     for config, family, (teacher, labels), gain in best_schedule_gains(rows):
-        epochs = {row: PIPELINES[RECIPES[row.split("/")[1]]["pipeline"]]["training.epochs"] for row in (teacher, labels)}
+        epochs = {row: recipe_epochs(row.split("/")[1]) for row in (teacher, labels)}
         lines += [f"Each arm at its own schedule, {config}/{family} (chosen on mean validation accuracy): with teacher {epochs[teacher]} epochs "
                   f"({teacher}, val {100 * statistics.mean(rows[teacher]['teacher_val_accuracy']):.2f}), labels only {epochs[labels]} epochs "
-                  f"({labels}, val {100 * statistics.mean(rows[labels]['labels_only_val_accuracy']):.2f}); test gain "
-                  f"{statistics.mean(gain):+.2f} +- {statistics.stdev(gain):.2f} pt ({', '.join(f'{g:+.2f}' for g in gain)}).", ""]
+                  f"({labels}, val {100 * statistics.mean(rows[labels]['labels_only_val_accuracy']):.2f}); test gain {differences_text(gain)}.", ""]
     return lines
 
 
@@ -367,8 +371,12 @@ def ensemble_versus_one_teacher(rows: dict[str, dict[str, Any]]) -> list[str]:
 
 
 def paired_difference(ours: list[float], theirs: list[float]) -> str:
-    """Mean +- sd of the per-seed differences in points, then each seed's."""
-    differences = [100 * (a - b) for a, b in zip(ours, theirs)]
+    """Mean +- sd of the per-seed differences of two accuracy lists in points, then each seed's."""
+    return differences_text([100 * (a - b) for a, b in zip(ours, theirs)])
+
+
+def differences_text(differences: list[float]) -> str:
+    """Per-seed differences in points as mean +- sd, then each seed's."""
     spread = f" +- {statistics.stdev(differences):.2f}" if len(differences) > 1 else ""
     return f"{statistics.mean(differences):+.2f}{spread} pt ({', '.join(f'{d:+.2f}' for d in differences)})"
 
