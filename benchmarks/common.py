@@ -163,7 +163,9 @@ class Figure:
 
 
 def format_table(headers: list[str], rows: list[list[str]]) -> str:
-    """A Markdown table with padded columns: readable on a terminal and in a README."""
+    """A Markdown table with padded columns: readable on a terminal and in a README. A `|` inside a cell is escaped,
+    or Markdown would split the cell there."""
+    rows = [[str(cell).replace("|", "\\|") for cell in row] for row in rows]
     widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows)]
     lines = [headers, ["-" * width for width in widths], *rows]
     return "\n".join("| " + " | ".join(str(cell).ljust(width) for cell, width in zip(line, widths)) + " |" for line in lines)

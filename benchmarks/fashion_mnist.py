@@ -232,7 +232,7 @@ def figures(payload: dict[str, Any]) -> list[Figure]:
                payload["distillation_control"]["gain_points"]),
         Figure(NAME, "front measured-cost span (x)", payload["front"]["span"], at_least=3.0),
         Figure(NAME, "front point cheaper than the dense distilled student within 1 pt (x)", payload["front"]["cheapest_within_1pt_of_dense"], at_least=2.0),
-        Figure(NAME, "max |PyTorch - reported| over trials (pt)", max(abs(t["pytorch_test_accuracy"] - t["reported_test_accuracy"]) * 100 for t in trials), at_most=0.0),
+        Figure(NAME, "max abs(PyTorch - reported) over trials (pt)", max(abs(t["pytorch_test_accuracy"] - t["reported_test_accuracy"]) * 100 for t in trials), at_most=0.0),
         Figure(NAME, "max reported - int8 ORT over trials (pt)", max((t["reported_test_accuracy"] - t["int8_ort_test_accuracy"]) * 100 for t in trials), at_most=1.0),
     ]
 

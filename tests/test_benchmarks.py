@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from benchmarks.common import REPO, Figure
+from benchmarks.common import REPO, Figure, figures_table
 from benchmarks.teacher_asset import RECORD, install_committed_teacher
 from lepton_ray.config import load_workflow
 from lepton_ray.trial.teacher import fingerprint
@@ -150,6 +150,14 @@ def test_figure_verdict_follows_its_goal_and_nan_never_passes():
     assert Figure("b", "f", 1.9, at_least=2.0).verdict == "FAIL"
     assert Figure("b", "f", math.nan, at_least=2.0).verdict == "FAIL"
     assert Figure("b", "f", 0.3).verdict == "-"
+
+
+def test_figures_table_writes_large_values_with_separators_and_keeps_a_cell_with_a_pipe_in_its_column():
+    table = figures_table([Figure("b", "a | b", 21088.0, at_most=10800.0)])
+    row = table.splitlines()[2]
+    assert "21,088" in row and "<= 10,800" in row and "e+04" not in row
+    assert row.count(" | ") + 2 == table.splitlines()[0].count("|")  # as many unescaped separators as the header has
+    assert "a \\| b" in row
 
 
 def curved_payload(epochs: int = 3) -> dict:
