@@ -42,6 +42,8 @@ NAME = "distill_gain"
 AUGMENT = {"hflip": True, "crop_padding": 2}
 PATIENT_EPOCHS = 30
 VERY_PATIENT_EPOCHS = 60
+LABEL_SMOOTHING = 0.1
+"""The usual value (Szegedy et al. 2016; Mueller et al. 2019): a soft-target loss also smooths, so a fair labels-only arm may too."""
 # A pipeline is what both arms share (epochs, views, mixing): recipes on one pipeline share its labels-only runs.
 PIPELINES: dict[str, dict[str, Any]] = {
     "plain": {"training.epochs": 10},
@@ -50,7 +52,10 @@ PIPELINES: dict[str, dict[str, Any]] = {
     "mixup": {"data.augment": {**AUGMENT, "views": PATIENT_EPOCHS, "mix": "mixup"}, "training.epochs": PATIENT_EPOCHS},
     "long": {"training.epochs": PATIENT_EPOCHS},
     "longer": {"training.epochs": VERY_PATIENT_EPOCHS},
+    "long_ls": {"training.epochs": PATIENT_EPOCHS, "distillation.label_smoothing": LABEL_SMOOTHING},
 }
+SETUP_KNOBS = {"training.epochs", "distillation.label_smoothing"}
+"""What each arm may choose for itself on validation (`best_setup_gains`): how long it trains and whether its labels are smoothed."""
 KD = {"distillation.losses": [{"name": "kd", "weight": 1.0}], "distillation.temperature": 4.0, "distillation.alpha": 0.7}
 """What workflows/fashion_mnist.yaml distilled with until the distill_gain measurements."""
 DIST = {"distillation.losses": [{"name": "dist", "weight": 1.0}], "distillation.temperature": 4.0, "distillation.alpha": 0.5}
@@ -76,6 +81,9 @@ RECIPES: dict[str, dict[str, Any]] = {
     "dist_long_ensemble": {"pipeline": "long", "teacher": DIST, "teachers": 1 + len(ENSEMBLE_SEEDS),
                            "what": f"DIST (T 4, alpha 0.5) against a {1 + len(ENSEMBLE_SEEDS)}-teacher ensemble's averaged probabilities "
                                    f"(the teacher + the same recipe trained with seeds {', '.join(map(str, ENSEMBLE_SEEDS))}), {PATIENT_EPOCHS} epochs"},
+    "dist_long_ls": {"pipeline": "long_ls", "teacher": DIST,
+                     "what": f"DIST (T 4, alpha 0.5), {PATIENT_EPOCHS} epochs, label smoothing {LABEL_SMOOTHING} on both arms' hard-label term "
+                             "(the labels-only arm as smooth as a soft target)"},
     "dist_longer": {"pipeline": "longer", "teacher": DIST,
                     "what": f"DIST (T 4, alpha 0.5), {VERY_PATIENT_EPOCHS} epochs without augmentation: does the gain keep growing with the schedule?"},
     "kd_aug": {"pipeline": "aug", "teacher": KD, "what": "kd + consistent flip/crop views (teacher sees the same view), 10 epochs"},
@@ -261,20 +269,20 @@ def figures(payload: dict[str, Any]) -> list[Figure]:
                           at_least=0.5 if row.startswith("dense/") else 1.0))
         if len(values["seeds"]) > 1:
             out.append(Figure(NAME, f"{row}: gain / pooled seed sd of the two arms", gain_over_pooled_sd(values), at_least=2.0))
-    for config, family, (teacher_row, labels_row), gain in best_schedule_gains(payload["rows"]):
-        out.append(Figure(NAME, f"{config}/{family}: each arm at its own schedule, chosen on validation ({teacher_row.split('/')[1]} vs "
+    for config, family, (teacher_row, labels_row), gain in best_setup_gains(payload["rows"]):
+        out.append(Figure(NAME, f"{config}/{family}: each arm at its own setup, chosen on validation ({teacher_row.split('/')[1]} vs "
                                 f"{RECIPES[labels_row.split('/')[1]]['pipeline']} labels only; pt, {len(gain)} seeds)", statistics.mean(gain),
                           at_least=0.5 if config == "dense" else 1.0))
     return out
 
 
-def schedule_family(recipe: str) -> str:
-    """The recipes one differs from only in its number of epochs (same teachers, loss, T, alpha, no augmentation or
-    mixing), named by the shortest one: dist, dist_long and dist_longer are the family `dist`."""
+def setup_family(recipe: str) -> str:
+    """The recipes one differs from only in its training setup, `SETUP_KNOBS` (same teachers, loss, T, alpha, no
+    augmentation or mixing), named by the shortest one: dist, dist_long, dist_longer and dist_long_ls are the family `dist`."""
     spec = RECIPES[recipe]
     same = [name for name, other in RECIPES.items() if other["teacher"] == spec["teacher"] and other.get("teachers", 1) == spec.get("teachers", 1)
-            and set(PIPELINES[other["pipeline"]]) == {"training.epochs"}]
-    return min(same, key=recipe_epochs) if recipe in same else recipe
+            and set(PIPELINES[other["pipeline"]]) <= SETUP_KNOBS]
+    return min(same, key=lambda name: (recipe_epochs(name), name)) if recipe in same else recipe
 
 
 def recipe_epochs(recipe: str) -> int:
@@ -282,17 +290,17 @@ def recipe_epochs(recipe: str) -> int:
     return PIPELINES[RECIPES[recipe]["pipeline"]]["training.epochs"]
 
 
-def best_schedule_gains(rows: dict[str, dict[str, Any]]) -> list[tuple[str, str, tuple[str, str], list[float]]]:
-    """What distillation bought when each arm trains as long as suits it: per config and schedule family with two or
-    more schedules on the same seeds, the teacher arm of the row with the best mean validation accuracy against the
-    labels-only arm of the row with the best (a labels-only run that overfits at 60 epochs is compared at 30), paired
-    by seed on test. A same-schedule gain can be inflated by the baseline's overfitting; here each arm is at its best."""
+def best_setup_gains(rows: dict[str, dict[str, Any]]) -> list[tuple[str, str, tuple[str, str], list[float]]]:
+    """What distillation bought when each arm trains as suits it: per config and setup family with two or more setups
+    on the same seeds, the teacher arm of the row with the best mean validation accuracy against the labels-only arm of
+    the row with the best (a labels-only run that overfits at 60 epochs is compared at 30; one that gains from label
+    smoothing, smoothed), paired by seed on test. A same-setup gain can be inflated by a weak baseline; here each arm is at its best."""
     out = []
     for config in CONFIGS:
         families: dict[str, list[str]] = {}
         for row in rows:
             if row.startswith(f"{config}/"):
-                families.setdefault(schedule_family(row.split("/")[1]), []).append(row)
+                families.setdefault(setup_family(row.split("/")[1]), []).append(row)
         for family, members in families.items():
             seeds = rows[members[0]]["seeds"]
             if len(members) < 2 or len(seeds) < 2 or any(rows[m]["seeds"] != seeds for m in members):
@@ -304,15 +312,21 @@ def best_schedule_gains(rows: dict[str, dict[str, Any]]) -> list[tuple[str, str,
     return out
 
 
-def best_schedule_lines(rows: dict[str, dict[str, Any]]) -> list[str]:
-    """The page's account of `best_schedule_gains`: which schedule each arm's validation chose, and the paired test gain."""
+def best_setup_lines(rows: dict[str, dict[str, Any]]) -> list[str]:
+    """The page's account of `best_setup_gains`: which setup each arm's validation chose, and the paired test gain."""
     lines = []
-    for config, family, (teacher, labels), gain in best_schedule_gains(rows):
-        epochs = {row: recipe_epochs(row.split("/")[1]) for row in (teacher, labels)}
-        lines += [f"Each arm at its own schedule, {config}/{family} (chosen on mean validation accuracy): with teacher {epochs[teacher]} epochs "
-                  f"({teacher}, val {100 * statistics.mean(rows[teacher]['teacher_val_accuracy']):.2f}), labels only {epochs[labels]} epochs "
+    for config, family, (teacher, labels), gain in best_setup_gains(rows):
+        setup = {row: recipe_setup(row.split("/")[1]) for row in (teacher, labels)}
+        lines += [f"Each arm at its own setup, {config}/{family} (chosen on mean validation accuracy): with teacher {setup[teacher]} "
+                  f"({teacher}, val {100 * statistics.mean(rows[teacher]['teacher_val_accuracy']):.2f}), labels only {setup[labels]} "
                   f"({labels}, val {100 * statistics.mean(rows[labels]['labels_only_val_accuracy']):.2f}); test gain {differences_text(gain)}.", ""]
     return lines
+
+
+def recipe_setup(recipe: str) -> str:
+    """A recipe's `SETUP_KNOBS` in words: "30 epochs", "30 epochs, label smoothing 0.1"."""
+    smoothing = PIPELINES[RECIPES[recipe]["pipeline"]].get("distillation.label_smoothing", 0)
+    return f"{recipe_epochs(recipe)} epochs" + (f", label smoothing {smoothing}" if smoothing else "")
 
 
 def gain_over_pooled_sd(values: dict[str, Any]) -> float:
@@ -333,7 +347,7 @@ def markdown(payload: dict[str, Any]) -> str:
         "`trained at`: the commits of the row's runs (rows whose runs are not on this machine are carried from the previous file).", "",
         format_table(["config/recipe", "recipe", "with teacher", "labels only", "gain (pt)", "seeds", "s per run", "trained at"], rows), "",
         f"Configs: {json.dumps(payload['setting']['configs'])}.", "",
-        *best_schedule_lines(payload["rows"]),
+        *best_setup_lines(payload["rows"]),
         *ensemble_line(payload["setting"].get("ensemble")),
         *ensemble_versus_one_teacher(payload["rows"]),
     ])

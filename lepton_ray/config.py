@@ -95,6 +95,9 @@ class DistillationConfig(StrictModel):
     temperature: float = Field(4.0, gt=0, le=100)
     alpha: float = Field(0.5, ge=0, le=1, description="weight of distillation terms vs hard-label CE")
     losses: list[LossSpec] = Field(default_factory=lambda: [LossSpec(name="kd")], min_length=1)
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description=(
+        "label smoothing of the hard-label CE term (torch's cross_entropy label_smoothing; 0.1 is the usual value), with or without "
+        "a teacher: a labels-only baseline with it is the fair control for a soft-target loss, which also smooths"))
 
 
 class TrainingConfig(StrictModel):

@@ -256,13 +256,13 @@ def test_distill_gain_judges_each_gain_against_twice_the_pooled_seed_sd_as_issue
     assert {f.name: f for f in figures({"rows": rows})}["pick/dist_long: gain / pooled seed sd of the two arms"].verdict == "FAIL", "0.4 pt is 1.6 sd"
 
 
-def test_distill_gain_compares_each_arm_at_the_schedule_its_validation_chose_not_an_overfitting_baseline():
-    """At 60 epochs the labels-only arm overfits: the fair gain pits the teacher's best schedule against labels only at
-    theirs, each chosen on validation, paired by seed on test."""
-    from benchmarks.distill_gain import best_schedule_gains, figures, schedule_family
+def test_distill_gain_compares_each_arm_at_the_setup_its_validation_chose_not_an_overfitting_or_unsmoothed_baseline():
+    """At 60 epochs the labels-only arm overfits, and label smoothing may help it: the fair gain pits the teacher's best
+    setup against labels only at theirs, each chosen on validation, paired by seed on test."""
+    from benchmarks.distill_gain import best_setup_gains, best_setup_lines, figures, setup_family
 
-    assert [schedule_family(r) for r in ("dist", "dist_long", "dist_longer", "dist_long_a75", "dist_long_ensemble")] == \
-        ["dist", "dist", "dist", "dist_long_a75", "dist_long_ensemble"], "same teachers, loss, T and alpha; only the epochs differ"
+    assert [setup_family(r) for r in ("dist", "dist_long", "dist_longer", "dist_long_ls", "dist_long_a75", "dist_long_ensemble")] == \
+        ["dist", "dist", "dist", "dist", "dist_long_a75", "dist_long_ensemble"], "same teachers, loss, T and alpha; only epochs or smoothing differ"
     schedules = {  # (teacher val, teacher test per seed, labels-only val, labels-only test per seed)
         "dist": (0.914, [0.905, 0.906], 0.909, [0.902, 0.903]), "dist_long": (0.922, [0.915, 0.911], 0.916, [0.905, 0.906]),
         "dist_longer": (0.923, [0.916, 0.914], 0.908, [0.900, 0.901])}
@@ -270,13 +270,17 @@ def test_distill_gain_compares_each_arm_at_the_schedule_its_validation_chose_not
                                "labels_only_val_accuracy": [l_val] * 2, "labels_only_test_accuracy": l_test, "gain_points": 0.0}
             for recipe, (t_val, t_test, l_val, l_test) in schedules.items()}
     rows["pick/dist_long_a75"] = {**rows["pick/dist_long"]}
-    [(config, family, chosen, gain)] = best_schedule_gains(rows)
+    [(config, family, chosen, gain)] = best_setup_gains(rows)
     assert (config, family, chosen) == ("pick", "dist", ("pick/dist_longer", "pick/dist_long")), "the teacher's 60 epochs against labels only's 30"
     assert gain == pytest.approx([1.1, 0.8]), "paired by seed on test: 91.6 - 90.5, 91.4 - 90.6"
-    figure = next(f for f in figures({"rows": rows}) if "own schedule" in f.name)
+    figure = next(f for f in figures({"rows": rows}) if "own setup" in f.name)
     assert figure.value == pytest.approx(0.95) and figure.verdict == "FAIL", "a compressed student's goal is 1.0 pt"
+    rows["pick/dist_long_ls"] = {**rows["pick/dist_long"], "labels_only_val_accuracy": [0.918] * 2, "labels_only_test_accuracy": [0.908, 0.909]}
+    [(_, _, chosen, gain)] = best_setup_gains(rows)
+    assert chosen == ("pick/dist_longer", "pick/dist_long_ls") and gain == pytest.approx([0.8, 0.5]), "the smoothed baseline won on validation"
+    assert "labels only 30 epochs, label smoothing 0.1 (pick/dist_long_ls, val 91.80)" in best_setup_lines(rows)[0]
     rows["pick/dist"]["seeds"] = [0, 2]
-    assert best_schedule_gains(rows) == [], "schedules measured on other seeds are not paired"
+    assert best_setup_gains(rows) == [], "setups measured on other seeds are not paired"
 
 
 def test_the_distill_gain_page_gives_what_the_extra_teachers_bought_paired_by_seed():

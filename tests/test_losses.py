@@ -344,6 +344,32 @@ def test_the_hard_label_term_of_a_mixed_batch_weighs_each_label_by_its_share_of_
         make("dkd")(inputs(labels=(0, 2))).item(), rel=1e-6), "DKD's target is the label with the larger share"
 
 
+def test_label_smoothing_smooths_the_hard_label_term_only_with_or_without_a_teacher_and_a_partners_label_too():
+    """Smoothed CE of one sample: (1 - eps) * -log q_y + eps * mean_k -log q_k (Szegedy et al. 2016; torch's definition)."""
+    eps, q = 0.1, softmax_rows(STUDENT_LOGITS)
+
+    def smoothed(row: int, label: int) -> float:
+        return (1 - eps) * -math.log(q[row][label]) + eps * sum(-math.log(p) for p in q[row]) / len(q[row])
+
+    def objective(alpha: float, smoothing: float, losses=(LossSpec(name="kd"),)) -> DistillationObjective:
+        return DistillationObjective(DistillationConfig(alpha=alpha, temperature=4.0, losses=list(losses), label_smoothing=smoothing))
+
+    ce = (smoothed(0, 1) + smoothed(1, 2)) / 2
+    assert objective(0.0, eps)(inputs(4.0)).item() == pytest.approx(ce, rel=1e-6)
+    assert objective(0.0, eps)(inputs(4.0)).item() != pytest.approx(objective(0.0, 0.0)(inputs(4.0)).item(), rel=1e-3)
+    kd = objective(1.0, 0.0)(inputs(4.0)).item()
+    assert objective(0.3, eps)(inputs(4.0)).item() == pytest.approx(0.7 * ce + 0.3 * kd, rel=1e-5)
+    mixed = inputs(labels=(1, 2), partner_labels=torch.tensor([0, -1]), shares=torch.tensor([0.7, 0.4]))
+    expected = (0.7 * smoothed(0, 1) + 0.3 * smoothed(0, 0) + 0.4 * smoothed(1, 2)) / (0.7 + 0.3 + 0.4)
+    assert objective(0.0, eps)(mixed).item() == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.parametrize("smoothing", [-0.1, 1.0])
+def test_label_smoothing_outside_zero_to_one_is_a_config_error_naming_the_field(smoothing):
+    with pytest.raises(ConfigError, match=r"distillation\.label_smoothing"):
+        load_workflow(REPO / "workflows" / "digits_quickstart.yaml", {"distillation.label_smoothing": smoothing})
+
+
 # ---- feature losses --------------------------------------------------------------------------------
 
 def features(seed: int, *shape: int) -> torch.Tensor:

@@ -2,6 +2,8 @@
 
 total = (1 - alpha) * CE(student, labels) + alpha * sum_i weight_i * loss_i(inputs)
 
+CE takes `distillation.label_smoothing` (0 by default).
+
 Each loss is a small module registered by name (`logits.py`: kd, hard, logit_mse, multi_teacher;
 `feature_maps.py`: hint, attention); its docstring gives the formula and the paper. Losses that need
 intermediate features name the layers; the trial loop captures them with forward hooks.
@@ -37,16 +39,18 @@ def build_loss(spec: LossSpec, index: int) -> DistillationLoss:
 
 def labeled_cross_entropy(
     logits: torch.Tensor, labels: torch.Tensor, partner_labels: torch.Tensor | None = None, shares: torch.Tensor | None = None,
+    label_smoothing: float = 0.0,
 ) -> torch.Tensor:
     """CE averaged over labeled samples only (label -1 = unlabeled); 0 for a batch with none. A mixed batch
-    (`shares`: each image's own share) weighs each image's label by its share and its partner's by the rest."""
-    per_sample = F.cross_entropy(logits, labels.clamp(min=0), reduction="none")
+    (`shares`: each image's own share) weighs each image's label by its share and its partner's by the rest.
+    `label_smoothing` applies to every label, a partner's too."""
+    per_sample = F.cross_entropy(logits, labels.clamp(min=0), reduction="none", label_smoothing=label_smoothing)
     labeled = (labels >= 0).to(per_sample.dtype)
     if shares is None:
         return (per_sample * labeled).sum() / labeled.sum().clamp(min=1)
     assert partner_labels is not None
     share = shares.to(per_sample.dtype)
-    partner = F.cross_entropy(logits, partner_labels.clamp(min=0), reduction="none")
+    partner = F.cross_entropy(logits, partner_labels.clamp(min=0), reduction="none", label_smoothing=label_smoothing)
     partner_labeled = (partner_labels >= 0).to(per_sample.dtype)
     weights = share * labeled + (1 - share) * partner_labeled
     total = (share * labeled * per_sample + (1 - share) * partner_labeled * partner).sum()
@@ -60,6 +64,7 @@ class DistillationObjective(nn.Module):
         super().__init__()
         self.alpha = cfg.alpha if uses_teacher else 0.0
         self.temperature = cfg.temperature
+        self.label_smoothing = cfg.label_smoothing
         self.weights = [spec.weight for spec in cfg.losses] if uses_teacher else []
         self.losses = nn.ModuleList(build_loss(spec, i) for i, spec in enumerate(cfg.losses)) if uses_teacher else nn.ModuleList()
 
@@ -80,7 +85,7 @@ class DistillationObjective(nn.Module):
         return any(loss.needs_every_teacher_logit for loss in self.losses)
 
     def forward(self, inputs: DistillInputs) -> torch.Tensor:
-        hard = labeled_cross_entropy(inputs.student_logits, inputs.labels, inputs.partner_labels, inputs.shares)
+        hard = labeled_cross_entropy(inputs.student_logits, inputs.labels, inputs.partner_labels, inputs.shares, self.label_smoothing)
         if self.alpha == 0.0:
             return hard
         distill = sum(weight * loss(inputs) for weight, loss in zip(self.weights, self.losses))
