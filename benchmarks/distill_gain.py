@@ -221,7 +221,8 @@ def run(configs: list[str], recipes: list[str], seeds: list[int], quick: bool, p
     return {"setting": {"workflow": "workflows/fashion_mnist.yaml", "seeds_asked": seeds, "configs": knobs, "recipes": RECIPES, "pipelines": PIPELINES,
                         "teacher_test_accuracy": teachers[0].test_accuracy, "processes": processes,
                         "ensemble": {"teacher_test_accuracy": [t.test_accuracy for t in teachers],
-                                     "averaged_test_accuracy": ensemble_accuracy(teachers, data.test)} if len(teachers) > 1 else None},
+                                     "averaged_test_accuracy": ensemble_accuracy(teachers, data.test)} if len(teachers) > 1
+                                    else carried_ensemble(result_path(NAME, quick))},
             "rows": {**carried_rows(result_path(NAME, quick)), **finished_rows(folder)}}
 
 
@@ -231,6 +232,12 @@ def carried_rows(previous: Path) -> dict[str, dict[str, Any]]:
         return {}
     payload = json.loads(previous.read_text())
     return {row: {"commits": [payload["commit"]], **values} for row, values in payload.get("rows", {}).items() if row.split("/")[1] in RECIPES}
+
+
+def carried_ensemble(previous: Path) -> dict[str, Any] | None:
+    """The previous results file's ensemble teachers' accuracies, for an invocation that loaded no ensemble (its carried
+    ensemble rows still need them on the page)."""
+    return json.loads(previous.read_text())["setting"].get("ensemble") if previous.is_file() else None
 
 
 def finished_rows(folder: Path) -> dict[str, dict[str, Any]]:

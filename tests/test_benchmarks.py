@@ -299,18 +299,22 @@ def test_the_distill_gain_page_gives_what_the_extra_teachers_bought_paired_by_se
 
 
 def test_distill_gain_keeps_the_previous_files_rows_whose_runs_are_not_on_disk_with_their_commits(tmp_path):
-    from benchmarks.distill_gain import carried_rows, finished_rows, run_key
+    from benchmarks.distill_gain import carried_ensemble, carried_rows, finished_rows, run_key
 
     run = {metrics.TEST_ACCURACY: 0.9, metrics.BEST_VAL_ACCURACY: 0.9, "seconds": 1.0}
     for arm, accuracy in (("teacher", 0.92), ("labels_only", 0.90)):
         (tmp_path / f"{run_key('pick', 'dist', arm, 0)}.json").write_text(json.dumps({**run, metrics.TEST_ACCURACY: accuracy, "commit": "abc1234"}))
     previous = tmp_path / "previous.json"
-    previous.write_text(json.dumps({"commit": "0d39ead+dirty", "rows": {"pick/dist": {"gain_points": -9.0}, "dense/kd": {"gain_points": 0.1}, "dense/gone": {}}}))
+    ensemble = {"teacher_test_accuracy": [0.931, 0.930], "averaged_test_accuracy": 0.935}
+    previous.write_text(json.dumps({"commit": "0d39ead+dirty", "setting": {"ensemble": ensemble},
+                                    "rows": {"pick/dist": {"gain_points": -9.0}, "dense/kd": {"gain_points": 0.1}, "dense/gone": {}}}))
     rows = {**carried_rows(previous), **finished_rows(tmp_path)}
     assert rows["pick/dist"]["gain_points"] == pytest.approx(2.0) and rows["pick/dist"]["commits"] == ["abc1234"], "runs on disk win"
     assert rows["dense/kd"] == {"commits": ["0d39ead+dirty"], "gain_points": 0.1}, "a row measured elsewhere is kept with its commit"
     assert "dense/gone" not in rows, "a recipe no longer defined is dropped"
     assert carried_rows(tmp_path / "missing.json") == {}
+    assert carried_ensemble(previous) == ensemble, "an invocation without the ensemble keeps its teachers' line on the page"
+    assert carried_ensemble(tmp_path / "missing.json") is None
 
 
 def test_the_committed_fashion_mnist_teacher_is_the_workflows_teacher_and_is_installed_only_where_nothing_is():
