@@ -325,9 +325,21 @@ def best_setup_lines(rows: dict[str, dict[str, Any]]) -> list[str]:
     for config, family, (teacher, labels), gain in best_setup_gains(rows):
         setup = {row: recipe_setup(row.split("/")[1]) for row in (teacher, labels)}
         lines += [f"Each arm at its own setup, {config}/{family} (chosen on mean validation accuracy): with teacher {setup[teacher]} "
-                  f"({teacher}, val {100 * statistics.mean(rows[teacher]['teacher_val_accuracy']):.2f}), labels only {setup[labels]} "
-                  f"({labels}, val {100 * statistics.mean(rows[labels]['labels_only_val_accuracy']):.2f}); test gain {differences_text(gain)}.", ""]
+                  f"({teacher}, val {100 * statistics.mean(rows[teacher]['teacher_val_accuracy']):.2f}{runner_up(rows, teacher, 'teacher')}), "
+                  f"labels only {setup[labels]} ({labels}, val {100 * statistics.mean(rows[labels]['labels_only_val_accuracy']):.2f}"
+                  f"{runner_up(rows, labels, 'labels_only')}); test gain {differences_text(gain)}.", ""]
     return lines
+
+
+def runner_up(rows: dict[str, dict[str, Any]], chosen: str, arm: str) -> str:
+    """"; next <row> <val>" for the arm's second-best setup in `chosen`'s family: how close the choice was."""
+    config, recipe = chosen.split("/")
+    others = [row for row in rows if row.startswith(f"{config}/") and row != chosen and setup_family(row.split("/")[1]) == setup_family(recipe)
+              and rows[row]["seeds"] == rows[chosen]["seeds"] and recipe_setup(row.split("/")[1]) != recipe_setup(recipe)]
+    if not others:
+        return ""
+    best = max(others, key=lambda row: statistics.mean(rows[row][f"{arm}_val_accuracy"]))
+    return f"; next {recipe_setup(best.split('/')[1])}, {100 * statistics.mean(rows[best][f'{arm}_val_accuracy']):.2f}"
 
 
 def recipe_setup(recipe: str) -> str:

@@ -278,7 +278,8 @@ def test_distill_gain_compares_each_arm_at_the_setup_its_validation_chose_not_an
     rows["pick/dist_long_ls"] = {**rows["pick/dist_long"], "labels_only_val_accuracy": [0.918] * 2, "labels_only_test_accuracy": [0.908, 0.909]}
     [(_, _, chosen, gain)] = best_setup_gains(rows)
     assert chosen == ("pick/dist_longer", "pick/dist_long_ls") and gain == pytest.approx([0.8, 0.5]), "the smoothed baseline won on validation"
-    assert "labels only 30 epochs, label smoothing 0.1 (pick/dist_long_ls, val 91.80)" in best_setup_lines(rows)[0]
+    assert "labels only 30 epochs, label smoothing 0.1 (pick/dist_long_ls, val 91.80; next 30 epochs, 91.60)" in best_setup_lines(rows)[0]
+    assert "with teacher 60 epochs (pick/dist_longer, val 92.30; next 30 epochs, 92.20)" in best_setup_lines(rows)[0]
     rows["pick/dist"]["seeds"] = [0, 2]
     assert best_setup_gains(rows) == [], "setups measured on other seeds are not paired"
 
