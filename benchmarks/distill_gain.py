@@ -52,6 +52,7 @@ PIPELINES: dict[str, dict[str, Any]] = {
     "mixup": {"data.augment": {**AUGMENT, "views": PATIENT_EPOCHS, "mix": "mixup"}, "training.epochs": PATIENT_EPOCHS},
     "long": {"training.epochs": PATIENT_EPOCHS},
     "longer": {"training.epochs": VERY_PATIENT_EPOCHS},
+    "plain_ls": {"training.epochs": 10, "distillation.label_smoothing": LABEL_SMOOTHING},
     "long_ls": {"training.epochs": PATIENT_EPOCHS, "distillation.label_smoothing": LABEL_SMOOTHING},
 }
 SETUP_KNOBS = {"training.epochs", "distillation.label_smoothing"}
@@ -81,6 +82,8 @@ RECIPES: dict[str, dict[str, Any]] = {
     "dist_long_ensemble": {"pipeline": "long", "teacher": DIST, "teachers": 1 + len(ENSEMBLE_SEEDS),
                            "what": f"DIST (T 4, alpha 0.5) against a {1 + len(ENSEMBLE_SEEDS)}-teacher ensemble's averaged probabilities "
                                    f"(the teacher + the same recipe trained with seeds {', '.join(map(str, ENSEMBLE_SEEDS))}), {PATIENT_EPOCHS} epochs"},
+    "dist_ls": {"pipeline": "plain_ls", "teacher": DIST,
+                "what": f"DIST (beta = gamma = 1, T 4), 10 epochs, label smoothing {LABEL_SMOOTHING} on both arms' hard-label term"},
     "dist_long_ls": {"pipeline": "long_ls", "teacher": DIST,
                      "what": f"DIST (T 4, alpha 0.5), {PATIENT_EPOCHS} epochs, label smoothing {LABEL_SMOOTHING} on both arms' hard-label term "
                              "(the labels-only arm as smooth as a soft target)"},
