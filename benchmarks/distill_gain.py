@@ -300,11 +300,8 @@ def recipe_epochs(recipe: str) -> int:
     return PIPELINES[RECIPES[recipe]["pipeline"]]["training.epochs"]
 
 
-def best_setup_gains(rows: dict[str, dict[str, Any]]) -> list[tuple[str, str, tuple[str, str], list[float]]]:
-    """What distillation bought when each arm trains as suits it: per config and setup family with two or more setups
-    on the same seeds, the teacher arm of the row with the best mean validation accuracy against the labels-only arm of
-    the row with the best (a labels-only run that overfits at 60 epochs is compared at 30; one that gains from label
-    smoothing, smoothed), paired by seed on test. A same-setup gain can be inflated by a weak baseline; here each arm is at its best."""
+def setup_families(rows: dict[str, dict[str, Any]]) -> list[tuple[str, str, list[str]]]:
+    """(config, setup family, its rows) for each family with two or more setups measured on the same seeds (two or more)."""
     out = []
     for config in CONFIGS:
         families: dict[str, list[str]] = {}
@@ -313,36 +310,45 @@ def best_setup_gains(rows: dict[str, dict[str, Any]]) -> list[tuple[str, str, tu
                 families.setdefault(setup_family(row.split("/")[1]), []).append(row)
         for family, members in families.items():
             seeds = rows[members[0]]["seeds"]
-            if len(members) < 2 or len(seeds) < 2 or any(rows[m]["seeds"] != seeds for m in members):
-                continue
-            teacher = max(members, key=lambda m: statistics.mean(rows[m]["teacher_val_accuracy"]))
-            labels = max(members, key=lambda m: statistics.mean(rows[m]["labels_only_val_accuracy"]))
-            gain = [100 * (t - lab) for t, lab in zip(rows[teacher]["teacher_test_accuracy"], rows[labels]["labels_only_test_accuracy"])]
-            out.append((config, family, (teacher, labels), gain))
+            if len(members) >= 2 and len(seeds) >= 2 and all(rows[m]["seeds"] == seeds for m in members):
+                out.append((config, family, members))
+    return out
+
+
+def by_validation(rows: dict[str, dict[str, Any]], members: list[str], arm: str) -> list[str]:
+    """`members` best first by the arm's mean validation accuracy (`arm`: teacher or labels_only); ties keep their order."""
+    return sorted(members, key=lambda m: statistics.mean(rows[m][f"{arm}_val_accuracy"]), reverse=True)
+
+
+def best_setup_gains(rows: dict[str, dict[str, Any]]) -> list[tuple[str, str, tuple[str, str], list[float]]]:
+    """What distillation bought when each arm trains as suits it: per config and setup family with two or more setups
+    on the same seeds, the teacher arm of the row with the best mean validation accuracy against the labels-only arm of
+    the row with the best (a labels-only run that overfits at 60 epochs is compared at 30; one that gains from label
+    smoothing, smoothed), paired by seed on test. A same-setup gain can be inflated by a weak baseline; here each arm is at its best."""
+    out = []
+    for config, family, members in setup_families(rows):
+        teacher, labels = by_validation(rows, members, "teacher")[0], by_validation(rows, members, "labels_only")[0]
+        gain = [100 * (t - lab) for t, lab in zip(rows[teacher]["teacher_test_accuracy"], rows[labels]["labels_only_test_accuracy"])]
+        out.append((config, family, (teacher, labels), gain))
     return out
 
 
 def best_setup_lines(rows: dict[str, dict[str, Any]]) -> list[str]:
-    """The page's account of `best_setup_gains`: which setup each arm's validation chose, and the paired test gain."""
+    """The page's account of `best_setup_gains`: which setup each arm's validation chose, how close the next one came,
+    and the paired test gain."""
     lines = []
-    for config, family, (teacher, labels), gain in best_setup_gains(rows):
-        setup = {row: recipe_setup(row.split("/")[1]) for row in (teacher, labels)}
-        lines += [f"Each arm at its own setup, {config}/{family} (chosen on mean validation accuracy): with teacher {setup[teacher]} "
-                  f"({teacher}, val {100 * statistics.mean(rows[teacher]['teacher_val_accuracy']):.2f}{runner_up(rows, teacher, 'teacher')}), "
-                  f"labels only {setup[labels]} ({labels}, val {100 * statistics.mean(rows[labels]['labels_only_val_accuracy']):.2f}"
-                  f"{runner_up(rows, labels, 'labels_only')}); test gain {differences_text(gain)}.", ""]
+    for (config, family, members), (_, _, (teacher, labels), gain) in zip(setup_families(rows), best_setup_gains(rows)):
+        lines += [f"Each arm at its own setup, {config}/{family} (chosen on mean validation accuracy): with teacher "
+                  f"{chosen_text(rows, members, 'teacher')}, labels only {chosen_text(rows, members, 'labels_only')}; "
+                  f"test gain {differences_text(gain)}.", ""]
     return lines
 
 
-def runner_up(rows: dict[str, dict[str, Any]], chosen: str, arm: str) -> str:
-    """"; next <row> <val>" for the arm's second-best setup in `chosen`'s family: how close the choice was."""
-    config, recipe = chosen.split("/")
-    others = [row for row in rows if row.startswith(f"{config}/") and row != chosen and setup_family(row.split("/")[1]) == setup_family(recipe)
-              and rows[row]["seeds"] == rows[chosen]["seeds"] and recipe_setup(row.split("/")[1]) != recipe_setup(recipe)]
-    if not others:
-        return ""
-    best = max(others, key=lambda row: statistics.mean(rows[row][f"{arm}_val_accuracy"]))
-    return f"; next {recipe_setup(best.split('/')[1])}, {100 * statistics.mean(rows[best][f'{arm}_val_accuracy']):.2f}"
+def chosen_text(rows: dict[str, dict[str, Any]], members: list[str], arm: str) -> str:
+    """"30 epochs (pick/dist_long, val 92.22; next 60 epochs, 92.10)": the arm's chosen setup and its runner-up."""
+    best, *others = [(row, 100 * statistics.mean(rows[row][f"{arm}_val_accuracy"])) for row in by_validation(rows, members, arm)]
+    runner_up = f"; next {recipe_setup(others[0][0].split('/')[1])}, {others[0][1]:.2f}" if others else ""
+    return f"{recipe_setup(best[0].split('/')[1])} ({best[0]}, val {best[1]:.2f}{runner_up})"
 
 
 def recipe_setup(recipe: str) -> str:
