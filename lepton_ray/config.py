@@ -204,6 +204,9 @@ class DistillationControlConfig(StrictModel):
     seeds: int = Field(1, ge=1, le=10, description=(
         "seeds of the comparison: the pick's own training.seed, then the next ones; each seed past the first also retrains the pick "
         "with its teacher, so the gain is a mean of paired differences"))
+    label_smoothing: float | None = Field(None, ge=0, lt=1, description=(
+        "distillation.label_smoothing of the labels-only arm; unset: the pick's own. A soft target smooths too, so 0.1 asks what "
+        "the teacher buys over a smoothed baseline (the pick itself is never retrained smoothed)"))
 
 
 class SelectionConfig(StrictModel):

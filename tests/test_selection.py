@@ -19,10 +19,11 @@ from lepton_ray import metrics
 from lepton_ray.checkpoints import load_safe
 from lepton_ray.cli import main
 from lepton_ray.config import SelectionConfig, StopWhen, load_workflow
+from lepton_ray.errors import ConfigError
 from lepton_ray.data.datasets import build_data
 from lepton_ray.deploy.kd_gain import DistillationGain, SeedPair
 from lepton_ray.deploy.pareto import completed, pareto_front, select, standard_error
-from lepton_ray.sweep.control import control_folder, control_runs
+from lepton_ray.sweep.control import control_folder, control_runs, labels_only_run
 from lepton_ray.sweep.goal import meets
 from lepton_ray.sweep.study import is_final_result
 from lepton_ray.deploy.leaderboard import trials_frame
@@ -149,6 +150,27 @@ def test_control_runs_pair_each_seed_and_retrain_the_pick_only_at_seeds_other_th
     assert control_runs(3, 2)["with-teacher-seed-4"] == {"training.seed": 4}
 
 
+def test_a_smoothed_control_is_named_apart_smooths_only_the_labels_only_runs_and_says_so():
+    runs = control_runs(0, 2, label_smoothing=0.1)
+    assert runs == {
+        "labels-only-smoothed-0.1-seed-0": {"distillation.alpha": 0.0, "training.seed": 0, "distillation.label_smoothing": 0.1},
+        "labels-only-smoothed-0.1-seed-1": {"distillation.alpha": 0.0, "training.seed": 1, "distillation.label_smoothing": 0.1},
+        "with-teacher-seed-1": {"training.seed": 1},
+    }
+    assert labels_only_run(0, 0.0) == "labels-only-smoothed-0-seed-0" != labels_only_run(0), "smoothing 0 asked for is not the pick's own"
+    pair = SeedPair(0, {metrics.TEST_ACCURACY: 0.91}, {metrics.TEST_ACCURACY: 0.90})
+    smoothed, own = DistillationGain(5, (pair,), labels_only_smoothing=0.1), DistillationGain(5, (pair,))
+    assert "(same configuration, alpha 0, labels smoothed 0.1; 1 seed" in smoothed.sentence()
+    assert "(same configuration, alpha 0; 1 seed" in own.sentence()
+    assert smoothed.as_metrics()["control_label_smoothing"] == 0.1 and "control_label_smoothing" not in own.as_metrics()
+
+
+@pytest.mark.parametrize("smoothing", [-0.1, 1.0])
+def test_a_control_smoothing_outside_zero_to_one_is_a_config_error_naming_the_field(smoothing: float):
+    with pytest.raises(ConfigError, match=r"selection\.distillation_control\.label_smoothing"):
+        load_workflow(Path("workflows/digits_quickstart.yaml"), {"selection.distillation_control.label_smoothing": smoothing})
+
+
 class RefusingTeacher(nn.Module):
     """A teacher that fails the trial if it is ever run."""
 
@@ -213,3 +235,10 @@ def test_a_sweep_picks_on_validation_reports_the_labels_only_control_and_a_resum
     resumed = lepton_ray.sweep(path, resume=True, log=again.append)
     assert not any(line.startswith("distillation control: training") for line in again), "a finished control is read back"
     assert resumed.selection.gain == gain
+
+    capsys.readouterr()
+    assert main(["export", str(path), "--set", "selection.distillation_control.label_smoothing=0.1"]) == 0
+    assert "distillation control: training" in capsys.readouterr().out, "a control of another smoothing is trained, not read back"
+    smoothed = load_safe(newest_student_file(control_folder(outcome.paths, pick) / "labels-only-smoothed-0.1-seed-0"), "smoothed control")
+    assert smoothed["workflow"]["distillation"]["label_smoothing"] == 0.1 and smoothed["workflow"]["distillation"]["alpha"] == 0.0
+    assert tracker.client.get_run(outcome.parent_run_id).data.metrics["control_label_smoothing"] == pytest.approx(0.1)

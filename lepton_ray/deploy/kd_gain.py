@@ -35,6 +35,8 @@ class DistillationGain:
     pairs: tuple[SeedPair, ...] = ()
     skipped: str = ""
     failures: tuple[str, ...] = field(default=())
+    labels_only_smoothing: float | None = None
+    """The control's label smoothing when `selection.distillation_control.label_smoothing` set one; None: the pick's own."""
 
     @property
     def measured(self) -> bool:
@@ -61,7 +63,10 @@ class DistillationGain:
         spread = f", sd {self.spread_points:.2f} pt" if seeds > 1 else ", 1 seed: no spread; selection.distillation_control.seeds gives one"
         return (f"distillation bought {self.gain_points:+.2f} pt of test accuracy at this compression: trial {self.trial} "
                 f"{self.mean('with_teacher'):.4f} with the teacher vs {self.mean('labels_only'):.4f} labels only "
-                f"(same configuration, alpha 0; {seeds} seed{'s' if seeds > 1 else ''}{spread})")
+                f"(same configuration, alpha 0{self._smoothing_words()}; {seeds} seed{'s' if seeds > 1 else ''}{spread})")
+
+    def _smoothing_words(self) -> str:
+        return "" if self.labels_only_smoothing is None else f", labels smoothed {self.labels_only_smoothing:g}"
 
     def as_metrics(self) -> dict[str, float]:
         """Figures for the sweep's MLflow run."""
@@ -71,6 +76,7 @@ class DistillationGain:
             metrics.KD_GAIN_POINTS: self.gain_points, "kd_gain_seeds": float(len(self.pairs)),
             "control_test_accuracy": self.mean("labels_only"), "control_int8_val_accuracy": self.mean("labels_only", metrics.INT8_VAL_ACCURACY),
             **({"kd_gain_sd_points": self.spread_points} if len(self.pairs) > 1 else {}),
+            **({"control_label_smoothing": self.labels_only_smoothing} if self.labels_only_smoothing is not None else {}),
         }
 
     def markdown(self) -> str:

@@ -1,7 +1,8 @@
 """`selection.distillation_control`: the picked configuration trained again with the teacher switched off.
 
 After selection, the pick's own workflow (read from its saved student: knobs, compression, schedule, seed) is
-trained with `distillation.alpha` 0, which also keeps the teacher out of the loop. With more than one seed, each
+trained with `distillation.alpha` 0, which also keeps the teacher out of the loop (and, when
+`selection.distillation_control.label_smoothing` is set, with its hard labels smoothed). With more than one seed, each
 further seed trains the pick's configuration both with and without its teacher. The runs go through the sweep's
 own Tune trainable (`trial_driver`: in-process or DDP, checkpoints, restarts) under
 `<sweep>/control/trial-NNNN/<arm>-seed-S/`; a finished run is read back from its folder, so a resumed sweep or a
@@ -32,11 +33,19 @@ RUN_KEY = "control_run"
 LABELS_ONLY, WITH_TEACHER = "labels-only", "with-teacher"
 
 
-def control_runs(first_seed: int, seeds: int) -> dict[str, dict[str, Any]]:
-    """Run name -> workflow overrides: labels-only at each seed, and the pick retrained at every seed but its own."""
+def labels_only_run(seed: int, label_smoothing: float | None = None) -> str:
+    """The control's run name; a smoothed control is named apart, so a control of another smoothing is never read back."""
+    smoothed = "" if label_smoothing is None else f"-smoothed-{label_smoothing:g}"
+    return f"{LABELS_ONLY}{smoothed}-seed-{seed}"
+
+
+def control_runs(first_seed: int, seeds: int, label_smoothing: float | None = None) -> dict[str, dict[str, Any]]:
+    """Run name -> workflow overrides: labels-only at each seed (smoothed when asked), and the pick retrained at every
+    seed but its own."""
     runs: dict[str, dict[str, Any]] = {}
+    smoothing = {} if label_smoothing is None else {"distillation.label_smoothing": label_smoothing}
     for seed in range(first_seed, first_seed + seeds):
-        runs[f"{LABELS_ONLY}-seed-{seed}"] = {"distillation.alpha": 0.0, "training.seed": seed}
+        runs[labels_only_run(seed, label_smoothing)] = {"distillation.alpha": 0.0, "training.seed": seed, **smoothing}
         if seed != first_seed:
             runs[f"{WITH_TEACHER}-seed-{seed}"] = {"training.seed": seed}
     return runs
@@ -59,8 +68,8 @@ def measure_distillation_gain(
     trial_workflow = parse_workflow(payload["workflow"])
     if trial_workflow.distillation.alpha == 0:
         return DistillationGain(trial, skipped=f"trial {trial} trained without its teacher (distillation.alpha 0): there is nothing to compare")
-    seeds = wf.selection.distillation_control.seeds
-    runs = control_runs(trial_workflow.training.seed, seeds)
+    seeds, smoothing = wf.selection.distillation_control.seeds, wf.selection.distillation_control.label_smoothing
+    runs = control_runs(trial_workflow.training.seed, seeds, smoothing)
     folder = control_folder(paths, trial)
     finished = {name: finished_trial_metrics(folder / name) for name in runs}
     to_train = [name for name, final in finished.items() if final is None]
@@ -75,12 +84,12 @@ def measure_distillation_gain(
     pairs = []
     for seed in range(trial_workflow.training.seed, trial_workflow.training.seed + seeds):
         with_teacher = payload.get("metrics", {}) if seed == trial_workflow.training.seed else finished[f"{WITH_TEACHER}-seed-{seed}"]
-        labels_only = finished[f"{LABELS_ONLY}-seed-{seed}"]
+        labels_only = finished[labels_only_run(seed, smoothing)]
         if with_teacher and labels_only:
             pairs.append(SeedPair(seed, dict(with_teacher), dict(labels_only)))
     if not pairs:
         return DistillationGain(trial, skipped=f"the control run failed: {failures[0] if failures else 'no result'}", failures=tuple(failures))
-    return DistillationGain(trial, tuple(pairs), failures=tuple(failures))
+    return DistillationGain(trial, tuple(pairs), failures=tuple(failures), labels_only_smoothing=smoothing)
 
 
 def _train(
