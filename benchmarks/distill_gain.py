@@ -325,19 +325,21 @@ def best_setup_gains(rows: dict[str, dict[str, Any]]) -> list[tuple[str, str, tu
     on the same seeds, the teacher arm of the row with the best mean validation accuracy against the labels-only arm of
     the row with the best (a labels-only run that overfits at 60 epochs is compared at 30; one that gains from label
     smoothing, smoothed), paired by seed on test. A same-setup gain can be inflated by a weak baseline; here each arm is at its best."""
-    out = []
-    for config, family, members in setup_families(rows):
-        teacher, labels = by_validation(rows, members, "teacher")[0], by_validation(rows, members, "labels_only")[0]
-        gain = [100 * (t - lab) for t, lab in zip(rows[teacher]["teacher_test_accuracy"], rows[labels]["labels_only_test_accuracy"])]
-        out.append((config, family, (teacher, labels), gain))
-    return out
+    return [(config, family, *family_gain(rows, members)) for config, family, members in setup_families(rows)]
+
+
+def family_gain(rows: dict[str, dict[str, Any]], members: list[str]) -> tuple[tuple[str, str], list[float]]:
+    """One family's (teacher row, labels-only row) chosen on validation, and their test difference per seed (points)."""
+    teacher, labels = by_validation(rows, members, "teacher")[0], by_validation(rows, members, "labels_only")[0]
+    return (teacher, labels), [100 * (t - lab) for t, lab in zip(rows[teacher]["teacher_test_accuracy"], rows[labels]["labels_only_test_accuracy"])]
 
 
 def best_setup_lines(rows: dict[str, dict[str, Any]]) -> list[str]:
     """The page's account of `best_setup_gains`: which setup each arm's validation chose, how close the next one came,
     and the paired test gain."""
     lines = []
-    for (config, family, members), (_, _, (teacher, labels), gain) in zip(setup_families(rows), best_setup_gains(rows)):
+    for config, family, members in setup_families(rows):
+        _, gain = family_gain(rows, members)
         lines += [f"Each arm at its own setup, {config}/{family} (chosen on mean validation accuracy): with teacher "
                   f"{chosen_text(rows, members, 'teacher')}, labels only {chosen_text(rows, members, 'labels_only')}; "
                   f"test gain {differences_text(gain)}.", ""]

@@ -39,6 +39,11 @@ def labels_only_run(seed: int, label_smoothing: float | None = None) -> str:
     return f"{LABELS_ONLY}{smoothed}-seed-{seed}"
 
 
+def with_teacher_run(seed: int) -> str:
+    """The pick retrained with its teacher at a further seed."""
+    return f"{WITH_TEACHER}-seed-{seed}"
+
+
 def control_runs(first_seed: int, seeds: int, label_smoothing: float | None = None) -> dict[str, dict[str, Any]]:
     """Run name -> workflow overrides: labels-only at each seed (smoothed when asked), and the pick retrained at every
     seed but its own."""
@@ -47,7 +52,7 @@ def control_runs(first_seed: int, seeds: int, label_smoothing: float | None = No
     for seed in range(first_seed, first_seed + seeds):
         runs[labels_only_run(seed, label_smoothing)] = {"distillation.alpha": 0.0, "training.seed": seed, **smoothing}
         if seed != first_seed:
-            runs[f"{WITH_TEACHER}-seed-{seed}"] = {"training.seed": seed}
+            runs[with_teacher_run(seed)] = {"training.seed": seed}
     return runs
 
 
@@ -83,7 +88,7 @@ def measure_distillation_gain(
     finished |= {name: finished_trial_metrics(folder / name) for name in to_train}  # each student file read once
     pairs = []
     for seed in range(trial_workflow.training.seed, trial_workflow.training.seed + seeds):
-        with_teacher = payload.get("metrics", {}) if seed == trial_workflow.training.seed else finished[f"{WITH_TEACHER}-seed-{seed}"]
+        with_teacher = payload.get("metrics", {}) if seed == trial_workflow.training.seed else finished[with_teacher_run(seed)]
         labels_only = finished[labels_only_run(seed, smoothing)]
         if with_teacher and labels_only:
             pairs.append(SeedPair(seed, dict(with_teacher), dict(labels_only)))
